@@ -1,0 +1,155 @@
+"""Train a task's variants (with versus without dropout) and write results/<task>/<preset>.{json,md,png}.
+
+    python -m benchmarks.run --task lm --preset cpu                  # none vs zaremba
+    python -m benchmarks.run --task lm --preset small --variants none
+    python -m benchmarks.run --list
+"""
+import argparse
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from core import SCHEMES, Trainer, TrainConfig
+from core.download import ENV_DATA_DIR, DataError, data_root
+from core.utils import pick_device, provenance, seed_everything
+from tasks import TASKS, get_task
+from benchmarks.report import write_results
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--list", action="store_true", help="list tasks and presets, then exit")
+    p.add_argument("--task", help=f"one of: {', '.join(sorted(TASKS))}")
+    p.add_argument("--preset", help="a preset of the task (see --list)")
+    p.add_argument("--variants", default="none,zaremba", help=f"comma list of dropout schemes: {', '.join(SCHEMES)}")
+    p.add_argument("--seeds", default="1", help="comma list of integer seeds")
+    p.add_argument("--epochs", type=int, help="override the preset's epoch count (results go to <preset>-e<N>)")
+    p.add_argument("--dropout", type=float, help="override the preset's dropout p (results go to <preset>-p<P>)")
+    p.add_argument("--data-dir", help=f"dataset root (default: ${ENV_DATA_DIR}, else ~/.cache/rnnreg)")
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", default="results", help="results folder (default: results/)")
+    p.add_argument("--run-dir", default="runs", help="checkpoints and logs (default: runs/)")
+    p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _int_list(text, what, parser):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--{what} must be a comma list of integers, got {text!r}")
+    if not values:
+        parser.error(f"--{what} is empty")
+    return values
+
+
+def validate(args, parser):
+    """Fail fast, before any data is loaded, with a message naming the flag and the fix."""
+    if not args.task:
+        parser.error(f"--task is required (one of: {', '.join(sorted(TASKS))}); see --list")
+    try:
+        task_cls = get_task(args.task)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.preset not in task_cls.presets:
+        parser.error(f"--preset {args.preset!r} is not a preset of task {args.task}; "
+                     f"choose one of: {', '.join(task_cls.presets)}")
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    bad = [v for v in args.variants if v not in SCHEMES]
+    if bad or not args.variants:
+        parser.error(f"--variants: unknown {bad or 'empty list'}; choose from {', '.join(SCHEMES)}")
+    args.seeds = _int_list(args.seeds, "seeds", parser)
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    preset = task_cls.presets[args.preset]
+    p = preset["dropout"] if args.dropout is None else args.dropout
+    if p == 0 and any(v != "none" for v in args.variants):
+        parser.error(f"preset {args.preset} has dropout 0 (the paper's non-regularized config), so variants "
+                     f"{[v for v in args.variants if v != 'none']} would equal 'none'; pass --dropout P or --variants none")
+    try:
+        args.device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
+    return task_cls
+
+
+def run_label(args):
+    label = args.preset
+    if args.epochs is not None and args.epochs != TASKS[args.task].presets[args.preset]["epochs"]:
+        label += f"-e{args.epochs}"
+    if args.dropout is not None and args.dropout != TASKS[args.task].presets[args.preset]["dropout"]:
+        label += f"-p{args.dropout:g}"
+    return label
+
+
+def run_config(task_cls, args, variant, seed):
+    config = dict(task_cls.presets[args.preset])
+    if args.epochs is not None:
+        config["epochs"] = args.epochs
+    if args.dropout is not None:
+        config["dropout"] = args.dropout
+    if variant == "none":
+        config["dropout"] = 0.0
+    return {**config, "scheme": variant, "seed": seed}
+
+
+def train_one(task_cls, args, config, run_dir, command):
+    """Train one variant/seed; returns its results entry."""
+    started = time.time()
+    task = task_cls(config, data_root(args.data_dir), download=not args.no_download)
+    seed_everything(config["seed"])
+    model = task.build_model()
+    trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress)
+    result = trainer.fit(resume=args.resume)
+    print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
+          f"({time.time() - started:.0f} s)", flush=True)
+    return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], **result,
+            "config": config, "provenance": provenance(args.device, command),
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def list_tasks():
+    for name, cls in sorted(TASKS.items()):
+        print(f"{name}: {cls.description}")
+        for preset, config in cls.presets.items():
+            note = f"  [{cls.preset_notes[preset]}]" if preset in cls.preset_notes else ""
+            print(f"  {preset}: " + ", ".join(f"{k}={v}" for k, v in config.items()) + note)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list:
+        return list_tasks()
+    task_cls = validate(args, parser)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    command = "python -m benchmarks.run " + shlex.join(argv)
+    label = run_label(args)
+    for variant in args.variants:
+        for seed in args.seeds:
+            config = run_config(task_cls, args, variant, seed)
+            run_dir = Path(args.run_dir) / args.task / label / f"{variant}-p{config['dropout']:g}-seed{seed}"
+            try:
+                entry = train_one(task_cls, args, config, run_dir, command)
+            except (DataError, FloatingPointError, ValueError) as err:
+                sys.exit(f"error: {err}")
+            write_results(args.out, task_cls, label, args.preset, [entry])
+    print(f"wrote {Path(args.out) / args.task / label}.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    main()

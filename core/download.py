@@ -1,0 +1,130 @@
+"""Download, verify and extract dataset files into a cache (torchvision-datasets style).
+
+A dataset is a set of files, each with a known sha256. A source is a URL that is either one of those
+files or an archive holding them; sources are tried in order until every file is present and verified.
+Files land in place only after their checksum matched, so an interrupted or corrupt download never
+leaves a file that looks usable.
+"""
+import hashlib
+import os
+import tarfile
+import tempfile
+import urllib.request
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_DATA_DIR = "RNNREG_DATA_DIR"
+DEFAULT_DATA_DIR = Path.home() / ".cache" / "rnnreg"
+
+
+class DataError(RuntimeError):
+    """Missing, corrupt or undownloadable data; the message says what to do."""
+
+
+def data_root(cli_value=None):
+    """--data-dir wins, then $RNNREG_DATA_DIR, then ~/.cache/rnnreg."""
+    return Path(cli_value or os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR).expanduser()
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Source:
+    url: str
+    members: dict = None  # archive member path -> file name; None when the URL is the file itself
+    filename: str = None  # for single files: which dataset file this URL is
+
+
+def fetch(url, dest, timeout=30):
+    """Stream `url` to `dest` atomically."""
+    dest = Path(dest)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                out.write(chunk)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _extract(archive, members, into):
+    """Extract the wanted members (matched on their path without a leading './') into `into`."""
+    wanted = {m.lstrip("./"): name for m, name in members.items()}
+    found = {}
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                name = wanted.get(info.filename.lstrip("./"))
+                if name:
+                    (into / name).write_bytes(zf.read(info))
+                    found[name] = into / name
+    else:
+        with tarfile.open(archive) as tf:
+            for info in tf:
+                name = wanted.get(info.name.lstrip("./"))
+                if name and info.isfile():
+                    (into / name).write_bytes(tf.extractfile(info).read())
+                    found[name] = into / name
+    return found
+
+
+def _verify_and_place(candidates, checksums, folder):
+    bad = []
+    for name, path in candidates.items():
+        actual = sha256(path)
+        if actual != checksums[name]:
+            bad.append(f"{name}: sha256 {actual} != expected {checksums[name]}")
+            continue
+        os.replace(path, folder / name)
+    return bad
+
+
+def download_files(folder, checksums, sources, timeout=30):
+    """Make every file of `checksums` exist and verify in `folder`, downloading from `sources`.
+
+    Raises DataError naming each failed source and why.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for source in sources:
+        missing = [n for n in checksums if not (folder / n).exists()]
+        if not missing:
+            break
+        if source.members is None and source.filename not in missing:
+            continue
+        with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
+            tmp = Path(tmp)
+            try:
+                target = tmp / (source.filename or "archive")
+                fetch(source.url, target, timeout=timeout)
+                candidates = ({source.filename: target} if source.members is None
+                              else _extract(target, {m: n for m, n in source.members.items() if n in missing}, tmp))
+            except (OSError, tarfile.TarError, zipfile.BadZipFile) as err:
+                errors.append(f"{source.url}: {err}")
+                continue
+            errors += [f"{source.url}: {msg}" for msg in _verify_and_place(candidates, checksums, folder)]
+    missing = [n for n in checksums if not (folder / n).exists()]
+    if missing:
+        raise DataError(f"could not download {', '.join(missing)} into {folder}:\n  " + "\n  ".join(errors))
+
+
+def check_files(folder, checksums):
+    """Warn about files that differ from the canonical ones (a custom or damaged copy): the run goes on,
+    but its numbers are not comparable with published ones."""
+    for name, expected in checksums.items():
+        path = Path(folder) / name
+        if sha256(path) != expected:
+            warnings.warn(f"{path} differs from the canonical file (sha256 mismatch): results will not be "
+                          f"comparable with published numbers. Delete it to re-download the canonical copy.",
+                          stacklevel=2)

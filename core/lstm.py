@@ -1,0 +1,122 @@
+"""Stacked LSTM with the dropout schemes compared in Zaremba et al. (2014).
+
+Schemes:
+  none     no dropout anywhere.
+  zaremba  the paper: dropout on every non-recurrent connection (input -> layer 1, layer l-1 -> l,
+           top layer -> output), never on h_{t-1} -> h_t. Runs as one nn.LSTM call (cuDNN on GPU):
+           nn.LSTM's own inter-layer dropout *is* the layer l-1 -> l mask, and the input and output
+           masks are applied outside the recurrence.
+  naive    the "standard dropout" the paper argues against: the zaremba masks plus a fresh mask on
+           h_{t-1} at every time step. Needs the explicit per-time-step cell below.
+
+Shapes are batch-first: x (B, T, input_size), state (h, c) each (num_layers, B, hidden_size).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+SCHEMES = ("none", "zaremba", "naive")
+
+
+def lstm_cell(x, h, c, weight, bias):
+    """One LSTM step from the paper's equations (section 3.1).
+
+    (i, f, o, g) come from one affine map of [D(h_t^{l-1}); h_{t-1}^l]; the rows of `weight` are in
+    nn.LSTM's gate order (i, f, g, o) so the same parameters drive both paths.
+    """
+    gates = F.linear(torch.cat([x, h], dim=1), weight, bias)
+    i, f, g, o = gates.chunk(4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, c
+
+
+def init_uniform(module, scale):
+    """The paper's initialisation: every parameter uniform in [-scale, scale]."""
+    for p in module.parameters():
+        nn.init.uniform_(p, -scale, scale)
+
+
+class DropoutLSTM(nn.Module):
+    def __init__(self, input_size, hidden_size, num_layers=2, dropout=0.0, scheme="zaremba", stepwise=None):
+        super().__init__()
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown dropout scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.scheme = scheme
+        self.p = 0.0 if scheme == "none" else float(dropout)
+        self.num_layers = num_layers
+        self.hidden_size = hidden_size
+        self.stepwise = (scheme == "naive") if stepwise is None else stepwise
+        if scheme == "naive" and not self.stepwise:
+            raise ValueError("the naive scheme masks h_{t-1} inside the recurrence and needs stepwise=True")
+        between = self.p if num_layers > 1 else 0.0
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=between)
+
+    def extra_repr(self):
+        return f"scheme={self.scheme}, p={self.p}, stepwise={self.stepwise}"
+
+    def forward(self, x, state=None, lengths=None):
+        """Run a (padded) batch. Returns (output (B, T, H) with the top-layer dropout applied, (h_n, c_n)).
+
+        With `lengths`, positions past a sequence's length are zero in the output and the returned state
+        is the one at each sequence's last real step.
+        """
+        if state is None:
+            zeros = x.new_zeros(self.num_layers, x.size(0), self.hidden_size)
+            state = (zeros, zeros)
+        run = self._forward_stepwise if self.stepwise else self._forward_fused
+        output, state = run(self._drop(x), state, lengths)
+        return self._drop(output), state
+
+    def step(self, x_t, state=None):
+        """One time step for decoding: x_t (B, input_size) -> (output (B, H), state)."""
+        output, state = self.forward(x_t.unsqueeze(1), state)
+        return output.squeeze(1), state
+
+    def _drop(self, x):
+        return F.dropout(x, self.p, self.training) if self.p > 0 else x
+
+    def _forward_fused(self, x, state, lengths):
+        if lengths is None:
+            return self.lstm(x, state)
+        packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        output, state = self.lstm(packed, state)
+        output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.size(1))
+        return output, state
+
+    def _layer_weights(self, layer):
+        lstm = self.lstm
+        w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
+        b_ih, b_hh = getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}")
+        return torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh
+
+    def _forward_stepwise(self, x, state, lengths):
+        h0, c0 = state
+        steps = x.size(1)
+        alive = None
+        if lengths is not None:
+            alive = torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
+        layer_input, h_n, c_n = x, [], []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                layer_input = self._drop(layer_input)
+            weight, bias = self._layer_weights(layer)
+            h, c = h0[layer], c0[layer]
+            outputs = []
+            for t in range(steps):
+                h_rec = self._drop(h) if self.scheme == "naive" else h
+                h_new, c_new = lstm_cell(layer_input[:, t], h_rec, c, weight, bias)
+                if alive is None:
+                    h, c = h_new, c_new
+                    outputs.append(h)
+                else:
+                    keep = alive[:, t, None]
+                    h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
+                    outputs.append(h_new * keep)
+            layer_input = torch.stack(outputs, dim=1)
+            h_n.append(h)
+            c_n.append(c)
+        return layer_input, (torch.stack(h_n), torch.stack(c_n))

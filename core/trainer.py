@@ -1,0 +1,201 @@
+"""The one training loop every task uses.
+
+SGD with the paper's schedule (lr constant for `decay_start` epochs, then divided by `lr_decay` every
+epoch), gradient-norm clipping, stateful truncated BPTT for tasks that carry state across batches,
+evaluation each epoch, best-on-valid tracking, an atomic checkpoint every epoch, resume, a progress bar
+and a JSON-lines log.
+
+A task supplies (see tasks/base.py): `batches(split, device)`, `num_batches(split)`,
+`forward(model, batch, state) -> StepOutput`, `metrics(totals) -> dict`, `main_metric`,
+`lower_is_better`, `stateful` and `checkpoint_extras()`.
+"""
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from core.utils import save_torch, seed_everything, write_json, write_text
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # what is back-propagated (its scaling is the task's choice)
+    nll: torch.Tensor  # summed negative log-likelihood over the counted targets, detached
+    count: int  # number of targets (tokens, frames) in the batch
+    state: object = None  # recurrent state to carry to the next batch (stateful tasks)
+    extra: dict = field(default_factory=dict)  # other summed statistics, e.g. correct frames
+
+
+@dataclass
+class TrainConfig:
+    epochs: int
+    lr: float = 1.0
+    decay_start: int = 0  # lr stays constant for this many epochs
+    lr_decay: float = 1.0  # then is divided by this every epoch
+    clip: float = 5.0  # max global gradient norm
+    seed: int = 1
+    log_interval: int = 50  # steps between progress updates (and NaN checks)
+
+    @classmethod
+    def from_dict(cls, cfg, **overrides):
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in cfg.items() if k in names}, **overrides})
+
+    def lr_at(self, epoch):
+        """Learning rate for 1-based `epoch`."""
+        return self.lr / self.lr_decay ** max(epoch - self.decay_start, 0)
+
+
+def detach_state(state):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return type(state)(detach_state(s) for s in state)
+
+
+class Trainer:
+    def __init__(self, task, model, config, run_dir, device, progress=True):
+        self.task, self.model, self.config = task, model.to(device), config
+        self.run_dir, self.device, self.progress = Path(run_dir), torch.device(device), progress
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        self.history = []  # one dict per finished epoch
+        self.best = None  # (metric, epoch)
+
+    # ---- one step and one pass -------------------------------------------------------------------
+    def train_step(self, batch, state=None):
+        out = self.task.forward(self.model, batch, state)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.config.clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optimizer.step()
+        out.state = detach_state(out.state) if self.task.stateful else None
+        return out
+
+    def train_epoch(self, epoch):
+        self.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr_at(epoch)
+        totals, state = _Totals(), None
+        bar = self._bar("train", epoch)
+        for step, batch in enumerate(self.task.batches("train", self.device), 1):
+            out = self.train_step(batch, state)
+            state = out.state
+            totals.add(out)
+            if step % self.config.log_interval == 0:
+                self._check_finite(totals, epoch, step)
+                bar.set_postfix(loss=f"{totals.mean_nll():.3f}", tok_s=f"{totals.count / bar.format_dict['elapsed']:.0f}"
+                                if bar.format_dict["elapsed"] else "-", lr=f"{self.config.lr_at(epoch):.3g}")
+            bar.update()
+        bar.close()
+        self._check_finite(totals, epoch, "end")
+        return self.task.metrics(totals.as_dict())
+
+    @torch.no_grad()
+    def evaluate(self, split):
+        self.model.eval()
+        totals, state = _Totals(), None
+        for batch in self.task.batches(split, self.device):
+            out = self.task.forward(self.model, batch, state)
+            state = out.state if self.task.stateful else None
+            totals.add(out)
+        return self.task.metrics(totals.as_dict())
+
+    # ---- the whole run -----------------------------------------------------------------------------
+    def fit(self, resume=False):
+        """Train all epochs (continuing from the last checkpoint with `resume`), then evaluate the
+        best-on-valid model on the test split. Returns the result dict also saved as result.json."""
+        seed_everything(self.config.seed)
+        start = self._load_checkpoint() + 1 if resume else 1
+        for epoch in range(start, self.config.epochs + 1):
+            t0 = time.time()
+            train = self.train_epoch(epoch)
+            valid = self.evaluate("valid")
+            record = {"epoch": epoch, "lr": self.config.lr_at(epoch), "wall_s": round(time.time() - t0, 2),
+                      **{f"train_{k}": v for k, v in train.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
+            self.history.append(record)
+            score = valid[self.task.main_metric]
+            if self.best is None or (score < self.best[0] if self.task.lower_is_better else score > self.best[0]):
+                self.best = (score, epoch)
+                save_torch({"model": self.model.state_dict(), "epoch": epoch, **self.task.checkpoint_extras()},
+                           self.run_dir / "best.pt")
+            self._save_checkpoint(epoch)
+            tqdm.write(json.dumps(record))
+        return self._finish()
+
+    def _finish(self):
+        best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
+        self.model.load_state_dict(best["model"])
+        test = self.evaluate("test")
+        test.update(self.task.final_metrics(self.model, "test", self.device))
+        best_record = self.history[best["epoch"] - 1]
+        metrics = {k: v for k, v in best_record.items() if k.startswith(("train_", "valid_"))}
+        metrics.update({f"test_{k}": v for k, v in test.items()})
+        result = {"metrics": metrics, "best_epoch": best["epoch"], "epochs": len(self.history),
+                  "wall_s": round(sum(r["wall_s"] for r in self.history), 1), "history": self.history}
+        write_json(self.run_dir / "result.json", result)
+        return result
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def _save_checkpoint(self, epoch):
+        save_torch({
+            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "history": self.history, "best": self.best, "config": asdict(self.config),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }, self.run_dir / "checkpoint.pt")
+        write_text(self.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def _load_checkpoint(self):
+        """Restore the last finished epoch; returns its number (0 when there is nothing to resume)."""
+        path = self.run_dir / "checkpoint.pt"
+        if not path.exists():
+            return 0
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        if ckpt["config"]["epochs"] > self.config.epochs or ckpt["config"] | {"epochs": 0} != asdict(self.config) | {"epochs": 0}:
+            raise ValueError(f"cannot resume from {path}: it was trained with {ckpt['config']}, not {asdict(self.config)}; "
+                             "drop --resume or use another run directory")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.history, self.best = ckpt["history"], tuple(ckpt["best"])
+        torch.set_rng_state(ckpt["rng_cpu"])
+        if ckpt["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
+        return ckpt["epoch"]
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    def _bar(self, split, epoch):
+        return tqdm(total=self.task.num_batches(split), desc=f"epoch {epoch}/{self.config.epochs} {split}",
+                    disable=not self.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+
+    def _check_finite(self, totals, epoch, step):
+        loss = totals.mean_nll()
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss became {loss} at epoch {epoch}, step {step}: the run diverged. "
+                f"Lower the learning rate (lr={self.config.lr_at(epoch):g}) or the clip norm (clip={self.config.clip:g}); "
+                f"the last good checkpoint is {self.run_dir / 'checkpoint.pt'}")
+
+
+class _Totals:
+    """Sums step statistics on the device; syncs only when read."""
+
+    def __init__(self):
+        self.nll, self.count, self.extra = 0.0, 0, {}
+
+    def add(self, out):
+        self.nll = self.nll + out.nll
+        self.count += out.count
+        for k, v in out.extra.items():
+            self.extra[k] = self.extra.get(k, 0) + v
+
+    def mean_nll(self):
+        return float(self.nll) / max(self.count, 1)
+
+    def as_dict(self):
+        return {"nll": float(self.nll), "count": self.count, **{k: float(v) for k, v in self.extra.items()}}

@@ -1,0 +1,96 @@
+"""Small helpers shared by the trainer, the tasks and the benchmarks: atomic writes, seeds,
+device choice and run provenance."""
+import json
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+def atomic_write(path, write_fn, mode="w"):
+    """Write through a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write_fn(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path, text):
+    atomic_write(path, lambda f: f.write(text))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_torch(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"bad --device {name!r}: {err}; use auto, cpu or cuda[:N]") from None
+
+
+def git_commit():
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device):
+    device = torch.device(device)
+    desc = {"device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        desc["gpu"] = torch.cuda.get_device_name(device)
+    return desc
+
+
+def provenance(device, command=None):
+    """Where a number came from: the command, the code, the software and the machine."""
+    return {
+        "command": command or shlex.join([sys.executable] + sys.argv),
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        **hardware(device),
+    }

@@ -1,0 +1,161 @@
+"""PTB word-level language modeling (paper section 4.1).
+
+Also a sampler for trained checkpoints (the paper's Figure 4):
+    python -m tasks.lm --checkpoint runs/lm/small/none-p0-seed1/best.pt --prompt "the meaning of life is"
+"""
+import argparse
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from core import DropoutLSTM, StepOutput, init_uniform
+from core.download import DataError
+from core.utils import pick_device
+from tasks import register
+from tasks.base import Task
+from tasks.ptb import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
+
+_PAPER = dict(lr=1.0, batch_size=20, eval_batch_size=1, layers=2)
+PRESETS = {
+    # Section 4.1 of the paper, exactly. "decay_start": lr stays at 1 for that many epochs.
+    "small": dict(_PAPER, hidden=200, init=0.1, dropout=0.0, epochs=13, decay_start=4, lr_decay=2.0, bptt=20, clip=5.0),
+    "medium": dict(_PAPER, hidden=650, init=0.05, dropout=0.5, epochs=39, decay_start=6, lr_decay=1.2, bptt=35, clip=5.0),
+    "large": dict(_PAPER, hidden=1500, init=0.04, dropout=0.65, epochs=55, decay_start=14, lr_decay=1.15, bptt=35,
+                  clip=10.0),
+    # Scaled down for a 2-core CPU (NOT a paper config): both variants finish in about an hour in total.
+    "cpu": dict(_PAPER, hidden=256, init=0.1, dropout=0.3, epochs=6, decay_start=3, lr_decay=2.0, bptt=35, clip=5.0),
+    # Seconds on a tiny corpus; a smoke test of the machinery, not a result.
+    "tiny": dict(_PAPER, hidden=16, init=0.1, dropout=0.3, epochs=2, decay_start=1, lr_decay=2.0, bptt=5, clip=5.0,
+                 batch_size=4),
+}
+PRESET_NOTES = {
+    "cpu": "Scaled down for a 2-core CPU (2x256, p=0.3, 6 epochs): not a paper configuration.",
+    "tiny": "Smoke-test preset (seconds on a tiny corpus): not a result.",
+}
+PAPER_RESULTS = {  # Table 1 of the paper (valid / test perplexity)
+    "small": {"none": {"valid_ppl": 120.7, "test_ppl": 114.5}},
+    "medium": {"zaremba": {"valid_ppl": 86.2, "test_ppl": 82.7}},
+    "large": {"zaremba": {"valid_ppl": 82.2, "test_ppl": 78.4}},
+}
+
+
+class LanguageModel(nn.Module):
+    """Embedding -> dropout-LSTM -> linear softmax layer; the embedding size is the hidden size."""
+
+    def __init__(self, vocab_size, hidden, layers, dropout=0.0, scheme="zaremba"):
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, hidden)
+        self.rnn = DropoutLSTM(hidden, hidden, layers, dropout, scheme)
+        self.decoder = nn.Linear(hidden, vocab_size)
+
+    def forward(self, tokens, state=None):
+        output, state = self.rnn(self.embed(tokens), state)
+        return self.decoder(output), state
+
+
+def build_language_model(config, vocab_size):
+    model = LanguageModel(vocab_size, config["hidden"], config["layers"], config["dropout"],
+                          config.get("scheme", "zaremba"))
+    init_uniform(model, config["init"])
+    return model
+
+
+@register
+class LanguageModelTask(Task):
+    name = "lm"
+    description = "PTB word-level language modeling (perplexity)"
+    presets = PRESETS
+    preset_notes = PRESET_NOTES
+    paper_results = PAPER_RESULTS
+    main_metric = "ppl"
+    lower_is_better = True
+    stateful = True
+
+    def __init__(self, config, data_dir, download=True):
+        super().__init__(config, data_dir, download)
+        self.corpus = Corpus(ensure_ptb(data_dir, download))
+        sizes = {"train": self.config["batch_size"], "valid": self.config["eval_batch_size"],
+                 "test": self.config["eval_batch_size"]}
+        self.streams = {split: batchify(ids, sizes[split]) for split, ids in self.corpus.splits.items()}
+        self._on_device = {}
+
+    def build_model(self):
+        return build_language_model(self.config, len(self.corpus.vocab))
+
+    def batches(self, split, device):
+        key = (split, str(device))
+        if key not in self._on_device:
+            self._on_device[key] = self.streams[split].to(device)
+        return bptt_chunks(self._on_device[key], self.config["bptt"])
+
+    def num_batches(self, split):
+        return num_chunks(self.streams[split], self.config["bptt"])
+
+    def forward(self, model, batch, state):
+        inputs, targets = batch
+        logits, state = model(inputs, state)
+        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+        # The paper's scaling: summed over the bptt steps, averaged over the batch. Averaging over all
+        # tokens instead would silently divide lr 1 and the clip norm by the bptt length.
+        return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state)
+
+    def metrics(self, totals):
+        mean = totals["nll"] / totals["count"]
+        return {"ppl": float(torch.tensor(mean).exp()), "loss": mean}
+
+    def checkpoint_extras(self):
+        return {**super().checkpoint_extras(), "vocab": self.corpus.vocab}
+
+
+@torch.no_grad()
+def sample(model, vocab, prompt, num_words=50, temperature=1.0, seed=1):
+    """Continue `prompt` by sampling `num_words` words from the model."""
+    index = {w: i for i, w in enumerate(vocab)}
+    words = prompt.lower().split()
+    unknown = [w for w in words if w not in index]
+    if not words or unknown:
+        raise ValueError(f"the prompt must be words of the PTB vocabulary; not in it: {unknown or '(empty prompt)'}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    logits, state = model(torch.tensor([[index[w] for w in words]], device=device))
+    out = list(words)
+    for _ in range(num_words):
+        probs = F.softmax(logits[0, -1] / temperature, dim=-1)
+        token = torch.multinomial(probs, 1, generator=generator)
+        out.append(vocab[token.item()])
+        logits, state = model(token.view(1, 1), state)
+    return " ".join(out)
+
+
+def load_checkpoint(path, device="cpu"):
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if ckpt.get("task") != "lm" or "vocab" not in ckpt:
+        raise ValueError(f"{path} is not a language-model checkpoint (use a best.pt written by --task lm)")
+    model = build_language_model(ckpt["config"], len(ckpt["vocab"])).to(device)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt["vocab"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Sample text from a trained PTB language model.")
+    parser.add_argument("--checkpoint", required=True, help="a best.pt from a --task lm run")
+    parser.add_argument("--prompt", default="the meaning of life is")
+    parser.add_argument("--words", type=int, default=50)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        model, vocab = load_checkpoint(args.checkpoint, pick_device(args.device))
+        print(sample(model, vocab, args.prompt, args.words, args.temperature, args.seed))
+    except (OSError, ValueError, DataError) as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

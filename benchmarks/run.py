@@ -105,7 +105,7 @@ def run_config(task_cls, args, variant, seed):
     return {**config, "scheme": variant, "seed": seed}
 
 
-def train_one(task_cls, args, config, run_dir, command):
+def train_one(task_cls, args, config, run_dir, origin):
     """Train one variant/seed; returns its results entry."""
     started = time.time()
     task = task_cls(config, data_root(args.data_dir), download=not args.no_download)
@@ -116,7 +116,7 @@ def train_one(task_cls, args, config, run_dir, command):
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
           f"({time.time() - started:.0f} s)", flush=True)
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], **result,
-            "config": config, "provenance": provenance(args.device, command),
+            "config": config, "provenance": origin,
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -137,14 +137,15 @@ def main(argv=None):
     task_cls = validate(args, parser)
     if args.threads:
         torch.set_num_threads(args.threads)
-    command = "python -m benchmarks.run " + shlex.join(argv)
+    # Taken before training, so later edits of the working tree do not leak into this run's record.
+    origin = provenance(args.device, "python -m benchmarks.run " + shlex.join(argv))
     label = run_label(args)
     for variant in args.variants:
         for seed in args.seeds:
             config = run_config(task_cls, args, variant, seed)
             run_dir = Path(args.run_dir) / args.task / label / f"{variant}-p{config['dropout']:g}-seed{seed}"
             try:
-                entry = train_one(task_cls, args, config, run_dir, command)
+                entry = train_one(task_cls, args, config, run_dir, origin)
             except (DataError, FloatingPointError, ValueError) as err:
                 sys.exit(f"error: {err}")
             write_results(args.out, task_cls, label, args.preset, [entry])

@@ -1,0 +1,86 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import run
+from tasks.lm import load_checkpoint, sample
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, tmp_path, capsys):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    run.main(["--task", "lm", "--preset", "tiny", "--variants", "none,zaremba,naive", "--data-dir", str(tiny_ptb),
+              "--out", str(out), "--run-dir", str(runs), "--no-progress", "--device", "cpu"])
+    files = sorted(p.name for p in (out / "lm").iterdir())
+    assert files == ["tiny.json", "tiny.md", "tiny.png"]
+    entries = json.loads((out / "lm" / "tiny.json").read_text())
+    assert [(e["variant"], e["dropout"]) for e in entries] == [("naive", 0.3), ("none", 0.0), ("zaremba", 0.3)]
+    for e in entries:
+        assert set(e["metrics"]) >= {"train_ppl", "valid_ppl", "test_ppl"} and e["epochs"] == 2
+        assert {"command", "git_commit", "torch", "device", "cpu_model"} <= set(e["provenance"])
+        assert e["provenance"]["command"].startswith("python -m benchmarks.run --task lm --preset tiny")
+    table = (out / "lm" / "tiny.md").read_text()
+    assert "| zaremba | 0.3 |" in table and "| none | 0 |" in table and "not a result" in table
+    assert (out / "lm" / "tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+    # A second call for one variant keeps the others in the table.
+    run.main(["--task", "lm", "--preset", "tiny", "--variants", "none", "--seeds", "2", "--data-dir", str(tiny_ptb),
+              "--out", str(out), "--run-dir", str(runs), "--no-progress", "--epochs", "1"])
+    assert (out / "lm" / "tiny-e1.json").exists()  # an epochs override never overwrites the preset's table
+    assert len(json.loads((out / "lm" / "tiny.json").read_text())) == 3
+
+    # The checkpoint samples text from a prompt (the paper's Figure 4).
+    model, vocab = load_checkpoint(runs / "lm" / "tiny" / "zaremba-p0.3-seed1" / "best.pt")
+    text = sample(model, vocab, "w1 w2", num_words=12, seed=3)
+    assert text.startswith("w1 w2 ") and len(text.split()) == 14 and set(text.split()) <= set(vocab)
+    assert text == sample(model, vocab, "w1 w2", num_words=12, seed=3)
+    with pytest.raises(ValueError, match="not in it: \\['zebra'\\]"):
+        sample(model, vocab, "w1 zebra")
+
+
+def test_resume_flag_reuses_finished_epochs(tiny_ptb, tmp_path):
+    common = ["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--data-dir", str(tiny_ptb),
+              "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"), "--no-progress"]
+    run.main(common)
+    first = json.loads((tmp_path / "r" / "lm" / "tiny.json").read_text())[0]
+    run.main(common + ["--resume"])  # every epoch is checkpointed: nothing is trained again
+    again = json.loads((tmp_path / "r" / "lm" / "tiny.json").read_text())[0]
+    assert again["history"] == first["history"] and again["metrics"] == first["metrics"]
+
+
+def test_list_shows_tasks_and_presets():
+    result = run_cli("--list")
+    assert result.returncode == 0
+    assert "lm:" in result.stdout and "small:" in result.stdout and "hidden=1500" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: lm"),
+    (["--task", "lm", "--preset", "huge"], "--preset 'huge' is not a preset of task lm"),
+    (["--task", "lm", "--preset", "cpu", "--variants", "none,dropconnect"], "unknown ['dropconnect']"),
+    (["--task", "lm", "--preset", "cpu", "--seeds", "1,a"], "--seeds must be a comma list of integers"),
+    (["--task", "lm", "--preset", "cpu", "--epochs", "0"], "--epochs must be >= 1"),
+    (["--task", "lm", "--preset", "cpu", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
+    (["--task", "lm", "--preset", "small", "--variants", "zaremba"], "preset small has dropout 0"),
+])
+def test_bad_flags_fail_fast_with_a_clear_message(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_data_dir_is_one_clear_error(tmp_path):
+    result = run_cli("--task", "lm", "--preset", "tiny", "--data-dir", str(tmp_path / "nowhere"), "--no-download",
+                     "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.count("error:") == 1
+    assert f"missing in {tmp_path / 'nowhere' / 'ptb'}" in result.stderr and "--data-dir" in result.stderr
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,75 @@
+import json
+
+import pytest
+import torch
+
+from core import StepOutput, Trainer, TrainConfig
+from conftest import write_tiny_ptb
+from core.utils import seed_everything
+from tasks.lm import LanguageModelTask, PRESETS
+
+
+def make_trainer(data_root, config, run_dir, **overrides):
+    config = {**config, **overrides}
+    task = LanguageModelTask(config, data_root, download=False)
+    seed_everything(config["seed"])
+    return Trainer(task, task.build_model(), TrainConfig.from_dict(config), run_dir, "cpu", progress=False)
+
+
+def test_schedule_is_constant_then_divided_every_epoch():
+    small = TrainConfig.from_dict(PRESETS["small"])
+    assert [small.lr_at(e) for e in range(1, 8)] == [1, 1, 1, 1, 0.5, 0.25, 0.125]
+    medium = TrainConfig.from_dict(PRESETS["medium"])
+    assert medium.lr_at(6) == 1 and medium.lr_at(7) == pytest.approx(1 / 1.2) and medium.lr_at(9) == pytest.approx(1 / 1.2 ** 3)
+
+
+def test_training_lowers_the_loss_on_a_tiny_corpus(tiny_config, tmp_path):
+    data = write_tiny_ptb(tmp_path / "data", lines=(1500, 40, 40))
+    trainer = make_trainer(data, tiny_config, tmp_path / "run", epochs=3, hidden=32, decay_start=3, dropout=0.1)
+    before = trainer.evaluate("valid")["ppl"]
+    result = trainer.fit()
+    after = result["metrics"]["valid_ppl"]
+    assert after < 0.4 * before  # uniform over 23 words is 23; each word has 2 successors
+    assert result["metrics"]["test_ppl"] < 0.4 * before
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3] and log[-1]["train_ppl"] < log[0]["train_ppl"]
+    assert {"checkpoint.pt", "best.pt", "result.json", "log.jsonl"} <= {p.name for p in (tmp_path / "run").iterdir()}
+
+
+def test_loss_is_summed_over_time_and_averaged_over_batch(tiny_ptb, tiny_config):
+    task = LanguageModelTask(tiny_config, tiny_ptb, download=False)
+    model = task.build_model()
+    inputs, targets = next(iter(task.batches("train", "cpu")))
+    out = task.forward(model, (inputs, targets), None)
+    assert out.count == inputs.numel()
+    torch.testing.assert_close(out.loss, out.nll / inputs.size(0))
+    assert out.state[0].shape == (2, inputs.size(0), tiny_config["hidden"])
+
+
+def test_resume_reaches_the_same_result_as_an_uninterrupted_run(tiny_ptb, tiny_config, tmp_path):
+    full = make_trainer(tiny_ptb, tiny_config, tmp_path / "full", epochs=3).fit()
+    make_trainer(tiny_ptb, tiny_config, tmp_path / "split", epochs=1).fit()  # "interrupted" after epoch 1
+    resumed_trainer = make_trainer(tiny_ptb, tiny_config, tmp_path / "split", epochs=3)
+    resumed = resumed_trainer.fit(resume=True)
+    assert resumed["history"][0] == full["history"][0] | {"wall_s": resumed["history"][0]["wall_s"]}
+    for key in ("train_ppl", "valid_ppl", "test_ppl"):
+        assert resumed["metrics"][key] == pytest.approx(full["metrics"][key], rel=1e-6)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tiny_ptb, tiny_config, tmp_path):
+    make_trainer(tiny_ptb, tiny_config, tmp_path / "run", epochs=1).fit()
+    with pytest.raises(ValueError, match="cannot resume"):
+        make_trainer(tiny_ptb, tiny_config, tmp_path / "run", epochs=2, lr=0.5).fit(resume=True)
+
+
+class ExplodingTask(LanguageModelTask):
+    def forward(self, model, batch, state):
+        out = super().forward(model, batch, state)
+        return StepOutput(out.loss, out.nll * float("nan"), out.count, out.state)
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_ptb, tiny_config, tmp_path):
+    task = ExplodingTask(tiny_config, tiny_ptb, download=False)
+    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(tiny_config), tmp_path, "cpu", progress=False)
+    with pytest.raises(FloatingPointError, match="loss became nan at epoch 1.*Lower the learning rate"):
+        trainer.fit()

@@ -117,3 +117,15 @@ def test_modified_local_copy_warns(tmp_path):
     (folder / "ptb.train.txt").write_text(" a \n")
     with pytest.warns(UserWarning, match="differs from the canonical file"):
         ensure_ptb(tmp_path, download=False, checksums={"ptb.train.txt": "0" * 64})
+
+
+def test_real_ptb_when_available():
+    """The canonical corpus (from $RNNREG_DATA_DIR, as CI sets it): Mikolov's split sizes and 10k vocab."""
+    from core.download import data_root
+
+    folder = data_root() / "ptb"
+    if not (folder / "ptb.train.txt").exists():
+        pytest.skip(f"no PTB copy in {folder}")
+    corpus = Corpus(ensure_ptb(data_root(), download=False))
+    assert len(corpus.vocab) == 10000
+    assert {s: len(ids) for s, ids in corpus.splits.items()} == {"train": 929589, "valid": 73760, "test": 82430}

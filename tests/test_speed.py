@@ -1,0 +1,14 @@
+import json
+
+from benchmarks import speed
+
+
+def test_speed_benchmark_writes_a_table_for_every_implementation(tmp_path, capsys):
+    speed.main(["--preset", "tiny", "--steps", "2", "--repeats", "1", "--warmup", "1", "--out", str(tmp_path),
+                "--device", "cpu"])
+    entries = json.loads((tmp_path / "lm" / "speed.json").read_text())
+    assert [e["preset"] for e in entries] == ["tiny"]
+    assert set(entries[0]["results"]) == {"reference", "none", "zaremba", "naive"}
+    assert all(r["train_tok_s"] > 0 and r["eval_tok_s"] > 0 for r in entries[0]["results"].values())
+    table = (tmp_path / "lm" / "speed.md").read_text()
+    assert "| zaremba |" in table and "| reference |" in table and "vs reference" in table

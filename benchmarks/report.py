@@ -1,4 +1,8 @@
-"""Write a task/preset's runs as results/<task>/<label>.{json,md,png}."""
+"""Write a task/preset's runs as results/<task>/<label>.{json,md,png}.
+
+    python -m benchmarks.report results/lm/cpu.json   # re-render the .md and .png from recorded runs
+"""
+import argparse
 import json
 import statistics
 from collections import defaultdict
@@ -8,6 +12,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 
@@ -81,24 +86,32 @@ def markdown(task, label, preset, runs):
     for run in runs:
         prov = run["provenance"]
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
-        lines.append(f"- {run['variant']} p={run['dropout']:g} seed {run['seed']}: `{prov['command']}` — commit "
-                     f"{prov['git_commit'][:12]}, torch {prov['torch']}, {prov['device']}, {hw}, "
-                     f"{_duration(run['wall_s'])}, finished {run['finished']}")
+        lines.append(f"- {run['variant']} p={run['dropout']:g} seed {run['seed']}: commit {prov['git_commit'][:12]}, "
+                     f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of training, "
+                     f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"
 
 
 def plot(task, label, runs, path):
     m = task.main_metric
+    paper = task.paper_results.get(label, {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for (variant, p), group in _group(runs).items():
         for ax, split in zip(axes, ("train", "valid")):
             epochs = min(len(r["history"]) for r in group)
             ys = [statistics.mean(r["history"][e][f"{split}_{m}"] for r in group) for e in range(epochs)]
             ax.plot(range(1, epochs + 1), ys, marker="o", markersize=3, label=f"{variant} (p={p:g})")
+    for variant, ref in paper.items():
+        if f"valid_{m}" in ref:
+            axes[1].axhline(ref[f"valid_{m}"], color="gray", linestyle="--", label=f"paper, {variant}")
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
     for ax, split in zip(axes, ("train", "valid")):
         ax.set_title(f"{split} {m}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log" if task.lower_is_better else "linear")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     axes[0].set_ylabel(m)
@@ -115,3 +128,24 @@ def write_results(out_dir, task, label, preset, new_runs):
     write_text(folder / f"{label}.md", markdown(task, label, preset, runs))
     plot(task, label, runs, folder / f"{label}.png")
     return runs
+
+
+def main(argv=None):
+    from tasks import get_task
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json", nargs="+", help="results/<task>/<label>.json files written by benchmarks.run")
+    for path in map(Path, parser.parse_args(argv).json):
+        runs = load_runs(path)
+        if not runs:
+            parser.error(f"{path} has no runs")
+        task, label = get_task(path.parent.name), path.stem
+        preset = runs[0].get("preset", label.split("-")[0])
+        write_text(path.with_suffix(".md"), markdown(task, label, preset, runs))
+        plot(task, label, runs, path.with_suffix(".png"))
+        print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

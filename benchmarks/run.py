@@ -115,7 +115,8 @@ def train_one(task_cls, args, config, run_dir, origin):
     result = trainer.fit(resume=args.resume)
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
           f"({time.time() - started:.0f} s)", flush=True)
-    return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], **result,
+    return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,
+            **result,
             "config": config, "provenance": origin,
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 

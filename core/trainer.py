@@ -157,7 +157,8 @@ class Trainer:
         if not path.exists():
             return 0
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        if ckpt["config"]["epochs"] > self.config.epochs or ckpt["config"] | {"epochs": 0} != asdict(self.config) | {"epochs": 0}:
+        same_run = {**ckpt["config"], "epochs": None} == {**asdict(self.config), "epochs": None}
+        if not same_run or ckpt["epoch"] > self.config.epochs:
             raise ValueError(f"cannot resume from {path}: it was trained with {ckpt['config']}, not {asdict(self.config)}; "
                              "drop --resume or use another run directory")
         self.model.load_state_dict(ckpt["model"])

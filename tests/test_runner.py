@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from benchmarks import run
+from benchmarks import report, run
 from tasks.lm import load_checkpoint, sample
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -30,6 +30,9 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
     table = (out / "lm" / "tiny.md").read_text()
     assert "| zaremba | 0.3 |" in table and "| none | 0 |" in table and "not a result" in table
     assert (out / "lm" / "tiny.png").read_bytes()[:4] == b"\x89PNG"
+    (out / "lm" / "tiny.md").unlink()
+    report.main([str(out / "lm" / "tiny.json")])  # re-rendering from the JSON gives the same table
+    assert (out / "lm" / "tiny.md").read_text() == table
 
     # A second call for one variant keeps the others in the table.
     run.main(["--task", "lm", "--preset", "tiny", "--variants", "none", "--seeds", "2", "--data-dir", str(tiny_ptb),

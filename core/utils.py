@@ -45,14 +45,18 @@ def seed_everything(seed):
 
 
 def pick_device(name="auto"):
+    """auto -> cuda when available, else cpu. On CUDA, fp32 matmuls may use TF32 (cuDNN's LSTM already does)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name} was asked for but CUDA is not available here; use --device cpu or auto")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as err:
         raise ValueError(f"bad --device {name!r}: {err}; use auto, cpu or cuda[:N]") from None
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    return device
 
 
 def git_commit():

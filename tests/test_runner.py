@@ -73,6 +73,7 @@ def test_list_shows_tasks_and_presets():
     (["--task", "lm", "--preset", "cpu", "--epochs", "0"], "--epochs must be >= 1"),
     (["--task", "lm", "--preset", "cpu", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
     (["--task", "lm", "--preset", "small", "--variants", "zaremba"], "preset small has dropout 0"),
+    (["--task", "lm", "--preset", "cpu", "--device", "tpu9"], "bad --device 'tpu9'"),
 ])
 def test_bad_flags_fail_fast_with_a_clear_message(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

@@ -114,7 +114,7 @@ def measure(config, device, steps, warmup, repeats):
                 for impl in IMPLS}
     times = {impl: {"train": [], "eval": []} for impl in IMPLS}
     for impl, (train, evaluate) in steppers.items():
-        time_steps(train, batches[:warmup], device)
+        time_steps(train, batches[:warmup], device)  # first steps allocate and pick kernels
         time_steps(evaluate, batches[:warmup], device)
     for _ in range(repeats):
         for impl, (train, evaluate) in steppers.items():
@@ -157,8 +157,8 @@ def main(argv=None):
     parser.add_argument("--task", default="lm", help="only lm has a speed benchmark so far")
     parser.add_argument("--preset", default="small", help=f"one of: {', '.join(PRESETS)}")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="results")

@@ -1,18 +1,12 @@
 """PTB word-level language modeling (paper section 4.1).
 
-Also a sampler for trained checkpoints (the paper's Figure 4):
-    python -m tasks.lm --checkpoint runs/lm/small/none-p0-seed1/best.pt --prompt "the meaning of life is"
+Sample from a trained checkpoint (the paper's Figure 4) with benchmarks.sample.
 """
-import argparse
-import sys
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from core import DropoutLSTM, StepOutput, init_uniform
-from core.download import DataError
-from core.utils import pick_device
 from tasks import register
 from tasks.base import Task
 from tasks.ptb import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
@@ -139,23 +133,3 @@ def load_checkpoint(path, device="cpu"):
     model = build_language_model(ckpt["config"], len(ckpt["vocab"])).to(device)
     model.load_state_dict(ckpt["model"])
     return model, ckpt["vocab"]
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Sample text from a trained PTB language model.")
-    parser.add_argument("--checkpoint", required=True, help="a best.pt from a --task lm run")
-    parser.add_argument("--prompt", default="the meaning of life is")
-    parser.add_argument("--words", type=int, default=50)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    try:
-        model, vocab = load_checkpoint(args.checkpoint, pick_device(args.device))
-        print(sample(model, vocab, args.prompt, args.words, args.temperature, args.seed))
-    except (OSError, ValueError, DataError) as err:
-        sys.exit(f"error: {err}")
-
-
-if __name__ == "__main__":
-    main()

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from benchmarks import report, run
+from benchmarks import sample as sample_cli
 from tasks.lm import load_checkpoint, sample
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -47,6 +48,12 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
     assert text == sample(model, vocab, "w1 w2", num_words=12, seed=3)
     with pytest.raises(ValueError, match="not in it: \\['zebra'\\]"):
         sample(model, vocab, "w1 zebra")
+    capsys.readouterr()
+    sample_cli.main(["--checkpoint", str(runs / "lm" / "tiny" / "zaremba-p0.3-seed1" / "best.pt"), "--prompt", "w3",
+                     "--words", "5", "--device", "cpu"])
+    assert capsys.readouterr().out.startswith("w3 ")
+    with pytest.raises(SystemExit, match="not a language-model checkpoint"):
+        sample_cli.main(["--checkpoint", str(runs / "lm" / "tiny" / "zaremba-p0.3-seed1" / "checkpoint.pt")])
 
 
 def test_resume_flag_reuses_finished_epochs(tiny_ptb, tmp_path):

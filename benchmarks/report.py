@@ -64,8 +64,9 @@ def markdown(task, label, preset, runs):
     if label != preset:
         lines += [f"**Preset `{preset}` with overrides (`{label}`): not the preset as published.**", ""]
     direction = "lower" if task.lower_is_better else "higher"
-    lines += [f"`{m}` is the metric ({direction} is better); train {m} is the running average over the last "
-              f"training epoch with dropout on, as in the paper's code; valid/test use the best-on-valid epoch.", ""]
+    lines += [f"`{m}` is the metric ({direction} is better). All three columns come from the best-on-valid epoch; "
+              f"train {m} is the running average over that epoch's training pass (dropout on, as in the paper's "
+              f"code). The plot and the JSON have every epoch.", ""]
     header = ["variant", "p", f"train {m}", f"valid {m}", f"test {m}", "best epoch / epochs", "wall time",
               "seeds", f"paper valid {m}", f"paper test {m}"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

@@ -81,7 +81,7 @@ class Trainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(epoch)
-        totals, state = _Totals(), None
+        totals, state, started = _Totals(), None, time.time()
         bar = self._bar("train", epoch)
         for step, batch in enumerate(self.task.batches("train", self.device), 1):
             out = self.train_step(batch, state)
@@ -89,8 +89,9 @@ class Trainer:
             totals.add(out)
             if step % self.config.log_interval == 0:
                 self._check_finite(totals, epoch, step)
-                bar.set_postfix(loss=f"{totals.mean_nll():.3f}", tok_s=f"{totals.count / bar.format_dict['elapsed']:.0f}"
-                                if bar.format_dict["elapsed"] else "-", lr=f"{self.config.lr_at(epoch):.3g}")
+                elapsed = max(time.time() - started, 1e-9)
+                bar.set_postfix(loss=f"{totals.mean_nll():.3f}", tok_s=f"{totals.count / elapsed:.0f}",
+                                lr=f"{self.config.lr_at(epoch):.3g}")
             bar.update()
         bar.close()
         self._check_finite(totals, epoch, "end")

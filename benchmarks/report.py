@@ -150,3 +150,7 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def write_overview(out_dir):
+    pass

@@ -1,5 +1,7 @@
-"""Train a task's variants (with versus without dropout) and write results/<task>/<preset>.{json,md,png}.
+"""Train a task's variants (with versus without dropout) and write results/<task>/<preset>.{json,md,png}
+and the overview results/README.md.
 
+    python -m benchmarks.run --task mt                               # the task's default preset (cpu)
     python -m benchmarks.run --task lm --preset cpu                  # none vs zaremba
     python -m benchmarks.run --task lm --preset small --variants none
     python -m benchmarks.run --list
@@ -17,7 +19,7 @@ from core import SCHEMES, Trainer, TrainConfig
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything
 from tasks import TASKS, get_task
-from benchmarks.report import write_results
+from benchmarks.report import write_overview, write_results
 
 
 def build_parser():
@@ -25,13 +27,15 @@ def build_parser():
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="list tasks and presets, then exit")
     p.add_argument("--task", help=f"one of: {', '.join(sorted(TASKS))}")
-    p.add_argument("--preset", help="a preset of the task (see --list)")
+    p.add_argument("--preset", help="a preset of the task (default: the task's default, see --list)")
     p.add_argument("--variants", default="none,zaremba", help=f"comma list of dropout schemes: {', '.join(SCHEMES)}")
     p.add_argument("--seeds", default="1", help="comma list of integer seeds")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count (results go to <preset>-e<N>)")
     p.add_argument("--dropout", type=float, help="override the preset's dropout p (results go to <preset>-p<P>)")
     p.add_argument("--data-dir", help=f"dataset root (default: ${ENV_DATA_DIR}, else ~/.cache/rnnreg)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+    p.add_argument("--custom-data", action="store_true",
+                   help="train on data files that fail the canonical checksums (your own copy); the results say so")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
@@ -59,6 +63,8 @@ def validate(args, parser):
         task_cls = get_task(args.task)
     except ValueError as err:
         parser.error(str(err))
+    if args.preset is None:
+        args.preset = task_cls.default_preset
     if args.preset not in task_cls.presets:
         parser.error(f"--preset {args.preset!r} is not a preset of task {args.task}; "
                      f"choose one of: {', '.join(task_cls.presets)}")
@@ -108,7 +114,7 @@ def run_config(task_cls, args, variant, seed):
 def train_one(task_cls, args, config, run_dir, origin):
     """Train one variant/seed; returns its results entry."""
     started = time.time()
-    task = task_cls(config, data_root(args.data_dir), download=not args.no_download)
+    task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data)
     seed_everything(config["seed"])
     model = task.build_model()
     trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress)
@@ -117,7 +123,7 @@ def train_one(task_cls, args, config, run_dir, origin):
           f"({time.time() - started:.0f} s)", flush=True)
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,
             **result,
-            "config": config, "provenance": origin,
+            "config": config, "provenance": origin, "data": task.data_info(),
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
@@ -125,8 +131,9 @@ def list_tasks():
     for name, cls in sorted(TASKS.items()):
         print(f"{name}: {cls.description}")
         for preset, config in cls.presets.items():
+            default = " (default)" if preset == cls.default_preset else ""
             note = f"  [{cls.preset_notes[preset]}]" if preset in cls.preset_notes else ""
-            print(f"  {preset}: " + ", ".join(f"{k}={v}" for k, v in config.items()) + note)
+            print(f"  {preset}{default}: " + ", ".join(f"{k}={v}" for k, v in config.items()) + note)
 
 
 def main(argv=None):
@@ -150,6 +157,7 @@ def main(argv=None):
             except (DataError, FloatingPointError, ValueError) as err:
                 sys.exit(f"error: {err}")
             write_results(args.out, task_cls, label, args.preset, [entry])
+            write_overview(args.out)
     print(f"wrote {Path(args.out) / args.task / label}.{{json,md,png}}")
 
 

@@ -10,7 +10,6 @@ import os
 import tarfile
 import tempfile
 import urllib.request
-import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +65,7 @@ def _extract(archive, members, into):
             for info in zf.infolist():
                 name = wanted.get(info.filename.lstrip("./"))
                 if name:
+                    (into / name).parent.mkdir(parents=True, exist_ok=True)
                     (into / name).write_bytes(zf.read(info))
                     found[name] = into / name
     else:
@@ -73,6 +73,7 @@ def _extract(archive, members, into):
             for info in tf:
                 name = wanted.get(info.name.lstrip("./"))
                 if name and info.isfile():
+                    (into / name).parent.mkdir(parents=True, exist_ok=True)
                     (into / name).write_bytes(tf.extractfile(info).read())
                     found[name] = into / name
     return found
@@ -85,6 +86,7 @@ def _verify_and_place(candidates, checksums, folder):
         if actual != checksums[name]:
             bad.append(f"{name}: sha256 {actual} != expected {checksums[name]}")
             continue
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, folder / name)
     return bad
 
@@ -107,6 +109,7 @@ def download_files(folder, checksums, sources, timeout=30):
             tmp = Path(tmp)
             try:
                 target = tmp / (source.filename or "archive")
+                target.parent.mkdir(parents=True, exist_ok=True)
                 fetch(source.url, target, timeout=timeout)
                 candidates = ({source.filename: target} if source.members is None
                               else _extract(target, {m: n for m, n in source.members.items() if n in missing}, tmp))
@@ -119,12 +122,17 @@ def download_files(folder, checksums, sources, timeout=30):
         raise DataError(f"could not download {', '.join(missing)} into {folder}:\n  " + "\n  ".join(errors))
 
 
-def check_files(folder, checksums):
-    """Warn about files that differ from the canonical ones (a custom or damaged copy): the run goes on,
-    but its numbers are not comparable with published ones."""
-    for name, expected in checksums.items():
-        path = Path(folder) / name
-        if sha256(path) != expected:
-            warnings.warn(f"{path} differs from the canonical file (sha256 mismatch): results will not be "
-                          f"comparable with published numbers. Delete it to re-download the canonical copy.",
-                          stacklevel=2)
+def check_files(folder, checksums, custom_data=False):
+    """Verify every file against its canonical sha256.
+
+    A mismatch stops the run (a damaged or different copy gives numbers that look comparable with published
+    ones but are not) unless `custom_data` says the user means to use their own copy; then the mismatching
+    names are returned so the results can record that the data was not canonical.
+    """
+    different = [name for name, expected in checksums.items() if sha256(Path(folder) / name) != expected]
+    if different and not custom_data:
+        paths = ", ".join(str(Path(folder) / name) for name in different)
+        raise DataError(f"{paths} failed the sha256 check: not the canonical file(s). Delete them to download "
+                        f"the canonical copies, or pass --custom-data to train on your own copy (the results "
+                        f"will then record that the data was not canonical).")
+    return different

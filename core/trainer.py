@@ -38,6 +38,7 @@ class TrainConfig:
     lr_decay: float = 1.0  # then is divided by this every epoch
     clip: float = 5.0  # max global gradient norm
     seed: int = 1
+    optimizer: str = "sgd"  # "sgd" (the paper) or "adam"
     log_interval: int = 50  # steps between progress updates (and NaN checks)
 
     @classmethod
@@ -48,6 +49,15 @@ class TrainConfig:
     def lr_at(self, epoch):
         """Learning rate for 1-based `epoch`."""
         return self.lr / self.lr_decay ** max(epoch - self.decay_start, 0)
+
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
+
+
+def make_optimizer(name, params, lr):
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name](params, lr=lr)
 
 
 def detach_state(state):
@@ -62,7 +72,7 @@ class Trainer:
     def __init__(self, task, model, config, run_dir, device, progress=True):
         self.task, self.model, self.config = task, model.to(device), config
         self.run_dir, self.device, self.progress = Path(run_dir), torch.device(device), progress
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.lr)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
         self.history = []  # one dict per finished epoch
         self.best = None  # (metric, epoch)
 
@@ -133,12 +143,17 @@ class Trainer:
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
         test = self.evaluate("test")
-        test.update(self.task.final_metrics(self.model, "test", self.device))
+        extra, details = self.task.final_metrics(self.model, "test", self.device)
+        test.update(extra)
+        details = dict(details)
+        if "outputs" in details:
+            write_text(self.run_dir / "test_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))
         best_record = self.history[best["epoch"] - 1]
         metrics = {k: v for k, v in best_record.items() if k.startswith(("train_", "valid_"))}
         metrics.update({f"test_{k}": v for k, v in test.items()})
         result = {"metrics": metrics, "best_epoch": best["epoch"], "epochs": len(self.history),
-                  "wall_s": round(sum(r["wall_s"] for r in self.history), 1), "history": self.history}
+                  "wall_s": round(sum(r["wall_s"] for r in self.history), 1), "history": self.history,
+                  "details": details}
         write_json(self.run_dir / "result.json", result)
         return result
 

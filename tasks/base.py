@@ -6,20 +6,32 @@ class Task:
     name = ""  # registry key, e.g. "lm"
     description = ""
     presets = {}  # preset name -> plain config dict (model, data and TrainConfig keys)
+    default_preset = "cpu"  # what `benchmarks.run --task NAME` trains when no --preset is given
     preset_notes = {}  # preset -> a warning printed above its results table (e.g. "scaled down")
     paper_results = {}  # preset -> variant -> {metric: value} as printed in the paper
+    paper_source = ""  # where paper_results come from, e.g. "Table 1"
     main_metric = "ppl"  # selects the best epoch on valid and names the table columns
     lower_is_better = True
+    extra_test_metrics = ()  # (key, label) of test metrics shown beside the main one, e.g. ("bleu", "BLEU")
     stateful = False  # carry the recurrent state across consecutive batches (truncated BPTT)
 
-    def __init__(self, config, data_dir, download=True):
+    def __init__(self, config, data_dir, download=True, custom_data=False):
+        """`custom_data`: the user means to use data that fails the canonical checksums; the task then lists
+        those files in `self.noncanonical` (the runner records it in the results) instead of stopping."""
         self.config, self.data_dir, self.download = dict(config), Path(data_dir), download
+        self.custom_data = custom_data
+        self.noncanonical = []
+
+    def data_info(self):
+        """What the results record about the data the run used."""
+        return {"canonical": not self.noncanonical, "noncanonical_files": list(self.noncanonical)}
 
     def build_model(self):
         raise NotImplementedError
 
     def batches(self, split, device):
-        """Yield the batches of `split` ("train", "valid", "test") already on `device`."""
+        """Yield the batches of `split` ("train", "valid", "test") already on `device`. A shuffled order must
+        come from torch's global RNG (seeded and checkpointed by the trainer) so runs repeat and resume."""
         raise NotImplementedError
 
     def num_batches(self, split):
@@ -34,8 +46,12 @@ class Task:
         raise NotImplementedError
 
     def final_metrics(self, model, split, device):
-        """Extra test-time metrics that need more than the loss (e.g. BLEU after beam search)."""
-        return {}
+        """Test-time metrics that need more than the loss (e.g. BLEU after beam search).
+
+        Returns (metrics, details): metrics are numbers (reported as test_<name>); details is JSON for the
+        results (e.g. the BLEU signature, example outputs). A details entry "outputs" (a list of lines) is
+        written to the run directory as <split>_outputs.txt instead of into the results."""
+        return {}, {}
 
     def checkpoint_extras(self):
         """What besides the weights a checkpoint needs to be used on its own (vocab, model config)."""

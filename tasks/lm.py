@@ -67,9 +67,12 @@ class LanguageModelTask(Task):
     lower_is_better = True
     stateful = True
 
-    def __init__(self, config, data_dir, download=True):
-        super().__init__(config, data_dir, download)
-        self.corpus = Corpus(ensure_ptb(data_dir, download))
+    paper_source = "Table 1"
+
+    def __init__(self, config, data_dir, download=True, custom_data=False):
+        super().__init__(config, data_dir, download, custom_data)
+        folder, self.noncanonical = ensure_ptb(data_dir, download, custom_data=custom_data)
+        self.corpus = Corpus(folder)
         sizes = {"train": self.config["batch_size"], "valid": self.config["eval_batch_size"],
                  "test": self.config["eval_batch_size"]}
         self.streams = {split: batchify(ids, sizes[split]) for split, ids in self.corpus.splits.items()}

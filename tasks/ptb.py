@@ -20,8 +20,9 @@ SOURCES = [
 ]
 
 
-def ensure_ptb(root, download=True, sources=SOURCES, checksums=SHA256):
-    """Return the folder `root/ptb` holding verified ptb.{train,valid,test}.txt, downloading if allowed."""
+def ensure_ptb(root, download=True, sources=SOURCES, checksums=SHA256, custom_data=False):
+    """Return (the folder `root/ptb` holding verified ptb.{train,valid,test}.txt, the names of files that are
+    not the canonical ones), downloading if allowed. See core.download.check_files for `custom_data`."""
     folder = Path(root) / "ptb"
     missing = [name for name in checksums if not (folder / name).exists()]
     if missing and download:
@@ -31,8 +32,7 @@ def ensure_ptb(root, download=True, sources=SOURCES, checksums=SHA256):
             raise DataError(f"{_missing_message(folder, missing)}\nThe download failed: {err}") from None
     elif missing:
         raise DataError(_missing_message(folder, missing))
-    check_files(folder, checksums)
-    return folder
+    return folder, check_files(folder, checksums, custom_data)
 
 
 def _missing_message(folder, missing):

@@ -1,0 +1,227 @@
+"""Seq2seq translation with an LSTM encoder-decoder and beam search (paper section 4.3, Table 3).
+
+Sutskever et al. (2014): the encoder reads the source reversed, its final (h, c) starts the decoder, and
+the decoder emits the target; beam search (width 12 in the paper) decodes. Dropout (the variant's scheme)
+is on every non-recurrent connection of both LSTMs, never on h_{t-1} -> h_t nor on the encoder -> decoder
+state hand-over (that is a recurrent connection too).
+"""
+import torch
+import torch.nn as nn
+
+from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
+from core.download import DataError
+from tasks import register
+from tasks.base import Task
+from tasks.parallel import ensure_multi30k, load_hub_pairs, load_multi30k
+
+SPLITS = ("train", "valid", "test")
+_DATA = dict(corpus="multi30k", src="en", tgt="fr", valid_set="val", test_set="test_2016_flickr")
+_DECODE = dict(beam=12, max_len_a=1.5, max_len_b=10, length_penalty=0.0, decode_batch_size=64)
+PRESETS = {
+    # Scaled down for a 2-core CPU (NOT the paper's configuration); sized by measurement, see the README.
+    "cpu": dict(_DATA, **_DECODE, emb=256, hidden=256, layers=2, init=0.1, dropout=0.3, min_freq=2, max_vocab=None,
+                max_train_len=50, batch_size=64, eval_batch_size=128, optimizer="adam", lr=0.002, epochs=15,
+                decay_start=10, lr_decay=1.5, clip=5.0),
+    # Section 4.3 / Sutskever et al. (2014): 4x1000, 1000-d embeddings, 160k/80k vocabularies, uniform 0.08,
+    # SGD lr 0.7 halved every epoch after 5, batch 128, clip 5, p=0.2, beam 12, WMT'14 En->Fr.
+    "paper": dict(_DATA, **_DECODE, corpus="hub", hub_name="wmt14", hub_config="fr-en", valid_set="validation",
+                  test_set="test", emb=1000, hidden=1000, layers=4, init=0.08, dropout=0.2, min_freq=1,
+                  max_vocab=None, src_vocab=160000, tgt_vocab=80000, max_train_len=80, batch_size=128,
+                  eval_batch_size=128, optimizer="sgd", lr=0.7, epochs=8, decay_start=5, lr_decay=2.0, clip=5.0),
+    # Seconds on a tiny corpus; a smoke test of the machinery, not a result.
+    "tiny": dict(_DATA, beam=3, max_len_a=1.5, max_len_b=5, length_penalty=0.0, decode_batch_size=8, emb=16,
+                 hidden=16, layers=2, init=0.1, dropout=0.2, min_freq=1, max_vocab=None, max_train_len=50,
+                 batch_size=8, eval_batch_size=16, optimizer="adam", lr=0.01, epochs=2, decay_start=1,
+                 lr_decay=2.0, clip=5.0),
+}
+PRESET_NOTES = {
+    "cpu": "Scaled down for a 2-core CPU (Multi30k En->Fr, 2x256, p=0.3, Adam, 15 epochs): not a paper configuration.",
+    "paper": "The paper's configuration (4x1000, WMT'14 En->Fr): needs internet for the data and a GPU.",
+    "tiny": "Smoke-test preset (seconds on a tiny corpus): not a result.",
+}
+PAPER_RESULTS = {  # Table 3 of the paper (WMT'14 En->Fr): test perplexity and BLEU
+    "paper": {"none": {"test_ppl": 5.8, "test_bleu": 25.9}, "zaremba": {"test_ppl": 5.0, "test_bleu": 29.03}},
+}
+EXAMPLES = 5  # example test translations kept in the results
+
+
+class Seq2Seq(nn.Module):
+    """Embeddings -> reversed-source encoder LSTM -> (h, c) -> decoder LSTM -> linear softmax layer."""
+
+    def __init__(self, src_vocab, tgt_vocab, emb, hidden, layers, dropout=0.0, scheme="zaremba"):
+        super().__init__()
+        self.src_embed = nn.Embedding(src_vocab, emb)
+        self.tgt_embed = nn.Embedding(tgt_vocab, emb)
+        self.encoder = DropoutLSTM(emb, hidden, layers, dropout, scheme)
+        self.decoder = DropoutLSTM(emb, hidden, layers, dropout, scheme)
+        self.out = nn.Linear(hidden, tgt_vocab)
+
+    def encode(self, src, src_lengths):
+        """src (B, S) padded, lengths (B,) -> the encoder's final (h, c) after reading each source reversed."""
+        positions = torch.arange(src.size(1), device=src.device)[None, :]
+        lengths = src_lengths.to(src.device)[:, None]
+        reverse = torch.where(positions < lengths, lengths - 1 - positions, positions)
+        _, state = self.encoder(self.src_embed(src.gather(1, reverse)), lengths=src_lengths)
+        return state
+
+    def forward(self, src, src_lengths, tgt_in):
+        output, _ = self.decoder(self.tgt_embed(tgt_in), self.encode(src, src_lengths))
+        return self.out(output)
+
+    def step(self, tokens, state):
+        """One decoding step: tokens (N,) -> (logits (N, V), state)."""
+        output, state = self.decoder.step(self.tgt_embed(tokens), state)
+        return self.out(output), state
+
+
+def build_seq2seq(config, src_size, tgt_size):
+    model = Seq2Seq(src_size, tgt_size, config["emb"], config["hidden"], config["layers"], config["dropout"],
+                    config.get("scheme", "zaremba"))
+    init_uniform(model, config["init"])
+    return model
+
+
+def load_pairs(config, data_dir, download, custom_data):
+    """{split: Pairs} for train/valid/test, and the names of non-canonical files."""
+    sets = {"train": "train", "valid": config["valid_set"], "test": config["test_set"]}
+    src, tgt = config["src"], config["tgt"]
+    if src == tgt:
+        raise DataError(f"source and target language are both {src!r}")
+    if config["corpus"] == "multi30k":
+        folder, noncanonical = ensure_multi30k(data_dir, list(sets.values()), [src, tgt], download, custom_data)
+        return {split: load_multi30k(folder, name, src, tgt) for split, name in sets.items()}, noncanonical
+    if config["corpus"] == "hub":
+        files = config.get("hub_data_files")
+        return {split: load_hub_pairs(config["hub_name"], config.get("hub_config"), name, src, tgt,
+                                      files and files[name], config.get(f"{split}_limit"))
+                for split, name in sets.items()}, []
+    raise DataError(f"unknown corpus {config['corpus']!r}; use multi30k or hub")
+
+
+@register
+class TranslationTask(Task):
+    name = "mt"
+    description = "Seq2seq LSTM translation with beam search (test perplexity, BLEU)"
+    presets = PRESETS
+    preset_notes = PRESET_NOTES
+    paper_results = PAPER_RESULTS
+    paper_source = "Table 3 (WMT'14 En->Fr)"
+    main_metric = "ppl"
+    lower_is_better = True
+    extra_test_metrics = (("bleu", "BLEU"),)
+
+    def __init__(self, config, data_dir, download=True, custom_data=False):
+        super().__init__(config, data_dir, download, custom_data)
+        cfg = self.config
+        self.pairs, self.noncanonical = load_pairs(cfg, data_dir, download, custom_data)
+        train = self.pairs["train"]
+        self.src_vocab = Vocab.build(train.src_tokens, cfg["min_freq"], cfg.get("src_vocab", cfg["max_vocab"]))
+        self.tgt_vocab = Vocab.build(train.tgt_tokens, cfg["min_freq"], cfg.get("tgt_vocab", cfg["max_vocab"]))
+        self.data = {split: self._encode(pairs, drop_long=split == "train") for split, pairs in self.pairs.items()}
+
+    def _encode(self, pairs, drop_long):
+        src = [self.src_vocab.encode(s) for s in pairs.src_tokens]
+        tgt = [self.tgt_vocab.encode(t, bos=True, eos=True) for t in pairs.tgt_tokens]
+        keep = [i for i in range(len(src)) if src[i] and (not drop_long or max(len(src[i]), len(tgt[i]) - 1)
+                                                           <= self.config["max_train_len"])]
+        return [src[i] for i in keep], [tgt[i] for i in keep]
+
+    # ---- Task interface ------------------------------------------------------------------------
+    def build_model(self):
+        return build_seq2seq(self.config, len(self.src_vocab), len(self.tgt_vocab))
+
+    def _index_batches(self, split):
+        src, tgt = self.data[split]
+        size = self.config["batch_size" if split == "train" else "eval_batch_size"]
+        keys = [len(s) * 1000 + len(t) for s, t in zip(src, tgt)]  # bucket on source, then target length
+        return bucket_batches(keys, size, shuffle=split == "train")
+
+    def batches(self, split, device):
+        src, tgt = self.data[split]
+        pad = self.tgt_vocab.pad
+        for index in self._index_batches(split):
+            src_ids, src_len = pad_sequences([src[i] for i in index], self.src_vocab.pad)
+            tgt_ids, _ = pad_sequences([tgt[i] for i in index], pad)
+            yield src_ids.to(device), src_len, tgt_ids.to(device)
+
+    def num_batches(self, split):
+        size = self.config["batch_size" if split == "train" else "eval_batch_size"]
+        return -(-len(self.data[split][0]) // size)
+
+    def forward(self, model, batch, state):
+        src, src_len, tgt = batch
+        logits = model(src, src_len, tgt[:, :-1])
+        nll, count = sequence_nll(logits, tgt[:, 1:], self.tgt_vocab.pad)
+        # summed over target tokens, averaged over sentences (Sutskever et al.; the LM task's scaling)
+        return StepOutput(loss=nll / src.size(0), nll=nll.detach(), count=count)
+
+    def metrics(self, totals):
+        mean = totals["nll"] / totals["count"]
+        return {"ppl": float(torch.tensor(mean).exp()), "loss": mean}
+
+    def final_metrics(self, model, split, device):
+        pairs = self.pairs[split]
+        hyps = translate([model], self.src_vocab, self.tgt_vocab, pairs.src_tokens, self.config, device)
+        detok = detokenize(hyps, self.config["tgt"])
+        bleu, signature = corpus_bleu(detok, pairs.tgt_raw)
+        picks = range(0, len(detok), max(len(detok) // EXAMPLES, 1))
+        examples = [{"index": i, "source": pairs.src_raw[i], "reference": pairs.tgt_raw[i], "output": detok[i]}
+                    for i in list(picks)[:EXAMPLES]]
+        decode = {k: self.config[k] for k in _DECODE}
+        return {"bleu": bleu}, {"bleu_signature": signature, "decode": decode, "examples": examples,
+                                "outputs": detok}
+
+    def checkpoint_extras(self):
+        return {**super().checkpoint_extras(), "src_vocab": self.src_vocab.state_dict(),
+                "tgt_vocab": self.tgt_vocab.state_dict()}
+
+
+# ---- decoding and scoring -----------------------------------------------------------------------
+@torch.no_grad()
+def translate(models, src_vocab, tgt_vocab, sentences, config, device, beam=None):
+    """Beam-decode token lists with one model or an ensemble (averaged log-probabilities each step).
+
+    Returns the output token lists in input order. Sentences are decoded in length-sorted batches.
+    """
+    beam = config["beam"] if beam is None else beam
+    for model in models:
+        model.eval()
+    encoded = [src_vocab.encode(s) or [src_vocab.unk] for s in sentences]
+    outputs = [None] * len(encoded)
+    for index in bucket_batches([len(s) for s in encoded], config["decode_batch_size"]):
+        src, lengths = pad_sequences([encoded[i] for i in index], src_vocab.pad)
+        src = src.to(device)
+        max_len = (lengths.float() * config["max_len_a"] + config["max_len_b"]).long().to(device)
+        tokens, _ = beam_search([m.step for m in models], [m.encode(src, lengths) for m in models], len(index),
+                                tgt_vocab.bos, tgt_vocab.eos, beam, max_len, config["length_penalty"])
+        for i, ids in zip(index, tokens):
+            outputs[i] = tgt_vocab.decode(ids)
+    return outputs
+
+
+def detokenize(token_lists, lang):
+    from sacremoses import MosesDetokenizer
+
+    detok = MosesDetokenizer(lang=lang)
+    return [detok.detokenize(tokens) for tokens in token_lists]
+
+
+def corpus_bleu(hypotheses, references):
+    """sacreBLEU on detokenized output against the raw references, case-insensitive (the model is trained on
+    lowercased text) with sacreBLEU's own 13a tokenizer. Returns (score, signature)."""
+    from sacrebleu.metrics import BLEU
+
+    bleu = BLEU(lowercase=True)
+    return bleu.corpus_score(hypotheses, [references]).score, str(bleu.get_signature())
+
+
+def load_checkpoint(path, device="cpu"):
+    """A best.pt of --task mt -> (model, src_vocab, tgt_vocab, config): enough to translate on its own."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if ckpt.get("task") != "mt" or "tgt_vocab" not in ckpt:
+        raise ValueError(f"{path} is not a translation checkpoint (use a best.pt written by --task mt)")
+    src_vocab, tgt_vocab = Vocab.from_state_dict(ckpt["src_vocab"]), Vocab.from_state_dict(ckpt["tgt_vocab"])
+    model = build_seq2seq(ckpt["config"], len(src_vocab), len(tgt_vocab)).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, src_vocab, tgt_vocab, ckpt["config"]

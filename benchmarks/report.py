@@ -55,6 +55,20 @@ def _duration(seconds):
     return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
+def _paper_keys(task):
+    """The paper's metric keys for this task, in a fixed order (the same columns for every preset)."""
+    keys = {k for variants in task.paper_results.values() for ref in variants.values() for k in ref}
+    m = task.main_metric
+    order = [f"valid_{m}", f"test_{m}"] + [f"test_{k}" for k, _ in task.extra_test_metrics]
+    return [k for k in order if k in keys]
+
+
+def _label(key, task):
+    names = dict(task.extra_test_metrics)
+    split, metric = key.split("_", 1)
+    return f"{split} {names.get(metric, metric)}"
+
+
 def markdown(task, label, preset, runs):
     m = task.main_metric
     paper = task.paper_results.get(label, {})
@@ -63,27 +77,41 @@ def markdown(task, label, preset, runs):
         lines += [f"**{task.preset_notes[preset]}**", ""]
     if label != preset:
         lines += [f"**Preset `{preset}` with overrides (`{label}`): not the preset as published.**", ""]
+    custom = sorted({f for r in runs for f in r.get("data", {}).get("noncanonical_files", [])})
+    if custom:
+        lines += [f"**Trained on non-canonical data (--custom-data): {', '.join(custom)} differ from the "
+                  f"published files, so these numbers are not comparable with published ones.**", ""]
     direction = "lower" if task.lower_is_better else "higher"
-    lines += [f"`{m}` is the metric ({direction} is better). All three columns come from the best-on-valid epoch; "
+    lines += [f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid epoch; "
               f"train {m} is the running average over that epoch's training pass (dropout on, as in the paper's "
               f"code). The plot and the JSON have every epoch.", ""]
-    header = ["variant", "p", f"train {m}", f"valid {m}", f"test {m}", "best epoch / epochs", "wall time",
-              "seeds", f"paper valid {m}", f"paper test {m}"]
+    extras = [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics]
+    paper_keys = _paper_keys(task)
+    header = (["variant", "p", f"train {m}", f"valid {m}", f"test {m}"] + [name for _, name in extras]
+              + ["best epoch / epochs", "wall time", "seeds"]
+              + [f"paper {_label(k, task)}" for k in paper_keys])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (variant, p), group in _group(runs).items():
         col = lambda name: [r["metrics"][name] for r in group if name in r["metrics"]]  # noqa: E731
         ref = paper.get(variant, {})
-        lines.append("| " + " | ".join([
-            variant, f"{p:g}", _fmt(col(f"train_{m}")), _fmt(col(f"valid_{m}")), _fmt(col(f"test_{m}")),
-            ", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in group),
-            _duration(statistics.mean(r["wall_s"] for r in group)),
-            ",".join(str(r["seed"]) for r in group),
-            f"{ref[f'valid_{m}']:g}" if f"valid_{m}" in ref else "—",
-            f"{ref[f'test_{m}']:g}" if f"test_{m}" in ref else "—",
-        ]) + " |")
+        lines.append("| " + " | ".join(
+            [variant, f"{p:g}", _fmt(col(f"train_{m}")), _fmt(col(f"valid_{m}")), _fmt(col(f"test_{m}"))]
+            + [_fmt(col(key)) for key, _ in extras]
+            + [", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in group),
+               _duration(statistics.mean(r["wall_s"] for r in group)),
+               ",".join(str(r["seed"]) for r in group)]
+            + [f"{ref[k]:g}" if k in ref else "—" for k in paper_keys]) + " |")
+    if paper:
+        lines += ["", f"Paper columns: {task.paper_source} of Zaremba et al. (2014), as printed."]
+    if task.results_notes:
+        lines += ["", task.results_notes]
+    signatures = sorted({r["details"]["bleu_signature"] for r in runs if "bleu_signature" in r.get("details", {})})
+    if signatures:
+        lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures)]
     config = runs[0]["config"]
-    lines += ["", "Config: " + ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("scheme", "dropout", "seed")),
-              "", "## Provenance", ""]
+    lines += ["", "Config: " + ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("scheme", "dropout", "seed"))]
+    lines += _examples(runs)
+    lines += ["", "## Provenance", ""]
     for run in runs:
         prov = run["provenance"]
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
@@ -91,6 +119,25 @@ def markdown(task, label, preset, runs):
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of training, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"
+
+
+def _examples(runs):
+    """Example test outputs side by side (the first seed of each variant)."""
+    firsts = {}
+    for run in runs:
+        if run.get("details", {}).get("examples"):
+            firsts.setdefault((run["variant"], run["dropout"]), run["details"]["examples"])
+    if not firsts:
+        return []
+    lines = ["", "## Example test outputs", ""]
+    base = next(iter(firsts.values()))
+    for i, example in enumerate(base):
+        lines += [f"{i + 1}. (test sentence {example['index']})", f"   - source: {example['source']}",
+                  f"   - reference: {example['reference']}"]
+        for (variant, p), examples in firsts.items():
+            if i < len(examples):
+                lines.append(f"   - {variant} (p={p:g}): {examples[i]['output']}")
+    return lines
 
 
 def plot(task, label, runs, path):
@@ -146,11 +193,55 @@ def main(argv=None):
         write_text(path.with_suffix(".md"), markdown(task, label, preset, runs))
         plot(task, label, runs, path.with_suffix(".png"))
         print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+        write_overview(path.parent.parent)
+
+
+
+def _cell(runs, variant, keys):
+    values = [[r["metrics"][k] for r in runs if r["variant"] == variant and k in r["metrics"]] for k in keys]
+    if not values[0]:
+        return "—"
+    return " / ".join(_fmt(v) for v in values)
+
+
+def overview(out_dir):
+    """results/README.md: one row per task and preset, the main held-out metric of each variant side by side."""
+    from core import SCHEMES
+    from tasks import TASKS
+
+    out_dir = Path(out_dir)
+    lines = ["# Results", "",
+             "Regenerated by `python -m benchmarks.run` after every run. One row per task and preset: the test "
+             "metric of the best-on-valid epoch for each dropout variant (mean ± std over seeds when there are "
+             "several), the paper's numbers in their own column, and links to the full table and plot. "
+             "Presets that are not the paper's configuration (scaled down for a CPU, or smoke tests) are marked; "
+             "their numbers are not comparable with the paper's.",
+             "", "| task | preset | metric | " + " | ".join(SCHEMES) + " | paper | table | plot |",
+             "|" + "---|" * (len(SCHEMES) + 6)]
+    for name, task in sorted(TASKS.items()):
+        for path in sorted((out_dir / name).glob("*.json")):
+            runs = load_runs(path)
+            if not runs or not isinstance(runs, list) or "variant" not in runs[0]:
+                continue  # e.g. speed.json
+            keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in task.extra_test_metrics]
+            metric = "test " + " / ".join([task.main_metric] + [label for _, label in task.extra_test_metrics])
+            paper = task.paper_results.get(path.stem, {})
+            paper_cell = "; ".join(f"{v}: " + " / ".join(f"{ref[k]:g}" for k in keys if k in ref)
+                                   for v, ref in paper.items() if any(k in ref for k in keys)) or "—"
+            note = " (not a paper config)" if path.stem.split("-")[0] in task.preset_notes else ""
+            lines.append(f"| {name} | {path.stem}{note} | {metric} | "
+                         + " | ".join(_cell(runs, v, keys) for v in SCHEMES)
+                         + f" | {paper_cell} | [{path.stem}.md]({name}/{path.stem}.md) | "
+                           f"[{path.stem}.png]({name}/{path.stem}.png) |")
+    speed = sorted(out_dir.glob("*/speed.md"))
+    if speed:
+        lines += ["", "Speed: " + ", ".join(f"[{p.parent.name}]({p.parent.name}/speed.md)" for p in speed)]
+    return "\n".join(lines) + "\n"
+
+
+def write_overview(out_dir):
+    write_text(Path(out_dir) / "README.md", overview(out_dir))
 
 
 if __name__ == "__main__":
     main()
-
-
-def write_overview(out_dir):
-    pass

@@ -1,13 +1,15 @@
-"""Training and evaluation tokens/s of each dropout scheme against a plain PyTorch reference loop.
+"""Speed of each dropout scheme: training and evaluation tokens/s (and decoding sentences/s for mt).
 
     python -m benchmarks.speed --task lm --preset small
     python -m benchmarks.speed --task lm --preset medium --device cuda
+    python -m benchmarks.speed --task mt                 # the cpu preset's shape, beam 12 and beam 1
 
-The reference is the pytorch/examples word_language_model shape: embedding -> nn.LSTM with its built-in
-inter-layer dropout -> linear -> cross-entropy, SGD, gradient clipping. Our schemes run through the real
-Trainer.train_step. Timings are interleaved (reference, none, zaremba, naive, then again) and the median
-of the repeats is reported. Inputs are random token ids of the PTB vocabulary size, so no data is needed.
-Writes results/lm/speed.json (all measurements so far) and results/lm/speed.md.
+lm: against the pytorch/examples word_language_model as published (RNNModel, LSTM): dropout on the
+embeddings, nn.LSTM's inter-layer dropout, dropout on the LSTM output (the same connections as our
+`zaremba` scheme), log_softmax + NLLLoss, gradient clipping and its manual SGD update. Our schemes run
+through the real Trainer.train_step. Timings are interleaved (reference, none, zaremba, naive, then again)
+and the median of the repeats is reported. Inputs are random token ids of the PTB vocabulary size, so no
+data is needed. Writes results/<task>/speed.json (all measurements so far) and results/<task>/speed.md.
 """
 import argparse
 import shlex
@@ -22,25 +24,33 @@ import torch.nn.functional as F
 
 from core import Trainer, TrainConfig
 from core.utils import pick_device, provenance, write_json, write_text
+from benchmarks import speed_mt
 from benchmarks.report import load_runs
-from tasks.lm import PRESETS, LanguageModelTask, build_language_model
+from tasks import get_task
+from tasks.lm import LanguageModelTask, build_language_model
 
 VOCAB = 10000
 IMPLS = ("reference", "none", "zaremba", "naive")
 
 
 class ReferenceLM(nn.Module):
-    """pytorch/examples word_language_model, LSTM variant, time-major."""
+    """pytorch/examples word_language_model/model.py RNNModel (LSTM), as published: time-major."""
 
     def __init__(self, vocab, hidden, layers, dropout):
         super().__init__()
+        self.drop = nn.Dropout(dropout)
         self.encoder = nn.Embedding(vocab, hidden)
         self.rnn = nn.LSTM(hidden, hidden, layers, dropout=dropout)
         self.decoder = nn.Linear(hidden, vocab)
+        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
+        nn.init.zeros_(self.decoder.bias)
+        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
 
     def forward(self, tokens, hidden):
-        output, hidden = self.rnn(self.encoder(tokens), hidden)
-        return self.decoder(output), hidden
+        emb = self.drop(self.encoder(tokens))
+        output, hidden = self.rnn(emb, hidden)
+        decoded = self.decoder(self.drop(output)).view(-1, self.decoder.out_features)
+        return F.log_softmax(decoded, dim=1), hidden
 
 
 class SyntheticLM(LanguageModelTask):
@@ -55,24 +65,25 @@ class SyntheticLM(LanguageModelTask):
 
 def reference_stepper(config, device):
     model = ReferenceLM(VOCAB, config["hidden"], config["layers"], config["dropout"]).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"])
+    criterion = nn.NLLLoss()
     hidden = [None]
 
-    def train(x, y):  # x, y: (B, T) -> time-major as in the reference
+    def train(x, y):  # x, y: (B, T) -> time-major as in the reference; its train() loop body
         model.train()
-        h = None if hidden[0] is None else tuple(s.detach() for s in hidden[0])
+        h = None if hidden[0] is None else tuple(s.detach() for s in hidden[0])  # repackage_hidden
+        model.zero_grad()
         output, hidden[0] = model(x.t(), h)
-        loss = F.cross_entropy(output.reshape(-1, VOCAB), y.t().reshape(-1))
-        optimizer.zero_grad()
+        loss = criterion(output, y.t().reshape(-1))
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
-        optimizer.step()
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-config["lr"])
 
     @torch.no_grad()
     def evaluate(x, y):
         model.eval()
         output, _ = model(x.t(), None)
-        F.cross_entropy(output.reshape(-1, VOCAB), y.t().reshape(-1))
+        criterion(output, y.t().reshape(-1))
 
     return train, evaluate
 
@@ -129,9 +140,11 @@ def markdown(entries):
     lines = ["# lm / speed", "",
              "Tokens per second of training (forward, backward, clip, SGD step) and evaluation (forward) on the "
              "preset's shape (batch, bptt, hidden, layers, 10k vocab), random tokens. `reference` is the "
-             "pytorch/examples loop: embedding -> nn.LSTM (built-in inter-layer dropout) -> linear -> "
-             "cross-entropy, SGD, clipping. `zaremba` is the paper's scheme on the fused nn.LSTM path; `naive` "
-             "also masks h_{t-1} and runs the explicit per-time-step cell, so it is expected to be slower. "
+             "pytorch/examples word_language_model as published: dropout on the embeddings, nn.LSTM's built-in "
+             "inter-layer dropout and dropout on the LSTM output (the connections our `zaremba` scheme drops), "
+             "log_softmax + NLLLoss, clipping, its manual SGD update. `zaremba` is the paper's scheme on the "
+             "fused nn.LSTM path, so that row is like for like; `naive` also masks h_{t-1} and runs the explicit "
+             "per-time-step cell, so it is expected to be slower. "
              "Produced by `python -m benchmarks.speed`; median of interleaved repeats.", ""]
     for entry in entries:
         prov = entry["provenance"]
@@ -154,8 +167,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="lm", help="only lm has a speed benchmark so far")
-    parser.add_argument("--preset", default="small", help=f"one of: {', '.join(PRESETS)}")
+    parser.add_argument("--task", default="lm", help="lm or mt")
+    parser.add_argument("--preset", help="a preset of the task (default: the task's default preset)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
@@ -163,10 +176,13 @@ def main(argv=None):
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
-    if args.task != "lm":
-        parser.error(f"--task {args.task!r} has no speed benchmark; only lm does")
-    if args.preset not in PRESETS:
-        parser.error(f"--preset {args.preset!r} is not an lm preset; choose one of: {', '.join(PRESETS)}")
+    if args.task not in BENCHMARKS:
+        parser.error(f"--task {args.task!r} has no speed benchmark; choose one of: {', '.join(BENCHMARKS)}")
+    task_cls = get_task(args.task)
+    preset = args.preset or task_cls.default_preset
+    if preset not in task_cls.presets:
+        parser.error(f"--preset {preset!r} is not a preset of task {args.task}; choose one of: "
+                     f"{', '.join(task_cls.presets)}")
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     try:
@@ -175,18 +191,22 @@ def main(argv=None):
         parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = dict(PRESETS[args.preset])
+    config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all
     origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))
-    results = measure(config, device, args.steps, args.warmup, args.repeats)
-    entry = {"preset": args.preset, "config": config, "steps": args.steps, "repeats": args.repeats,
+    measure_fn, markdown_fn = BENCHMARKS[args.task]
+    results = measure_fn(config, device, args.steps, args.warmup, args.repeats)
+    entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats,
              "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    path = Path(args.out) / "lm" / "speed.json"
-    same = lambda e: (e["preset"], e["provenance"]["device"]) == (args.preset, origin["device"])  # noqa: E731
+    path = Path(args.out) / args.task / "speed.json"
+    same = lambda e: (e["preset"], e["provenance"]["device"]) == (preset, origin["device"])  # noqa: E731
     entries = [e for e in load_runs(path) if not same(e)] + [entry]
     write_json(path, entries)
-    write_text(path.with_suffix(".md"), markdown(entries))
-    print(markdown([entry]))
+    write_text(path.with_suffix(".md"), markdown_fn(entries))
+    print(markdown_fn([entry]))
+
+
+BENCHMARKS = {"lm": (measure, markdown), "mt": (speed_mt.measure, speed_mt.markdown)}
 
 
 if __name__ == "__main__":

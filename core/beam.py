@@ -21,7 +21,8 @@ def ensemble_log_probs(steps, tokens, states):
     """Run every member one step; average their log-probabilities and renormalise."""
     outputs = [step(tokens, state) for step, state in zip(steps, states)]
     log_probs = torch.stack([torch.log_softmax(logits.float(), dim=-1) for logits, _ in outputs]).mean(0)
-    return torch.log_softmax(log_probs, dim=-1), [state for _, state in outputs]
+    # a row that rules out every token (all -inf) gives NaN: make it "impossible", not poison the beam
+    return torch.log_softmax(log_probs, dim=-1).nan_to_num(nan=float("-inf")), [state for _, state in outputs]
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ class Task:
     paper_source = ""  # where paper_results come from, e.g. "Table 1"
     main_metric = "ppl"  # selects the best epoch on valid and names the table columns
     lower_is_better = True
+    results_notes = ""  # printed under the results table: how a metric is computed
     extra_test_metrics = ()  # (key, label) of test metrics shown beside the main one, e.g. ("bleu", "BLEU")
     stateful = False  # carry the recurrent state across consecutive batches (truncated BPTT)
 

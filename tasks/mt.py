@@ -5,6 +5,8 @@ the decoder emits the target; beam search (width 12 in the paper) decodes. Dropo
 is on every non-recurrent connection of both LSTMs, never on h_{t-1} -> h_t nor on the encoder -> decoder
 state hand-over (that is a recurrent connection too).
 """
+import time
+
 import torch
 import torch.nn as nn
 
@@ -36,7 +38,6 @@ PRESETS = {
 }
 PRESET_NOTES = {
     "cpu": "Scaled down for a 2-core CPU (Multi30k En->Fr, 2x256, p=0.3, Adam, 15 epochs): not a paper configuration.",
-    "paper": "The paper's configuration (4x1000, WMT'14 En->Fr): needs internet for the data and a GPU.",
     "tiny": "Smoke-test preset (seconds on a tiny corpus): not a result.",
 }
 PAPER_RESULTS = {  # Table 3 of the paper (WMT'14 En->Fr): test perplexity and BLEU
@@ -93,7 +94,8 @@ def load_pairs(config, data_dir, download, custom_data):
     if config["corpus"] == "hub":
         files = config.get("hub_data_files")
         return {split: load_hub_pairs(config["hub_name"], config.get("hub_config"), name, src, tgt,
-                                      files and files[name], config.get(f"{split}_limit"))
+                                      files and files[name], config.get(f"{split}_limit"),
+                                      cache_dir=config.get("hub_cache_dir"))
                 for split, name in sets.items()}, []
     raise DataError(f"unknown corpus {config['corpus']!r}; use multi30k or hub")
 
@@ -109,6 +111,11 @@ class TranslationTask(Task):
     main_metric = "ppl"
     lower_is_better = True
     extra_test_metrics = (("bleu", "BLEU"),)
+    results_notes = ("Perplexity is per target token (the words and <eos>, not padding). BLEU: beam search "
+                     "(width and length settings in the config below) on the test set; the lowercased tokenized "
+                     "output is detokenized with sacremoses, then scored by sacreBLEU against the raw (cased, "
+                     "untokenized) references with its own 13a tokenizer, case-insensitive (`-lc`), since the "
+                     "model is trained on Multi30k's lowercased tok/ files.")
 
     def __init__(self, config, data_dir, download=True, custom_data=False):
         super().__init__(config, data_dir, download, custom_data)
@@ -161,14 +168,17 @@ class TranslationTask(Task):
 
     def final_metrics(self, model, split, device):
         pairs = self.pairs[split]
+        started = time.perf_counter()
         hyps = translate([model], self.src_vocab, self.tgt_vocab, pairs.src_tokens, self.config, device)
+        decode_s = time.perf_counter() - started
         detok = detokenize(hyps, self.config["tgt"])
         bleu, signature = corpus_bleu(detok, pairs.tgt_raw)
         picks = range(0, len(detok), max(len(detok) // EXAMPLES, 1))
         examples = [{"index": i, "source": pairs.src_raw[i], "reference": pairs.tgt_raw[i], "output": detok[i]}
                     for i in list(picks)[:EXAMPLES]]
         decode = {k: self.config[k] for k in _DECODE}
-        return {"bleu": bleu}, {"bleu_signature": signature, "decode": decode, "examples": examples,
+        return {"bleu": bleu}, {"bleu_signature": signature, "decode": decode, "decode_s": round(decode_s, 2),
+                                "decode_sent_s": round(len(hyps) / decode_s, 1), "examples": examples,
                                 "outputs": detok}
 
     def checkpoint_extras(self):

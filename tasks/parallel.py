@@ -140,26 +140,27 @@ def moses_tokenize(lines, lang, lowercase=True):
     return out
 
 
-def load_hub_pairs(name, config, split, src, tgt, data_files=None, limit=None, lowercase=True):
+def load_hub_pairs(name, config, split, src, tgt, data_files=None, limit=None, lowercase=True, cache_dir=None):
     """A `datasets` translation corpus ({"translation": {src: ..., tgt: ...}} rows), e.g. ("wmt14", "fr-en").
 
-    With `data_files`, `name` is a `datasets` builder for local files ("json"), which is how the tests run it.
+    With `data_files` (this split's local file), `name` is a `datasets` builder for local files ("json"):
+    the same loader on local files, which is how the tests run it.
     """
     import datasets
 
     try:
         if data_files is not None:
-            ds = datasets.load_dataset(name, data_files=data_files, split=split)
+            ds = datasets.load_dataset(name, data_files={split: data_files}, split=split, cache_dir=cache_dir)
         else:
-            ds = datasets.load_dataset(name, config, split=split)
+            ds = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
     except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError)
         raise DataError(f"could not load {name}/{config} split {split!r} with the datasets library: {err}. "
-                        f"It needs internet on first use (then ~/.cache/huggingface), or use the multi30k preset.") from None
+                        f"It needs internet on first use (then its cache), or use the multi30k corpus.") from None
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     rows = ds["translation"]
-    missing = [lang for lang in (src, tgt) if lang not in rows[0]]
+    missing = [lang for lang in (src, tgt) if not rows or lang not in rows[0]]
     if missing:
-        raise DataError(f"{name}/{config} has no language {missing} (it has {sorted(rows[0])})")
+        raise DataError(f"{name}/{config} split {split!r} has no {missing} text (rows: {rows[:1]})")
     src_raw, tgt_raw = [r[src] for r in rows], [r[tgt] for r in rows]
     return Pairs(moses_tokenize(src_raw, src, lowercase), moses_tokenize(tgt_raw, tgt, lowercase), src_raw, tgt_raw)

@@ -91,7 +91,8 @@ def test_download_from_tarball_on_loopback(tmp_path, served):
         (tmp_path / name).write_text(text)
     checksums = {name: sha256(tmp_path / name) for name in files}
     sources = [Source(url + "simple-examples.tgz", members={f"simple-examples/data/{n}": n for n in files})]
-    folder = ensure_ptb(tmp_path / "cache", sources=sources, checksums=checksums)
+    folder, noncanonical = ensure_ptb(tmp_path / "cache", sources=sources, checksums=checksums)
+    assert noncanonical == []
     assert sorted(p.name for p in folder.iterdir()) == sorted(files)
     assert Corpus(folder).vocab == ["a", "b", "train", "<eos>"]
 
@@ -107,16 +108,18 @@ def test_checksum_mismatch_falls_back_to_next_source_and_leaves_nothing_bad(tmp_
         ensure_ptb(tmp_path / "c1", sources=bad_only, checksums=checksums)
     assert [p.name for p in (tmp_path / "c1" / "ptb").iterdir()] == []  # no half-written or bad file
     fallback = bad_only + [Source(url + "ptb.train.txt", filename="ptb.train.txt")]
-    folder = ensure_ptb(tmp_path / "c2", sources=fallback, checksums=checksums)
+    folder, _ = ensure_ptb(tmp_path / "c2", sources=fallback, checksums=checksums)
     assert (folder / "ptb.train.txt").read_text() == " good \n"
 
 
-def test_modified_local_copy_warns(tmp_path):
+def test_modified_local_copy_stops_unless_custom_data_is_asked_for(tmp_path):
     folder = tmp_path / "ptb"
     folder.mkdir()
     (folder / "ptb.train.txt").write_text(" a \n")
-    with pytest.warns(UserWarning, match="differs from the canonical file"):
+    with pytest.raises(DataError, match="(?s)ptb.train.txt failed the sha256 check.*--custom-data"):
         ensure_ptb(tmp_path, download=False, checksums={"ptb.train.txt": "0" * 64})
+    _, noncanonical = ensure_ptb(tmp_path, download=False, checksums={"ptb.train.txt": "0" * 64}, custom_data=True)
+    assert noncanonical == ["ptb.train.txt"]
 
 
 def test_real_ptb_when_available():
@@ -126,6 +129,8 @@ def test_real_ptb_when_available():
     folder = data_root() / "ptb"
     if not (folder / "ptb.train.txt").exists():
         pytest.skip(f"no PTB copy in {folder}")
-    corpus = Corpus(ensure_ptb(data_root(), download=False))
+    folder, noncanonical = ensure_ptb(data_root(), download=False)
+    assert noncanonical == []
+    corpus = Corpus(folder)
     assert len(corpus.vocab) == 10000
     assert {s: len(ids) for s, ids in corpus.splits.items()} == {"train": 929589, "valid": 73760, "test": 82430}

@@ -18,7 +18,7 @@ def run_cli(*args, env=None):
 
 def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, tmp_path, capsys):
     out, runs = tmp_path / "results", tmp_path / "runs"
-    run.main(["--task", "lm", "--preset", "tiny", "--variants", "none,zaremba,naive", "--data-dir", str(tiny_ptb),
+    run.main(["--task", "lm", "--preset", "tiny", "--variants", "none,zaremba,naive", "--data-dir", str(tiny_ptb), "--custom-data",
               "--out", str(out), "--run-dir", str(runs), "--no-progress", "--device", "cpu"])
     files = sorted(p.name for p in (out / "lm").iterdir())
     assert files == ["tiny.json", "tiny.md", "tiny.png"]
@@ -36,7 +36,7 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
     assert (out / "lm" / "tiny.md").read_text() == table
 
     # A second call for one variant keeps the others in the table.
-    run.main(["--task", "lm", "--preset", "tiny", "--variants", "none", "--seeds", "2", "--data-dir", str(tiny_ptb),
+    run.main(["--task", "lm", "--preset", "tiny", "--variants", "none", "--seeds", "2", "--data-dir", str(tiny_ptb), "--custom-data",
               "--out", str(out), "--run-dir", str(runs), "--no-progress", "--epochs", "1"])
     assert (out / "lm" / "tiny-e1.json").exists()  # an epochs override never overwrites the preset's table
     assert len(json.loads((out / "lm" / "tiny.json").read_text())) == 3
@@ -57,7 +57,7 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
 
 
 def test_resume_flag_reuses_finished_epochs(tiny_ptb, tmp_path):
-    common = ["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--data-dir", str(tiny_ptb),
+    common = ["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--data-dir", str(tiny_ptb), "--custom-data",
               "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"), "--no-progress"]
     run.main(common)
     first = json.loads((tmp_path / "r" / "lm" / "tiny.json").read_text())[0]
@@ -73,7 +73,7 @@ def test_list_shows_tasks_and_presets():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: lm"),
+    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: lm, mt"),
     (["--task", "lm", "--preset", "huge"], "--preset 'huge' is not a preset of task lm"),
     (["--task", "lm", "--preset", "cpu", "--variants", "none,dropconnect"], "unknown ['dropconnect']"),
     (["--task", "lm", "--preset", "cpu", "--seeds", "1,a"], "--seeds must be a comma list of integers"),
@@ -94,4 +94,20 @@ def test_missing_data_dir_is_one_clear_error(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.count("error:") == 1
     assert f"missing in {tmp_path / 'nowhere' / 'ptb'}" in result.stderr and "--data-dir" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_preset_is_optional_and_list_marks_each_tasks_default():
+    args = run.build_parser().parse_args(["--task", "mt"])
+    run.validate(args, run.build_parser())
+    assert args.preset == "cpu" and args.variants == ["none", "zaremba"]
+    listing = run_cli("--list").stdout
+    assert "mt: " in listing and "  cpu (default): " in listing and "  paper: " in listing
+
+
+def test_data_failing_its_checksum_stops_the_run_and_names_the_flag(tiny_ptb, tmp_path):
+    result = run_cli("--task", "lm", "--preset", "tiny", "--data-dir", str(tiny_ptb), "--no-download",
+                     "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "failed the sha256 check" in result.stderr and "--custom-data" in result.stderr
     assert not (tmp_path / "r").exists()

@@ -11,7 +11,7 @@ from tasks.lm import LanguageModelTask, PRESETS
 
 def make_trainer(data_root, config, run_dir, **overrides):
     config = {**config, **overrides}
-    task = LanguageModelTask(config, data_root, download=False)
+    task = LanguageModelTask(config, data_root, download=False, custom_data=True)
     seed_everything(config["seed"])
     return Trainer(task, task.build_model(), TrainConfig.from_dict(config), run_dir, "cpu", progress=False)
 
@@ -37,7 +37,7 @@ def test_training_lowers_the_loss_on_a_tiny_corpus(tiny_config, tmp_path):
 
 
 def test_loss_is_summed_over_time_and_averaged_over_batch(tiny_ptb, tiny_config):
-    task = LanguageModelTask(tiny_config, tiny_ptb, download=False)
+    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True)
     model = task.build_model()
     inputs, targets = next(iter(task.batches("train", "cpu")))
     out = task.forward(model, (inputs, targets), None)
@@ -69,7 +69,7 @@ class ExplodingTask(LanguageModelTask):
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_ptb, tiny_config, tmp_path):
-    task = ExplodingTask(tiny_config, tiny_ptb, download=False)
+    task = ExplodingTask(tiny_config, tiny_ptb, download=False, custom_data=True)
     trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(tiny_config), tmp_path, "cpu", progress=False)
     with pytest.raises(FloatingPointError, match="loss became nan at epoch 1.*Lower the learning rate"):
         trainer.fit()

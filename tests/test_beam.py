@@ -1,0 +1,113 @@
+import math
+
+import torch
+
+from core import beam_search
+from tasks.mt import Seq2Seq
+
+PAD, UNK, BOS, EOS, A, B, C = range(7)
+
+
+def table_model(rows, calls=None):
+    """A hand-set decoder: the next-token distribution depends only on the last token (the state)."""
+    table = torch.full((7, 7), float("-inf"))
+    for prev, probs in rows.items():
+        for token, p in probs.items():
+            table[prev, token] = math.log(p)
+
+    def step(tokens, state):
+        if calls is not None:
+            calls.append(tokens.clone())
+        return table[tokens], tokens[None, :]
+
+    return step
+
+
+# greedy takes A (0.6) and then ends with probability 0.3: 0.18 in all; the best sequence is B <eos>: 0.36.
+# After <eos> the model would happily go on with A (probability 1): a finished hypothesis must not be extended.
+ROWS = {BOS: {A: 0.6, B: 0.4}, A: {EOS: 0.3, A: 0.25, B: 0.25, C: 0.2}, B: {EOS: 0.9, C: 0.1},
+        C: {EOS: 1.0}, EOS: {A: 1.0}}
+
+
+def start(batch):
+    return torch.full((1, batch), BOS)
+
+
+def test_beam_finds_the_best_sequence_that_greedy_misses():
+    step = table_model(ROWS)
+    greedy, greedy_scores = beam_search(step, start(1), 1, BOS, EOS, beam_size=1, max_len=10)
+    best, scores = beam_search(step, start(1), 1, BOS, EOS, beam_size=2, max_len=10)
+    assert greedy == [[A]] and math.isclose(greedy_scores[0], math.log(0.6 * 0.3), rel_tol=1e-6)
+    assert best == [[B]] and math.isclose(scores[0], math.log(0.4 * 0.9), rel_tol=1e-6)
+
+
+def test_finished_hypotheses_are_kept_not_extended_and_the_search_stops():
+    calls = []
+    tokens, scores = beam_search(table_model(ROWS, calls), start(3), 3, BOS, EOS, beam_size=3, max_len=50)
+    assert tokens == [[B]] * 3 and all(math.isclose(s, math.log(0.36), rel_tol=1e-6) for s in scores)
+    # the three best hypotheses (B eos, A eos, B C eos) are finished by step 4: no step runs to max_len
+    assert len(calls) <= 4
+
+
+def test_maximum_length_forces_eos_per_sentence():
+    never_ends = {BOS: {A: 1.0}, A: {A: 0.9, EOS: 0.1}}
+    tokens, _ = beam_search(table_model(never_ends), start(2), 2, BOS, EOS, beam_size=1,
+                            max_len=torch.tensor([2, 4]))
+    assert tokens == [[A, A], [A, A, A, A]]
+
+
+def random_seq2seq(seed=0):
+    torch.manual_seed(seed)
+    model = Seq2Seq(src_vocab=20, tgt_vocab=15, emb=8, hidden=12, layers=2, dropout=0.3)
+    return model.eval()
+
+
+def greedy_decode(model, src, max_len):
+    """Written separately from beam_search: one sentence, argmax at every step."""
+    state = model.encode(src[None, :], torch.tensor([len(src)]))
+    token, out = torch.tensor([BOS]), []
+    for _ in range(max_len):
+        logits, state = model.step(token, state)
+        token = logits.argmax(-1)
+        if token.item() == EOS:
+            break
+        out.append(token.item())
+    return out
+
+
+def test_beam_one_equals_a_separately_written_greedy_decode():
+    model = random_seq2seq()
+    with torch.no_grad():
+        model.out.bias[EOS] += 0.4  # so that some sentences end before the length limit
+    torch.manual_seed(1)
+    sources = [torch.randint(4, 20, (n,)) for n in (3, 7, 5, 9)]
+    padded = torch.zeros(4, 9, dtype=torch.long)
+    for i, s in enumerate(sources):
+        padded[i, : len(s)] = s
+    lengths = torch.tensor([len(s) for s in sources])
+    tokens, _ = beam_search(model.step, model.encode(padded, lengths), 4, BOS, EOS, beam_size=1, max_len=12)
+    expected = [greedy_decode(model, s, 12) for s in sources]
+    assert tokens == expected
+    assert any(len(t) < 12 for t in tokens) and any(len(t) == 12 for t in tokens)  # both ways of ending
+
+
+def test_an_ensemble_of_two_identical_models_decodes_exactly_like_one():
+    model = random_seq2seq()
+    twin = random_seq2seq()
+    src = torch.randint(4, 20, (3, 6))
+    lengths = torch.tensor([6, 4, 5])
+    one = beam_search(model.step, model.encode(src, lengths), 3, BOS, EOS, beam_size=4, max_len=10)
+    two = beam_search([model.step, twin.step], [model.encode(src, lengths), twin.encode(src, lengths)], 3, BOS, EOS,
+                      beam_size=4, max_len=10)
+    assert one == two
+    other = random_seq2seq(seed=5)
+    mixed = beam_search([model.step, other.step], [model.encode(src, lengths), other.encode(src, lengths)], 3, BOS,
+                        EOS, beam_size=4, max_len=10)
+    assert mixed != one  # a different member does change the output
+
+
+def test_length_penalty_prefers_longer_hypotheses():
+    rows = {BOS: {EOS: 0.5, A: 0.5}, A: {A: 0.7, EOS: 0.3}}
+    plain, _ = beam_search(table_model(rows), start(1), 1, BOS, EOS, beam_size=4, max_len=6)
+    normalised, _ = beam_search(table_model(rows), start(1), 1, BOS, EOS, beam_size=4, max_len=6, length_penalty=1.0)
+    assert plain == [[]] and len(normalised[0]) > 0

@@ -1,0 +1,141 @@
+import gzip
+import json
+import random
+
+import pytest
+import torch
+
+from benchmarks import run
+from core.download import DataError
+from tasks.mt import PRESETS, TranslationTask, load_checkpoint, translate
+from tasks.parallel import ensure_multi30k
+
+EN = [f"e{i}" for i in range(12)]
+FR = {w: f"f{i}" for i, w in enumerate(EN)}  # a word-for-word "translation": learnable in seconds
+
+
+def write_gz(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("".join(line + "\n" for line in lines))
+
+
+def synthetic_pairs(count, rng):
+    en = [[rng.choice(EN) for _ in range(rng.randint(2, 6))] for _ in range(count)]
+    return [" ".join(s) for s in en], [" ".join(FR[w] for w in s) for s in en]
+
+
+def write_tiny_multi30k(root, sizes=(300, 30, 30), seed=0):
+    """The Multi30k layout (raw/ and tok/, gzipped, aligned by line) with a tiny synthetic corpus."""
+    rng = random.Random(seed)
+    for split, count in zip(("train", "val", "test_2016_flickr"), sizes):
+        en, fr = synthetic_pairs(count, rng)
+        for lang, lines in (("en", en), ("fr", fr)):
+            write_gz(root / "multi30k" / "raw" / f"{split}.{lang}.gz", [line.capitalize() + "." for line in lines])
+            write_gz(root / "multi30k" / "tok" / f"{split}.lc.norm.tok.{lang}.gz", [line + " ." for line in lines])
+    return root
+
+
+@pytest.fixture
+def tiny_multi30k(tmp_path):
+    return write_tiny_multi30k(tmp_path / "data")
+
+
+def tiny_config(**overrides):
+    return {**PRESETS["tiny"], "scheme": "zaremba", "seed": 1, **overrides}
+
+
+def test_multi30k_loads_splits_vocab_and_raw_references(tiny_multi30k):
+    task = TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True)
+    assert {s: len(p) for s, p in task.pairs.items()} == {"train": 300, "valid": 30, "test": 30}
+    assert set(task.src_vocab.words[4:]) == set(EN) | {"."} and set(task.tgt_vocab.words[4:]) == set(FR.values()) | {"."}
+    test = task.pairs["test"]
+    assert test.tgt_raw[0] == " ".join(test.tgt_tokens[0][:-1]).capitalize() + "."  # the untokenized reference
+    assert task.noncanonical  # the tiny files are not the published ones, and the task says so
+
+
+def test_files_failing_the_checksum_stop_the_run_unless_custom_data(tiny_multi30k):
+    with pytest.raises(DataError, match="(?s)train.en.gz.*failed the sha256 check.*--custom-data"):
+        TranslationTask(tiny_config(), tiny_multi30k, download=False)
+
+
+def test_line_count_mismatch_names_both_files_and_counts(tiny_multi30k):
+    path = tiny_multi30k / "multi30k" / "tok" / "val.lc.norm.tok.fr.gz"
+    with gzip.open(path, "rt") as f:
+        lines = f.read().splitlines()
+    write_gz(path, lines[:-3])
+    with pytest.raises(DataError) as err:
+        TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True)
+    message = str(err.value)
+    assert "not aligned" in message and f"{path} has 27 lines" in message
+    assert "val.lc.norm.tok.en.gz has 30 lines" in message
+
+
+def test_missing_language_file_names_it_and_says_how_to_get_it(tiny_multi30k):
+    (tiny_multi30k / "multi30k" / "raw" / "test_2016_flickr.fr.gz").unlink()
+    with pytest.raises(DataError) as err:
+        TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True)
+    message = str(err.value)
+    assert str(tiny_multi30k / "multi30k" / "raw" / "test_2016_flickr.fr.gz") in message
+    assert "github.com/multi30k/dataset" in message and "--data-dir" in message
+    with pytest.raises(DataError, match="Multi30k has no file raw/test_2017_mscoco.cs.gz"):
+        ensure_multi30k(tiny_multi30k, ["test_2017_mscoco"], ["cs"], download=False)
+
+
+def test_the_datasets_path_on_local_files(tmp_path):
+    rng = random.Random(1)
+    files = {}
+    for split, count in (("train", 40), ("validation", 5), ("test", 5)):
+        en, fr = synthetic_pairs(count, rng)
+        path = tmp_path / f"{split}.jsonl"
+        path.write_text("".join(json.dumps({"translation": {"en": e + ", ok.", "fr": f + "."}}) + "\n"
+                                for e, f in zip(en, fr)))
+        files[split] = str(path)
+    config = tiny_config(corpus="hub", hub_name="json", hub_data_files=files, valid_set="validation", test_set="test",
+                         hub_cache_dir=str(tmp_path / "hf-cache"))
+    task = TranslationTask(config, tmp_path, download=False)
+    assert {s: len(p) for s, p in task.pairs.items()} == {"train": 40, "valid": 5, "test": 5}
+    first = task.pairs["train"]
+    assert first.src_tokens[0][-3:] == [",", "ok", "."]  # Moses-tokenized, lowercased
+    assert first.tgt_raw[0].endswith(".") and not task.noncanonical
+
+
+def test_end_to_end_tiny_run_writes_bleu_examples_overview_and_a_checkpoint_that_decodes_alone(tiny_multi30k, tmp_path):
+    out, runs = tmp_path / "results", tmp_path / "runs"
+    run.main(["--task", "mt", "--preset", "tiny", "--data-dir", str(tiny_multi30k), "--custom-data",
+              "--out", str(out), "--run-dir", str(runs), "--no-progress", "--device", "cpu"])
+    entries = json.loads((out / "mt" / "tiny.json").read_text())
+    assert [e["variant"] for e in entries] == ["none", "zaremba"]
+    for e in entries:
+        assert {"train_ppl", "valid_ppl", "test_ppl", "test_bleu"} <= set(e["metrics"])
+        assert e["details"]["bleu_signature"].startswith("nrefs:1|case:lc|")
+        assert len(e["details"]["examples"]) == 5 and e["data"]["canonical"] is False
+    table = (out / "mt" / "tiny.md").read_text()
+    assert "test BLEU" in table and "sacreBLEU signature: `nrefs:1|case:lc" in table
+    assert "## Example test outputs" in table and "   - zaremba (p=0.2): " in table
+    assert "non-canonical data" in table
+    overview = (out / "README.md").read_text()
+    assert "| mt | tiny (not a paper config) | test ppl / BLEU |" in overview and "[tiny.md](mt/tiny.md)" in overview
+
+    run_dir = runs / "mt" / "tiny" / "zaremba-p0.2-seed1"
+    model, src_vocab, tgt_vocab, config = load_checkpoint(run_dir / "best.pt")
+    task = TranslationTask(config, tiny_multi30k, download=False, custom_data=True)
+    hyps = translate([model], src_vocab, tgt_vocab, task.pairs["test"].src_tokens[:3], config, "cpu")
+    from tasks.mt import detokenize
+    written = (run_dir / "test_outputs.txt").read_text().splitlines()
+    assert detokenize(hyps, "fr") == written[:3]
+
+
+def test_tiny_model_learns_to_translate(tmp_path):
+    from core import Trainer, TrainConfig
+
+    data = write_tiny_multi30k(tmp_path / "data", sizes=(800, 30, 30))
+    config = tiny_config(epochs=8, hidden=64, emb=32, dropout=0.0, scheme="none", decay_start=8, lr=0.02,
+                         batch_size=16)
+    task = TranslationTask(config, data, download=False, custom_data=True)
+    torch.manual_seed(0)
+    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(config), tmp_path / "run", "cpu", progress=False)
+    before = trainer.evaluate("valid")["ppl"]
+    result = trainer.fit()
+    assert result["metrics"]["valid_ppl"] < before / 5
+    assert result["metrics"]["test_bleu"] > 20

@@ -106,14 +106,7 @@ def suite_stepper(config, scheme, device):
 
 
 def time_steps(fn, batches, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    for x, y in batches:
-        fn(x, y)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return speed_mt.timed(lambda: [fn(x, y) for x, y in batches], device)
 
 
 def measure(config, device, steps, warmup, repeats):

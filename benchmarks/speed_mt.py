@@ -40,7 +40,8 @@ def random_batch(config, generator):
     return src_ids, src_len, tgt_ids
 
 
-def _timed(fn, device):
+def timed(fn, device):
+    """Seconds `fn()` takes, with the GPU's queued work included."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -89,11 +90,11 @@ def measure(config, device, steps, warmup, repeats):
     for scheme in SCHEMES:  # warm-up: allocations and kernel choice
         for name, (fn, _) in jobs.items():
             if warmup:
-                _timed(lambda: fn(scheme), device)
+                timed(lambda: fn(scheme), device)
     for _ in range(repeats):
         for scheme in SCHEMES:
             for name, (fn, _) in jobs.items():
-                times[scheme][name].append(_timed(lambda: fn(scheme), device))
+                times[scheme][name].append(timed(lambda: fn(scheme), device))
     return {scheme: {name: jobs[name][1] / statistics.median(ts) for name, ts in named.items()}
             for scheme, named in times.items()}
 

@@ -136,3 +136,19 @@ def check_files(folder, checksums, custom_data=False):
                         f"the canonical copies, or pass --custom-data to train on your own copy (the results "
                         f"will then record that the data was not canonical).")
     return different
+
+
+def ensure_files(folder, checksums, sources, download, custom_data, missing_message):
+    """Make `folder` hold every file of `checksums`, downloading the missing ones from `sources` when
+    `download` is on, then verify them all (see check_files). `missing_message(missing)` explains where the
+    files go and how to get them. Returns the names of non-canonical files (only with `custom_data`)."""
+    folder = Path(folder)
+    missing = [name for name in checksums if not (folder / name).exists()]
+    if missing and download:
+        try:
+            download_files(folder, checksums, sources)
+        except DataError as err:
+            raise DataError(f"{missing_message(missing)}\nThe download failed: {err}") from None
+    elif missing:
+        raise DataError(missing_message(missing))
+    return check_files(folder, checksums, custom_data)

@@ -7,7 +7,7 @@ Moses-tokenized: what the model reads and writes). Files are aligned by line.
 import gzip
 from pathlib import Path
 
-from core.download import ENV_DATA_DIR, DataError, Source, check_files, download_files
+from core.download import ENV_DATA_DIR, DataError, Source, ensure_files
 
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/"
 MULTI30K_SPLITS = ("train", "val", "test_2016_flickr", "test_2017_flickr", "test_2017_mscoco", "test_2018_flickr")
@@ -84,16 +84,10 @@ def ensure_multi30k(root, splits, langs, download=True, custom_data=False, check
         raise DataError(f"Multi30k has no file {unknown[0]} (splits: {', '.join(MULTI30K_SPLITS)}; languages: "
                         f"en, de, fr for every split, cs for train, val, test_2016_flickr and test_2018_flickr)")
     sums = {name: checksums[name] for name in wanted}
-    missing = [name for name in wanted if not (folder / name).exists()]
-    if missing and download:
-        sources = [Source(base_url + name, filename=name) for name in missing]
-        try:
-            download_files(folder, sums, sources)
-        except DataError as err:
-            raise DataError(f"{_missing_message(folder, missing)}\nThe download failed: {err}") from None
-    elif missing:
-        raise DataError(_missing_message(folder, missing))
-    return folder, check_files(folder, sums, custom_data)
+    sources = [Source(base_url + name, filename=name) for name in wanted]
+    noncanonical = ensure_files(folder, sums, sources, download, custom_data,
+                                lambda missing: _missing_message(folder, missing))
+    return folder, noncanonical
 
 
 def _missing_message(folder, missing):

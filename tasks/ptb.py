@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from core.download import ENV_DATA_DIR, DataError, Source, check_files, download_files
+from core.download import ENV_DATA_DIR, DataError, Source, ensure_files
 
 SPLITS = ("train", "valid", "test")
 FILES = {f"ptb.{s}.txt": s for s in SPLITS}
@@ -24,15 +24,9 @@ def ensure_ptb(root, download=True, sources=SOURCES, checksums=SHA256, custom_da
     """Return (the folder `root/ptb` holding verified ptb.{train,valid,test}.txt, the names of files that are
     not the canonical ones), downloading if allowed. See core.download.check_files for `custom_data`."""
     folder = Path(root) / "ptb"
-    missing = [name for name in checksums if not (folder / name).exists()]
-    if missing and download:
-        try:
-            download_files(folder, checksums, sources)
-        except DataError as err:
-            raise DataError(f"{_missing_message(folder, missing)}\nThe download failed: {err}") from None
-    elif missing:
-        raise DataError(_missing_message(folder, missing))
-    return folder, check_files(folder, checksums, custom_data)
+    noncanonical = ensure_files(folder, checksums, sources, download, custom_data,
+                                lambda missing: _missing_message(folder, missing))
+    return folder, noncanonical
 
 
 def _missing_message(folder, missing):

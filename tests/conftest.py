@@ -1,4 +1,7 @@
+import functools
+import http.server
 import random
+import threading
 
 import pytest
 
@@ -33,3 +36,18 @@ def tiny_ptb(tmp_path):
 @pytest.fixture
 def tiny_config():
     return {**PRESETS["tiny"], "scheme": "zaremba", "seed": 1}
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A folder served over HTTP on 127.0.0.1 for the duration of a test."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()

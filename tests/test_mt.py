@@ -139,3 +139,22 @@ def test_tiny_model_learns_to_translate(tmp_path):
     result = trainer.fit()
     assert result["metrics"]["valid_ppl"] < before / 5
     assert result["metrics"]["test_bleu"] > 20
+
+
+def test_multi30k_downloads_verifies_and_places_files_from_a_mirror(tmp_path, served):
+    from core.download import sha256
+
+    www, url = served
+    source = write_tiny_multi30k(tmp_path / "made", sizes=(3, 3, 3)) / "multi30k"
+    for sub in ("raw", "tok"):
+        (www / sub).mkdir()
+        for path in (source / sub).iterdir():
+            (www / sub / path.name).write_bytes(path.read_bytes())
+    names = ["raw/val.en.gz", "tok/val.lc.norm.tok.en.gz"]
+    checksums = {name: sha256(source / name) for name in names}
+    folder, noncanonical = ensure_multi30k(tmp_path / "cache", ["val"], ["en"], checksums=checksums, base_url=url)
+    assert noncanonical == [] and all((folder / name).read_bytes() == (source / name).read_bytes() for name in names)
+    bad = {**checksums, "raw/val.en.gz": "0" * 64}
+    with pytest.raises(DataError, match="(?s)Multi30k data not found.*download failed.*sha256"):
+        ensure_multi30k(tmp_path / "cache2", ["val"], ["en"], checksums=bad, base_url=url)
+    assert not (tmp_path / "cache2" / "multi30k" / "raw" / "val.en.gz").exists()

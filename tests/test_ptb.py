@@ -1,8 +1,5 @@
-import functools
-import http.server
 import io
 import tarfile
-import threading
 
 import pytest
 import torch
@@ -56,21 +53,6 @@ def test_unreachable_download_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="(?s)PTB data not found.*download failed.*Connection refused"):
         ensure_ptb(tmp_path, sources=sources, checksums={"ptb.train.txt": "0" * 64})
     assert not any(p.name.startswith("ptb.") for p in (tmp_path / "ptb").iterdir())
-
-
-@pytest.fixture
-def served(tmp_path):
-    """A folder served over HTTP on 127.0.0.1 for the duration of a test."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
 
 
 def make_tarball(path, files):

@@ -152,7 +152,7 @@ def markdown(entries):
             lines.append(f"| {impl} | {r['train_tok_s']:,.0f} | {r['train_tok_s'] / ref['train_tok_s']:.2f}x | "
                          f"{r['eval_tok_s']:,.0f} | {r['eval_tok_s'] / ref['eval_tok_s']:.2f}x |")
         lines += ["", f"`{prov['command']}` — commit {prov['git_commit'][:12]}, torch {prov['torch']}, "
-                      f"{entry['finished']}", ""]
+                      f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
     return "\n".join(lines)
 
 

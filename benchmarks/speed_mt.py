@@ -119,5 +119,5 @@ def markdown(entries):
             lines.append(f"| {scheme} | {r['train_tok_s']:,.0f} | {r['eval_tok_s']:,.0f} | "
                          f"{r['beam12_sent_s']:,.1f} | {r['beam1_sent_s']:,.1f} |")
         lines += ["", f"`{prov['command']}` — commit {prov['git_commit'][:12]}, torch {prov['torch']}, "
-                      f"{entry['finished']}", ""]
+                      f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
     return "\n".join(lines)

@@ -100,7 +100,8 @@ def test_the_datasets_path_on_local_files(tmp_path):
     assert first.tgt_raw[0].endswith(".") and not task.noncanonical
 
 
-def test_end_to_end_tiny_run_writes_bleu_examples_overview_and_a_checkpoint_that_decodes_alone(tiny_multi30k, tmp_path):
+def test_end_to_end_tiny_run_writes_bleu_examples_overview_and_a_checkpoint_that_decodes_alone(tiny_multi30k, tmp_path,
+                                                                                              capsys):
     out, runs = tmp_path / "results", tmp_path / "runs"
     run.main(["--task", "mt", "--preset", "tiny", "--data-dir", str(tiny_multi30k), "--custom-data",
               "--out", str(out), "--run-dir", str(runs), "--no-progress", "--device", "cpu"])
@@ -124,6 +125,16 @@ def test_end_to_end_tiny_run_writes_bleu_examples_overview_and_a_checkpoint_that
     from tasks.mt import detokenize
     written = (run_dir / "test_outputs.txt").read_text().splitlines()
     assert detokenize(hyps, "fr") == written[:3]
+
+    from benchmarks import translate as translate_cli
+    capsys.readouterr()
+    best = str(run_dir / "best.pt")
+    translate_cli.main(["--checkpoint", best, "--checkpoint", best, "--text", "E1 e2 e3.", "--beam", "2", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) == 1  # one translation for one sentence, in the target vocabulary
+    assert set(out.replace(".", " ").split()) <= set(FR.values()) | {"<unk>"}
+    with pytest.raises(SystemExit, match="not a translation checkpoint"):
+        translate_cli.main(["--checkpoint", str(run_dir / "checkpoint.pt"), "--text", "e1"])
 
 
 def test_tiny_model_learns_to_translate(tmp_path):

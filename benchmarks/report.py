@@ -102,7 +102,9 @@ def markdown(task, label, preset, runs):
                ",".join(str(r["seed"]) for r in group)]
             + [f"{ref[k]:g}" if k in ref else "—" for k in paper_keys]) + " |")
     if paper:
-        lines += ["", f"Paper columns: {task.paper_source} of Zaremba et al. (2014), as printed."]
+        caveat = (" They come from the paper's own configuration, not this one: compare the direction and size "
+                  "of the dropout effect, not the values." if preset in task.preset_notes else "")
+        lines += ["", f"Paper columns: {task.paper_source} of Zaremba et al. (2014), as printed.{caveat}"]
     if task.results_notes:
         lines += ["", task.results_notes]
     signatures = sorted({r["details"]["bleu_signature"] for r in runs if "bleu_signature" in r.get("details", {})})

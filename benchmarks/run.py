@@ -32,6 +32,9 @@ def build_parser():
     p.add_argument("--seeds", default="1", help="comma list of integer seeds")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count (results go to <preset>-e<N>)")
     p.add_argument("--dropout", type=float, help="override the preset's dropout p (results go to <preset>-p<P>)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any preset key, e.g. --set src=de --set test_set=test_2017_flickr (repeatable; "
+                        "results go to <preset>-KEY=VALUE)")
     p.add_argument("--data-dir", help=f"dataset root (default: ${ENV_DATA_DIR}, else ~/.cache/rnnreg)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--custom-data", action="store_true",
@@ -80,6 +83,7 @@ def validate(args, parser):
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     preset = task_cls.presets[args.preset]
+    args.overrides = parse_overrides(args.set, preset, args.preset, parser)
     p = preset["dropout"] if args.dropout is None else args.dropout
     if p == 0 and any(v != "none" for v in args.variants):
         parser.error(f"preset {args.preset} has dropout 0 (the paper's non-regularized config), so variants "
@@ -91,17 +95,48 @@ def validate(args, parser):
     return task_cls
 
 
+def parse_overrides(items, preset, name, parser):
+    """KEY=VALUE strings -> {key: value}, each value read as the type of the preset's own value."""
+    overrides = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        if key not in preset:
+            parser.error(f"--set {key}: preset {name} has no key {key!r}; its keys: {', '.join(preset)}")
+        if key in ("epochs", "dropout"):
+            parser.error(f"--set {key}: use --{key}")
+        current = preset[key]
+        try:
+            if text == "None":
+                value = None
+            elif isinstance(current, bool):
+                value = {"true": True, "false": False}[text.lower()]
+            elif isinstance(current, (int, float)):
+                value = type(current)(text)
+            elif current is None:  # an unset limit, e.g. max_vocab: a number
+                value = float(text) if "." in text else int(text)
+            else:
+                value = text
+        except (KeyError, ValueError):
+            parser.error(f"--set {key}={text}: expected a {type(current).__name__} like {current!r}")
+        overrides[key] = value
+    return overrides
+
+
 def run_label(args):
     label = args.preset
     if args.epochs is not None and args.epochs != TASKS[args.task].presets[args.preset]["epochs"]:
         label += f"-e{args.epochs}"
     if args.dropout is not None and args.dropout != TASKS[args.task].presets[args.preset]["dropout"]:
         label += f"-p{args.dropout:g}"
+    for key, value in args.overrides.items():
+        label += f"-{key}={value}"
     return label
 
 
 def run_config(task_cls, args, variant, seed):
-    config = dict(task_cls.presets[args.preset])
+    config = {**task_cls.presets[args.preset], **args.overrides}
     if args.epochs is not None:
         config["epochs"] = args.epochs
     if args.dropout is not None:

@@ -111,3 +111,17 @@ def test_data_failing_its_checksum_stops_the_run_and_names_the_flag(tiny_ptb, tm
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "failed the sha256 check" in result.stderr and "--custom-data" in result.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_set_overrides_preset_keys_by_type_and_names_the_results(capsys):
+    parser = run.build_parser()
+    args = parser.parse_args(["--task", "mt", "--set", "src=de", "--set", "beam=5", "--set", "max_vocab=8000"])
+    run.validate(args, parser)
+    assert args.overrides == {"src": "de", "beam": 5, "max_vocab": 8000}
+    assert run.run_label(args) == "cpu-src=de-beam=5-max_vocab=8000"
+    assert run.run_config(run.TASKS["mt"], args, "zaremba", 1)["src"] == "de"
+    for bad, message in [("colour=red", "preset cpu has no key 'colour'"), ("beam=wide", "expected a int like 12"),
+                         ("epochs=3", "use --epochs"), ("beam", "takes KEY=VALUE")]:
+        with pytest.raises(SystemExit):
+            run.validate(parser.parse_args(["--task", "mt", "--set", bad]), parser)
+        assert message in capsys.readouterr().err

@@ -169,3 +169,34 @@ def test_multi30k_downloads_verifies_and_places_files_from_a_mirror(tmp_path, se
     with pytest.raises(DataError, match="(?s)Multi30k data not found.*download failed.*sha256"):
         ensure_multi30k(tmp_path / "cache2", ["val"], ["en"], checksums=bad, base_url=url)
     assert not (tmp_path / "cache2" / "multi30k" / "raw" / "val.en.gz").exists()
+
+
+def test_batches_cover_every_pair_once_with_padding_and_teacher_forcing(tiny_multi30k):
+    task = TranslationTask(tiny_config(batch_size=7), tiny_multi30k, download=False, custom_data=True)
+    src_ids, tgt_ids = task.data["train"]
+    torch.manual_seed(0)
+    seen = []
+    for src, src_len, tgt in task.batches("train", "cpu"):
+        assert src.size(0) == tgt.size(0) == len(src_len) <= 7
+        for row in range(src.size(0)):
+            n = int(src_len[row])
+            assert (src[row, n:] == task.src_vocab.pad).all() and (src[row, :n] != task.src_vocab.pad).all()
+            target = [t for t in tgt[row].tolist() if t != task.tgt_vocab.pad]
+            assert target[0] == task.tgt_vocab.bos and target[-1] == task.tgt_vocab.eos
+            seen.append((tuple(src[row, :n].tolist()), tuple(target)))
+    assert sorted(seen) == sorted(zip(map(tuple, src_ids), map(tuple, tgt_ids)))  # every pair exactly once
+    assert task.num_batches("train") == -(-len(src_ids) // 7)
+
+
+def test_encoder_reads_each_source_reversed_whatever_its_padding():
+    from tasks.mt import Seq2Seq
+
+    torch.manual_seed(0)
+    model = Seq2Seq(src_vocab=30, tgt_vocab=20, emb=8, hidden=10, layers=2, dropout=0.5).eval()
+    sources = [[5, 6, 7, 8], [9, 10]]
+    padded = torch.tensor([[5, 6, 7, 8], [9, 10, 0, 0]])
+    h, c = model.encode(padded, torch.tensor([4, 2]))
+    for row, tokens in enumerate(sources):
+        reversed_input = model.src_embed(torch.tensor([tokens[::-1]]))
+        _, (h_ref, c_ref) = model.encoder(reversed_input)
+        assert torch.allclose(h[:, row], h_ref[:, 0], atol=1e-6) and torch.allclose(c[:, row], c_ref[:, 0], atol=1e-6)

@@ -198,7 +198,6 @@ def main(argv=None):
         write_overview(path.parent.parent)
 
 
-
 def _cell(runs, variant, keys):
     values = [[r["metrics"][k] for r in runs if r["variant"] == variant and k in r["metrics"]] for k in keys]
     if not values[0]:

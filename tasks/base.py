@@ -1,6 +1,8 @@
 """The task-adapter interface. A task is one file: data, model, loss/metrics and presets."""
 from pathlib import Path
 
+import torch
+
 
 class Task:
     name = ""  # registry key, e.g. "lm"
@@ -43,8 +45,10 @@ class Task:
         raise NotImplementedError
 
     def metrics(self, totals):
-        """Turn summed statistics ({"nll", "count", ...extra}) into named metrics."""
-        raise NotImplementedError
+        """Turn summed statistics ({"nll", "count", ...extra}) into named metrics. The default is perplexity
+        per counted target (token) and the mean loss; tasks with other metrics override it."""
+        mean = totals["nll"] / totals["count"]
+        return {"ppl": float(torch.tensor(mean).exp()), "loss": mean}
 
     def final_metrics(self, model, split, device):
         """Test-time metrics that need more than the loss (e.g. BLEU after beam search).

@@ -98,10 +98,6 @@ class LanguageModelTask(Task):
         # tokens instead would silently divide lr 1 and the clip norm by the bptt length.
         return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state)
 
-    def metrics(self, totals):
-        mean = totals["nll"] / totals["count"]
-        return {"ppl": float(torch.tensor(mean).exp()), "loss": mean}
-
     def checkpoint_extras(self):
         return {**super().checkpoint_extras(), "vocab": self.corpus.vocab}
 

@@ -163,10 +163,6 @@ class TranslationTask(Task):
         # summed over target tokens, averaged over sentences (Sutskever et al.; the LM task's scaling)
         return StepOutput(loss=nll / src.size(0), nll=nll.detach(), count=count)
 
-    def metrics(self, totals):
-        mean = totals["nll"] / totals["count"]
-        return {"ppl": float(torch.tensor(mean).exp()), "loss": mean}
-
     def final_metrics(self, model, split, device):
         pairs = self.pairs[split]
         started = time.perf_counter()

@@ -59,7 +59,7 @@ def _paper_keys(task):
     """The paper's metric keys for this task, in a fixed order (the same columns for every preset)."""
     keys = {k for variants in task.paper_results.values() for ref in variants.values() for k in ref}
     m = task.main_metric
-    order = [f"valid_{m}", f"test_{m}"] + [f"test_{k}" for k, _ in task.extra_test_metrics]
+    order = [f"train_{m}", f"valid_{m}", f"test_{m}"] + [f"test_{k}" for k, _ in task.extra_test_metrics]
     return [k for k in order if k in keys]
 
 
@@ -82,12 +82,16 @@ def markdown(task, label, preset, runs):
         lines += [f"**Trained on non-canonical data (--custom-data): {', '.join(custom)} differ from the "
                   f"published files, so these numbers are not comparable with published ones.**", ""]
     direction = "lower" if task.lower_is_better else "higher"
+    train_how = (f"the training set measured again in eval mode (dropout off) after the epoch, as in the paper; "
+                 f"the JSON also has the running average over the training pass as train_running_{m}"
+                 if task.eval_train else
+                 "the running average over that epoch's training pass (dropout on, as in the paper's code)")
     lines += [f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid epoch; "
-              f"train {m} is the running average over that epoch's training pass (dropout on, as in the paper's "
-              f"code). The plot and the JSON have every epoch.", ""]
+              f"train {m} is {train_how}. The plot and the JSON have every epoch.", ""]
+    split_keys = [f"{split}_{metric}" for metric in (m, *task.split_metrics) for split in ("train", "valid", "test")]
     extras = [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics]
     paper_keys = _paper_keys(task)
-    header = (["variant", "p", f"train {m}", f"valid {m}", f"test {m}"] + [name for _, name in extras]
+    header = (["variant", "p"] + [k.replace("_", " ", 1) for k in split_keys] + [name for _, name in extras]
               + ["best epoch / epochs", "wall time", "seeds"]
               + [f"paper {_label(k, task)}" for k in paper_keys])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -95,7 +99,7 @@ def markdown(task, label, preset, runs):
         col = lambda name: [r["metrics"][name] for r in group if name in r["metrics"]]  # noqa: E731
         ref = paper.get(variant, {})
         lines.append("| " + " | ".join(
-            [variant, f"{p:g}", _fmt(col(f"train_{m}")), _fmt(col(f"valid_{m}")), _fmt(col(f"test_{m}"))]
+            [variant, f"{p:g}"] + [_fmt(col(key)) for key in split_keys]
             + [_fmt(col(key)) for key, _ in extras]
             + [", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in group),
                _duration(statistics.mean(r["wall_s"] for r in group)),
@@ -152,8 +156,9 @@ def plot(task, label, runs, path):
             ys = [statistics.mean(r["history"][e][f"{split}_{m}"] for r in group) for e in range(epochs)]
             ax.plot(range(1, epochs + 1), ys, marker="o", markersize=3, label=f"{variant} (p={p:g})")
     for variant, ref in paper.items():
-        if f"valid_{m}" in ref:
-            axes[1].axhline(ref[f"valid_{m}"], color="gray", linestyle="--", label=f"paper, {variant}")
+        for ax, split in zip(axes, ("train", "valid")):
+            if f"{split}_{m}" in ref:
+                ax.axhline(ref[f"{split}_{m}"], color="gray", linestyle="--", label=f"paper, {variant}")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     for ax, split in zip(axes, ("train", "valid")):
         ax.set_title(f"{split} {m}")
@@ -177,6 +182,7 @@ def write_results(out_dir, task, label, preset, new_runs):
     write_json(folder / f"{label}.json", runs)
     write_text(folder / f"{label}.md", markdown(task, label, preset, runs))
     plot(task, label, runs, folder / f"{label}.png")
+    task.figures(runs, folder, label)
     return runs
 
 
@@ -194,6 +200,7 @@ def main(argv=None):
         preset = runs[0].get("preset", label.split("-")[0])
         write_text(path.with_suffix(".md"), markdown(task, label, preset, runs))
         plot(task, label, runs, path.with_suffix(".png"))
+        task.figures(runs, path.parent, label)
         print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")
         write_overview(path.parent.parent)
 

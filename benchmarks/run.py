@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from core import SCHEMES, Trainer, TrainConfig
+from core.cache import ENV_CACHE_DIR
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything
 from tasks import TASKS, get_task
@@ -36,6 +37,8 @@ def build_parser():
                    help="override any preset key, e.g. --set src=de --set test_set=test_2017_flickr (repeatable; "
                         "results go to <preset>-KEY=VALUE)")
     p.add_argument("--data-dir", help=f"dataset root (default: ${ENV_DATA_DIR}, else ~/.cache/rnnreg)")
+    p.add_argument("--cache-dir", help=f"cache for derived data such as features (default: ${ENV_CACHE_DIR}, "
+                                       "else ~/.cache/rnnreg/cache)")
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--custom-data", action="store_true",
                    help="train on data files that fail the canonical checksums (your own copy); the results say so")
@@ -149,7 +152,8 @@ def run_config(task_cls, args, variant, seed):
 def train_one(task_cls, args, config, run_dir, origin):
     """Train one variant/seed; returns its results entry."""
     started = time.time()
-    task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data)
+    task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
+                    cache_dir=args.cache_dir)
     seed_everything(config["seed"])
     model = task.build_model()
     trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress)

@@ -131,7 +131,9 @@ def check_files(folder, checksums, custom_data=False):
     """
     different = [name for name, expected in checksums.items() if sha256(Path(folder) / name) != expected]
     if different and not custom_data:
-        paths = ", ".join(str(Path(folder) / name) for name in different)
+        paths = ", ".join(str(Path(folder) / name) for name in different[:5])
+        if len(different) > 5:
+            paths += f" and {len(different) - 5} more files"
         raise DataError(f"{paths} failed the sha256 check: not the canonical file(s). Delete them to download "
                         f"the canonical copies, or pass --custom-data to train on your own copy (the results "
                         f"will then record that the data was not canonical).")

@@ -126,6 +126,8 @@ class Trainer:
         for epoch in range(start, self.config.epochs + 1):
             t0 = time.time()
             train = self.train_epoch(epoch)
+            if self.task.eval_train:  # the task reports train metrics measured without dropout
+                train = {**self.evaluate("train"), **{f"running_{k}": v for k, v in train.items()}}
             valid = self.evaluate("valid")
             record = {"epoch": epoch, "lr": self.config.lr_at(epoch), "wall_s": round(time.time() - t0, 2),
                       **{f"train_{k}": v for k, v in train.items()}, **{f"valid_{k}": v for k, v in valid.items()}}

@@ -3,6 +3,8 @@ from pathlib import Path
 
 import torch
 
+from core.cache import cache_root
+
 
 class Task:
     name = ""  # registry key, e.g. "lm"
@@ -16,13 +18,19 @@ class Task:
     lower_is_better = True
     results_notes = ""  # printed under the results table: how a metric is computed
     extra_test_metrics = ()  # (key, label) of test metrics shown beside the main one, e.g. ("bleu", "BLEU")
+    split_metrics = ()  # metrics besides the main one shown for train, valid and test, e.g. ("ce",)
     stateful = False  # carry the recurrent state across consecutive batches (truncated BPTT)
+    # Measure the train split again in eval mode (no dropout) after every epoch and report that as train_*,
+    # as the paper does for frame accuracy; otherwise train_* is the running average of the training pass.
+    eval_train = False
 
-    def __init__(self, config, data_dir, download=True, custom_data=False):
+    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
         """`custom_data`: the user means to use data that fails the canonical checksums; the task then lists
-        those files in `self.noncanonical` (the runner records it in the results) instead of stopping."""
+        those files in `self.noncanonical` (the runner records it in the results) instead of stopping.
+        `cache_dir`: where derived data (features) is cached; None means core.cache's default."""
         self.config, self.data_dir, self.download = dict(config), Path(data_dir), download
         self.custom_data = custom_data
+        self.cache_dir = cache_root(cache_dir)
         self.noncanonical = []
 
     def data_info(self):
@@ -57,6 +65,12 @@ class Task:
         results (e.g. the BLEU signature, example outputs). A details entry "outputs" (a list of lines) is
         written to the run directory as <split>_outputs.txt instead of into the results."""
         return {}, {}
+
+    @classmethod
+    def figures(cls, runs, folder, label):
+        """Draw task-specific pictures from the recorded runs (their details) into `folder`, beside the
+        table and the learning curves that every task gets; returns the paths written."""
+        return []
 
     def checkpoint_extras(self):
         """What besides the weights a checkpoint needs to be used on its own (vocab, model config)."""

@@ -69,8 +69,8 @@ class LanguageModelTask(Task):
 
     paper_source = "Table 1"
 
-    def __init__(self, config, data_dir, download=True, custom_data=False):
-        super().__init__(config, data_dir, download, custom_data)
+    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
+        super().__init__(config, data_dir, download, custom_data, cache_dir)
         folder, self.noncanonical = ensure_ptb(data_dir, download, custom_data=custom_data)
         self.corpus = Corpus(folder)
         sizes = {"train": self.config["batch_size"], "valid": self.config["eval_batch_size"],

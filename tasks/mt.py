@@ -118,8 +118,8 @@ class TranslationTask(Task):
                      "untokenized) references with its own 13a tokenizer, case-insensitive (`-lc`), since the "
                      "model is trained on Multi30k's lowercased tok/ files.")
 
-    def __init__(self, config, data_dir, download=True, custom_data=False):
-        super().__init__(config, data_dir, download, custom_data)
+    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
+        super().__init__(config, data_dir, download, custom_data, cache_dir)
         cfg = self.config
         self.pairs, self.noncanonical = load_pairs(cfg, data_dir, download, custom_data)
         train = self.pairs["train"]

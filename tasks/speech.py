@@ -1,0 +1,311 @@
+"""Frame-level acoustic modeling (paper section 4.2, Table 2): a unidirectional dropout-LSTM labels every
+10 ms frame; frame accuracy on train (measured without dropout, as in the paper) and held-out speakers.
+
+The paper's Icelandic data is private; the default is connected digits built from the Free Spoken Digit
+Dataset with speaker-disjoint splits (tasks/speech_data.py), and CMU ARCTIC and TIMIT presets serve users
+who have those corpora.
+"""
+import base64
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchaudio
+
+from core import DropoutLSTM, StepOutput, bucket_batches, init_uniform
+from core.cache import cached
+from core.download import DataError
+from tasks import register
+from tasks.base import Task
+from tasks.speech_data import (DIGIT_CLASSES, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, files_fingerprint,
+                               fold_timit, fsdd_split, label_samples, normalizer, timit_split)
+
+SPLITS = ("train", "valid", "test")
+CACHE_VERSION = 1  # bump when feature or label code changes, so old cache entries are not reused
+_FEATURES = dict(n_mels=40, win_ms=25, hop_ms=10, deltas=False)
+_FSDD = dict(corpus="fsdd", **_FEATURES, sample_rate=8000, train_speakers="george,jackson,lucas,yweweler",
+             valid_speakers="nicolas", test_speakers="theo", per_digit=50, data_seed=1, min_digits=3, max_digits=7,
+             gap_min_s=0.05, gap_max_s=0.3, snr_db=30.0, silence_db=-30.0)
+_TRAIN = dict(init=0.1, batch_size=16, eval_batch_size=64, optimizer="adam", lr=0.002, decay_start=10,
+              lr_decay=1.5, clip=5.0)
+PRESETS = {
+    # Scaled down for a 2-core CPU; size and p chosen by measurement (see the README).
+    "cpu": dict(_FSDD, **_TRAIN, hidden=256, layers=2, dropout=0.5, epochs=15),
+    # The paper does not state its acoustic model's size; 4 layers (as in its other deep LSTMs) of 1000 units
+    # with p=0.5, on the same connected digits. For a GPU.
+    "paper": dict(_FSDD, **_TRAIN, hidden=1000, layers=4, dropout=0.5, epochs=30),
+    # Corpora for users who have them (phone classes; 16 kHz, features with deltas).
+    "arctic": dict(_FEATURES, corpus="arctic", sample_rate=16000, deltas=True, train_speakers="bdl,clb,rms,slt",
+                   valid_speakers="jmk", test_speakers="awb", **_TRAIN, hidden=512, layers=2, dropout=0.5, epochs=20),
+    "timit": dict(_FEATURES, corpus="timit", sample_rate=16000, deltas=True, **_TRAIN, hidden=512, layers=2,
+                  dropout=0.5, epochs=20),
+    # Seconds on a few recordings; a smoke test of the machinery, not a result.
+    "tiny": dict(_FSDD, init=0.1, batch_size=4, eval_batch_size=8, optimizer="adam", lr=0.01, decay_start=1,
+                 lr_decay=2.0, clip=5.0, per_digit=2, n_mels=8, hidden=16, layers=2, dropout=0.3, epochs=2),
+}
+PRESET_NOTES = {
+    "cpu": "Scaled down for a 2-core CPU (FSDD connected digits, 2x256, p=0.5, Adam, 15 epochs): not the paper's "
+           "data or configuration.",
+    "paper": "The paper's data is private and its network size is not stated: a larger network on the same "
+             "connected digits, not a reproduction of Table 2's setting.",
+    "tiny": "Smoke-test preset (seconds on a few recordings): not a result.",
+}
+_TABLE2 = {"none": {"train_acc": 71.6, "valid_acc": 68.9}, "zaremba": {"train_acc": 69.4, "valid_acc": 70.5}}
+# Table 2 of the paper (frame accuracy on an Icelandic speech corpus, train / validation). Beside the FSDD
+# presets for the direction and size of the effect only: different data, labels and model.
+PAPER_RESULTS = {"cpu": _TABLE2, "paper": _TABLE2}
+
+
+class FrameClassifier(nn.Module):
+    """Features -> unidirectional dropout-LSTM -> linear layer over the frame classes."""
+
+    def __init__(self, n_features, n_classes, hidden, layers, dropout=0.0, scheme="zaremba"):
+        super().__init__()
+        self.rnn = DropoutLSTM(n_features, hidden, layers, dropout, scheme)
+        self.out = nn.Linear(hidden, n_classes)
+
+    def forward(self, feats):
+        # Padding sits after each utterance's end and a unidirectional LSTM never looks ahead, so the real
+        # frames' outputs do not depend on it; the loss ignores the padded frames.
+        output, _ = self.rnn(feats)
+        return self.out(output)
+
+
+def _speakers(text):
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def corpus_folders(cfg, data_dir):
+    """The folders whose files a preset reads (their identity is part of the feature cache key)."""
+    root = Path(data_dir)
+    if cfg["corpus"] == "fsdd":
+        return [root / "fsdd" / "recordings"]
+    if cfg["corpus"] == "arctic":
+        return [root / "arctic" / f"cmu_us_{s}_arctic" for split in SPLITS for s in _speakers(cfg[f"{split}_speakers"])]
+    if cfg["corpus"] == "timit":
+        return [root / "timit"]
+    raise DataError(f"unknown corpus {cfg['corpus']!r}; use fsdd, arctic or timit")
+
+
+def load_utterances(cfg, data_dir):
+    """({split: utterances with "audio" at cfg's sample rate and per-sample "labels"}, class names)."""
+    corpus = cfg["corpus"]
+    if corpus == "fsdd":
+        folder = Path(data_dir) / "fsdd"
+        return {s: fsdd_split(folder, _speakers(cfg[f"{s}_speakers"]), cfg) for s in SPLITS}, DIGIT_CLASSES
+    if corpus == "arctic":
+        splits = {s: arctic_split(data_dir, _speakers(cfg[f"{s}_speakers"])) for s in SPLITS}
+        classes = sorted({p for u in splits["train"] for _, _, p in u["segments"]})
+    else:
+        splits = {s: timit_split(data_dir, s) for s in SPLITS}
+        classes = TIMIT_39
+    index = {c: i for i, c in enumerate(classes)}
+    fold = fold_timit if corpus == "timit" else (lambda p: p)
+    for utts in splits.values():
+        for u in utts:
+            scale = cfg["sample_rate"] / u["rate"]
+            segments = [(int(a * scale), int(b * scale), p) for a, b, p in u["segments"]]
+            if u["rate"] != cfg["sample_rate"]:
+                u["audio"] = torchaudio.functional.resample(u["audio"], u["rate"], cfg["sample_rate"])
+            # a held-out phone never seen in training (ARCTIC) counts for nothing
+            u["labels"] = label_samples(len(u["audio"]), segments, lambda p: index.get(fold(p), IGNORE))
+    return splits, classes
+
+
+def featurize(cfg, data_dir):
+    """{"classes", split: {"feats": [(T, D)], "labels": [(T,)], "speakers", "files"}}, features unnormalised."""
+    splits, classes = load_utterances(cfg, data_dir)
+    logmel = LogMel(cfg["sample_rate"], cfg["n_mels"], cfg["win_ms"], cfg["hop_ms"], cfg["deltas"])
+    out = {"classes": classes}
+    for split, utts in splits.items():
+        feats = [logmel(u["audio"]) for u in utts]
+        labels = [logmel.frame_labels(u["labels"]) for u in utts]
+        out[split] = {"feats": feats, "labels": labels, "speakers": [u["speaker"] for u in utts],
+                      "files": [u["files"] for u in utts]}
+    return out
+
+
+DATA_KEYS = ("corpus", "n_mels", "win_ms", "hop_ms", "deltas", "sample_rate", "train_speakers", "valid_speakers",
+             "test_speakers", "per_digit", "data_seed", "min_digits", "max_digits", "gap_min_s", "gap_max_s",
+             "snr_db", "silence_db")
+
+
+@register
+class SpeechTask(Task):
+    name = "speech"
+    description = "Frame-level acoustic modeling with a unidirectional LSTM (frame accuracy)"
+    presets = PRESETS
+    preset_notes = PRESET_NOTES
+    paper_results = PAPER_RESULTS
+    paper_source = "Table 2 (Icelandic speech, frame accuracy)"
+    main_metric = "acc"
+    lower_is_better = False
+    split_metrics = ("ce",)
+    eval_train = True
+    results_notes = ("acc: frame accuracy in % (every 10 ms frame, silence included); ce: frame cross-entropy in "
+                     "nats. Held-out speakers never occur in training. The JSON has the test confusion matrix, "
+                     "per-class accuracy and the silence/speech confusion.")
+
+    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
+        super().__init__(config, data_dir, download, custom_data, cache_dir)
+        cfg = self.config
+        if cfg["corpus"] == "fsdd":
+            _, self.noncanonical = ensure_fsdd(data_dir, cfg["per_digit"], download, custom_data)
+        folders = corpus_folders(cfg, data_dir)
+        files = [p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()]
+        key = {"version": CACHE_VERSION, "data": {k: cfg.get(k) for k in DATA_KEYS}, "files": files_fingerprint(files)}
+        self.data, self.cache_hit = cached(self.cache_dir, f"speech-{cfg['corpus']}", key,
+                                           lambda: featurize(cfg, data_dir))
+        self.classes = self.data["classes"]
+        self.mean, self.std = normalizer(self.data["train"]["feats"])
+        for split in SPLITS:
+            self.data[split]["norm"] = [(f - self.mean) / self.std for f in self.data[split]["feats"]]
+
+    def build_model(self):
+        cfg = self.config
+        model = FrameClassifier(self.data["train"]["feats"][0].size(1), len(self.classes), cfg["hidden"],
+                                cfg["layers"], cfg["dropout"], cfg.get("scheme", "zaremba"))
+        init_uniform(model, cfg["init"])
+        return model
+
+    def batches(self, split, device):
+        data = self.data[split]
+        size = self.config["batch_size" if split == "train" else "eval_batch_size"]
+        for index in bucket_batches([len(f) for f in data["norm"]], size, shuffle=split == "train"):
+            feats = nn.utils.rnn.pad_sequence([data["norm"][i] for i in index], batch_first=True)
+            labels = nn.utils.rnn.pad_sequence([data["labels"][i] for i in index], batch_first=True,
+                                               padding_value=IGNORE)
+            yield feats.to(device), labels.to(device)
+
+    def num_batches(self, split):
+        size = self.config["batch_size" if split == "train" else "eval_batch_size"]
+        return -(-len(self.data[split]["norm"]) // size)
+
+    def forward(self, model, batch, state):
+        feats, labels = batch
+        logits = model(feats)
+        nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
+        real = labels != IGNORE
+        count = int(real.sum())
+        correct = (logits.argmax(-1) == labels)[real].sum()
+        return StepOutput(loss=nll / max(count, 1), nll=nll.detach(), count=count, extra={"correct": correct})
+
+    def metrics(self, totals):
+        return {"acc": 100.0 * totals["correct"] / totals["count"], "ce": totals["nll"] / totals["count"]}
+
+    @torch.no_grad()
+    def predict(self, model, split, device):
+        """Per-utterance predicted class ids, in the split's order."""
+        model.eval()
+        data = self.data[split]
+        return [model(f[None].to(device))[0].argmax(-1).cpu() for f in data["norm"]]
+
+    def final_metrics(self, model, split, device):
+        predictions = self.predict(model, split, device)
+        labels = self.data[split]["labels"]
+        n = len(self.classes)
+        confusion = torch.zeros(n, n, dtype=torch.long)
+        for ref, hyp in zip(labels, predictions):
+            real = ref != IGNORE
+            confusion.view(-1).index_add_(0, ref[real] * n + hyp[real], torch.ones(int(real.sum()), dtype=torch.long))
+        per_class = {c: round(100.0 * int(confusion[i, i]) / max(int(confusion[i].sum()), 1), 2)
+                     for i, c in enumerate(self.classes)}
+        details = {"classes": self.classes, "confusion": confusion.tolist(), "per_class_acc": per_class,
+                   "frames": self._example(predictions, split)}
+        silence = next((i for i, c in enumerate(self.classes) if c in ("sil", "pau")), None)
+        if silence is not None:
+            details["silence_speech_confusion"] = silence_confusion(confusion, silence)
+        return {}, details
+
+    def _example(self, predictions, split):
+        """One utterance for results/speech/frames.png: its features (8-bit), reference and prediction."""
+        data = self.data[split]
+        lengths = [len(f) for f in data["feats"]]
+        i = sorted(range(len(lengths)), key=lambda k: lengths[k])[len(lengths) // 2]  # the median-length one
+        feats = data["feats"][i]
+        lo, hi = float(feats.min()), float(feats.max())
+        image = ((feats - lo) / max(hi - lo, 1e-9) * 255).round().to(torch.uint8)
+        return {"index": i, "speaker": data["speakers"][i], "files": data["files"][i], "hop_ms": self.config["hop_ms"],
+                "shape": list(image.shape), "features_u8": base64.b64encode(image.numpy().tobytes()).decode(),
+                "reference": data["labels"][i].tolist(), "prediction": predictions[i].tolist()}
+
+    @classmethod
+    def figures(cls, runs, folder, label):
+        """frames.png: one test utterance's features, its reference frame labels and each variant's
+        predictions (the first seed of each variant)."""
+        firsts = {}
+        for run in runs:
+            if "frames" in run.get("details", {}):
+                firsts.setdefault((run["variant"], run["dropout"]), run)
+        if not firsts:
+            return []
+        path = Path(folder) / ("frames.png" if label == cls.default_preset else f"{label}-frames.png")
+        plot_frames(next(iter(firsts.values()))["details"], {k: r["details"] for k, r in firsts.items()}, path,
+                    f"{cls.name} / {label}")
+        return [path]
+
+    def checkpoint_extras(self):
+        return {**super().checkpoint_extras(), "classes": self.classes, "mean": self.mean, "std": self.std}
+
+
+def silence_confusion(confusion, silence):
+    """2x2 {reference: {predicted: frames}} between silence and speech (any non-silence class)."""
+    speech = [i for i in range(len(confusion)) if i != silence]
+    sil_row, speech_rows = confusion[silence], confusion[speech]
+    return {"silence": {"silence": int(sil_row[silence]), "speech": int(sil_row[speech].sum())},
+            "speech": {"silence": int(speech_rows[:, silence].sum()), "speech": int(speech_rows[:, speech].sum())}}
+
+
+def plot_frames(reference, predictions, path, title):
+    """Draw the example utterance recorded in `reference["frames"]` with the reference labels and the
+    predictions of each {(variant, p): details} under it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from core.utils import atomic_write
+
+    example, classes = reference["frames"], reference["classes"]
+    image = np.frombuffer(base64.b64decode(example["features_u8"]), dtype=np.uint8).reshape(example["shape"])
+    seconds = len(image) * example["hop_ms"] / 1000
+    rows = [("reference", example["reference"], None)]
+    for (variant, p), details in predictions.items():
+        pred, ref = np.array(details["frames"]["prediction"]), np.array(example["reference"])
+        real = ref != IGNORE
+        rows.append((f"{variant} (p={p:g})", pred.tolist(), 100.0 * (pred[real] == ref[real]).mean()))
+    fig, axes = plt.subplots(1 + len(rows), 1, figsize=(12, 2.6 + 0.7 * len(rows)), sharex=True,
+                             gridspec_kw={"height_ratios": [4] + [1] * len(rows)})
+    axes[0].imshow(image.T, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, image.shape[1]))
+    axes[0].set_ylabel("log-mel band")
+    axes[0].set_title(f"{title}: test utterance {example['index']} (speaker {example['speaker']}, "
+                      f"{' '.join(f.split('_')[0] for f in example['files'])})")
+    cmap = plt.get_cmap("tab20", max(len(classes), 2))
+    for ax, (name, labels, acc) in zip(axes[1:], rows):
+        ids = np.array(labels, dtype=float)
+        ids[ids == IGNORE] = np.nan
+        ax.imshow(ids[None], aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest",
+                  extent=(0, seconds, 0, 1))
+        for start, end, cls_id in _segments(labels):
+            if cls_id != IGNORE and end - start >= 4:
+                ax.text((start + end) / 2 * seconds / len(labels), 0.5, classes[cls_id], ha="center", va="center",
+                        fontsize=8)
+        ax.set_yticks([])
+        ax.set_ylabel(name if acc is None else f"{name}\n{acc:.1f}%", rotation=0, ha="right", va="center",
+                      fontsize=9)
+    axes[-1].set_xlabel("time (s)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    plt.close(fig)
+
+
+def _segments(labels):
+    """Runs of equal labels: [(start, end, label)]."""
+    runs, start = [], 0
+    for i in range(1, len(labels) + 1):
+        if i == len(labels) or labels[i] != labels[start]:
+            runs.append((start, i, labels[start]))
+            start = i
+    return runs

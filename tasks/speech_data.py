@@ -15,6 +15,7 @@ from pathlib import Path
 
 import soundfile
 import torch
+import torch.nn.functional as F
 import torchaudio
 
 from core.download import ENV_DATA_DIR, DataError, Source, ensure_files
@@ -41,7 +42,9 @@ def active_span(wave, hop, threshold_db):
     """(start, end) samples of the part of a recording louder than `threshold_db` relative to its loudest
     hop-long frame: what lies outside (the quiet edges) is silence."""
     frames = max(len(wave) // hop, 1)
-    energy = wave[: frames * hop].reshape(frames, -1).pow(2).mean(dim=1) if len(wave) >= hop else wave.pow(2).mean()[None]
+    if len(wave) < hop:
+        wave = F.pad(wave, (0, hop - len(wave)))
+    energy = wave[: frames * hop].reshape(frames, hop).pow(2).mean(dim=1)
     db = 10 * torch.log10(energy + 1e-12)
     loud = torch.nonzero(db > db.max() + threshold_db).flatten()
     return int(loud[0]) * hop, min(int(loud[-1] + 1) * hop, len(wave))
@@ -150,8 +153,9 @@ def fsdd_split(folder, speakers, cfg):
                 if rate != FSDD_RATE:
                     raise DataError(f"{Path(folder) / 'recordings' / name} is {rate} Hz; FSDD is {FSDD_RATE} Hz")
                 waves.append(wave)
+            digits = [int(name.split("_")[0]) for name in files]
             audio, labels, spans = build_fsdd_utterance(
-                waves, [int(n.split("_")[0]) for n in files], rng, FSDD_RATE, (cfg["gap_min_s"], cfg["gap_max_s"]), cfg["snr_db"],
+                waves, digits, rng, FSDD_RATE, (cfg["gap_min_s"], cfg["gap_max_s"]), cfg["snr_db"],
                 hop=int(FSDD_RATE * cfg["hop_ms"] / 1000), threshold_db=cfg["silence_db"])
             utterances.append({"audio": audio, "rate": FSDD_RATE, "labels": labels, "spans": spans,
                                "speaker": speaker, "files": files})

@@ -94,13 +94,16 @@ def test_splits_are_speaker_disjoint_and_deterministic(tiny_fsdd, tmp_path):
 
 
 def test_normalisation_uses_training_statistics_only(tiny_fsdd, tmp_path):
-    task = tiny_task(tiny_fsdd, tmp_path / "cache")
+    task = tiny_task(tiny_fsdd, tmp_path / "cache", cmn=False)
     train = torch.cat(task.data["train"]["feats"])
     assert torch.allclose(task.mean, train.mean(0)) and torch.allclose(task.std, train.std(0))
     everything = torch.cat([f for s in ("train", "valid", "test") for f in task.data[s]["feats"]])
     assert not torch.allclose(task.mean, everything.mean(0))
     normed = torch.cat(task.data["train"]["norm"])
     assert normed.mean(0).abs().max() < 1e-4 and (normed.std(0) - 1).abs().max() < 1e-3
+    cmn = tiny_task(tiny_fsdd, tmp_path / "cache", cmn=True)  # per-utterance mean subtraction first
+    assert all(f.mean(0).abs().max() < 1e-4 for f in cmn.data["test"]["feats"])
+    assert torch.allclose(cmn.mean, torch.cat(cmn.data["train"]["feats"]).mean(0))
     mean, std = normalizer([torch.tensor([[1.0], [3.0]])])
     assert mean.item() == 2.0 and std.item() == pytest.approx(math.sqrt(2))
 
@@ -271,3 +274,18 @@ def test_fsdd_downloads_the_pinned_release_and_verifies_it(tiny_fsdd, tmp_path, 
     with pytest.raises(DataError, match="0_george_0.wav"):
         speech_data.ensure_fsdd(tmp_path / "cache-root", per_digit=2)
     assert not (folder / "recordings" / "0_george_0.wav").exists()
+
+
+def test_label_delay_scores_every_frame_once_and_predictions_line_up(tiny_fsdd, tmp_path):
+    task = tiny_task(tiny_fsdd, tmp_path / "cache", label_delay=3)
+    frames = sum(int((y != IGNORE).sum()) for y in task.data["valid"]["labels"])
+    scored = sum(int((labels != IGNORE).sum()) for _, labels in task.batches("valid", "cpu"))
+    assert scored == frames
+    feats, labels = task._delayed(task.data["valid"]["norm"][0], task.data["valid"]["labels"][0])
+    assert torch.equal(labels[3:], task.data["valid"]["labels"][0]) and (labels[:3] == IGNORE).all()
+    assert feats[-3:].abs().sum() == 0 and len(feats) == len(labels)
+    model = task.build_model().eval()
+    predictions = task.predict(model, "valid", "cpu")
+    with torch.no_grad():
+        direct = model(feats[None])[0].argmax(-1)[3:]
+    assert torch.equal(predictions[0], direct) and len(predictions[0]) == len(task.data["valid"]["labels"][0])

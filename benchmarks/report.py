@@ -105,6 +105,9 @@ def markdown(task, label, preset, runs):
                _duration(statistics.mean(r["wall_s"] for r in group)),
                ",".join(str(r["seed"]) for r in group)]
             + [f"{ref[k]:g}" if k in ref else "—" for k in paper_keys]) + " |")
+    last = [f"{variant} (p={p:g}) train {m} {_fmt([r['history'][-1][f'train_{m}'] for r in group])}, valid {m} "
+            f"{_fmt([r['history'][-1][f'valid_{m}'] for r in group])}" for (variant, p), group in _group(runs).items()]
+    lines += ["", "At the last epoch, for comparison with the best-on-valid columns: " + "; ".join(last) + "."]
     if paper:
         caveat = (" They come from the paper's own configuration, not this one: compare the direction and size "
                   "of the dropout effect, not the values." if preset in task.preset_notes else "")
@@ -155,10 +158,10 @@ def plot(task, label, runs, path):
             epochs = min(len(r["history"]) for r in group)
             ys = [statistics.mean(r["history"][e][f"{split}_{m}"] for r in group) for e in range(epochs)]
             ax.plot(range(1, epochs + 1), ys, marker="o", markersize=3, label=f"{variant} (p={p:g})")
-    for variant, ref in paper.items():
+    for (variant, ref), style in zip(paper.items(), ("--", ":", "-.")):
         for ax, split in zip(axes, ("train", "valid")):
             if f"{split}_{m}" in ref:
-                ax.axhline(ref[f"{split}_{m}"], color="gray", linestyle="--", label=f"paper, {variant}")
+                ax.axhline(ref[f"{split}_{m}"], color="gray", linestyle=style, label=f"paper, {variant}")
     plain = FuncFormatter(lambda value, _: f"{value:g}")
     for ax, split in zip(axes, ("train", "valid")):
         ax.set_title(f"{split} {m}")

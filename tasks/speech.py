@@ -41,8 +41,9 @@ PRESETS = {
     "timit": dict(_FEATURES, corpus="timit", sample_rate=16000, deltas=True, **_TRAIN, hidden=512, layers=2,
                   dropout=0.5, epochs=20),
     # Seconds on a few recordings; a smoke test of the machinery, not a result.
-    "tiny": dict(_FSDD, cmn=True, label_delay=2, init=0.1, batch_size=4, eval_batch_size=8, optimizer="adam", lr=0.01,
-                 decay_start=1, lr_decay=2.0, clip=5.0, per_digit=2, n_mels=8, hidden=16, layers=2, dropout=0.3, epochs=2),
+    "tiny": dict(_FSDD, cmn=True, label_delay=2, init=0.1, batch_size=4, eval_batch_size=8, optimizer="adam",
+                 lr=0.01, decay_start=1, lr_decay=2.0, clip=5.0, per_digit=2, n_mels=8, hidden=16, layers=2,
+                 dropout=0.3, epochs=2),
 }
 PRESET_NOTES = {
     "cpu": "Scaled down for a 2-core CPU (FSDD connected digits, 2x256, p=0.5, Adam, 20 epochs): not the paper's "
@@ -82,7 +83,8 @@ def corpus_folders(cfg, data_dir):
     if cfg["corpus"] == "fsdd":
         return [root / "fsdd" / "recordings"]
     if cfg["corpus"] == "arctic":
-        return [root / "arctic" / f"cmu_us_{s}_arctic" for split in SPLITS for s in _speakers(cfg[f"{split}_speakers"])]
+        speakers = [s for split in SPLITS for s in _speakers(cfg[f"{split}_speakers"])]
+        return [root / "arctic" / f"cmu_us_{s}_arctic" for s in speakers]
     if cfg["corpus"] == "timit":
         return [root / "timit"]
     raise DataError(f"unknown corpus {cfg['corpus']!r}; use fsdd, arctic or timit")

@@ -29,17 +29,23 @@ def load_runs(path):
 
 def merge_runs(old, new):
     """Replace runs of the same (variant, dropout, seed), keep the others, order by variant then seed."""
-    key = lambda r: (r["variant"], r["dropout"], r["seed"])  # noqa: E731
+    key = lambda r: (r["variant"], r["dropout"], bool(r.get("ensemble")), r["seed"] or 0)  # noqa: E731
     merged = {key(r): r for r in old}
     merged.update({key(r): r for r in new})
     return sorted(merged.values(), key=key)
 
 
 def _group(runs):
+    """{(variant, p): single-model runs}; ensembles (`--ensemble N`) are left out, see _ensembles."""
     groups = defaultdict(list)
     for run in runs:
-        groups[(run["variant"], run["dropout"])].append(run)
+        if not run.get("ensemble"):
+            groups[(run["variant"], run["dropout"])].append(run)
     return groups
+
+
+def _ensembles(runs):
+    return [run for run in runs if run.get("ensemble")]
 
 
 def _fmt(values):
@@ -105,6 +111,18 @@ def markdown(task, label, preset, runs):
                _duration(statistics.mean(r["wall_s"] for r in group)),
                ",".join(str(r["seed"]) for r in group)]
             + [f"{ref[k]:g}" if k in ref else "—" for k in paper_keys]) + " |")
+    for run in _ensembles(runs):
+        ref = paper.get(f"{run['variant']} ensemble", {})
+        value = lambda key: _fmt([run["metrics"][key]] if key in run["metrics"] else [])  # noqa: E731
+        lines.append("| " + " | ".join(
+            [f"{run['variant']} (ensemble of {len(run['ensemble'])})", f"{run['dropout']:g}"]
+            + [value(key) for key in split_keys] + [value(key) for key, _ in extras]
+            + ["— (the members' best checkpoints)", _duration(run["wall_s"]) + " (evaluation)",
+               ",".join(map(str, run["ensemble"]))]
+            + [f"{ref[k]:g}" if k in ref else "—" for k in paper_keys]) + " |")
+    if _ensembles(runs):
+        lines += ["", "Ensemble rows average their members' next-token (frame) probabilities at every position "
+                      "(and, where the task decodes, at every beam-search step); they have no training metrics."]
     last = [f"{variant} (p={p:g}) train {m} {_fmt([r['history'][-1][f'train_{m}'] for r in group])}, valid {m} "
             f"{_fmt([r['history'][-1][f'valid_{m}'] for r in group])}" for (variant, p), group in _group(runs).items()]
     lines += ["", "At the last epoch, for comparison with the best-on-valid columns: " + "; ".join(last) + "."]
@@ -123,9 +141,11 @@ def markdown(task, label, preset, runs):
     lines += ["", "## Provenance", ""]
     for run in runs:
         prov = run["provenance"]
+        who = (f"ensemble of seeds {','.join(map(str, run['ensemble']))}" if run.get("ensemble")
+               else f"seed {run['seed']}")
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
-        lines.append(f"- {run['variant']} p={run['dropout']:g} seed {run['seed']}: commit {prov['git_commit'][:12]}, "
-                     f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of training, "
+        lines.append(f"- {run['variant']} p={run['dropout']:g} {who}: commit {prov['git_commit'][:12]}, "
+                     f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {'evaluation' if run.get('ensemble') else 'training'}, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"
 
@@ -134,7 +154,7 @@ def _examples(runs):
     """Example test outputs side by side (the first seed of each variant)."""
     firsts = {}
     for run in runs:
-        if run.get("details", {}).get("examples"):
+        if run.get("details", {}).get("examples") and not run.get("ensemble"):
             firsts.setdefault((run["variant"], run["dropout"]), run["details"]["examples"])
     if not firsts:
         return []
@@ -209,7 +229,8 @@ def main(argv=None):
 
 
 def _cell(runs, variant, keys):
-    values = [[r["metrics"][k] for r in runs if r["variant"] == variant and k in r["metrics"]] for k in keys]
+    values = [[r["metrics"][k] for r in runs if r["variant"] == variant and k in r["metrics"] and not r.get("ensemble")]
+              for k in keys]
     if not values[0]:
         return "—"
     return " / ".join(_fmt(v) for v in values)

@@ -18,8 +18,9 @@ import torch
 from core import SCHEMES, Trainer, TrainConfig
 from core.cache import ENV_CACHE_DIR
 from core.download import ENV_DATA_DIR, DataError, data_root
-from core.utils import pick_device, provenance, seed_everything
+from core.utils import pick_device, provenance, seed_everything, write_text
 from tasks import TASKS, get_task
+from tasks.base import Task
 from benchmarks.report import write_overview, write_results
 
 
@@ -30,7 +31,10 @@ def build_parser():
     p.add_argument("--task", help=f"one of: {', '.join(sorted(TASKS))}")
     p.add_argument("--preset", help="a preset of the task (default: the task's default, see --list)")
     p.add_argument("--variants", default="none,zaremba", help=f"comma list of dropout schemes: {', '.join(SCHEMES)}")
-    p.add_argument("--seeds", default="1", help="comma list of integer seeds")
+    p.add_argument("--seeds", help="comma list of integer seeds (default: 1, or 1..N with --ensemble N)")
+    p.add_argument("--ensemble", type=int, metavar="N",
+                   help="train N seeds of each variant and also evaluate their ensemble (averaged probabilities), "
+                        "reported as its own row")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count (results go to <preset>-e<N>)")
     p.add_argument("--dropout", type=float, help="override the preset's dropout p (results go to <preset>-p<P>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -78,7 +82,16 @@ def validate(args, parser):
     bad = [v for v in args.variants if v not in SCHEMES]
     if bad or not args.variants:
         parser.error(f"--variants: unknown {bad or 'empty list'}; choose from {', '.join(SCHEMES)}")
+    if args.ensemble is not None and args.ensemble < 2:
+        parser.error(f"--ensemble needs at least 2 members, got {args.ensemble}")
+    if args.seeds is None:
+        args.seeds = ",".join(map(str, range(1, (args.ensemble or 1) + 1)))
     args.seeds = _int_list(args.seeds, "seeds", parser)
+    if args.ensemble and len(args.seeds) != args.ensemble:
+        parser.error(f"--ensemble {args.ensemble} averages {args.ensemble} seeds but --seeds gives {len(args.seeds)}; "
+                     f"drop --seeds (it then defaults to 1..{args.ensemble}) or give that many")
+    if args.ensemble and task_cls.logits is Task.logits:
+        parser.error(f"--ensemble: task {args.task} does not support ensembles (no Task.logits)")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
@@ -166,6 +179,32 @@ def train_one(task_cls, args, config, run_dir, origin):
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
+    """Load each seed's best checkpoint and evaluate their ensemble on valid and test; returns its entry."""
+    started = time.time()
+    config = run_config(task_cls, args, variant, args.seeds[0])
+    task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
+                    cache_dir=args.cache_dir)
+    models = []
+    for run_dir in run_dirs:
+        model = task.build_model().to(args.device)
+        model.load_state_dict(torch.load(run_dir / "best.pt", map_location=args.device, weights_only=False)["model"])
+        models.append(model)
+    valid, test = (task.ensemble_metrics(models, split, args.device) for split in ("valid", "test"))
+    extra, details = task.final_metrics(models, "test", args.device)
+    test.update(extra)
+    if "outputs" in details:
+        folder = run_dirs[0].parent / f"{variant}-p{config['dropout']:g}-ensemble"
+        write_text(folder / "test_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))
+    metrics = {**{f"valid_{k}": v for k, v in valid.items()}, **{f"test_{k}": v for k, v in test.items()}}
+    print(f"{variant} p={config['dropout']:g} ensemble of seeds {args.seeds}: {metrics}", flush=True)
+    return {"variant": variant, "dropout": config["dropout"], "seed": None, "ensemble": list(args.seeds),
+            "preset": args.preset, "metrics": metrics, "best_epoch": None, "epochs": None, "history": [],
+            "wall_s": round(time.time() - started, 1), "details": details, "config": {**config, "seed": None},
+            "provenance": origin, "data": task.data_info(),
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
 def list_tasks():
     for name, cls in sorted(TASKS.items()):
         print(f"{name}: {cls.description}")
@@ -188,14 +227,20 @@ def main(argv=None):
     origin = provenance(args.device, "python -m benchmarks.run " + shlex.join(argv))
     label = run_label(args)
     for variant in args.variants:
+        run_dirs = []
         for seed in args.seeds:
             config = run_config(task_cls, args, variant, seed)
             run_dir = Path(args.run_dir) / args.task / label / f"{variant}-p{config['dropout']:g}-seed{seed}"
+            run_dirs.append(run_dir)
             try:
                 entry = train_one(task_cls, args, config, run_dir, origin)
             except (DataError, FloatingPointError, ValueError) as err:
                 sys.exit(f"error: {err}")
             write_results(args.out, task_cls, label, args.preset, [entry])
+            write_overview(args.out)
+        if args.ensemble:
+            write_results(args.out, task_cls, label, args.preset,
+                          [evaluate_ensemble(task_cls, args, variant, run_dirs, origin)])
             write_overview(args.out)
     print(f"wrote {Path(args.out) / args.task / label}.{{json,md,png}}")
 

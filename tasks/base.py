@@ -1,9 +1,14 @@
 """The task-adapter interface. A task is one file: data, model, loss/metrics and presets."""
 from pathlib import Path
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 from core.cache import cache_root
+
+IGNORE = -100  # target id that counts for nothing (padding, deleted labels)
 
 
 class Task:
@@ -52,6 +57,31 @@ class Task:
         """Return a core.StepOutput for one batch."""
         raise NotImplementedError
 
+    def logits(self, model, batch, state):
+        """(logits (..., classes), targets (...) with IGNORE where nothing is scored, state) for one batch:
+        what an ensemble averages. Tasks that support `--ensemble` implement it."""
+        raise NotImplementedError(f"task {self.name} does not support ensembles (it has no Task.logits)")
+
+    @torch.no_grad()
+    def ensemble_metrics(self, models, split, device):
+        """The metrics of an ensemble on `split`: every member's next-token (or frame) probabilities are averaged
+        at every position, as in the paper's model averaging; statistics as in `metrics`."""
+        for model in models:
+            model.eval()
+        nll, count, correct, states = 0.0, 0, 0, [None] * len(models)
+        for batch in self.batches(split, device):
+            outs = [self.logits(model, batch, state) for model, state in zip(models, states)]
+            if self.stateful:
+                states = [out[2] for out in outs]
+            logp = torch.stack([F.log_softmax(out[0].float(), dim=-1) for out in outs]).logsumexp(0)
+            logp = logp - math.log(len(models))
+            targets = outs[0][1]
+            real = targets != IGNORE
+            nll += float(F.nll_loss(logp[real], targets[real], reduction="sum"))
+            count += int(real.sum())
+            correct += int((logp.argmax(-1)[real] == targets[real]).sum())
+        return self.metrics({"nll": nll, "count": count, "correct": correct})
+
     def metrics(self, totals):
         """Turn summed statistics ({"nll", "count", ...extra}) into named metrics. The default is perplexity
         per counted target (token) and the mean loss; tasks with other metrics override it."""
@@ -59,7 +89,8 @@ class Task:
         return {"ppl": float(torch.tensor(mean).exp()), "loss": mean}
 
     def final_metrics(self, model, split, device):
-        """Test-time metrics that need more than the loss (e.g. BLEU after beam search).
+        """Test-time metrics that need more than the loss (e.g. BLEU after beam search). `model` may be a list:
+        an ensemble (`--ensemble N`), whose members' probabilities are averaged.
 
         Returns (metrics, details): metrics are numbers (reported as test_<name>); details is JSON for the
         results (e.g. the BLEU signature, example outputs). A details entry "outputs" (a list of lines) is

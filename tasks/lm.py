@@ -90,9 +90,14 @@ class LanguageModelTask(Task):
     def num_batches(self, split):
         return num_chunks(self.streams[split], self.config["bptt"])
 
-    def forward(self, model, batch, state):
+    def logits(self, model, batch, state):
         inputs, targets = batch
         logits, state = model(inputs, state)
+        return logits, targets, state
+
+    def forward(self, model, batch, state):
+        inputs = batch[0]
+        logits, targets, state = self.logits(model, batch, state)
         nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
         # The paper's scaling: summed over the bptt steps, averaged over the batch. Averaging over all
         # tokens instead would silently divide lr 1 and the clip norm by the bptt length.

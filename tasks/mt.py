@@ -13,7 +13,7 @@ import torch.nn as nn
 from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
 from core.download import DataError
 from tasks import register
-from tasks.base import Task
+from tasks.base import IGNORE, Task
 from tasks.parallel import ensure_multi30k, load_hub_pairs, load_multi30k
 
 SPLITS = ("train", "valid", "test")
@@ -156,6 +156,11 @@ class TranslationTask(Task):
         size = self.config["batch_size" if split == "train" else "eval_batch_size"]
         return -(-len(self.data[split][0]) // size)
 
+    def logits(self, model, batch, state):
+        src, src_len, tgt = batch
+        targets = tgt[:, 1:].masked_fill(tgt[:, 1:] == self.tgt_vocab.pad, IGNORE)
+        return model(src, src_len, tgt[:, :-1]), targets, None
+
     def forward(self, model, batch, state):
         src, src_len, tgt = batch
         logits = model(src, src_len, tgt[:, :-1])
@@ -166,7 +171,8 @@ class TranslationTask(Task):
     def final_metrics(self, model, split, device):
         pairs = self.pairs[split]
         started = time.perf_counter()
-        hyps = translate([model], self.src_vocab, self.tgt_vocab, pairs.src_tokens, self.config, device)
+        models = model if isinstance(model, list) else [model]
+        hyps = translate(models, self.src_vocab, self.tgt_vocab, pairs.src_tokens, self.config, device)
         decode_s = time.perf_counter() - started
         detok = detokenize(hyps, self.config["tgt"])
         bleu, signature = corpus_bleu(detok, pairs.tgt_raw)

@@ -197,9 +197,12 @@ class SpeechTask(Task):
         size = self.config["batch_size" if split == "train" else "eval_batch_size"]
         return -(-len(self.data[split]["norm"]) // size)
 
-    def forward(self, model, batch, state):
+    def logits(self, model, batch, state):
         feats, labels = batch
-        logits = model(feats)
+        return model(feats), labels, None
+
+    def forward(self, model, batch, state):
+        logits, labels, _ = self.logits(model, batch, state)
         nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
         real = labels != IGNORE
         count = int(real.sum())
@@ -211,12 +214,19 @@ class SpeechTask(Task):
 
     @torch.no_grad()
     def predict(self, model, split, device):
-        """Per-utterance predicted class ids, in the split's order."""
-        model.eval()
+        """Per-utterance predicted class ids, in the split's order; `model` may be a list (an ensemble: the
+        members' frame posteriors are averaged)."""
+        models = model if isinstance(model, list) else [model]
+        for m in models:
+            m.eval()
         data = self.data[split]
         delay = self.config.get("label_delay", 0)
-        return [model(self._delayed(f, y)[0][None].to(device))[0, delay:].argmax(-1).cpu()
-                for f, y in zip(data["norm"], data["labels"])]
+        predictions = []
+        for feats, labels in zip(data["norm"], data["labels"]):
+            x = self._delayed(feats, labels)[0][None].to(device)
+            probs = torch.stack([F.softmax(m(x)[0, delay:], dim=-1) for m in models]).mean(0)
+            predictions.append(probs.argmax(-1).cpu())
+        return predictions
 
     def final_metrics(self, model, split, device):
         predictions = self.predict(model, split, device)
@@ -253,7 +263,7 @@ class SpeechTask(Task):
         predictions (the first seed of each variant)."""
         firsts = {}
         for run in runs:
-            if "frames" in run.get("details", {}):
+            if "frames" in run.get("details", {}) and not run.get("ensemble"):
                 firsts.setdefault((run["variant"], run["dropout"]), run)
         if not firsts:
             return []

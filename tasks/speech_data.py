@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import torchaudio
 
 from core.download import ENV_DATA_DIR, DataError, Source, ensure_files
+from tasks.base import IGNORE  # frames that count for nothing, e.g. TIMIT's q, which the 39-phone set deletes
 
-IGNORE = -100  # frames that count for nothing (TIMIT's glottal stop q, which the 39-phone set deletes)
 
 # ---- audio ------------------------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""--ensemble: averaged probabilities, generic over the tasks, its own row in the results."""
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmarks import run
+from core import Trainer, TrainConfig
+from core.utils import seed_everything
+from tasks.base import IGNORE
+from tasks.lm import LanguageModelTask
+from tasks.mt import TranslationTask
+from tasks.mt import PRESETS as MT_PRESETS
+from tests.test_mt import write_tiny_multi30k
+from tests.test_speech import tiny_task, write_tiny_fsdd
+
+
+def two_models(task):
+    seed_everything(1)
+    first = task.build_model()
+    seed_everything(2)
+    return first, task.build_model()
+
+
+def single(task, model, split, tmp_path):
+    return Trainer(task, model, TrainConfig(epochs=1), tmp_path / "run", "cpu", progress=False).evaluate(split)
+
+
+def test_ensemble_of_identical_lm_members_equals_one_member(tiny_ptb, tiny_config, tmp_path):
+    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True)
+    model, _ = two_models(task)
+    alone = single(task, model, "valid", tmp_path)
+    pair = task.ensemble_metrics([model, model], "valid", "cpu")
+    assert pair["ppl"] == pytest.approx(alone["ppl"], rel=1e-5)
+
+
+def test_ensemble_averages_the_members_probabilities(tiny_ptb, tiny_config):
+    task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True)
+    a, b = two_models(task)
+    for m in (a, b):
+        m.eval()
+    nll, count, states = 0.0, 0, [None, None]
+    with torch.no_grad():
+        for inputs, targets in task.batches("valid", "cpu"):
+            (la, states[0]), (lb, states[1]) = a(inputs, states[0]), b(inputs, states[1])
+            probs = (F.softmax(la, -1) + F.softmax(lb, -1)) / 2
+            nll -= float(probs.gather(-1, targets[..., None]).log().sum())
+            count += targets.numel()
+    assert task.ensemble_metrics([a, b], "valid", "cpu")["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_ensemble_of_identical_mt_members_equals_one_member_in_ppl_and_translations(tmp_path):
+    data = write_tiny_multi30k(tmp_path / "data", sizes=(60, 12, 12))
+    task = TranslationTask({**MT_PRESETS["tiny"], "scheme": "zaremba", "seed": 1}, data, download=False,
+                           custom_data=True)
+    model, _ = two_models(task)
+    alone = single(task, model, "test", tmp_path)
+    assert task.ensemble_metrics([model, model], "test", "cpu")["ppl"] == pytest.approx(alone["ppl"], rel=1e-5)
+    one, one_details = task.final_metrics(model, "test", "cpu")
+    two, two_details = task.final_metrics([model, model], "test", "cpu")
+    assert one_details["outputs"] == two_details["outputs"] and one["bleu"] == two["bleu"]
+
+
+def test_ensemble_of_identical_speech_members_equals_one_member(tmp_path):
+    task = tiny_task(write_tiny_fsdd(tmp_path / "data"), tmp_path / "cache")
+    model, other = two_models(task)
+    alone = single(task, model, "test", tmp_path)
+    pair = task.ensemble_metrics([model, model], "test", "cpu")
+    assert pair["acc"] == pytest.approx(alone["acc"]) and pair["ce"] == pytest.approx(alone["ce"], rel=1e-5)
+    assert [p.tolist() for p in task.predict([model, model], "test", "cpu")] == [
+        p.tolist() for p in task.predict(model, "test", "cpu")]
+    labels = task.data["test"]["labels"][0]
+    assert (labels != IGNORE).all() and len(task.predict([model, other], "test", "cpu")[0]) == len(labels)
+
+
+def test_runner_ensemble_row(tiny_ptb, tmp_path):
+    out = tmp_path / "results"
+    run.main(["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--ensemble", "2", "--data-dir",
+              str(tiny_ptb), "--custom-data", "--out", str(out), "--run-dir", str(tmp_path / "runs"),
+              "--no-progress", "--device", "cpu"])
+    entries = json.loads((out / "lm" / "tiny.json").read_text())
+    assert [(e["seed"], e.get("ensemble")) for e in entries] == [(1, None), (2, None), (None, [1, 2])]
+    ensemble = entries[-1]
+    assert {"valid_ppl", "test_ppl"} <= set(ensemble["metrics"]) and ensemble["history"] == []
+    assert not any(key.startswith("train_") for key in ensemble["metrics"])
+    table = (out / "lm" / "tiny.md").read_text()
+    assert "| zaremba (ensemble of 2) | 0.3 | — |" in table and "ensemble of seeds 1,2" in table
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ensemble", "1"], "at least 2 members"),
+    (["--ensemble", "3", "--seeds", "1,2"], "--seeds gives 2"),
+])
+def test_bad_ensemble_flags(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--task", "lm", "--preset", "tiny", *flags])
+    assert message in capsys.readouterr().err

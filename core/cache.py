@@ -37,3 +37,12 @@ def cached(root, name, key, build):
     value = build()
     save_torch({"key": key, "value": value}, path)
     return value, False
+
+
+def files_fingerprint(paths):
+    """A cheap identity of a set of files (paths, sizes, modification times) for cache keys."""
+    digest = hashlib.sha256()
+    for path in sorted(map(str, paths)):
+        stat = Path(path).stat()
+        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -14,12 +14,12 @@ import torch.nn.functional as F
 import torchaudio
 
 from core import DropoutLSTM, StepOutput, bucket_batches, init_uniform
-from core.cache import cached
+from core.cache import cached, files_fingerprint
 from core.download import DataError
 from tasks import register
 from tasks.base import Task
-from tasks.speech_data import (DIGIT_CLASSES, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, files_fingerprint,
-                               fold_timit, fsdd_split, label_samples, normalizer, timit_split)
+from tasks.speech_data import (DIGIT_CLASSES, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
+                               fsdd_split, label_samples, normalizer, timit_split)
 
 SPLITS = ("train", "valid", "test")
 CACHE_VERSION = 1  # bump when feature or label code changes, so old cache entries are not reused

@@ -8,7 +8,6 @@ Every corpus is turned into utterances: (waveform, per-sample label ids), at the
 - TIMIT: `*.wav` + `*.phn` (sample-indexed phone segments), folded 61 -> 39 phones (Lee & Hon, 1989).
 Frames (25 ms window, 10 ms hop, centred) take the label of their centre sample.
 """
-import hashlib
 import random
 import warnings
 from pathlib import Path
@@ -326,12 +325,3 @@ def normalizer(train_feats):
     """(mean, std) per feature dimension over all training frames (held-out data never contributes)."""
     frames = torch.cat(train_feats)
     return frames.mean(dim=0), frames.std(dim=0).clamp(min=1e-5)
-
-
-def files_fingerprint(paths):
-    """A cheap identity of a set of files (names, sizes, modification times) for cache keys."""
-    digest = hashlib.sha256()
-    for path in sorted(map(str, paths)):
-        stat = Path(path).stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]

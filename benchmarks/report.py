@@ -258,6 +258,9 @@ def overview(out_dir):
             keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in task.extra_test_metrics]
             metric = "test " + " / ".join([task.main_metric] + [label for _, label in task.extra_test_metrics])
             paper = task.paper_results.get(path.stem, {})
+            if paper and not any(k in ref for ref in paper.values() for k in keys):
+                keys = [f"valid_{task.main_metric}"] + keys  # the paper reports held-out numbers on validation
+                metric = f"valid {task.main_metric} / {metric}"
             paper_cell = "; ".join(f"{v}: " + " / ".join(f"{ref[k]:g}" for k in keys if k in ref)
                                    for v, ref in paper.items() if any(k in ref for k in keys)) or "—"
             note = " (not a paper config)" if path.stem.split("-")[0] in task.preset_notes else ""

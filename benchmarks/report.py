@@ -35,17 +35,21 @@ def merge_runs(old, new):
     return sorted(merged.values(), key=key)
 
 
-def _group(runs):
-    """{(variant, p): single-model runs}; ensembles (`--ensemble N`) are left out, see _ensembles."""
-    groups = defaultdict(list)
-    for run in runs:
-        if not run.get("ensemble"):
-            groups[(run["variant"], run["dropout"])].append(run)
-    return groups
+def _singles(runs):
+    """The single-model runs: ensembles (`--ensemble N`) have no training history nor examples of their own."""
+    return [run for run in runs if not run.get("ensemble")]
 
 
 def _ensembles(runs):
     return [run for run in runs if run.get("ensemble")]
+
+
+def _group(runs):
+    """{(variant, p): single-model runs}; see _ensembles for the others."""
+    groups = defaultdict(list)
+    for run in _singles(runs):
+        groups[(run["variant"], run["dropout"])].append(run)
+    return groups
 
 
 def _fmt(values):
@@ -141,11 +145,13 @@ def markdown(task, label, preset, runs):
     lines += ["", "## Provenance", ""]
     for run in runs:
         prov = run["provenance"]
-        who = (f"ensemble of seeds {','.join(map(str, run['ensemble']))}" if run.get("ensemble")
-               else f"seed {run['seed']}")
+        if run.get("ensemble"):
+            who, spent = f"ensemble of seeds {','.join(map(str, run['ensemble']))}", "evaluation"
+        else:
+            who, spent = f"seed {run['seed']}", "training"
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
         lines.append(f"- {run['variant']} p={run['dropout']:g} {who}: commit {prov['git_commit'][:12]}, "
-                     f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {'evaluation' if run.get('ensemble') else 'training'}, "
+                     f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"
 
@@ -153,8 +159,8 @@ def markdown(task, label, preset, runs):
 def _examples(runs):
     """Example test outputs side by side (the first seed of each variant)."""
     firsts = {}
-    for run in runs:
-        if run.get("details", {}).get("examples") and not run.get("ensemble"):
+    for run in _singles(runs):
+        if run.get("details", {}).get("examples"):
             firsts.setdefault((run["variant"], run["dropout"]), run["details"]["examples"])
     if not firsts:
         return []
@@ -229,8 +235,7 @@ def main(argv=None):
 
 
 def _cell(runs, variant, keys):
-    values = [[r["metrics"][k] for r in runs if r["variant"] == variant and k in r["metrics"] and not r.get("ensemble")]
-              for k in keys]
+    values = [[r["metrics"][k] for r in _singles(runs) if r["variant"] == variant and k in r["metrics"]] for k in keys]
     if not values[0]:
         return "—"
     return " / ".join(_fmt(v) for v in values)

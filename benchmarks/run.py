@@ -162,11 +162,15 @@ def run_config(task_cls, args, variant, seed):
     return {**config, "scheme": variant, "seed": seed}
 
 
+def make_task(task_cls, args, config):
+    return task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
+                    cache_dir=args.cache_dir)
+
+
 def train_one(task_cls, args, config, run_dir, origin):
     """Train one variant/seed; returns its results entry."""
     started = time.time()
-    task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
-                    cache_dir=args.cache_dir)
+    task = make_task(task_cls, args, config)
     seed_everything(config["seed"])
     model = task.build_model()
     trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress)
@@ -183,8 +187,7 @@ def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
     """Load each seed's best checkpoint and evaluate their ensemble on valid and test; returns its entry."""
     started = time.time()
     config = run_config(task_cls, args, variant, args.seeds[0])
-    task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
-                    cache_dir=args.cache_dir)
+    task = make_task(task_cls, args, config)
     models = []
     for run_dir in run_dirs:
         model = task.build_model().to(args.device)

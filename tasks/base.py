@@ -1,7 +1,6 @@
 """The task-adapter interface. A task is one file: data, model, loss/metrics and presets."""
-from pathlib import Path
-
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F

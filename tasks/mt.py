@@ -162,9 +162,9 @@ class TranslationTask(Task):
         return model(src, src_len, tgt[:, :-1]), targets, None
 
     def forward(self, model, batch, state):
-        src, src_len, tgt = batch
-        logits = model(src, src_len, tgt[:, :-1])
-        nll, count = sequence_nll(logits, tgt[:, 1:], self.tgt_vocab.pad)
+        src = batch[0]
+        logits, targets, _ = self.logits(model, batch, state)
+        nll, count = sequence_nll(logits, targets, IGNORE)
         # summed over target tokens, averaged over sentences (Sutskever et al.; the LM task's scaling)
         return StepOutput(loss=nll / src.size(0), nll=nll.detach(), count=count)
 

@@ -124,7 +124,7 @@ def build_fsdd_utterance(waves, digits, rng, rate, gap_s, snr_db, hop, threshold
         pos += len(wave)
         pos += gap()
     audio = torch.cat(pieces)
-    speech_power = torch.cat([w for w in waves]).pow(2).mean()
+    speech_power = torch.cat(waves).pow(2).mean()
     noise = torch.randn(len(audio), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
     audio = audio + noise * (speech_power * 10 ** (-snr_db / 10)).sqrt()
     return audio, torch.cat(labels), spans

@@ -167,7 +167,8 @@ def _examples(runs):
     lines = ["", "## Example test outputs", ""]
     base = next(iter(firsts.values()))
     for i, example in enumerate(base):
-        lines += [f"{i + 1}. (test sentence {example['index']})", f"   - source: {example['source']}",
+        where = example.get("label") or f"test sentence {example['index']}"
+        lines += [f"{i + 1}. ({where})", f"   - source: {example['source']}",
                   f"   - reference: {example['reference']}"]
         for (variant, p), examples in firsts.items():
             if i < len(examples):
@@ -260,8 +261,9 @@ def overview(out_dir):
             runs = load_runs(path)
             if not runs or not isinstance(runs, list) or "variant" not in runs[0]:
                 continue  # e.g. speed.json
-            keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in task.extra_test_metrics]
-            metric = "test " + " / ".join([task.main_metric] + [label for _, label in task.extra_test_metrics])
+            headline = task.extra_test_metrics[:1]  # the main metric and the first extra one (the table has all)
+            keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in headline]
+            metric = "test " + " / ".join([task.main_metric] + [label for _, label in headline])
             paper = task.paper_results.get(path.stem, {})
             if paper and not any(k in ref for ref in paper.values() for k in keys):
                 keys = [f"valid_{task.main_metric}"] + keys  # the paper reports held-out numbers on validation

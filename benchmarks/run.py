@@ -34,7 +34,8 @@ def build_parser():
     p.add_argument("--seeds", help="comma list of integer seeds (default: 1, or 1..N with --ensemble N)")
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N seeds of each variant and also evaluate their ensemble (averaged probabilities), "
-                        "reported as its own row")
+                        "reported as its own row (default: the preset's 'ensemble' key, if it has one and no --seeds "
+                        "are given)")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count (results go to <preset>-e<N>)")
     p.add_argument("--dropout", type=float, help="override the preset's dropout p (results go to <preset>-p<P>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -82,6 +83,8 @@ def validate(args, parser):
     bad = [v for v in args.variants if v not in SCHEMES]
     if bad or not args.variants:
         parser.error(f"--variants: unknown {bad or 'empty list'}; choose from {', '.join(SCHEMES)}")
+    if args.ensemble is None and args.seeds is None:  # a preset may ask for an ensemble (key "ensemble")
+        args.ensemble = task_cls.presets[args.preset].get("ensemble")
     if args.ensemble is not None and args.ensemble < 2:
         parser.error(f"--ensemble needs at least 2 members, got {args.ensemble}")
     if args.seeds is None:
@@ -130,14 +133,21 @@ def parse_overrides(items, preset, name, parser):
                 value = {"true": True, "false": False}[text.lower()]
             elif isinstance(current, (int, float)):
                 value = type(current)(text)
-            elif current is None:  # an unset limit, e.g. max_vocab: a number
-                value = float(text) if "." in text else int(text)
+            elif current is None:  # unset: a limit (max_vocab) reads as a number, a path or name as text
+                value = _number_or_text(text)
             else:
                 value = text
         except (KeyError, ValueError):
             parser.error(f"--set {key}={text}: expected a {type(current).__name__} like {current!r}")
         overrides[key] = value
     return overrides
+
+
+def _number_or_text(text):
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
 
 
 def run_label(args):
@@ -147,7 +157,7 @@ def run_label(args):
     if args.dropout is not None and args.dropout != TASKS[args.task].presets[args.preset]["dropout"]:
         label += f"-p{args.dropout:g}"
     for key, value in args.overrides.items():
-        label += f"-{key}={value}"
+        label += f"-{key}={value}".replace("/", "_").replace(" ", "_")  # a path must not open folders
     return label
 
 

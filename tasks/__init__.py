@@ -15,4 +15,4 @@ def get_task(name):
     return TASKS[name]
 
 
-from tasks import lm, mt, speech  # noqa: E402,F401  (registers the built-in tasks)
+from tasks import caption, lm, mt, speech  # noqa: E402,F401  (registers the built-in tasks)

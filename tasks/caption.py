@@ -5,14 +5,57 @@ A frozen ImageNet CNN maps the image to a vector (tasks/captions_data.py compute
 projection is the decoder LSTM's first input, then the words. The output after the image step is not scored;
 from <bos> on, every step predicts the next word. The variant's scheme and p act on the non-recurrent
 connections (the image / word embedding going in, before the softmax), never on h_{t-1} -> h_t.
-
-The Task adapter (data, batches, beam decoding, COCO metrics, presets) is issue 8's next step; this file holds
-its model.
 """
+import time
+from pathlib import Path
+
 import torch
 import torch.nn as nn
 
-from core import DropoutLSTM
+from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
+from core.download import data_root
+from tasks import register
+from tasks.base import IGNORE, Task
+from tasks.captions_data import load_caption_splits, make_encoder, split_features, tokenize
+
+# Other corpora: --set corpus=coco (annotations/captions_*2014.json; valid/test cut from val2014 by the coco_*
+# sizes), corpus=karpathy (coco/dataset_coco.json) or corpus=hub (a `datasets` corpus with images, one row per
+# image, e.g. hub_name=jxie/flickr8k).
+_DATA = dict(corpus="flickr8k", encoder="efficientnet-lite0", encoder_weights=None, coco_valid_size=5000,
+             coco_test_size=5000, hub_name="", hub_config=None, hub_data_dir=None, hub_train="train",
+             hub_valid="validation", hub_test="test", hub_image_column="image",
+             hub_caption_columns="caption_0,caption_1,caption_2,caption_3,caption_4")
+_DECODE = dict(beam=3, max_caption_len=20, length_penalty=0.0, decode_batch_size=100)
+PRESETS = {
+    # Scaled down for a 2-core CPU (NOT the paper's configuration); sized by measurement, see the README.
+    # Three seeds of each variant and their ensembles (the paper's Table 4 has an ensemble row): ~50 minutes.
+    "cpu": dict(_DATA, **_DECODE, emb=512, hidden=512, layers=1, init=0.08, dropout=0.5, min_freq=5, max_vocab=None,
+                batch_size=64, eval_batch_size=256, optimizer="adam", lr=0.002, epochs=12, decay_start=5,
+                lr_decay=1.5, clip=5.0, ensemble=3),
+    # Section 4.4 / Vinyals et al. (2015): MSCOCO (Karpathy split), GoogLeNet features, one LSTM layer with
+    # 512-d embeddings and memory, beam 20. p=0.3 as in the authors' im2txt release (keep prob 0.7); the paper
+    # does not state its p. SGD as in im2txt (lr 2 on the per-token mean loss, halved every 8 epochs, clip 5,
+    # batch 32); our loss sums a caption's ~12 tokens, hence lr 2/12. For a GPU.
+    "paper": dict(_DATA, **{**_DECODE, "beam": 20}, corpus="karpathy", encoder="googlenet", emb=512, hidden=512,
+                  layers=1, init=0.08, dropout=0.3, min_freq=4, max_vocab=None, batch_size=32, eval_batch_size=256,
+                  optimizer="sgd", lr=2.0 / 12, epochs=24, decay_start=8, lr_decay=2 ** (1 / 8), clip=5.0),
+    # Seconds on a few images with a tiny random CNN; a smoke test of the machinery, not a result.
+    "tiny": dict(_DATA, encoder="random-cnn", feature_dim=16, beam=2, max_caption_len=8, length_penalty=0.0,
+                 decode_batch_size=4, emb=16, hidden=16, layers=1, init=0.1, dropout=0.3, min_freq=1, max_vocab=None,
+                 batch_size=8, eval_batch_size=8, optimizer="adam", lr=0.01, epochs=2, decay_start=1, lr_decay=2.0,
+                 clip=5.0),
+}
+PRESET_NOTES = {
+    "cpu": "Scaled down for a 2-core CPU (Flickr8k, EfficientNet-Lite0 features, 1x512, p=0.5, Adam, 12 epochs): "
+           "not a paper configuration; the paper's numbers are MSCOCO with GoogLeNet features.",
+    "tiny": "Smoke-test preset (seconds on a few images, a random CNN): not a result.",
+}
+_TABLE4 = {"none": {"test_ppl": 8.47, "test_bleu4": 23.5}, "zaremba": {"test_ppl": 7.99, "test_bleu4": 24.3},
+           "none ensemble": {"test_ppl": 7.5, "test_bleu4": 24.4}}
+# Table 4 (MSCOCO): shown beside the cpu preset too, for the direction and size of the effect only (different
+# data, encoder and model size). The paper's ensemble has 10 non-regularized members.
+PAPER_RESULTS = {"paper": _TABLE4, "cpu": _TABLE4}
+EXAMPLES = 6  # example test images kept in the results (and drawn in examples.png)
 
 
 class CaptionModel(nn.Module):
@@ -39,3 +82,181 @@ class CaptionModel(nn.Module):
         """One decoding step for core.beam_search: tokens (N,) -> (logits (N, V), state)."""
         output, state = self.rnn.step(self.embed(tokens), state)
         return self.out(output), state
+
+
+@register
+class CaptionTask(Task):
+    name = "caption"
+    description = "CNN -> LSTM image captioning (test perplexity, BLEU/METEOR/ROUGE-L/CIDEr)"
+    presets = PRESETS
+    preset_notes = PRESET_NOTES
+    paper_results = PAPER_RESULTS
+    paper_source = "Table 4 (MSCOCO)"
+    main_metric = "ppl"
+    lower_is_better = True
+    extra_test_metrics = (("bleu4", "BLEU-4"), ("bleu1", "BLEU-1"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"),
+                          ("cider", "CIDEr"))
+    results_notes = ("Perplexity is per caption token (the words and <eos>; the image step is not scored) over all "
+                     "5 reference captions of each image. Captions are decoded with the beam search of the config "
+                     "below and scored with pycocoevalcap (its PTB tokenizer; BLEU-1..4, METEOR, ROUGE-L, CIDEr "
+                     "x100) against all 5 references. SPICE is left out: it downloads models, which is not "
+                     "possible offline. An ensemble averages its members' next-word probabilities at every step.")
+
+    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
+        super().__init__(config, data_dir, download, custom_data, cache_dir)
+        cfg = self.config
+        self.sets = load_caption_splits(cfg, data_dir, self.cache_dir)
+        train = [tokenize(c) for caps in self.sets["train"].captions for c in caps]
+        self.vocab = Vocab.build(train, cfg["min_freq"], cfg["max_vocab"])
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.features, self.cache_hit = split_features(self.sets, make_encoder(cfg), self.cache_dir, device)
+        self.data = {split: self._encode(captions) for split, captions in self.sets.items()}
+
+    def _encode(self, caption_set):
+        """-> (image index, token ids with <bos>/<eos>) for every caption of every image."""
+        return [(i, self.vocab.encode(tokenize(c), bos=True, eos=True))
+                for i, captions in enumerate(caption_set.captions) for c in captions]
+
+    # ---- Task interface ------------------------------------------------------------------------
+    def build_model(self):
+        return build_caption_model(self.config, self.features["train"].size(1), len(self.vocab))
+
+    def _size(self, split):
+        return self.config["batch_size" if split == "train" else "eval_batch_size"]
+
+    def batches(self, split, device):
+        samples, features = self.data[split], self.features[split]
+        for index in bucket_batches([len(t) for _, t in samples], self._size(split), shuffle=split == "train"):
+            tokens, _ = pad_sequences([samples[i][1] for i in index], self.vocab.pad)
+            images = torch.tensor([samples[i][0] for i in index])
+            yield features[images].to(device), tokens.to(device)
+
+    def num_batches(self, split):
+        return -(-len(self.data[split]) // self._size(split))
+
+    def logits(self, model, batch, state):
+        features, tokens = batch
+        targets = tokens[:, 1:].masked_fill(tokens[:, 1:] == self.vocab.pad, IGNORE)
+        return model(features, tokens[:, :-1]), targets, None
+
+    def forward(self, model, batch, state):
+        logits, targets, _ = self.logits(model, batch, state)
+        nll, count = sequence_nll(logits, targets, IGNORE)
+        # summed over caption tokens, averaged over captions (the LM and MT tasks' scaling)
+        return StepOutput(loss=nll / targets.size(0), nll=nll.detach(), count=count)
+
+    def final_metrics(self, model, split, device):
+        from tasks.captions_data import coco_caption_scores
+
+        started = time.perf_counter()
+        models = model if isinstance(model, list) else [model]
+        hyps = [" ".join(words) for words in describe(models, self.features[split], self.vocab, self.config, device)]
+        decode_s = time.perf_counter() - started
+        caption_set = self.sets[split]
+        scores = coco_caption_scores(hyps, caption_set.captions)
+        picks = list(range(0, len(hyps), max(len(hyps) // EXAMPLES, 1)))[:EXAMPLES]
+        examples = [{"index": i, "label": f"test image {i}", "image": str(Path(caption_set.images[i]).resolve()),
+                     "source": _relative(caption_set.images[i], self.data_dir),
+                     "reference": caption_set.captions[i][0], "references": caption_set.captions[i],
+                     "output": hyps[i]} for i in picks]
+        names = [_relative(p, self.data_dir) for p in caption_set.images]
+        return scores, {"decode": {k: self.config[k] for k in _DECODE}, "decode_s": round(decode_s, 2),
+                        "decode_image_s": round(len(hyps) / decode_s, 1), "examples": examples,
+                        "outputs": [f"{name}\t{hyp}" for name, hyp in zip(names, hyps)]}
+
+    @classmethod
+    def figures(cls, runs, folder, label):
+        """examples.png: six test images, a reference caption and each variant's caption (first seed)."""
+        firsts = {}
+        for run in runs:
+            if run.get("details", {}).get("examples") and not run.get("ensemble"):
+                firsts.setdefault((run["variant"], run["dropout"]), run["details"]["examples"])
+        if not firsts:
+            return []
+        path = Path(folder) / ("examples.png" if label == cls.default_preset else f"{label}-examples.png")
+        return [path] if plot_examples(firsts, path, f"{cls.name} / {label}") else []
+
+    def checkpoint_extras(self):
+        return {**super().checkpoint_extras(), "vocab": self.vocab.state_dict(),
+                "feature_dim": self.features["train"].size(1)}
+
+
+def _relative(path, root):
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+@torch.no_grad()
+def describe(models, features, vocab, config, device, beam=None):
+    """Beam-decode a caption (word list) for every image feature with one model or an ensemble (their
+    log-probabilities averaged at every step); beam 1 is greedy."""
+    beam = config["beam"] if beam is None else beam
+    for model in models:
+        model.eval()
+    captions = []
+    for start in range(0, len(features), config["decode_batch_size"]):
+        batch = features[start: start + config["decode_batch_size"]].to(device)
+        tokens, _ = beam_search([m.step for m in models], [m.start(batch) for m in models], len(batch), vocab.bos,
+                                vocab.eos, beam, config["max_caption_len"], config["length_penalty"])
+        captions += [vocab.decode(ids) for ids in tokens]
+    return captions
+
+
+def plot_examples(examples_by_variant, path, title):
+    """Draw each example image with its first reference and every variant's caption; False when the images
+    are not on this machine (the data folder is resolved as for training)."""
+    import textwrap
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from core.utils import atomic_write
+    from tasks.captions_data import read_image
+
+    base = next(iter(examples_by_variant.values()))
+    # where the run read them, else the same names under this machine's data folder
+    images = [Path(ex["image"]) if Path(ex["image"]).exists() else data_root() / ex["source"] for ex in base]
+    if not all(p.exists() for p in images):
+        print(f"{path.name} not drawn: the example images are not under {data_root()}")
+        return False
+    cols = 3
+    rows = -(-len(base) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.0 * cols, 6.4 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    wrap = lambda text: "\n".join(textwrap.wrap(text, 46))  # noqa: E731
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        ax.imshow(read_image(image))
+        lines = [f"reference: {wrap(base[i]['reference'])}"]
+        lines += [f"{variant if p == 0 else f'{variant} p={p:g}'}: {wrap(examples[i]['output'])}"
+                  for (variant, p), examples in examples_by_variant.items() if i < len(examples)]
+        ax.text(0, -0.03, "\n".join(lines), transform=ax.transAxes, va="top", ha="left", fontsize=9.5)
+    fig.suptitle(f"{title}: test images, a reference and each variant's beam-search caption", fontsize=12)
+    fig.subplots_adjust(left=0.02, right=0.98, top=0.95, bottom=0.08, wspace=0.06, hspace=0.42)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80), mode="wb")
+    plt.close(fig)
+    return True
+
+
+def build_caption_model(config, feature_dim, vocab_size):
+    model = CaptionModel(feature_dim, vocab_size, config["emb"], config["hidden"], config["layers"], config["dropout"],
+                         config.get("scheme", "zaremba"))
+    init_uniform(model, config["init"])
+    return model
+
+
+def load_checkpoint(path, device="cpu"):
+    """A best.pt of --task caption -> (model, vocab, config): with the config's encoder, enough to caption
+    new images (benchmarks.caption)."""
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if ckpt.get("task") != "caption" or "vocab" not in ckpt:
+        raise ValueError(f"{path} is not a captioning checkpoint (use a best.pt written by --task caption)")
+    vocab = Vocab.from_state_dict(ckpt["vocab"])
+    model = build_caption_model(ckpt["config"], ckpt["feature_dim"], len(vocab)).to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, vocab, ckpt["config"]

@@ -118,6 +118,83 @@ def load_karpathy(split_json, image_root):
     return splits
 
 
+def load_coco(folder, valid_size, test_size):
+    """The standard COCO 2014 layout (<folder>/annotations/captions_{train,val}2014.json, train2014/, val2014/):
+    train = train2014; the val2014 images, in the json's order, give `valid_size` for valid and the next
+    `test_size` for test (as Vinyals et al. held out part of val2014). For the usual split use the Karpathy json."""
+    folder = Path(folder)
+    expected = [folder / "annotations" / f"captions_{s}2014.json" for s in ("train", "val")]
+    missing = [str(p) for p in expected if not p.exists()]
+    if missing:
+        raise DataError(f"MSCOCO is not in {folder} (missing: {', '.join(missing)}). Download the 2014 train/val "
+                        f"images and captions from https://cocodataset.org and put annotations/, train2014/ and "
+                        f"val2014/ there, or pass --data-dir / set ${ENV_DATA_DIR} to the folder that holds coco/.")
+    train = load_coco_json(expected[0], folder / "train2014")
+    val = load_coco_json(expected[1], folder / "val2014")
+    cut = valid_size + test_size
+    if len(val) < cut:
+        raise DataError(f"{expected[1]} has {len(val)} captioned images; valid + test need {cut}")
+    return {"train": train, "valid": CaptionSet(val.images[:valid_size], val.captions[:valid_size]),
+            "test": CaptionSet(val.images[valid_size:cut], val.captions[valid_size:cut])}
+
+
+def load_hub_captions(name, config, split, caption_columns, image_column, image_dir, data_dir=None, limit=None):
+    """A `datasets` captioning corpus with one row per image: an image column and the captions either as one
+    list column or as several string columns (e.g. caption_0..caption_4). Its images are written once as JPEGs
+    under `image_dir` (the features are cached by file). With `data_dir` (a local folder) `name` is a
+    `datasets` builder for local files ("imagefolder"): the same loader offline, which is how the tests run it."""
+    import datasets
+
+    try:
+        if data_dir is not None:
+            ds = datasets.load_dataset(name, data_dir=str(data_dir), split=split)
+        else:
+            ds = datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError)
+        raise DataError(f"could not load {name}/{config} split {split!r} with the datasets library: {err}. "
+                        f"It needs internet on first use (then its cache), or use flickr8k / coco files.") from None
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    columns = [c for c in caption_columns.split(",") if c]
+    missing = [c for c in columns + [image_column] if c not in ds.column_names]
+    if missing:
+        raise DataError(f"{name} split {split!r} has no column(s) {missing}; its columns: {ds.column_names}")
+    out, folder = CaptionSet(), Path(image_dir) / re.sub(r"[^\w.-]", "_", f"{name}-{config}-{split}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(tqdm(ds, desc=f"{name} {split} images", unit="image", dynamic_ncols=True)):
+        path = folder / f"{i:07d}.jpg"
+        if not path.exists():
+            tmp = path.with_suffix(".tmp.jpg")
+            row[image_column].convert("RGB").save(tmp, quality=95)
+            tmp.replace(path)
+        texts = row[columns[0]] if len(columns) == 1 else [row[c] for c in columns]
+        out.images.append(path)
+        out.captions.append([texts] if isinstance(texts, str) else [t.strip() for t in texts])
+    return out
+
+
+def load_caption_splits(config, data_dir, cache_dir):
+    """{"train", "valid", "test": CaptionSet} for the preset's corpus: flickr8k, coco, karpathy or hub."""
+    corpus, root = config["corpus"], Path(data_dir)
+    if corpus == "flickr8k":
+        return load_flickr8k(root)
+    if corpus == "coco":
+        return load_coco(root / "coco", config["coco_valid_size"], config["coco_test_size"])
+    if corpus == "karpathy":
+        split_json = root / "coco" / "dataset_coco.json"
+        if not split_json.exists():
+            raise DataError(f"no Karpathy split file {split_json}: put dataset_coco.json (from Karpathy's "
+                            f"caption_datasets.zip) there beside the COCO train2014/ and val2014/ folders")
+        return load_karpathy(split_json, root / "coco")
+    if corpus == "hub":
+        local = config.get("hub_data_dir")
+        return {split: load_hub_captions(config["hub_name"], config.get("hub_config"), config[f"hub_{split}"],
+                                         config["hub_caption_columns"], config["hub_image_column"],
+                                         Path(cache_dir) / "hub-images", local)
+                for split in ("train", "valid", "test")}
+    raise DataError(f"unknown caption corpus {corpus!r}; use flickr8k, coco, karpathy or hub")
+
+
 # ---- images and the frozen encoder ---------------------------------------------------------------------------
 
 def read_image(path):
@@ -181,39 +258,99 @@ def torchvision_encoder(name, weights_file=None):
         raise ValueError(f"unknown encoder {name!r}; choose efficientnet-lite0, googlenet or resnet50")
     build, weights, dim = builders[name]
     if weights_file:
-        net = build(weights=None, aux_logits=False, init_weights=False) if name == "googlenet" else build(weights=None)
-        try:
-            net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
-        except (OSError, RuntimeError) as err:
-            raise DataError(f"{weights_file} is not a torchvision {name} state dict: {err}") from None
+        net = _load_local(name, build, weights_file)
+        tag = f"{Path(weights_file).name}@{files_fingerprint([weights_file])}"
     else:
         try:
             net = build(weights=weights)
-        except OSError as err:
-            raise DataError(f"cannot download the {name} weights ({err}); pass a local weights file, or use the "
-                            f"offline encoder efficientnet-lite0") from None
+        except (OSError, RuntimeError) as err:
+            raise DataError(f"cannot download the {name} weights ({err}); pass a local weights file "
+                            f"(--set encoder_weights=PATH), or use the offline encoder efficientnet-lite0") from None
+        tag = str(weights)
     net.fc = nn.Identity()
-    return Encoder(f"{name}:{Path(weights_file).name if weights_file else weights}", net, dim)
+    return Encoder(f"{name}:{tag}", net, dim)
+
+
+def _load_local(name, build, weights_file):
+    """A torchvision state dict saved from the published weights (GoogLeNet's includes its auxiliary heads, which
+    are dropped; its weights expect torchvision's `transform_input`)."""
+    if name == "googlenet":
+        net = build(weights=None, aux_logits=True, init_weights=False, transform_input=True)
+    else:
+        net = build(weights=None)
+    try:
+        missing, unexpected = net.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True),
+                                                  strict=False)
+    except (OSError, RuntimeError, TypeError) as err:
+        raise DataError(f"{weights_file} is not a torchvision {name} state dict: {err}") from None
+    missing = [k for k in missing if not k.startswith("aux")]
+    if missing or unexpected:
+        raise DataError(f"{weights_file} is not a torchvision {name} state dict: missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]}")
+    if name == "googlenet":
+        net.aux_logits, net.aux1, net.aux2 = False, None, None
+    return net
+
+
+class _RandomCNN(nn.Module):
+    def __init__(self, dim):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 5, stride=4), nn.ReLU(), nn.Conv2d(8, dim, 3, stride=2))
+
+    def forward(self, x):
+        return self.conv(x).mean(dim=(2, 3))
+
+
+def random_cnn(dim=16, seed=0):
+    """A tiny untrained CNN with fixed weights: for seconds-long tests, never for results."""
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    module = _RandomCNN(dim)
+    torch.random.set_rng_state(generator_state)
+    return Encoder(f"random-cnn-{dim}-{seed}", module, dim, size=32)
+
+
+def make_encoder(config):
+    """The preset's frozen encoder: efficientnet-lite0 (offline default), googlenet / resnet50 (torchvision;
+    `encoder_weights` = a local state-dict file, else torchvision downloads), random-cnn (tests only)."""
+    name = config["encoder"]
+    if name == "efficientnet-lite0":
+        return efficientnet_lite0()
+    if name == "random-cnn":
+        return random_cnn(config.get("feature_dim", 16))
+    return torchvision_encoder(name, config.get("encoder_weights"))
+
+
+def split_features(splits, encoder, cache_dir, device="cpu", progress=True):
+    """{split: (N, dim) features} for every split's images, computed in one cached pass over all of them."""
+    paths = [p for split in splits.values() for p in split.images]
+    feats, hit = image_features(paths, encoder, cache_dir, device, progress=progress)
+    out, start = {}, 0
+    for name, split in splits.items():
+        out[name], start = feats[start: start + len(split)], start + len(split)
+    return out, hit
 
 
 @torch.no_grad()
+def encode_images(paths, encoder, device="cpu", batch_size=32, progress=False):
+    """(N, dim) features of image files from the frozen encoder: batched, no grad, an optional progress bar."""
+    module = encoder.module.to(device).eval()
+    preprocess = encoder.preprocess()
+    out = []
+    for start in tqdm(range(0, len(paths), batch_size), desc=f"{encoder.name} features", disable=not progress,
+                      unit="batch", dynamic_ncols=True):
+        batch = torch.stack([preprocess(read_image(p)) for p in paths[start: start + batch_size]])
+        out.append(module(batch.to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, encoder.dim)
+
+
 def image_features(paths, encoder, cache_dir, device="cpu", batch_size=32, progress=True):
     """(N, dim) features of `paths` from the frozen encoder, computed once (batched, no grad, a progress bar) and
     cached keyed by the encoder, its preprocessing and the images' identity. Returns (features, cache hit)."""
     paths = [Path(p) for p in paths]
     key = {"version": CACHE_VERSION, **encoder.settings(), "images": files_fingerprint(paths), "count": len(paths)}
-
-    def build():
-        module = encoder.module.to(device).eval()
-        preprocess = encoder.preprocess()
-        out = []
-        for start in tqdm(range(0, len(paths), batch_size), desc=f"{encoder.name} features", disable=not progress,
-                          unit="batch", dynamic_ncols=True):
-            batch = torch.stack([preprocess(read_image(p)) for p in paths[start: start + batch_size]])
-            out.append(module(batch.to(device)).float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, encoder.dim)
-
-    return cached(cache_dir, "image-features", key, build)
+    return cached(cache_dir, "image-features", key,
+                  lambda: encode_images(paths, encoder, device, batch_size, progress))
 
 
 # ---- COCO caption metrics ------------------------------------------------------------------------------------
@@ -242,8 +379,8 @@ def coco_caption_scores(hypotheses, references):
     scores = {}
     with contextlib.redirect_stdout(io.StringIO()):  # Bleu prints its counts
         bleu, _ = Bleu(4).compute_score(gts, res)
-        scores.update({f"bleu{n}": 100 * b for n, b in enumerate(bleu, 1)})
-        scores["meteor"] = 100 * Meteor().compute_score(gts, res)[0]
-        scores["rouge_l"] = 100 * Rouge().compute_score(gts, res)[0]
-        scores["cider"] = 100 * Cider().compute_score(gts, res)[0]
+        scores.update({f"bleu{n}": float(100 * b) for n, b in enumerate(bleu, 1)})
+        scores["meteor"] = float(100 * Meteor().compute_score(gts, res)[0])
+        scores["rouge_l"] = float(100 * Rouge().compute_score(gts, res)[0])
+        scores["cider"] = float(100 * Cider().compute_score(gts, res)[0])
     return scores

@@ -144,3 +144,22 @@ def test_coco_caption_scores(monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     with pytest.raises(RuntimeError, match="need Java"):
         captions_data.coco_caption_scores(["a dog", "a cat"], refs)
+
+
+def test_torchvision_encoder_from_a_local_weights_file(tmp_path):
+    from torchvision import models
+
+    from tasks.captions_data import torchvision_encoder
+
+    torch.manual_seed(0)
+    published = models.googlenet(weights=None, aux_logits=True, init_weights=False)  # the published file's layout
+    torch.save(published.state_dict(), tmp_path / "googlenet.pth")
+    encoder = torchvision_encoder("googlenet", tmp_path / "googlenet.pth")
+    assert encoder.dim == 1024 and encoder.name.startswith("googlenet:googlenet.pth@")
+    feats, _ = image_features([write_image(tmp_path / "a.jpg", "red")], encoder, tmp_path / "cache", progress=False)
+    assert feats.shape == (1, 1024)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(DataError, match="wrong.pth is not a torchvision googlenet state dict"):
+        torchvision_encoder("googlenet", tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="unknown encoder 'vgg'"):
+        torchvision_encoder("vgg")

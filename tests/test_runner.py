@@ -73,7 +73,7 @@ def test_list_shows_tasks_and_presets():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: lm, mt"),
+    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: caption, lm, mt"),
     (["--task", "lm", "--preset", "huge"], "--preset 'huge' is not a preset of task lm"),
     (["--task", "lm", "--preset", "cpu", "--variants", "none,dropconnect"], "unknown ['dropconnect']"),
     (["--task", "lm", "--preset", "cpu", "--seeds", "1,a"], "--seeds must be a comma list of integers"),

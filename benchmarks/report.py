@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
+from tasks.base import first_seed_details  # noqa: E402
 
 
 def load_runs(path):
@@ -158,10 +159,7 @@ def markdown(task, label, preset, runs):
 
 def _examples(runs):
     """Example test outputs side by side (the first seed of each variant)."""
-    firsts = {}
-    for run in _singles(runs):
-        if run.get("details", {}).get("examples"):
-            firsts.setdefault((run["variant"], run["dropout"]), run["details"]["examples"])
+    firsts = {k: details["examples"] for k, details in first_seed_details(runs, "examples").items()}
     if not firsts:
         return []
     lines = ["", "## Example test outputs", ""]

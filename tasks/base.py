@@ -10,6 +10,16 @@ from core.cache import cache_root
 IGNORE = -100  # target id that counts for nothing (padding, deleted labels)
 
 
+def first_seed_details(runs, key):
+    """{(variant, p): details} of the first single-model run (not an ensemble) of each variant whose details
+    have `key`: what example tables and task figures show."""
+    firsts = {}
+    for run in runs:
+        if key in run.get("details", {}) and run["details"][key] and not run.get("ensemble"):
+            firsts.setdefault((run["variant"], run["dropout"]), run["details"])
+    return firsts
+
+
 class Task:
     name = ""  # registry key, e.g. "lm"
     description = ""

@@ -17,7 +17,7 @@ from core import DropoutLSTM, StepOutput, bucket_batches, init_uniform
 from core.cache import cached, files_fingerprint
 from core.download import DataError
 from tasks import register
-from tasks.base import Task
+from tasks.base import Task, first_seed_details
 from tasks.speech_data import (DIGIT_CLASSES, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
                                fsdd_split, label_samples, normalizer, timit_split)
 
@@ -261,14 +261,11 @@ class SpeechTask(Task):
     def figures(cls, runs, folder, label):
         """frames.png: one test utterance's features, its reference frame labels and each variant's
         predictions (the first seed of each variant)."""
-        firsts = {}
-        for run in runs:
-            if "frames" in run.get("details", {}) and not run.get("ensemble"):
-                firsts.setdefault((run["variant"], run["dropout"]), run)
+        firsts = first_seed_details(runs, "frames")
         if not firsts:
             return []
         path = Path(folder) / ("frames.png" if label == cls.default_preset else f"{label}-frames.png")
-        plot_frames(next(iter(firsts.values()))["details"], {k: r["details"] for k, r in firsts.items()}, path,
+        plot_frames(next(iter(firsts.values())), firsts, path,
                     f"{cls.name} / {label}")
         return [path]
 

@@ -5,9 +5,9 @@
 
 The images go through the checkpoint's frozen encoder (the same preprocessing as in training), then beam search.
 """
-import argparse
 import sys
 
+from benchmarks.decoding import decoding_parser, parse_decoding_args
 from core.download import DataError
 from core.utils import pick_device
 from tasks.caption import describe, load_checkpoint
@@ -15,16 +15,10 @@ from tasks.captions_data import encode_images, make_encoder
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.caption", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = decoding_parser("python -m benchmarks.caption", __doc__, "a best.pt from a --task caption run; repeat "
+                             "for an ensemble (same vocabulary and encoder)")
     parser.add_argument("images", nargs="+", help="image files")
-    parser.add_argument("--checkpoint", action="append", required=True,
-                        help="a best.pt from a --task caption run; repeat for an ensemble (same vocabulary, encoder)")
-    parser.add_argument("--beam", type=int, help="beam width (default: the checkpoint's preset)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    if args.beam is not None and args.beam < 1:
-        parser.error(f"--beam must be >= 1, got {args.beam}")
+    args = parse_decoding_args(parser, argv)
     try:
         device = pick_device(args.device)
         loaded = [load_checkpoint(path, device) for path in args.checkpoint]

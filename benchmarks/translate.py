@@ -3,9 +3,9 @@
     python -m benchmarks.translate --checkpoint runs/mt/cpu/zaremba-p0.3-seed1/best.pt --text "A dog runs on the beach."
     echo "Two men are talking." | python -m benchmarks.translate --checkpoint a/best.pt --checkpoint b/best.pt --beam 1
 """
-import argparse
 import sys
 
+from benchmarks.decoding import decoding_parser, parse_decoding_args
 from core.download import DataError
 from core.utils import pick_device
 from tasks.mt import detokenize, load_checkpoint, translate
@@ -13,16 +13,10 @@ from tasks.parallel import moses_tokenize
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.translate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", action="append", required=True,
-                        help="a best.pt from a --task mt run; repeat for an ensemble (same vocabularies)")
+    parser = decoding_parser("python -m benchmarks.translate", __doc__, "a best.pt from a --task mt run; repeat "
+                             "for an ensemble (same vocabularies)")
     parser.add_argument("--text", action="append", help="a sentence to translate (repeatable); default: stdin lines")
-    parser.add_argument("--beam", type=int, help="beam width (default: the checkpoint's preset, 12 for cpu)")
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
-    if args.beam is not None and args.beam < 1:
-        parser.error(f"--beam must be >= 1, got {args.beam}")
+    args = parse_decoding_args(parser, argv)
     try:
         device = pick_device(args.device)
         loaded = [load_checkpoint(path, device) for path in args.checkpoint]

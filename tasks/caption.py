@@ -100,8 +100,8 @@ class CaptionTask(Task):
                      "5 reference captions of each image. Captions are decoded with the beam search of the config "
                      "below and scored with pycocoevalcap (its PTB tokenizer; BLEU-1..4, METEOR, ROUGE-L, CIDEr "
                      "x100) against all 5 references. SPICE is left out: it downloads models, which is not "
-                     "possible offline. The paper's ensemble (Table 4) averages 10 non-regularized models; ours, the seeds "
-                     "of its row.")
+                     "possible offline. The paper's ensemble (Table 4) averages 10 non-regularized models; ours, "
+                     "the seeds of its row.")
 
     def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
         super().__init__(config, data_dir, download, custom_data, cache_dir)

@@ -158,3 +158,7 @@ def test_tiny_caption_run_end_to_end_with_an_ensemble(flickr, tmp_path, capsys):
     with pytest.raises(SystemExit, match="not a captioning checkpoint"):
         caption_cli.main(["--checkpoint", str(tmp_path / "runs" / "caption" / "tiny-e3" / "zaremba-p0.3-seed1" /
                                               "checkpoint.pt"), images[0]])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        caption_cli.main(["--checkpoint", best, "--beam", "0", images[0]])
+    assert "--beam must be >= 1, got 0" in capsys.readouterr().err

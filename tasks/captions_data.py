@@ -138,7 +138,7 @@ def load_coco(folder, valid_size, test_size):
             "test": CaptionSet(val.images[valid_size:cut], val.captions[valid_size:cut])}
 
 
-def load_hub_captions(name, config, split, caption_columns, image_column, image_dir, data_dir=None, limit=None):
+def load_hub_captions(name, config, split, caption_columns, image_column, image_dir, data_dir=None):
     """A `datasets` captioning corpus with one row per image: an image column and the captions either as one
     list column or as several string columns (e.g. caption_0..caption_4). Its images are written once as JPEGs
     under `image_dir` (the features are cached by file). With `data_dir` (a local folder) `name` is a
@@ -153,8 +153,6 @@ def load_hub_captions(name, config, split, caption_columns, image_column, image_
     except Exception as err:  # datasets raises many types (ConnectionError, FileNotFoundError, ValueError)
         raise DataError(f"could not load {name}/{config} split {split!r} with the datasets library: {err}. "
                         f"It needs internet on first use (then its cache), or use flickr8k / coco files.") from None
-    if limit is not None:
-        ds = ds.select(range(min(limit, len(ds))))
     columns = [c for c in caption_columns.split(",") if c]
     missing = [c for c in columns + [image_column] if c not in ds.column_names]
     if missing:
@@ -169,7 +167,7 @@ def load_hub_captions(name, config, split, caption_columns, image_column, image_
             tmp.replace(path)
         texts = row[columns[0]] if len(columns) == 1 else [row[c] for c in columns]
         out.images.append(path)
-        out.captions.append([texts] if isinstance(texts, str) else [t.strip() for t in texts])
+        out.captions.append([t.strip() for t in ([texts] if isinstance(texts, str) else texts)])
     return out
 
 

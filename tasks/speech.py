@@ -265,8 +265,7 @@ class SpeechTask(Task):
         if not firsts:
             return []
         path = Path(folder) / ("frames.png" if label == cls.default_preset else f"{label}-frames.png")
-        plot_frames(next(iter(firsts.values())), firsts, path,
-                    f"{cls.name} / {label}")
+        plot_frames(next(iter(firsts.values())), firsts, path, f"{cls.name} / {label}")
         return [path]
 
     def checkpoint_extras(self):

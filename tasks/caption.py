@@ -101,7 +101,8 @@ class CaptionTask(Task):
                      "below and scored with pycocoevalcap (its PTB tokenizer; BLEU-1..4, METEOR, ROUGE-L, CIDEr "
                      "x100) against all 5 references. SPICE is left out: it downloads models, which is not "
                      "possible offline. The paper's ensemble (Table 4) averages 10 non-regularized models; ours, "
-                     "the seeds of its row.")
+                     "the seeds of its row. Flickr8k and MSCOCO are read from your copy: neither has a canonical "
+                     "download to check checksums against, so the files are not verified.")
 
     def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
         super().__init__(config, data_dir, download, custom_data, cache_dir)
@@ -112,6 +113,12 @@ class CaptionTask(Task):
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.features, self.cache_hit = split_features(self.sets, make_encoder(cfg), self.cache_dir, device)
         self.data = {split: self._encode(captions) for split, captions in self.sets.items()}
+
+    def data_info(self):
+        if self.config["corpus"] == "hub":  # the datasets library verifies its own downloads
+            return super().data_info()
+        return {**super().data_info(), "canonical": None,
+                "checksums": f"not verified: {self.config['corpus']} has no canonical download to check against"}
 
     def _encode(self, caption_set):
         """-> (image index, token ids with <bos>/<eos>) for every caption of every image."""

@@ -139,6 +139,7 @@ def test_tiny_caption_run_end_to_end_with_an_ensemble(flickr, tmp_path, capsys):
         assert {"test_ppl", "test_bleu4", "test_bleu1", "test_meteor", "test_rouge_l", "test_cider"} <= set(metrics)
         assert all(math.isfinite(v) for v in metrics.values())
         assert len(entry["details"]["examples"]) == 2  # the tiny test split has 2 images
+        assert entry["data"]["canonical"] is None and "not verified" in entry["data"]["checksums"]
     first = entries[0]["history"]
     assert first[-1]["train_loss"] < first[0]["train_loss"]
     table = (out / "caption" / "tiny-e3.md").read_text()

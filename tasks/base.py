@@ -15,7 +15,7 @@ def first_seed_details(runs, key):
     have `key`: what example tables and task figures show."""
     firsts = {}
     for run in runs:
-        if key in run.get("details", {}) and run["details"][key] and not run.get("ensemble"):
+        if run.get("details", {}).get(key) and not run.get("ensemble"):
             firsts.setdefault((run["variant"], run["dropout"]), run["details"])
     return firsts
 

@@ -160,12 +160,11 @@ class CaptionTask(Task):
         decode_s = time.perf_counter() - started
         caption_set = self.sets[split]
         scores = coco_caption_scores(hyps, caption_set.captions)
+        names = [_relative(p, self.data_dir) for p in caption_set.images]
         picks = list(range(0, len(hyps), max(len(hyps) // EXAMPLES, 1)))[:EXAMPLES]
         examples = [{"index": i, "label": f"test image {i}", "image": str(Path(caption_set.images[i]).resolve()),
-                     "source": _relative(caption_set.images[i], self.data_dir),
-                     "reference": caption_set.captions[i][0], "references": caption_set.captions[i],
-                     "output": hyps[i]} for i in picks]
-        names = [_relative(p, self.data_dir) for p in caption_set.images]
+                     "source": names[i], "reference": caption_set.captions[i][0],
+                     "references": caption_set.captions[i], "output": hyps[i]} for i in picks]
         return scores, {"decode": {k: self.config[k] for k in _DECODE}, "decode_s": round(decode_s, 2),
                         "decode_image_s": round(len(hyps) / decode_s, 1), "examples": examples,
                         "outputs": [f"{name}\t{hyp}" for name, hyp in zip(names, hyps)]}

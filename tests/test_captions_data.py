@@ -87,12 +87,14 @@ class TinyCNN(nn.Module):
 def test_image_features_are_cached_and_rebuilt_for_another_encoder(tmp_path):
     torch.manual_seed(0)
     paths = [write_image(tmp_path / f"{i}.jpg", (i * 50, 0, 0)) for i in range(5)]
-    encoder = Encoder("tiny-a", TinyCNN(), 4, size=16)
+    encoder = Encoder("tiny-a", TinyCNN, 4, size=16)
     feats, hit = image_features(paths, encoder, tmp_path / "cache", batch_size=2, progress=False)
     assert feats.shape == (5, 4) and not hit
     again, hit = image_features(paths, encoder, tmp_path / "cache", batch_size=2, progress=False)
     assert hit and torch.equal(again, feats)
-    other, hit = image_features(paths, Encoder("tiny-b", TinyCNN(), 4, size=16), tmp_path / "cache", progress=False)
+    never = Encoder("tiny-a", lambda: pytest.fail("a cache hit loaded the network"), 4, size=16)
+    assert image_features(paths, never, tmp_path / "cache", progress=False)[1]
+    other, hit = image_features(paths, Encoder("tiny-b", TinyCNN, 4, size=16), tmp_path / "cache", progress=False)
     assert not hit and not torch.equal(other, feats)
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
@@ -104,7 +106,7 @@ def test_unreadable_image_names_the_file_and_caches_nothing(tmp_path):
     with pytest.raises(DataError, match="bad.jpg"):
         read_image(bad)
     with pytest.raises(DataError, match="bad.jpg"):
-        image_features([good, bad], Encoder("tiny", TinyCNN(), 4, size=16), tmp_path / "cache", progress=False)
+        image_features([good, bad], Encoder("tiny", TinyCNN, 4, size=16), tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").glob("*"))
 
 
@@ -160,6 +162,6 @@ def test_torchvision_encoder_from_a_local_weights_file(tmp_path):
     assert feats.shape == (1, 1024)
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(DataError, match="wrong.pth is not a torchvision googlenet state dict"):
-        torchvision_encoder("googlenet", tmp_path / "wrong.pth")
+        torchvision_encoder("googlenet", tmp_path / "wrong.pth").load()
     with pytest.raises(ValueError, match="unknown encoder 'vgg'"):
         torchvision_encoder("vgg")

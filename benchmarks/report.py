@@ -36,6 +36,30 @@ def merge_runs(old, new):
     return sorted(merged.values(), key=key)
 
 
+SEED_KEYS = ("scheme", "dropout", "seed")  # what may differ between the runs of one table
+
+
+def check_consistent(runs, where="this table"):
+    """Runs of one table must share their config except variant, p and seed; raise a ValueError naming the keys
+    that differ otherwise (e.g. a bf16 seed merged into fp32 runs, or a preset edited between commands)."""
+    base = None
+    for run in runs:
+        config = {k: v for k, v in run["config"].items() if k not in SEED_KEYS}
+        if base is None:
+            base, first = config, run
+            continue
+        differ = sorted(k for k in set(base) | set(config) if base.get(k, "<unset>") != config.get(k, "<unset>"))
+        if differ:
+            what = "; ".join(f"{k}: {base.get(k, '<unset>')!r} ({_who(first)}) vs {config.get(k, '<unset>')!r} "
+                             f"({_who(run)})" for k in differ)
+            raise ValueError(f"cannot merge runs with different configs into {where}: {what}. Put them in separate "
+                             f"tables (--set / --epochs give a new label) or re-run them with one config")
+
+
+def _who(run):
+    return f"{run['variant']} seed {run['seed']}" if not run.get("ensemble") else f"{run['variant']} ensemble"
+
+
 def _singles(runs):
     """The single-model runs: ensembles (`--ensemble N`) have no training history nor examples of their own."""
     return [run for run in runs if not run.get("ensemble")]
@@ -142,8 +166,13 @@ def markdown(task, label, preset, runs):
         lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures)]
     config = runs[0]["config"]
     lines += ["", "Config: " + ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("scheme", "dropout", "seed"))]
+    lines += _effects(task, runs)
     lines += _examples(runs)
     lines += ["", "## Provenance", ""]
+    commits = sorted({r["provenance"]["git_commit"][:12] for r in runs})
+    if len(commits) > 1:
+        lines += [f"The runs come from {len(commits)} commits ({', '.join(commits)}); their configs are identical "
+                  "apart from variant, p and seed (checked when they were merged).", ""]
     for run in runs:
         prov = run["provenance"]
         if run.get("ensemble"):
@@ -155,6 +184,71 @@ def markdown(task, label, preset, runs):
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"
+
+
+BASELINES = ("none", "zaremba")  # every other variant is compared with these
+LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
+
+
+def _effect_metrics(task, runs):
+    """The metrics compared: the main one, the first extra one, and every extra one with per-item statistics."""
+    from benchmarks.significance import METRICS
+
+    with_items = {k for r in runs for k in r.get("details", {}).get("items", {})}
+    keys = [task.main_metric] + [k for k, _ in task.extra_test_metrics[:1]]
+    keys += [k for k, _ in task.extra_test_metrics if k in METRICS and METRICS[k][0] in with_items and k not in keys]
+    return keys
+
+
+def _interval(pair):
+    return f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
+def effects(task, runs):
+    """[(a, b, comparison dict)] for each variant against each baseline present (see benchmarks.significance)."""
+    from benchmarks.significance import compare
+
+    groups = _group(runs)
+    out = []
+    for base_variant in BASELINES:
+        bases = [(key, group) for key, group in groups.items() if key[0] == base_variant]
+        for (variant, p), group in groups.items():
+            for base_key, base_group in bases:
+                if variant == base_variant or (base_variant == "zaremba" and variant == "none"):
+                    continue
+                for metric in _effect_metrics(task, runs):
+                    result = compare(group, base_group, metric, metric in LOWER_IS_BETTER)
+                    if result:
+                        out.append(((variant, p), base_key, result))
+    return out
+
+
+def _effects(task, runs):
+    rows = effects(task, runs)
+    if not rows:
+        return []
+    names = dict(task.extra_test_metrics)
+    lines = ["", "## Is the difference real? (test set)", "",
+             "Difference of the seed means (first variant minus second). 95% CI over seeds: Student's t over the "
+             "per-seed differences (seeds paired by number). Paired bootstrap: 2,000 resamples of the test items "
+             "(sentences, images, utterances or bptt chunks), the same draw for every run of both variants; its 95% "
+             "percentile interval and two-sided p. Significant here means p < 0.05 *and* the seed interval "
+             "excludes 0 (both sources of noise: the test sample and the training seed).", "",
+             "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | seeds better / worse | verdict |",
+             "|" + "---|" * 9]
+    for (variant, p), (base, base_p), r in rows:
+        seed_ci = r.get("seed_ci")
+        boot_ci = r.get("boot_ci")
+        seeds_agree = seed_ci is not None and (seed_ci[0] > 0 or seed_ci[1] < 0)
+        significant = seeds_agree and (boot_ci is None or r["p"] < 0.05)
+        how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
+        p_text = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
+        lines.append(f"| {variant} p={p:g} − {base} p={base_p:g} | test {names.get(r['metric'], r['metric'])} | "
+                     f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
+                     f"{_interval(seed_ci) if seed_ci else '— (one seed)'} | {_interval(boot_ci) if boot_ci else '—'} | "
+                     f"{p_text} | {r['a_better']} / {r['b_better']} | "
+                     f"{'significant' if significant else 'not significant'}{how} |")
+    return lines
 
 
 def _examples(runs):
@@ -207,6 +301,7 @@ def plot(task, label, runs, path):
 def write_results(out_dir, task, label, preset, new_runs):
     folder = Path(out_dir) / task.name
     runs = merge_runs(load_runs(folder / f"{label}.json"), new_runs)
+    check_consistent(runs, folder / f"{label}.json")
     write_json(folder / f"{label}.json", runs)
     write_text(folder / f"{label}.md", markdown(task, label, preset, runs))
     plot(task, label, runs, folder / f"{label}.png")
@@ -225,6 +320,10 @@ def main(argv=None):
         if not runs:
             parser.error(f"{path} has no runs")
         task, label = get_task(path.parent.name), path.stem
+        try:
+            check_consistent(runs, path)
+        except ValueError as err:
+            parser.error(str(err))
         preset = runs[0].get("preset", label.split("-")[0])
         write_text(path.with_suffix(".md"), markdown(task, label, preset, runs))
         plot(task, label, runs, path.with_suffix(".png"))

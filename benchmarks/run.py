@@ -21,7 +21,7 @@ from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
 from tasks import TASKS, get_task
 from tasks.base import Task
-from benchmarks.report import write_overview, write_results
+from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 
 
 def build_parser():
@@ -107,6 +107,12 @@ def validate(args, parser):
     if p == 0 and any(v != "none" for v in args.variants):
         parser.error(f"preset {args.preset} has dropout 0 (the paper's non-regularized config), so variants "
                      f"{[v for v in args.variants if v != 'none']} would equal 'none'; pass --dropout P or --variants none")
+    for variant in args.variants:
+        for seed in args.seeds:
+            try:
+                task_cls.check_config(run_config(task_cls, args, variant, seed), args.ensemble)
+            except (ValueError, DataError) as err:
+                parser.error(str(err))
     try:
         args.device = pick_device(args.device)
     except ValueError as err:
@@ -203,9 +209,12 @@ def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
         model = task.build_model().to(args.device)
         model.load_state_dict(torch.load(run_dir / "best.pt", map_location=args.device, weights_only=False)["model"])
         models.append(model)
-    valid, test = (task.ensemble_metrics(models, split, args.device) for split in ("valid", "test"))
+    valid = task.ensemble_metrics(models, "valid", args.device)
+    valid.update(task.final_metrics(models, "valid", args.device)[0])
+    test = task.ensemble_metrics(models, "test", args.device)
     extra, details = task.final_metrics(models, "test", args.device)
     test.update(extra)
+    details.pop("items", None)
     if "outputs" in details:
         folder = run_dirs[0].parent / f"{variant}-p{config['dropout']:g}-ensemble"
         write_text(folder / "test_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))
@@ -216,6 +225,17 @@ def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
             "wall_s": round(time.time() - started, 1), "details": details, "config": {**config, "seed": None},
             "provenance": origin, "data": task.data_info(),
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def check_mergeable(task_cls, args, label):
+    """Fail before training, not after it, when the runs asked for cannot join the table already there."""
+    table = Path(args.out) / args.task / f"{label}.json"
+    planned = [{"variant": v, "seed": s, "config": run_config(task_cls, args, v, s)}
+               for v in args.variants for s in args.seeds]
+    try:
+        check_consistent(load_runs(table) + planned, table)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
 
 
 def list_tasks():
@@ -239,6 +259,7 @@ def main(argv=None):
     # Taken before training, so later edits of the working tree do not leak into this run's record.
     origin = provenance(args.device, "python -m benchmarks.run " + shlex.join(argv))
     label = run_label(args)
+    check_mergeable(task_cls, args, label)
     for variant in args.variants:
         run_dirs = []
         for seed in args.seeds:

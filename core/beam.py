@@ -1,10 +1,17 @@
 """Batched beam search over any step-wise decoder (beam x batch run as one batch), with ensembles.
 
 A decoder is a step function `step(tokens (N,), state) -> (logits (N, V), state)`, e.g. an embedding,
-`DropoutLSTM.step` and a softmax layer. Hypotheses that emit <eos> are finished: they keep their score and
-their place in the beam but are not extended, so the search ends when every beam of every sentence is
-finished (then no open hypothesis can beat them) or at the maximum length, where <eos> is forced.
+`DropoutLSTM.step` and a softmax layer.
+
+Finished hypotheses live outside the beam, as in Sutskever et al. (2014) and fairseq/OpenNMT: each step
+ranks the 2K best extensions of the K open hypotheses; an `<eos>` among the first K ranks is a finished
+hypothesis, recorded for its sentence with its score, and its slot goes to the next open extension, so a
+finished hypothesis can never be pushed out by longer ones. A sentence stops when no open hypothesis can
+still beat its best finished one (with length_penalty 0 extending only lowers a score), when it has K
+finished hypotheses, or at its length limit, where every open hypothesis is ended with `<eos>`.
 """
+import math
+
 import torch
 
 
@@ -18,11 +25,35 @@ def select_state(state, index, dim=1):
 
 
 def ensemble_log_probs(steps, tokens, states):
-    """Run every member one step; average their log-probabilities and renormalise."""
+    """Run every member one step; return the log of their averaged probabilities (the rule of the ensemble
+    perplexity rows too) and the members' new states."""
     outputs = [step(tokens, state) for step, state in zip(steps, states)]
-    log_probs = torch.stack([torch.log_softmax(logits.float(), dim=-1) for logits, _ in outputs]).mean(0)
-    # a row that rules out every token (all -inf) gives NaN: make it "impossible", not poison the beam
-    return torch.log_softmax(log_probs, dim=-1).nan_to_num(nan=float("-inf")), [state for _, state in outputs]
+    log_probs = torch.stack([torch.log_softmax(logits.float(), dim=-1) for logits, _ in outputs])
+    if len(outputs) > 1:
+        log_probs = log_probs.logsumexp(0) - math.log(len(outputs))
+    else:
+        log_probs = log_probs[0]
+    # a row that rules out every token (all -inf) gives NaN, which topk would rank first: make it impossible
+    return log_probs.masked_fill(log_probs.isnan(), -math.inf), [state for _, state in outputs]
+
+
+class _Finished:
+    """The finished hypotheses of every sentence: how many, and the best one by ranking score."""
+
+    def __init__(self, batch_size, length_penalty):
+        self.length_penalty = length_penalty
+        self.count = [0] * batch_size
+        self.best = [None] * batch_size  # (ranking score, log-probability, tokens)
+
+    def add(self, sentence, score, tokens):
+        # the length counts <eos>, as in fairseq: an empty hypothesis has length 1
+        rank = score / (len(tokens) + 1) ** self.length_penalty if self.length_penalty else score
+        self.count[sentence] += 1
+        if self.best[sentence] is None or rank > self.best[sentence][0]:
+            self.best[sentence] = (rank, score, tokens)
+
+    def best_score(self, sentence):
+        return -math.inf if self.best[sentence] is None else self.best[sentence][1]
 
 
 @torch.no_grad()
@@ -31,14 +62,14 @@ def beam_search(steps, states, batch_size, bos, eos, beam_size=12, max_len=50, l
     """Decode `batch_size` sentences at once.
 
     steps / states: one step function and its initial state (for the `batch_size` sentences), or lists of
-        them: an ensemble whose log-probabilities are averaged at every step.
+        them: an ensemble whose probabilities are averaged at every step.
     beam_size: 1 is greedy decoding.
     max_len: most tokens before <eos>, an int or a (batch_size,) tensor (e.g. relative to each source).
     length_penalty: alpha of the final ranking score / length**alpha (0 ranks by total log-probability).
     reorder(state, index): selects batch rows of a state; the default fits LSTM (h, c) tuples.
 
-    Returns (tokens, scores): for each sentence its best hypothesis as a list of ids without <bos>/<eos>,
-    and that hypothesis' total log-probability.
+    Returns (tokens, scores): for each sentence its best finished hypothesis as a list of ids without
+    <bos>/<eos>, and that hypothesis' total log-probability (including <eos>).
     """
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
@@ -50,55 +81,48 @@ def beam_search(steps, states, batch_size, bos, eos, beam_size=12, max_len=50, l
     probe = next((s for s in _tensors(states)), None)
     device = probe.device if probe is not None else torch.device("cpu")
     max_len = torch.as_tensor(max_len, device=device).expand(B).clone()
-    expand = torch.arange(B, device=device).repeat_interleave(K)
-    states = [reorder(s, expand) for s in states]
+    limits = max_len.tolist()
+    states = [reorder(s, torch.arange(B, device=device).repeat_interleave(K)) for s in states]
 
-    scores = torch.full((B, K), float("-inf"), device=device)
+    scores = torch.full((B, K), -math.inf, device=device)
     scores[:, 0] = 0.0  # all beams start identical: only the first one may be extended at step 0
-    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    lengths = torch.zeros(B, K, device=device)
+    prefixes = torch.zeros(B, K, 0, dtype=torch.long, device=device)
     tokens = torch.full((B * K,), bos, dtype=torch.long, device=device)
-    token_hist, parent_hist = [], []
+    finished = _Finished(B, length_penalty)
+    done = [False] * B
     for t in range(int(max_len.max()) + 1):
         log_probs, states = ensemble_log_probs(steps, tokens, states)
         V = log_probs.size(-1)
-        log_probs = log_probs.view(B, K, V)
-        # an open hypothesis at its sentence's length limit must end now (with <eos>'s own probability)
-        ending = torch.full_like(log_probs, float("-inf"))
-        ending[..., eos] = log_probs[..., eos]
-        log_probs = torch.where((t >= max_len)[:, None, None], ending, log_probs)
-        # a finished hypothesis is carried with <eos> at no cost, never extended
-        carried = torch.full_like(log_probs, float("-inf"))
-        carried[..., eos] = 0.0
-        log_probs = torch.where(finished[..., None], carried, log_probs)
-        candidates = (scores[..., None] + log_probs).view(B, K * V)
-        scores, flat = candidates.topk(K, dim=1)
-        parent, token = flat // V, flat % V
-        was_finished = finished.gather(1, parent)
-        lengths = lengths.gather(1, parent) + (~was_finished).float()
-        finished = was_finished | (token == eos)
+        candidates = scores[..., None] + log_probs.view(B, K, V)
+        at_limit = (t >= max_len)[:, None]
+        # at its length limit an open hypothesis must end: all of them are finished with <eos> now
+        ends = candidates[..., eos]
+        for b, k in zip(*torch.nonzero(torch.isfinite(ends) & at_limit, as_tuple=True)):
+            finished.add(int(b), float(ends[b, k]), prefixes[b, k].tolist())
+        candidates[..., eos] = torch.where(at_limit, -math.inf, ends)
+        top_scores, top_flat = candidates.view(B, K * V).topk(min(2 * K, K * V), dim=1)
+        top_parent, top_token = top_flat // V, top_flat % V
+        is_eos = top_token == eos
+        # <eos> in the first K ranks: a finished hypothesis, recorded and out of the beam
+        for b, r in zip(*torch.nonzero(is_eos[:, :K] & torch.isfinite(top_scores[:, :K]), as_tuple=True)):
+            finished.add(int(b), float(top_scores[b, r]), prefixes[b, top_parent[b, r]].tolist())
+        # the K best open extensions take the beam
+        open_scores = top_scores.masked_fill(is_eos, -math.inf)
+        scores, pick = open_scores.topk(K, dim=1)
+        parent, token = top_parent.gather(1, pick), top_token.gather(1, pick)
+        for b in range(B):
+            done[b] = done[b] or t >= limits[b] or finished.count[b] >= K or (
+                length_penalty == 0 and finished.best_score(b) >= float(scores[b, 0]))
+        if all(done):
+            break
+        scores = scores.masked_fill(torch.tensor(done, device=device)[:, None], -math.inf)
+        prefixes = torch.cat([prefixes.gather(1, parent[..., None].expand(-1, -1, prefixes.size(2))),
+                              token[..., None]], dim=2)
         rows = (torch.arange(B, device=device)[:, None] * K + parent).view(-1)
         states = [reorder(s, rows) for s in states]
-        token_hist.append(token)
-        parent_hist.append(parent)
         tokens = token.view(-1)
-        if bool(finished.all()):
-            break
 
-    ranking = scores / lengths.clamp(min=1) ** length_penalty if length_penalty else scores
-    best = ranking.argmax(dim=1)
-    best_scores = scores.gather(1, best[:, None]).squeeze(1)
-    return _backtrack(token_hist, parent_hist, best, eos), best_scores.tolist()
-
-
-def _backtrack(token_hist, parent_hist, best, eos):
-    beam = best.clone()
-    columns = []
-    for token, parent in zip(reversed(token_hist), reversed(parent_hist)):
-        columns.append(token.gather(1, beam[:, None]).squeeze(1))
-        beam = parent.gather(1, beam[:, None]).squeeze(1)
-    sequences = torch.stack(columns[::-1], dim=1).tolist() if columns else [[] for _ in range(len(best))]
-    return [seq[: seq.index(eos)] if eos in seq else seq for seq in sequences]
+    return [best[2] for best in finished.best], [best[1] for best in finished.best]
 
 
 def _tensors(obj):

@@ -40,9 +40,11 @@ def cached(root, name, key, build):
 
 
 def files_fingerprint(paths):
-    """A cheap identity of a set of files (paths, sizes, modification times) for cache keys."""
+    """A cheap identity of a sequence of files (paths, sizes, modification times) for cache keys. The order
+    counts: features stored as one tensor in path order must not be reused for the same files in another
+    order (they would pair images with the wrong rows). Sort first where only the set matters."""
     digest = hashlib.sha256()
-    for path in sorted(map(str, paths)):
+    for path in map(str, paths):
         stat = Path(path).stat()
         digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]

@@ -142,22 +142,35 @@ class Trainer:
         return self._finish()
 
     def _finish(self):
+        """Load the best-on-valid model; decode validation (its decoding metrics are reported beside the loss,
+        never used to choose anything here), then touch the test split once: loss, per-item statistics for
+        the paired tests, and the decoding metrics."""
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
+        valid_extra, _ = self._decode("valid")
         test = self.evaluate("test")
-        extra, details = self.task.final_metrics(self.model, "test", self.device)
+        extra, details = self._decode("test")
         test.update(extra)
-        details = dict(details)
-        if "outputs" in details:
-            write_text(self.run_dir / "test_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))
+        items = details.pop("items", {})
+        items.update(self.task.item_stats(self.model, "test", self.device))
+        details["items"] = items
         best_record = self.history[best["epoch"] - 1]
         metrics = {k: v for k, v in best_record.items() if k.startswith(("train_", "valid_"))}
+        metrics.update({f"valid_{k}": v for k, v in valid_extra.items()})
         metrics.update({f"test_{k}": v for k, v in test.items()})
         result = {"metrics": metrics, "best_epoch": best["epoch"], "epochs": len(self.history),
                   "wall_s": round(sum(r["wall_s"] for r in self.history), 1), "history": self.history,
                   "details": details}
         write_json(self.run_dir / "result.json", result)
         return result
+
+    def _decode(self, split):
+        """The task's decoding metrics on `split` (BLEU after beam search, ...); outputs go to <split>_outputs.txt."""
+        metrics, details = self.task.final_metrics(self.model, split, self.device)
+        details = dict(details)
+        if "outputs" in details:
+            write_text(self.run_dir / f"{split}_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))
+        return metrics, details
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _save_checkpoint(self, epoch):

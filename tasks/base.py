@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from core.cache import cache_root
 
 IGNORE = -100  # target id that counts for nothing (padding, deleted labels)
+UNSEEN = -101  # a held-out label never seen in training: no loss, but always a wrong prediction
 
 
 def first_seed_details(runs, key):
@@ -47,6 +48,11 @@ class Task:
         self.cache_dir = cache_root(cache_dir)
         self.noncanonical = []
 
+    @classmethod
+    def check_config(cls, config, ensemble=None):
+        """Called by the runner before any data is loaded: raise ValueError (or DataError) naming a bad setting.
+        `ensemble`: the number of members whose ensemble will be evaluated, if any."""
+
     def data_info(self):
         """What the results record about the data the run used."""
         return {"canonical": not self.noncanonical, "noncanonical_files": list(self.noncanonical)}
@@ -77,7 +83,7 @@ class Task:
         at every position, as in the paper's model averaging; statistics as in `metrics`."""
         for model in models:
             model.eval()
-        nll, count, correct, states = 0.0, 0, 0, [None] * len(models)
+        nll, count, correct, scored_count, states = 0.0, 0, 0, 0, [None] * len(models)
         for batch in self.batches(split, device):
             outs = [self.logits(model, batch, state) for model, state in zip(models, states)]
             if self.stateful:
@@ -85,11 +91,40 @@ class Task:
             logp = torch.stack([F.log_softmax(out[0].float(), dim=-1) for out in outs]).logsumexp(0)
             logp = logp - math.log(len(models))
             targets = outs[0][1]
-            real = targets != IGNORE
-            nll += float(F.nll_loss(logp[real], targets[real], reduction="sum"))
+            real, scored = targets != IGNORE, targets >= 0
+            nll += float(F.nll_loss(logp[scored], targets[scored], reduction="sum"))
             count += int(real.sum())
+            scored_count += int(scored.sum())
             correct += int((logp.argmax(-1)[real] == targets[real]).sum())
-        return self.metrics({"nll": nll, "count": count, "correct": correct})
+        return self.metrics({"nll": nll, "count": count, "correct": correct, "scored": scored_count})
+
+    @torch.no_grad()
+    def item_stats(self, model, split, device):
+        """Per-item statistics of `split` for paired tests between variants: {"nll": [[nll, count], ...]} and,
+        for tasks with `correct` in their metrics, {"acc": [[correct, count], ...]}. An item is one row of an
+        evaluation batch (a sentence, a caption, an utterance; a bptt chunk of the LM's stream); evaluation
+        batches come in a fixed order, so item i is the same data in every run of a config."""
+        if type(self).logits is Task.logits:
+            return {}
+        model.eval()
+        nll_items, acc_items, state = [], [], None
+        for batch in self.batches(split, device):
+            logits, targets, state = self.logits(model, batch, state)
+            state = state if self.stateful else None
+            targets = targets.reshape(-1, targets.size(-1))  # (rows, positions)
+            logits = logits.float().reshape(*targets.shape, logits.size(-1))
+            real, scored = targets != IGNORE, targets >= 0  # UNSEEN: counted (always wrong), no loss
+            nll = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~scored, 0), reduction="none") * scored
+            correct = (logits.argmax(-1) == targets) & real
+            for row_nll, row_count, row_correct in zip(nll.sum(1).tolist(), real.sum(1).tolist(),
+                                                         correct.sum(1).tolist()):
+                if row_count:
+                    nll_items.append([round(row_nll, 4), row_count])
+                    acc_items.append([row_correct, row_count])
+        out = {"nll": nll_items}
+        if self.main_metric == "acc":
+            out["acc"] = acc_items
+        return out
 
     def metrics(self, totals):
         """Turn summed statistics ({"nll", "count", ...extra}) into named metrics. The default is perplexity

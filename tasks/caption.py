@@ -159,14 +159,15 @@ class CaptionTask(Task):
         hyps = [" ".join(words) for words in describe(models, self.features[split], self.vocab, self.config, device)]
         decode_s = time.perf_counter() - started
         caption_set = self.sets[split]
-        scores = coco_caption_scores(hyps, caption_set.captions)
+        scores, per_image = coco_caption_scores(hyps, caption_set.captions)
         names = [_relative(p, self.data_dir) for p in caption_set.images]
         picks = list(range(0, len(hyps), max(len(hyps) // EXAMPLES, 1)))[:EXAMPLES]
         examples = [{"index": i, "label": f"test image {i}", "image": str(Path(caption_set.images[i]).resolve()),
                      "source": names[i], "reference": caption_set.captions[i][0],
                      "references": caption_set.captions[i], "output": hyps[i]} for i in picks]
         return scores, {"decode": {k: self.config[k] for k in _DECODE}, "decode_s": round(decode_s, 2),
-                        "decode_image_s": round(len(hyps) / decode_s, 1), "examples": examples,
+                        "decode_image_s": round(len(hyps) / decode_s, 1), "threads": torch.get_num_threads(),
+                        "examples": examples, "items": per_image,
                         "outputs": [f"{name}\t{hyp}" for name, hyp in zip(names, hyps)]}
 
     @classmethod
@@ -193,7 +194,7 @@ def _relative(path, root):
 @torch.no_grad()
 def describe(models, features, vocab, config, device, beam=None):
     """Beam-decode a caption (word list) for every image feature with one model or an ensemble (their
-    log-probabilities averaged at every step); beam 1 is greedy."""
+    probabilities averaged at every step); beam 1 is greedy."""
     beam = config["beam"] if beam is None else beam
     for model in models:
         model.eval()

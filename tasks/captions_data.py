@@ -369,7 +369,7 @@ def image_features(paths, encoder, cache_dir, device="cpu", batch_size=32, progr
 def coco_caption_scores(hypotheses, references):
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr (x100) of one caption per image against all its references, with
     pycocoevalcap's PTB tokenizer, as in the COCO caption evaluation. SPICE is left out: it downloads models.
-    The tokenizer and METEOR run on Java."""
+    The tokenizer and METEOR run on Java. Returns (corpus scores, {"cider": per-image CIDEr})."""
     import contextlib
     import io
     import shutil
@@ -393,5 +393,9 @@ def coco_caption_scores(hypotheses, references):
         scores.update({f"bleu{n}": float(100 * b) for n, b in enumerate(bleu, 1)})
         scores["meteor"] = float(100 * Meteor().compute_score(gts, res)[0])
         scores["rouge_l"] = float(100 * Rouge().compute_score(gts, res)[0])
-        scores["cider"] = float(100 * Cider().compute_score(gts, res)[0])
-    return scores
+        cider, per_image = Cider().compute_score(gts, res)
+        scores["cider"] = float(100 * cider)
+    # CIDEr is the mean of per-image scores: kept (x100, in input order) for paired bootstrap tests
+    by_id = dict(zip(gts.keys(), per_image))
+    scores_per_image = {"cider": [round(float(100 * by_id[i]), 4) for i in range(len(hypotheses))]}
+    return scores, scores_per_image

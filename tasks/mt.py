@@ -175,14 +175,14 @@ class TranslationTask(Task):
         hyps = translate(models, self.src_vocab, self.tgt_vocab, pairs.src_tokens, self.config, device)
         decode_s = time.perf_counter() - started
         detok = detokenize(hyps, self.config["tgt"])
-        bleu, signature = corpus_bleu(detok, pairs.tgt_raw)
+        bleu, signature, stats = corpus_bleu(detok, pairs.tgt_raw)
         picks = range(0, len(detok), max(len(detok) // EXAMPLES, 1))
         examples = [{"index": i, "source": pairs.src_raw[i], "reference": pairs.tgt_raw[i], "output": detok[i]}
                     for i in list(picks)[:EXAMPLES]]
         decode = {k: self.config[k] for k in _DECODE}
         return {"bleu": bleu}, {"bleu_signature": signature, "decode": decode, "decode_s": round(decode_s, 2),
-                                "decode_sent_s": round(len(hyps) / decode_s, 1), "examples": examples,
-                                "outputs": detok}
+                                "decode_sent_s": round(len(hyps) / decode_s, 1), "threads": torch.get_num_threads(),
+                                "examples": examples, "outputs": detok, "items": {"bleu": stats}}
 
     def checkpoint_extras(self):
         return {**super().checkpoint_extras(), "src_vocab": self.src_vocab.state_dict(),
@@ -192,7 +192,7 @@ class TranslationTask(Task):
 # ---- decoding and scoring -----------------------------------------------------------------------
 @torch.no_grad()
 def translate(models, src_vocab, tgt_vocab, sentences, config, device, beam=None):
-    """Beam-decode token lists with one model or an ensemble (averaged log-probabilities each step).
+    """Beam-decode token lists with one model or an ensemble (their probabilities averaged at each step).
 
     Returns the output token lists in input order. Sentences are decoded in length-sorted batches.
     """
@@ -221,11 +221,13 @@ def detokenize(token_lists, lang):
 
 def corpus_bleu(hypotheses, references):
     """sacreBLEU on detokenized output against the raw references, case-insensitive (the model is trained on
-    lowercased text) with sacreBLEU's own 13a tokenizer. Returns (score, signature)."""
+    lowercased text) with sacreBLEU's own 13a tokenizer. Returns (score, signature, per-sentence sufficient
+    statistics [hyp_len, ref_len, correct_1..4, total_1..4] for the paired bootstrap)."""
     from sacrebleu.metrics import BLEU
 
     bleu = BLEU(lowercase=True)
-    return bleu.corpus_score(hypotheses, [references]).score, str(bleu.get_signature())
+    stats = [list(map(int, s)) for s in bleu._extract_corpus_statistics(hypotheses, [references])]
+    return bleu.corpus_score(hypotheses, [references]).score, str(bleu.get_signature()), stats
 
 
 def load_checkpoint(path, device="cpu"):

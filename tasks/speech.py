@@ -17,8 +17,8 @@ from core import DropoutLSTM, StepOutput, bucket_batches, init_uniform
 from core.cache import cached, files_fingerprint
 from core.download import DataError
 from tasks import register
-from tasks.base import Task, first_seed_details
-from tasks.speech_data import (DIGIT_CLASSES, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
+from tasks.base import UNSEEN, Task, first_seed_details
+from tasks.speech_data import (DIGIT_CLASSES, FSDD_SPEAKERS, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
                                fsdd_split, label_samples, normalizer, timit_split)
 
 SPLITS = ("train", "valid", "test")
@@ -31,7 +31,9 @@ _TRAIN = dict(cmn=True, label_delay=0, init=0.1, batch_size=16, eval_batch_size=
               decay_start=10, lr_decay=1.5, clip=5.0)
 PRESETS = {
     # Scaled down for a 2-core CPU; size and p chosen by measurement (see the README).
-    "cpu": dict(_FSDD, **_TRAIN, hidden=256, layers=2, dropout=0.5, epochs=20),
+    # Seed s holds FSDD speaker s out for test (the next one for validation): seeds 1-6 are the six folds.
+    "cpu": dict(_FSDD, speaker_folds=True, train_speakers="", valid_speakers="", test_speakers="", **_TRAIN,
+                hidden=256, layers=2, dropout=0.5, epochs=20),
     # The paper does not state its acoustic model's size; 4 layers (as in its other deep LSTMs) of 1000 units
     # with p=0.5, on the same connected digits. For a GPU.
     "paper": dict(_FSDD, **_TRAIN, hidden=1000, layers=4, dropout=0.5, epochs=30),
@@ -77,6 +79,37 @@ def _speakers(text):
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def fold_speakers(cfg):
+    """The config with its train/valid/test speakers filled in and checked.
+
+    With `speaker_folds` (FSDD), seed s is fold s: test speaker = the ((s - 1) mod 6)-th FSDD speaker, validation
+    speaker = the next one, training = the other four, so seeds 1-6 hold every speaker out once and a table's
+    mean over seeds is a mean over folds. Any overlap between splits is an error naming the speaker."""
+    cfg = dict(cfg)
+    if cfg.get("speaker_folds"):
+        if cfg["corpus"] != "fsdd":
+            raise DataError(f"speaker_folds works for corpus fsdd, not {cfg['corpus']!r}; name the speakers instead")
+        named = [f"{s}_speakers" for s in SPLITS if cfg.get(f"{s}_speakers")]
+        if named:
+            raise DataError(f"speaker_folds picks the speakers from the seed, but {', '.join(named)} are set too: "
+                            "unset them or pass --set speaker_folds=false")
+        n = len(FSDD_SPEAKERS)
+        fold = (cfg["seed"] - 1) % n
+        test, valid = FSDD_SPEAKERS[fold], FSDD_SPEAKERS[(fold + 1) % n]
+        cfg.update(test_speakers=test, valid_speakers=valid,
+                   train_speakers=",".join(s for s in FSDD_SPEAKERS if s not in (test, valid)))
+    if cfg["corpus"] != "timit":  # TIMIT's own train/test split is speaker-disjoint
+        seen = {}
+        for split in SPLITS:
+            for speaker in _speakers(cfg[f"{split}_speakers"]):
+                if speaker in seen:
+                    raise DataError(f"speaker {speaker!r} is in both {seen[speaker]}_speakers and {split}_speakers: "
+                                    "held-out speakers must never occur in training or in the other held-out set; "
+                                    "fix the --set speaker lists")
+                seen[speaker] = split
+    return cfg
+
+
 def corpus_folders(cfg, data_dir):
     """The folders whose files a preset reads (their identity is part of the feature cache key)."""
     root = Path(data_dir)
@@ -110,9 +143,13 @@ def load_utterances(cfg, data_dir):
             segments = [(int(a * scale), int(b * scale), p) for a, b, p in u["segments"]]
             if u["rate"] != cfg["sample_rate"]:
                 u["audio"] = torchaudio.functional.resample(u["audio"], u["rate"], cfg["sample_rate"])
-            # a held-out phone never seen in training (ARCTIC) counts for nothing
-            u["labels"] = label_samples(len(u["audio"]), segments, lambda p: index.get(fold(p), IGNORE))
+            # a held-out phone never seen in training (ARCTIC) is a frame the model cannot get right: UNSEEN
+            u["labels"] = label_samples(len(u["audio"]), segments, lambda p: _class_id(index, fold(p)))
     return splits, classes
+
+
+def _class_id(index, phone):
+    return IGNORE if phone is None else index.get(phone, UNSEEN)  # None: deleted by the folding (TIMIT's q)
 
 
 def featurize(cfg, data_dir):
@@ -151,11 +188,11 @@ class SpeechTask(Task):
 
     def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
         super().__init__(config, data_dir, download, custom_data, cache_dir)
-        cfg = self.config
+        cfg = self.config = fold_speakers(self.config)
         if cfg["corpus"] == "fsdd":
             _, self.noncanonical = ensure_fsdd(data_dir, cfg["per_digit"], download, custom_data)
         folders = corpus_folders(cfg, data_dir)
-        files = [p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file()]
+        files = sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file())
         key = {"version": CACHE_VERSION, "data": {k: cfg.get(k) for k in DATA_KEYS}, "files": files_fingerprint(files)}
         self.data, self.cache_hit = cached(self.cache_dir, f"speech-{cfg['corpus']}", key,
                                            lambda: featurize(cfg, data_dir))
@@ -166,6 +203,16 @@ class SpeechTask(Task):
         self.mean, self.std = normalizer(self.data["train"]["feats"])
         for split in SPLITS:
             self.data[split]["norm"] = [(f - self.mean) / self.std for f in self.data[split]["feats"]]
+
+    @classmethod
+    def check_config(cls, config, ensemble=None):
+        if config.get("speaker_folds") and ensemble:
+            raise ValueError("--ensemble with speaker_folds: each seed trains on other speakers, so members would be "
+                             "tested on their own training speakers; drop --ensemble or --set speaker_folds=false")
+        fold_speakers(config)
+
+    def data_info(self):
+        return {**super().data_info(), "speakers": {s: _speakers(self.config[f"{s}_speakers"]) for s in SPLITS}}
 
     def build_model(self):
         cfg = self.config
@@ -203,14 +250,17 @@ class SpeechTask(Task):
 
     def forward(self, model, batch, state):
         logits, labels, _ = self.logits(model, batch, state)
-        nll = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum")
-        real = labels != IGNORE
-        count = int(real.sum())
+        real, scored = labels != IGNORE, labels >= 0  # UNSEEN frames: in the accuracy (always wrong), no loss
+        nll = F.cross_entropy(logits.flatten(0, 1), labels.masked_fill(~scored, IGNORE).flatten(), ignore_index=IGNORE,
+                              reduction="sum")
+        count, scored_count = int(real.sum()), int(scored.sum())
         correct = (logits.argmax(-1) == labels)[real].sum()
-        return StepOutput(loss=nll / max(count, 1), nll=nll.detach(), count=count, extra={"correct": correct})
+        return StepOutput(loss=nll / max(scored_count, 1), nll=nll.detach(), count=count,
+                          extra={"correct": correct, "scored": scored_count})
 
     def metrics(self, totals):
-        return {"acc": 100.0 * totals["correct"] / totals["count"], "ce": totals["nll"] / totals["count"]}
+        return {"acc": 100.0 * totals["correct"] / totals["count"],
+                "ce": totals["nll"] / max(totals.get("scored", totals["count"]), 1)}
 
     @torch.no_grad()
     def predict(self, model, split, device):
@@ -233,12 +283,15 @@ class SpeechTask(Task):
         labels = self.data[split]["labels"]
         n = len(self.classes)
         confusion = torch.zeros(n, n, dtype=torch.long)
+        unseen = 0
         for ref, hyp in zip(labels, predictions):
-            real = ref != IGNORE
-            confusion.view(-1).index_add_(0, ref[real] * n + hyp[real], torch.ones(int(real.sum()), dtype=torch.long))
+            seen = ref >= 0
+            unseen += int((ref == UNSEEN).sum())
+            confusion.view(-1).index_add_(0, ref[seen] * n + hyp[seen], torch.ones(int(seen.sum()), dtype=torch.long))
         per_class = {c: round(100.0 * int(confusion[i, i]) / max(int(confusion[i].sum()), 1), 2)
                      for i, c in enumerate(self.classes)}
         details = {"classes": self.classes, "confusion": confusion.tolist(), "per_class_acc": per_class,
+                   "unseen_frames": unseen,  # labels never seen in training: counted as errors in the accuracy
                    "frames": self._example(predictions, split)}
         silence = next((i for i, c in enumerate(self.classes) if c in ("sil", "pau")), None)
         if silence is not None:
@@ -308,11 +361,11 @@ def plot_frames(reference, predictions, path, title):
     cmap = plt.get_cmap("tab20", max(len(classes), 2))
     for ax, (name, labels, acc) in zip(axes[1:], rows):
         ids = np.array(labels, dtype=float)
-        ids[ids == IGNORE] = np.nan
+        ids[ids < 0] = np.nan  # IGNORE and UNSEEN
         ax.imshow(ids[None], aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest",
                   extent=(0, seconds, 0, 1))
         for start, end, cls_id in _segments(labels):
-            if cls_id != IGNORE and end - start >= 4:
+            if cls_id >= 0 and end - start >= 4:
                 ax.text((start + end) / 2 * seconds / len(labels), 0.5, classes[cls_id], ha="center", va="center",
                         fontsize=8)
         ax.set_yticks([])

@@ -111,3 +111,36 @@ def test_length_penalty_prefers_longer_hypotheses():
     plain, _ = beam_search(table_model(rows), start(1), 1, BOS, EOS, beam_size=4, max_len=6)
     normalised, _ = beam_search(table_model(rows), start(1), 1, BOS, EOS, beam_size=4, max_len=6, length_penalty=1.0)
     assert plain == [[]] and len(normalised[0]) > 0
+
+
+# The review's example: <eos> first (0.10) against two words (0.45 each), after which the probability flows
+# into long continuations. Old search: the finished "<eos>" hypothesis was pushed out of the beam by longer
+# ones and a long sentence of probability ~1e-4 came back. Finished hypotheses live outside the beam now.
+EARLY_END = {BOS: {EOS: 0.10, A: 0.45, B: 0.45}, A: {A: 0.5, B: 0.48, EOS: 0.02}, B: {A: 0.5, B: 0.48, EOS: 0.02}}
+
+
+def test_a_finished_hypothesis_is_never_pushed_out_of_the_beam():
+    for width in range(3, 7):  # <eos> is among the first `width` ranks at step 0 from width 3 on
+        calls = []
+        tokens, scores = beam_search(table_model(EARLY_END, calls), start(2), 2, BOS, EOS, beam_size=width,
+                                     max_len=20)
+        assert tokens == [[], []], width
+        assert all(math.isclose(s, math.log(0.10), rel_tol=1e-6) for s in scores), width
+        # stops once no open hypothesis can beat 0.10 (0.45 * 0.5**n < 0.10 from n = 3): not at max_len
+        assert len(calls) <= 5, width
+
+
+def test_a_wider_beam_is_never_worse_on_the_early_end_decoder():
+    scores = [beam_search(table_model(EARLY_END), start(1), 1, BOS, EOS, beam_size=k, max_len=20)[1][0]
+              for k in range(1, 8)]
+    assert all(a <= b + 1e-9 for a, b in zip(scores, scores[1:])), scores
+    assert scores[0] < math.log(0.01) < scores[-1]
+
+
+def test_ensemble_averages_probabilities_not_log_probabilities():
+    sure = {BOS: {A: 0.9, B: 0.1}, A: {EOS: 1.0}, B: {EOS: 1.0}}
+    torn = {BOS: {A: 0.01, B: 0.99}, A: {EOS: 1.0}, B: {EOS: 1.0}}
+    # B wins either way; its score tells the rules apart: log((0.1 + 0.99) / 2), not log(sqrt(0.1 * 0.99))
+    _, scores = beam_search([table_model(sure), table_model(torn)], [start(1), start(1)], 1, BOS, EOS,
+                            beam_size=2, max_len=5)
+    assert math.isclose(scores[0], math.log((0.1 + 0.99) / 2), rel_tol=1e-6)

@@ -99,6 +99,18 @@ def test_image_features_are_cached_and_rebuilt_for_another_encoder(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2
 
 
+def test_the_same_images_in_another_order_miss_the_cache_and_keep_their_own_features(tmp_path):
+    torch.manual_seed(0)
+    paths = [write_image(tmp_path / f"{i}.jpg", (i * 50, 0, 0)) for i in range(4)]
+    encoder = Encoder("tiny", TinyCNN, 4, size=16)
+    torch.manual_seed(1)  # the tiny CNN is built (randomly) on each cache miss: the same weights both times
+    feats, _ = image_features(paths, encoder, tmp_path / "cache", progress=False)
+    torch.manual_seed(1)
+    swapped, hit = image_features(paths[::-1], encoder, tmp_path / "cache", progress=False)
+    assert not hit  # a hit would pair image i with row i of the other order
+    assert torch.allclose(swapped, feats.flip(0), atol=1e-6)
+
+
 def test_unreadable_image_names_the_file_and_caches_nothing(tmp_path):
     good = write_image(tmp_path / "good.jpg", "blue")
     bad = tmp_path / "bad.jpg"
@@ -136,11 +148,16 @@ def test_coco_caption_scores(monkeypatch):
 
     refs = [["A dog runs on the green grass.", "A brown dog is running."], ["Two people ride bikes down a street."]]
     exact = ["a dog runs on the green grass", "two people ride bikes down a street"]
-    perfect = captions_data.coco_caption_scores(exact, refs)
+    perfect, per_image = captions_data.coco_caption_scores(exact, refs)
     assert set(perfect) == {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "cider"}
     assert perfect["bleu4"] == pytest.approx(100, abs=1e-4) and perfect["rouge_l"] == pytest.approx(100)
-    wrong = captions_data.coco_caption_scores(["a cat sleeps", "a red car"], refs)
+    wrong, _ = captions_data.coco_caption_scores(["a cat sleeps", "a red car"], refs)
     assert all(wrong[k] < perfect[k] for k in perfect)
+    # per-image CIDEr in input order, whose mean is the corpus CIDEr (what the paired bootstrap resamples)
+    half, per_half = captions_data.coco_caption_scores(["a dog runs on the green grass", "a red car"], refs)
+    assert len(per_half["cider"]) == 2 and per_half["cider"][0] > per_half["cider"][1]
+    assert sum(per_half["cider"]) / 2 == pytest.approx(half["cider"], rel=1e-4)
+    assert sum(per_image["cider"]) / 2 == pytest.approx(perfect["cider"], rel=1e-4)
     with pytest.raises(ValueError, match="one hypothesis per image"):
         captions_data.coco_caption_scores(["a dog"], refs)
     monkeypatch.setattr("shutil.which", lambda name: None)

@@ -140,3 +140,24 @@ def test_init_uniform_bounds():
     init_uniform(module, 0.05)
     values = torch.cat([p.flatten() for p in module.parameters()])
     assert values.abs().max() <= 0.05 and values.abs().max() > 0.04
+
+
+@pytest.mark.parametrize("scheme,stepwise", [("zaremba", False), ("zaremba", True), ("naive", True)])
+def test_the_connection_between_layers_is_masked(scheme, stepwise):
+    """Layer 1 is made blind to its input, so its states are the same in train and eval mode (no mask can
+    reach them). Layer 2's final state is taken before the output mask: it differs from eval
+    mode only if the layer 1 -> layer 2 connection is dropped."""
+    torch.manual_seed(0)
+    module = DropoutLSTM(IN, H, 2, 0.5, scheme, stepwise=stepwise).double()
+    init_uniform(module, 0.5)
+    with torch.no_grad():
+        module.lstm.weight_ih_l0.zero_()
+        if scheme == "naive":  # keep only the inter-layer mask: no recurrence left to be masked
+            module.lstm.weight_hh_l0.zero_()
+            module.lstm.weight_hh_l1.zero_()
+    x = torch.randn(B, T, IN, dtype=torch.double)
+    _, (h_eval, _) = module.eval()(x)
+    torch.manual_seed(1)
+    _, (h_train, _) = module.train()(x)
+    torch.testing.assert_close(h_train[0], h_eval[0], atol=0, rtol=0)
+    assert (h_train[1] - h_eval[1]).abs().max() > 1e-3

@@ -69,11 +69,13 @@ def test_resume_flag_reuses_finished_epochs(tiny_ptb, tmp_path):
 def test_list_shows_tasks_and_presets():
     result = run_cli("--list")
     assert result.returncode == 0
-    assert "lm:" in result.stdout and "small:" in result.stdout and "hidden=1500" in result.stdout
+    tasks = [line.split(":")[0] for line in result.stdout.splitlines() if line and not line.startswith(" ")]
+    assert tasks == ["caption", "lm", "mt", "speech"]
+    assert "  small: " in result.stdout and "hidden=1500" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: caption, lm, mt"),
+    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: caption, lm, mt, speech\n"),
     (["--task", "lm", "--preset", "huge"], "--preset 'huge' is not a preset of task lm"),
     (["--task", "lm", "--preset", "cpu", "--variants", "none,dropconnect"], "unknown ['dropconnect']"),
     (["--task", "lm", "--preset", "cpu", "--seeds", "1,a"], "--seeds must be a comma list of integers"),

@@ -289,3 +289,63 @@ def test_label_delay_scores_every_frame_once_and_predictions_line_up(tiny_fsdd, 
     with torch.no_grad():
         direct = model(feats[None])[0].argmax(-1)[3:]
     assert torch.equal(predictions[0], direct) and len(predictions[0]) == len(task.data["valid"]["labels"][0])
+
+
+# ---- folds, overlapping speakers, unseen phones ------------------------------------------------------
+
+def test_speaker_folds_hold_every_speaker_out_once(tiny_fsdd, tmp_path):
+    from tasks.speech import fold_speakers
+
+    base = {**PRESETS["cpu"], "scheme": "none", "dropout": 0.0}
+    folds = [fold_speakers({**base, "seed": seed}) for seed in range(1, 7)]
+    assert sorted(f["test_speakers"] for f in folds) == sorted(FSDD_SPEAKERS)
+    assert sorted(f["valid_speakers"] for f in folds) == sorted(FSDD_SPEAKERS)
+    for f in folds:
+        train = f["train_speakers"].split(",")
+        assert len(train) == 4 and f["test_speakers"] not in train and f["valid_speakers"] not in train
+    task = tiny_task(tiny_fsdd, tmp_path / "cache", speaker_folds=True, train_speakers="", valid_speakers="",
+                     test_speakers="", seed=2)
+    assert set(task.data["test"]["speakers"]) == {FSDD_SPEAKERS[1]}
+    assert set(task.data["valid"]["speakers"]) == {FSDD_SPEAKERS[2]}
+    assert task.data_info()["speakers"]["test"] == [FSDD_SPEAKERS[1]]
+
+
+def test_a_held_out_speaker_in_training_is_an_error_naming_the_speaker(tiny_fsdd, tmp_path):
+    with pytest.raises(DataError, match="'theo' is in both train_speakers and test_speakers"):
+        tiny_task(tiny_fsdd, tmp_path / "cache", train_speakers="george,theo", test_speakers="theo")
+    with pytest.raises(SystemExit):
+        run.main(["--task", "speech", "--preset", "tiny", "--set", "valid_speakers=george", "--data-dir",
+                  str(tiny_fsdd), "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs")])
+    with pytest.raises(DataError, match="speaker_folds picks the speakers"):
+        tiny_task(tiny_fsdd, tmp_path / "cache", speaker_folds=True)
+
+
+def test_folds_refuse_an_ensemble(tiny_fsdd, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run.main(["--task", "speech", "--ensemble", "2", "--data-dir", str(tiny_fsdd), "--out", str(tmp_path / "r")])
+    assert "members would be tested on their own training speakers" in capsys.readouterr().err
+
+
+def test_held_out_phones_unseen_in_training_count_as_errors(tmp_path):
+    from tasks.base import UNSEEN
+
+    for speaker in ("bdl", "slt"):
+        write_arctic(tmp_path, speaker)
+    folder = write_arctic(tmp_path, "jmk")  # the test speaker says a phone ("zh") training never has
+    for lab in (folder / "lab").glob("*.lab"):
+        lab.write_text("separator ;\nnfields 1\n#\n0.050000 125 pau\n0.120000 125 zh\n0.250000 125 pau\n")
+    config = {**PRESETS["arctic"], "train_speakers": "bdl", "valid_speakers": "slt", "test_speakers": "jmk",
+              "scheme": "none", "seed": 1, "dropout": 0.0}
+    task = SpeechTask(config, tmp_path, download=False, cache_dir=tmp_path / "cache")
+    labels = task.data["test"]["labels"][0]
+    unseen = int((labels == UNSEEN).sum())
+    assert unseen >= 6 and "zh" not in task.classes
+    model = task.build_model()
+    batch = next(iter(task.batches("test", "cpu")))
+    out = task.forward(model, batch, None)
+    assert out.count == int((batch[1] != IGNORE).sum()) and out.extra["scored"] == out.count - 2 * unseen
+    _, details = task.final_metrics(model, "test", "cpu")
+    assert details["unseen_frames"] == 2 * unseen
+    # an oracle that is right on every seen frame still loses the unseen ones
+    correct = out.count - 2 * unseen
+    assert task.metrics({"nll": 0.0, "count": out.count, "correct": correct, "scored": correct})["acc"] < 100

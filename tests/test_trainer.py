@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -73,3 +74,27 @@ def test_nan_loss_stops_with_a_clear_error(tiny_ptb, tiny_config, tmp_path):
     trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(tiny_config), tmp_path, "cpu", progress=False)
     with pytest.raises(FloatingPointError, match="loss became nan at epoch 1.*Lower the learning rate"):
         trainer.fit()
+
+
+def test_test_split_is_read_only_after_training_and_never_picks_the_epoch(tiny_ptb, tiny_config, tmp_path):
+    reads = []
+
+    class Spy(LanguageModelTask):
+        def batches(self, split, device):
+            reads.append(split)
+            yield from super().batches(split, device)
+
+    config = {**tiny_config, "epochs": 3}
+    task = Spy(config, tiny_ptb, download=False, custom_data=True)
+    seed_everything(1)
+    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(config), tmp_path / "run", "cpu", progress=False)
+    result = trainer.fit()
+    last_valid = max(i for i, split in enumerate(reads) if split == "valid")
+    assert "test" in reads and reads.index("test") > last_valid  # nothing of the test set before the choice
+    valid = [r["valid_ppl"] for r in result["history"]]
+    assert result["best_epoch"] == valid.index(min(valid)) + 1
+    # per-item statistics for the paired tests: they add up to the test perplexity
+    items = result["details"]["items"]["nll"]
+    nll, count = sum(i[0] for i in items), sum(i[1] for i in items)
+    assert len(items) > 1
+    assert math.exp(nll / count) == pytest.approx(result["metrics"]["test_ppl"], rel=1e-3)

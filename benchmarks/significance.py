@@ -1,0 +1,109 @@
+"""How sure is a difference between two variants? Seeds and a paired bootstrap over test items.
+
+Every single-model run records per-item test statistics (`details["items"]`, written by the Trainer):
+  nll   [[nll, tokens], ...]        per sentence / caption / utterance / bptt chunk -> perplexity
+  acc   [[correct, frames], ...]    per utterance -> frame accuracy (%)
+  bleu  [[sacreBLEU sufficient statistics], ...] per sentence -> corpus BLEU
+  cider [score, ...]                per image -> CIDEr (the corpus score is their mean)
+Item i is the same data in every run of one config, so two variants can be compared item by item.
+
+`compare(a_runs, b_runs, metric)` gives, for the seed-mean metric of a minus that of b:
+  - the mean of the per-seed differences (seeds paired by number) with a 95% t interval over seeds;
+  - a paired bootstrap over test items (the same resampled items for every run of both variants, as in
+    Koehn 2004 and sacreBLEU's paired bootstrap), its 95% percentile interval and two-sided p-value;
+  - how many seed pairs go each way.
+"""
+import math
+import statistics
+
+import numpy as np
+
+RESAMPLES = 2000
+# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+# metric key (as in the tables) -> (items key, how summed item columns become the metric)
+METRICS = {
+    "ppl": ("nll", lambda s: np.exp(s[..., 0] / s[..., 1])),
+    "acc": ("acc", lambda s: 100.0 * s[..., 0] / s[..., 1]),
+    "bleu": ("bleu", lambda s: bleu_from_stats(s)),
+    "cider": ("cider", lambda s: s[..., 0] / s[..., 1]),
+}
+
+
+def t975(df):
+    return _T975[df - 1] if df <= len(_T975) else 1.96
+
+
+def bleu_from_stats(stats, max_order=4):
+    """Corpus BLEU (x100) from summed sacreBLEU statistics [sys_len, ref_len, correct_1..4, total_1..4] along
+    the last axis, with sacreBLEU's default 'exp' smoothing; works on any leading shape."""
+    stats = np.asarray(stats, dtype=np.float64)
+    sys_len, ref_len = stats[..., 0], stats[..., 1]
+    correct, total = stats[..., 2:2 + max_order], stats[..., 2 + max_order:2 + 2 * max_order]
+    # 'exp' smoothing: the k-th order with no match gets 1 / (2**k * total)
+    zeros = np.cumsum(correct == 0, axis=-1)
+    precision = np.where(correct > 0, correct / np.maximum(total, 1), 1.0 / (2.0 ** zeros * np.maximum(total, 1)))
+    log_mean = np.log(np.where(total > 0, precision, 1e-300)).mean(-1)
+    brevity = np.where(sys_len < ref_len, np.exp(1 - ref_len / np.maximum(sys_len, 1e-300)), 1.0)
+    return np.where(sys_len > 0, 100.0 * brevity * np.exp(log_mean), 0.0)
+
+
+def _item_matrix(run, metric):
+    if metric not in METRICS:
+        return None
+    key, _ = METRICS[metric]
+    items = run.get("details", {}).get("items", {}).get(key)
+    if not items:
+        return None
+    matrix = np.asarray(items, dtype=np.float64)
+    if matrix.ndim == 1:  # per-item scores (CIDEr): a mean, i.e. sum of scores over count of items
+        matrix = np.stack([matrix, np.ones_like(matrix)], axis=1)
+    return matrix
+
+
+def compare(a_runs, b_runs, metric, lower_is_better, seed=0):
+    """The difference a - b of the seed-mean test `metric` (see the module doc); None when nothing to compare."""
+    key = f"test_{metric}"
+    a_by_seed = {r["seed"]: r for r in a_runs if key in r["metrics"]}
+    b_by_seed = {r["seed"]: r for r in b_runs if key in r["metrics"]}
+    seeds = sorted(set(a_by_seed) & set(b_by_seed))
+    if not seeds:
+        return None
+    diffs = [a_by_seed[s]["metrics"][key] - b_by_seed[s]["metrics"][key] for s in seeds]
+    better = (lambda d: d < 0) if lower_is_better else (lambda d: d > 0)
+    out = {"metric": metric, "seeds": seeds, "diff": statistics.mean(diffs),
+           "a_better": sum(better(d) for d in diffs), "b_better": sum(better(-d) for d in diffs)}
+    if len(diffs) > 1:
+        half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+        out["seed_ci"] = (out["diff"] - half, out["diff"] + half)
+    boot = paired_bootstrap([a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds], metric, seed)
+    if boot:
+        out.update(boot)
+    return out
+
+
+def paired_bootstrap(a_runs, b_runs, metric, seed=0, resamples=RESAMPLES):
+    """Resample the test items (the same draw for every run of both variants); returns the observed
+    difference of seed means, its 95% percentile interval and the two-sided p-value of "no difference"."""
+    matrices = [_item_matrix(r, metric) for r in a_runs + b_runs]
+    if any(m is None for m in matrices) or len({m.shape for m in matrices}) != 1:
+        return None
+    to_metric = METRICS[metric][1]
+    n = matrices[0].shape[0]
+    rng = np.random.default_rng(seed)
+    # counts[r, i]: how often item i is drawn in resample r; sums = counts @ items
+    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(np.float64)
+    half = len(a_runs)
+
+    def seed_mean(ms, weights):
+        return np.mean([to_metric(weights @ m) for m in ms], axis=0)
+
+    observed = float(seed_mean(matrices[:half], np.ones(n)) - seed_mean(matrices[half:], np.ones(n)))
+    samples = seed_mean(matrices[:half], counts) - seed_mean(matrices[half:], counts)
+    low, high = np.percentile(samples, [2.5, 97.5])
+    # two-sided: how often the resampled difference falls on the other side of zero
+    p = min(1.0, 2 * min(np.mean(samples <= 0), np.mean(samples >= 0)))
+    return {"boot_diff": observed, "boot_ci": (float(low), float(high)), "p": max(float(p), 1.0 / resamples),
+            "items": n, "resamples": resamples}

@@ -1,0 +1,105 @@
+"""Deliberate mistakes that the test suite must catch.
+
+    python tests/mutants.py            # apply each mistake to a copy of the repository, run its tests, expect a failure
+    python tests/mutants.py --list     # what each mistake is
+
+Each mutant edits a copy of the tracked files (never this checkout) and runs the test files named with it;
+a mutant that leaves them passing is a hole in the suite, and the script exits with 1.
+`tests/test_mutants.py` checks on every test run that each edit still applies to today's code.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# name -> (file, [(old, new), ...], test files that must fail)
+MUTANTS = {
+    "no inter-layer dropout": ("core/lstm.py", [
+        ("between = self.p if num_layers > 1 else 0.0", "between = 0.0"),
+        ("                layer_input = self._drop(layer_input)", "                layer_input = layer_input"),
+    ], ["tests/test_lstm.py"]),
+    "dropout on h_{t-1} in zaremba": ("core/lstm.py", [
+        ('h_rec = self._drop(h) if self.scheme == "naive" else h', "h_rec = self._drop(h)"),
+    ], ["tests/test_lstm.py"]),
+    "source not reversed": ("tasks/mt.py", [
+        ("reverse = torch.where(positions < lengths, lengths - 1 - positions, positions)",
+         "reverse = positions.expand_as(src)"),
+    ], ["tests/test_mt.py"]),
+    "finished hypotheses dropped by the beam": ("core/beam.py", [
+        ("finished.add(int(b), float(top_scores[b, r]), prefixes[b, top_parent[b, r]].tolist())", "pass"),
+    ], ["tests/test_beam.py"]),
+    "the image step scored in captioning": ("tasks/caption.py", [
+        ("return self.out(output[:, 1:])", "return self.out(output)"),
+        ("targets = tokens[:, 1:].masked_fill(tokens[:, 1:] == self.vocab.pad, IGNORE)",
+         "targets = tokens.masked_fill(tokens == self.vocab.pad, IGNORE)"),
+    ], ["tests/test_caption.py", "tests/test_caption_model.py"]),
+    "normalisation statistics from all splits": ("tasks/speech.py", [
+        ('self.mean, self.std = normalizer(self.data["train"]["feats"])',
+         'self.mean, self.std = normalizer([f for s in SPLITS for f in self.data[s]["feats"]])'),
+    ], ["tests/test_speech.py"]),
+    "a test-set metric picks the best epoch": ("core/trainer.py", [
+        ("score = valid[self.task.main_metric]", 'score = self.evaluate("test")[self.task.main_metric]'),
+    ], ["tests/test_trainer.py"]),
+}
+
+
+def apply(folder, file, edits):
+    path = Path(folder) / file
+    text = path.read_text()
+    for old, new in edits:
+        if text.count(old) != 1:
+            raise ValueError(f"{file}: expected exactly one {old!r}, found {text.count(old)}; update tests/mutants.py")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def tracked_copy(dest):
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    for name in files:
+        if (ROOT / name).is_file() and not name.startswith("results/"):
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+
+
+def run_mutant(name):
+    file, edits, tests = MUTANTS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp)
+        tracked_copy(copy)
+        apply(copy, file, edits)
+        started = time.time()
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                              cwd=copy, env=env, capture_output=True, text=True)
+        failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+        return proc.returncode != 0, failed[:1], time.time() - started
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--list", action="store_true")
+    parser.add_argument("names", nargs="*", help="run only these mutants (default: all)")
+    args = parser.parse_args(argv)
+    if args.list:
+        for name, (file, _, tests) in MUTANTS.items():
+            print(f"{name}: edits {file}, must fail {' '.join(tests)}")
+        return 0
+    holes = 0
+    for name in args.names or MUTANTS:
+        caught, failed, seconds = run_mutant(name)
+        holes += not caught
+        print(f"{'caught ' if caught else 'MISSED '} {name} ({seconds:.0f} s){': ' + failed[0] if failed else ''}",
+              flush=True)
+    print(f"{len(args.names or MUTANTS) - holes} of {len(args.names or MUTANTS)} mistakes caught")
+    return 1 if holes else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -112,6 +112,9 @@ def markdown(task, label, preset, runs):
         lines += [f"**{task.preset_notes[preset]}**", ""]
     if label != preset:
         lines += [f"**Preset `{preset}` with overrides (`{label}`): not the preset as published.**", ""]
+    stale = sorted({r["stale"] for r in runs if r.get("stale")})
+    if stale:
+        lines += [f"**Stale: {reason}**" for reason in stale] + [""]
     custom = sorted({f for r in runs for f in r.get("data", {}).get("noncanonical_files", [])})
     if custom:
         lines += [f"**Trained on non-canonical data (--custom-data): {', '.join(custom)} differ from the "
@@ -124,7 +127,11 @@ def markdown(task, label, preset, runs):
     lines += [f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid epoch; "
               f"train {m} is {train_how}. The plot and the JSON have every epoch.", ""]
     split_keys = [f"{split}_{metric}" for metric in (m, *task.split_metrics) for split in ("train", "valid", "test")]
-    extras = [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics]
+    names = dict(task.extra_test_metrics)
+    # decoding metrics on validation (reported, never used to choose anything) before the test ones
+    extras = [(f"valid_{k}", f"valid {names[k]}") for k in _effect_metrics(task, runs)[1:]
+              if any(f"valid_{k}" in r["metrics"] for r in runs)]
+    extras += [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics]
     paper_keys = _paper_keys(task)
     header = (["variant", "p"] + [k.replace("_", " ", 1) for k in split_keys] + [name for _, name in extras]
               + ["best epoch / epochs", "wall time", "seeds"]
@@ -368,6 +375,8 @@ def overview(out_dir):
             paper_cell = "; ".join(f"{v}: " + " / ".join(f"{ref[k]:g}" for k in keys if k in ref)
                                    for v, ref in paper.items() if any(k in ref for k in keys)) or "—"
             note = " (not a paper config)" if path.stem.split("-")[0] in task.preset_notes else ""
+            if any(r.get("stale") for r in runs):
+                note += " **(stale: see the table)**"
             lines.append(f"| {name} | {path.stem}{note} | {metric} | "
                          + " | ".join(_cell(runs, v, keys) for v in SCHEMES)
                          + f" | {paper_cell} | [{path.stem}.md]({name}/{path.stem}.md) | "

@@ -52,6 +52,8 @@ def build_parser():
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--run-dir", default="runs", help="checkpoints and logs (default: runs/)")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
+    p.add_argument("--valid-only", action="store_true",
+                   help="selection runs: train and validate (decoding metrics included) but never read the test split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -93,6 +95,8 @@ def validate(args, parser):
     if args.ensemble and len(args.seeds) != args.ensemble:
         parser.error(f"--ensemble {args.ensemble} averages {args.ensemble} seeds but --seeds gives {len(args.seeds)}; "
                      f"drop --seeds (it then defaults to 1..{args.ensemble}) or give that many")
+    if args.ensemble and args.valid_only:
+        parser.error("--valid-only trains selection runs; an ensemble would be evaluated on test: drop --ensemble")
     if args.ensemble and task_cls.logits is Task.logits:
         parser.error(f"--ensemble: task {args.task} does not support ensembles (no Task.logits)")
     if args.epochs is not None and args.epochs < 1:
@@ -164,6 +168,8 @@ def run_label(args):
         label += f"-p{args.dropout:g}"
     for key, value in args.overrides.items():
         label += f"-{key}={value}".replace("/", "_").replace(" ", "_")  # a path must not open folders
+    if args.valid_only:
+        label += "-select"  # selection runs never share a table with runs that report test numbers
     return label
 
 
@@ -190,7 +196,7 @@ def train_one(task_cls, args, config, run_dir, origin):
     seed_everything(config["seed"])
     model = task.build_model()
     trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress)
-    result = trainer.fit(resume=args.resume)
+    result = trainer.fit(resume=args.resume, test=not args.valid_only)
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
           f"({time.time() - started:.0f} s)", flush=True)
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,

@@ -118,9 +118,10 @@ class Trainer:
         return self.task.metrics(totals.as_dict())
 
     # ---- the whole run -----------------------------------------------------------------------------
-    def fit(self, resume=False):
+    def fit(self, resume=False, test=True):
         """Train all epochs (continuing from the last checkpoint with `resume`), then evaluate the
-        best-on-valid model on the test split. Returns the result dict also saved as result.json."""
+        best-on-valid model on the test split (`test=False`: selection runs, which never read it).
+        Returns the result dict also saved as result.json."""
         seed_everything(self.config.seed)
         start = self._load_checkpoint() + 1 if resume else 1
         for epoch in range(start, self.config.epochs + 1):
@@ -139,21 +140,24 @@ class Trainer:
                            self.run_dir / "best.pt")
             self._save_checkpoint(epoch)
             tqdm.write(json.dumps(record))
-        return self._finish()
+        return self._finish(test)
 
-    def _finish(self):
+    def _finish(self, test=True):
         """Load the best-on-valid model; decode validation (its decoding metrics are reported beside the loss,
         never used to choose anything here), then touch the test split once: loss, per-item statistics for
         the paired tests, and the decoding metrics."""
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
         valid_extra, _ = self._decode("valid")
-        test = self.evaluate("test")
-        extra, details = self._decode("test")
-        test.update(extra)
-        items = details.pop("items", {})
-        items.update(self.task.item_stats(self.model, "test", self.device))
-        details["items"] = items
+        if test:
+            test = self.evaluate("test")
+            extra, details = self._decode("test")
+            test.update(extra)
+            items = details.pop("items", {})
+            items.update(self.task.item_stats(self.model, "test", self.device))
+            details["items"] = items
+        else:
+            test, details = {}, {"test": "not evaluated (a selection run: --valid-only)"}
         best_record = self.history[best["epoch"] - 1]
         metrics = {k: v for k, v in best_record.items() if k.startswith(("train_", "valid_"))}
         metrics.update({f"valid_{k}": v for k, v in valid_extra.items()})

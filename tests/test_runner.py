@@ -127,3 +127,19 @@ def test_set_overrides_preset_keys_by_type_and_names_the_results(capsys):
         with pytest.raises(SystemExit):
             run.validate(parser.parse_args(["--task", "mt", "--set", bad]), parser)
         assert message in capsys.readouterr().err
+
+
+def test_valid_only_selection_runs_never_read_the_test_split(tiny_ptb, tmp_path, monkeypatch):
+    from tasks.lm import LanguageModelTask
+
+    original = LanguageModelTask.batches
+
+    def guarded(self, split, device):
+        assert split != "test", "a selection run read the test split"
+        return original(self, split, device)
+
+    monkeypatch.setattr(LanguageModelTask, "batches", guarded)
+    run.main(["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--valid-only", "--data-dir", str(tiny_ptb),
+              "--custom-data", "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"), "--no-progress"])
+    entry = json.loads((tmp_path / "r" / "lm" / "tiny-select.json").read_text())[0]
+    assert "valid_ppl" in entry["metrics"] and not any(k.startswith("test_") for k in entry["metrics"])

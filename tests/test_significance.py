@@ -1,0 +1,74 @@
+import random
+
+import numpy as np
+import pytest
+
+from benchmarks.report import check_consistent, markdown
+from benchmarks.significance import bleu_from_stats, compare
+from tasks.lm import LanguageModelTask
+
+
+def run(variant, seed, ppl, items=None, **config):
+    return {"variant": variant, "dropout": 0.0 if variant == "none" else 0.5, "seed": seed,
+            "config": {"hidden": 8, "scheme": variant, "dropout": 0.5, "seed": seed, **config},
+            "metrics": {"test_ppl": ppl}, "details": {"items": {"nll": items}} if items else {}}
+
+
+def test_runs_with_different_configs_are_refused_naming_the_key():
+    check_consistent([run("none", 1, 10.0), run("zaremba", 2, 9.0)])  # variant, p and seed may differ
+    with pytest.raises(ValueError, match=r"precision: 'fp32' \(none seed 1\) vs 'bf16' \(zaremba seed 2\)"):
+        check_consistent([run("none", 1, 10.0, precision="fp32"), run("zaremba", 2, 9.0, precision="bf16")])
+
+
+def test_the_runner_refuses_before_training_when_the_table_holds_another_config(tmp_path, capsys):
+    from benchmarks import run as runner
+    from core.utils import write_json
+
+    write_json(tmp_path / "lm" / "tiny.json", [run("none", 1, 10.0, hidden=999)])
+    with pytest.raises(SystemExit) as exit_:
+        runner.main(["--task", "lm", "--preset", "tiny", "--out", str(tmp_path), "--data-dir", str(tmp_path / "none")])
+    assert "cannot merge runs with different configs" in str(exit_.value) and "hidden" in str(exit_.value)
+
+
+def items(mean_nll, n=400, seed=0):
+    rng = random.Random(seed)
+    return [[round(rng.gauss(mean_nll, 0.3) * 20, 4), 20] for _ in range(n)]
+
+
+def test_paired_bootstrap_finds_a_clear_difference_and_not_a_null_one():
+    a = [run("zaremba", s, 0.0, items(2.0, seed=s)) for s in (1, 2, 3)]
+    b = [run("none", s, 0.0, items(2.1, seed=s)) for s in (1, 2, 3)]
+    for r in a + b:  # the table's metric is the one the items give
+        nll = np.array(r["details"]["items"]["nll"])
+        r["metrics"]["test_ppl"] = float(np.exp(nll[:, 0].sum() / nll[:, 1].sum()))
+    clear = compare(a, b, "ppl", lower_is_better=True)
+    assert clear["a_better"] == 3 and clear["b_better"] == 0
+    assert clear["boot_ci"][1] < 0 and clear["p"] < 0.01 and clear["seed_ci"][1] < 0
+    assert clear["boot_diff"] == pytest.approx(clear["diff"], rel=1e-6)
+    same = compare(a, a, "ppl", lower_is_better=True)
+    assert same["boot_ci"][0] <= 0 <= same["boot_ci"][1] and same["p"] == 1.0
+
+
+def test_bleu_from_sufficient_statistics_equals_sacrebleu():
+    from sacrebleu.metrics import BLEU
+
+    rng = random.Random(0)
+    words = "a the dog cat runs sits on mat grass red".split()
+    refs = [" ".join(rng.choices(words, k=rng.randint(3, 9))) for _ in range(50)]
+    hyps = [" ".join(rng.choices(r.split() + words, k=rng.randint(2, 10))) for r in refs]
+    bleu = BLEU(lowercase=True)
+    stats = np.array(bleu._extract_corpus_statistics(hyps, [refs])).sum(0)
+    assert bleu_from_stats(stats) == pytest.approx(bleu.corpus_score(hyps, [refs]).score, rel=1e-9)
+
+
+def test_every_table_states_the_difference_with_its_interval():
+    runs = [run(v, s, p, items(m, seed=s)) for v, m, p in (("none", 2.1, 8.2), ("zaremba", 2.0, 7.4))
+            for s in (1, 2, 3)]
+    for r in runs:
+        r.update(preset="tiny", best_epoch=1, epochs=1, wall_s=1.0, finished="now",
+                 history=[{"train_ppl": 1.0, "valid_ppl": 1.0}],
+                 provenance={"git_commit": "abc", "torch": "2", "device": "cpu", "cpu_model": "x", "torch_threads": 1,
+                             "command": "c"})
+    text = markdown(LanguageModelTask, "tiny", "tiny", runs)
+    row = next(line for line in text.splitlines() if line.startswith("| zaremba p=0.5 − none p=0 | test ppl"))
+    assert "| 1,2,3 | -0.80 |" in row and "significant" in row

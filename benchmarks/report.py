@@ -322,7 +322,24 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+", help="results/<task>/<label>.json files written by benchmarks.run")
-    for path in map(Path, parser.parse_args(argv).json):
+    parser.add_argument("--into", metavar="RESULTS_JSON",
+                        help="merge the runs of all the given files (e.g. variants trained in parallel with their own "
+                             "--out) into this results/<task>/<label>.json, checked like the runner's merges, and render it")
+    args = parser.parse_args(argv)
+    if args.into:
+        into = Path(args.into)
+        runs = [run for path in args.json for run in load_runs(path)]
+        if not runs:
+            parser.error(f"no runs in {', '.join(args.json)}")
+        try:
+            write_results(into.parent.parent, get_task(into.parent.name), into.stem,
+                          runs[0].get("preset", into.stem.split("-")[0]), runs)
+        except ValueError as err:
+            parser.error(str(err))
+        write_overview(into.parent.parent)
+        print(f"merged {len(runs)} runs into {into}")
+        return
+    for path in map(Path, args.json):
         runs = load_runs(path)
         if not runs:
             parser.error(f"{path} has no runs")

@@ -1,3 +1,4 @@
+import json
 import random
 
 import numpy as np
@@ -72,3 +73,22 @@ def test_every_table_states_the_difference_with_its_interval():
     text = markdown(LanguageModelTask, "tiny", "tiny", runs)
     row = next(line for line in text.splitlines() if line.startswith("| zaremba p=0.5 − none p=0 | test ppl"))
     assert "| 1,2,3 | -0.80 |" in row and "significant" in row
+
+
+def test_report_merges_runs_trained_in_parallel_into_one_table(tmp_path):
+    from benchmarks import report
+    from core.utils import write_json
+
+    base = {"preset": "tiny", "best_epoch": 1, "epochs": 1, "wall_s": 1.0, "finished": "now",
+            "history": [{"train_ppl": 1.0, "valid_ppl": 1.0}],
+            "provenance": {"git_commit": "abc", "torch": "2", "device": "cpu", "cpu_model": "x", "torch_threads": 1,
+                           "command": "c"}}
+    write_json(tmp_path / "a" / "lm" / "tiny.json", [{**run("none", 1, 9.0), **base}])
+    write_json(tmp_path / "b" / "lm" / "tiny.json", [{**run("zaremba", 1, 8.0), **base}])
+    into = tmp_path / "results" / "lm" / "tiny.json"
+    report.main([str(tmp_path / "a" / "lm" / "tiny.json"), str(tmp_path / "b" / "lm" / "tiny.json"), "--into", str(into)])
+    merged = json.loads(into.read_text())
+    assert [r["variant"] for r in merged] == ["none", "zaremba"] and into.with_suffix(".md").exists()
+    write_json(tmp_path / "c" / "lm" / "tiny.json", [{**run("zaremba", 2, 8.0, hidden=99), **base}])
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "c" / "lm" / "tiny.json"), "--into", str(into)])

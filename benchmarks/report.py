@@ -243,6 +243,7 @@ def _effects(task, runs):
              "excludes 0 (both sources of noise: the test sample and the training seed).", "",
              "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | seeds better / worse | verdict |",
              "|" + "---|" * 9]
+    said = []
     for (variant, p), (base, base_p), r in rows:
         seed_ci = r.get("seed_ci")
         boot_ci = r.get("boot_ci")
@@ -255,7 +256,25 @@ def _effects(task, runs):
                      f"{_interval(seed_ci) if seed_ci else '— (one seed)'} | {_interval(boot_ci) if boot_ci else '—'} | "
                      f"{p_text} | {r['a_better']} / {r['b_better']} | "
                      f"{'significant' if significant else 'not significant'}{how} |")
-    return lines
+        said.append(_in_words(f"{variant} p={p:g}", f"{base}", names.get(r["metric"], r["metric"]), r, significant))
+    return lines + [""] + said
+
+
+def _in_words(a, b, metric, r, significant):
+    lower = r["metric"] in LOWER_IS_BETTER
+    better = (r["diff"] < 0) == lower
+    direction = "better" if better else "worse"
+    why = []
+    if r.get("boot_ci") is not None:
+        why.append(f"paired bootstrap p = {r['p']:.3f}" if r["p"] > 0.001 else "paired bootstrap p < 0.001")
+    if r.get("seed_ci") is None:
+        why.append("one seed only: no interval over seeds")
+    elif not (r["seed_ci"][0] > 0 or r["seed_ci"][1] < 0):
+        why.append("the interval over seeds includes 0")
+    why.append(f"{r['a_better']} of {len(r['seeds'])} seeds better")
+    verdict = ("a significant difference" if significant
+               else "**not a significant difference** (it could be noise)")
+    return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {verdict}: {'; '.join(why)}."
 
 
 def _examples(runs):

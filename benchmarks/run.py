@@ -31,7 +31,8 @@ def build_parser():
     p.add_argument("--task", help=f"one of: {', '.join(sorted(TASKS))}")
     p.add_argument("--preset", help="a preset of the task (default: the task's default, see --list)")
     p.add_argument("--variants", default="none,zaremba", help=f"comma list of dropout schemes: {', '.join(SCHEMES)}")
-    p.add_argument("--seeds", help="comma list of integer seeds (default: 1, or 1..N with --ensemble N)")
+    p.add_argument("--seeds", help="comma list of integer seeds (default: 1, or 1..N with --ensemble N, or what the "
+                                   "task's preset asks for, e.g. speech's six speaker folds)")
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N seeds of each variant and also evaluate their ensemble (averaged probabilities), "
                         "reported as its own row (default: the preset's 'ensemble' key, if it has one and no --seeds "
@@ -85,12 +86,15 @@ def validate(args, parser):
     bad = [v for v in args.variants if v not in SCHEMES]
     if bad or not args.variants:
         parser.error(f"--variants: unknown {bad or 'empty list'}; choose from {', '.join(SCHEMES)}")
+    args.overrides = parse_overrides(args.set, task_cls.presets[args.preset], args.preset, parser)
     if args.ensemble is None and args.seeds is None:  # a preset may ask for an ensemble (key "ensemble")
         args.ensemble = task_cls.presets[args.preset].get("ensemble")
     if args.ensemble is not None and args.ensemble < 2:
         parser.error(f"--ensemble needs at least 2 members, got {args.ensemble}")
     if args.seeds is None:
-        args.seeds = ",".join(map(str, range(1, (args.ensemble or 1) + 1)))
+        preset_seeds = None if args.ensemble else task_cls.default_seeds({**task_cls.presets[args.preset],
+                                                                           **args.overrides})
+        args.seeds = ",".join(map(str, preset_seeds or range(1, (args.ensemble or 1) + 1)))
     args.seeds = _int_list(args.seeds, "seeds", parser)
     if args.ensemble and len(args.seeds) != args.ensemble:
         parser.error(f"--ensemble {args.ensemble} averages {args.ensemble} seeds but --seeds gives {len(args.seeds)}; "
@@ -106,7 +110,6 @@ def validate(args, parser):
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     preset = task_cls.presets[args.preset]
-    args.overrides = parse_overrides(args.set, preset, args.preset, parser)
     p = preset["dropout"] if args.dropout is None else args.dropout
     if p == 0 and any(v != "none" for v in args.variants):
         parser.error(f"preset {args.preset} has dropout 0 (the paper's non-regularized config), so variants "

@@ -49,6 +49,11 @@ class Task:
         self.noncanonical = []
 
     @classmethod
+    def default_seeds(cls, config):
+        """The seeds a run of `config` trains when --seeds is not given (None: seed 1, or 1..N with an ensemble)."""
+        return None
+
+    @classmethod
     def check_config(cls, config, ensemble=None):
         """Called by the runner before any data is loaded: raise ValueError (or DataError) naming a bad setting.
         `ensemble`: the number of members whose ensemble will be evaluated, if any."""

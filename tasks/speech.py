@@ -210,6 +210,10 @@ class SpeechTask(Task):
             self.data[split]["norm"] = [(f - self.mean) / self.std for f in self.data[split]["feats"]]
 
     @classmethod
+    def default_seeds(cls, config):
+        return list(range(1, len(FSDD_SPEAKERS) + 1)) if config.get("speaker_folds") else None  # every fold
+
+    @classmethod
     def check_config(cls, config, ensemble=None):
         if config.get("speaker_folds") and ensemble:
             raise ValueError("--ensemble with speaker_folds: each seed trains on other speakers, so members would be "

@@ -349,3 +349,12 @@ def test_held_out_phones_unseen_in_training_count_as_errors(tmp_path):
     # an oracle that is right on every seen frame still loses the unseen ones
     correct = out.count - 2 * unseen
     assert task.metrics({"nll": 0.0, "count": out.count, "correct": correct, "scored": correct})["acc"] < 100
+
+
+def test_the_speech_preset_trains_all_six_folds_by_default():
+    args = run.build_parser().parse_args(["--task", "speech"])
+    run.validate(args, run.build_parser())
+    assert args.seeds == [1, 2, 3, 4, 5, 6]
+    args = run.build_parser().parse_args(["--task", "speech", "--preset", "tiny"])
+    run.validate(args, run.build_parser())
+    assert args.seeds == [1]

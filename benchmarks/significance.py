@@ -85,25 +85,27 @@ def compare(a_runs, b_runs, metric, lower_is_better, seed=0):
 
 
 def paired_bootstrap(a_runs, b_runs, metric, seed=0, resamples=RESAMPLES):
-    """Resample the test items (the same draw for every run of both variants); returns the observed
-    difference of seed means, its 95% percentile interval and the two-sided p-value of "no difference"."""
-    matrices = [_item_matrix(r, metric) for r in a_runs + b_runs]
-    if any(m is None for m in matrices) or len({m.shape for m in matrices}) != 1:
+    """Resample the test items and return the observed difference of seed means, its 95% percentile interval
+    and the two-sided p-value of "no difference". Runs are paired by position (the same seed): both runs of a
+    pair must have the same items. Seeds that share their test items share the draw; seeds with their own test
+    set (speech folds: one test speaker per seed) get their own."""
+    pairs = [(_item_matrix(a, metric), _item_matrix(b, metric)) for a, b in zip(a_runs, b_runs)]
+    if not pairs or any(a is None or b is None or a.shape != b.shape for a, b in pairs):
         return None
     to_metric = METRICS[metric][1]
-    n = matrices[0].shape[0]
     rng = np.random.default_rng(seed)
-    # counts[r, i]: how often item i is drawn in resample r; sums = counts @ items
-    counts = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)]).astype(np.float64)
-    half = len(a_runs)
+    draws = {}  # item count -> (resamples, items) counts of how often each item is drawn
 
-    def seed_mean(ms, weights):
-        return np.mean([to_metric(weights @ m) for m in ms], axis=0)
+    def counts(n):
+        if n not in draws:
+            draws[n] = np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
+                                 for _ in range(resamples)]).astype(np.float64)
+        return draws[n]
 
-    observed = float(seed_mean(matrices[:half], np.ones(n)) - seed_mean(matrices[half:], np.ones(n)))
-    samples = seed_mean(matrices[:half], counts) - seed_mean(matrices[half:], counts)
+    observed = np.mean([to_metric(a.sum(0)) - to_metric(b.sum(0)) for a, b in pairs])
+    samples = np.mean([to_metric(counts(len(a)) @ a) - to_metric(counts(len(a)) @ b) for a, b in pairs], axis=0)
     low, high = np.percentile(samples, [2.5, 97.5])
     # two-sided: how often the resampled difference falls on the other side of zero
     p = min(1.0, 2 * min(np.mean(samples <= 0), np.mean(samples >= 0)))
-    return {"boot_diff": observed, "boot_ci": (float(low), float(high)), "p": max(float(p), 1.0 / resamples),
-            "items": n, "resamples": resamples}
+    return {"boot_diff": float(observed), "boot_ci": (float(low), float(high)), "p": max(float(p), 1.0 / resamples),
+            "items": sum(len(a) for a, _ in pairs), "resamples": resamples}

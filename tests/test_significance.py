@@ -92,3 +92,16 @@ def test_report_merges_runs_trained_in_parallel_into_one_table(tmp_path):
     write_json(tmp_path / "c" / "lm" / "tiny.json", [{**run("zaremba", 2, 8.0, hidden=99), **base}])
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "c" / "lm" / "tiny.json"), "--into", str(into)])
+
+
+def test_paired_bootstrap_handles_a_test_set_per_seed():
+    """Speech folds: each seed has its own test speaker, so the item lists differ between seeds (not variants)."""
+    a = [run("zaremba", s, 0.0, items(2.0, n=300 + 50 * s, seed=s)) for s in (1, 2, 3)]
+    b = [run("none", s, 0.0, items(2.2, n=300 + 50 * s, seed=10 + s)) for s in (1, 2, 3)]
+    for r in a + b:
+        nll = np.array(r["details"]["items"]["nll"])
+        r["metrics"]["test_ppl"] = float(np.exp(nll[:, 0].sum() / nll[:, 1].sum()))
+    result = compare(a, b, "ppl", lower_is_better=True)
+    assert result["items"] == 350 + 400 + 450 and result["boot_ci"][1] < 0 and result["p"] < 0.01
+    b[0]["details"]["items"]["nll"] = b[0]["details"]["items"]["nll"][:-1]  # a pair with different items
+    assert compare(a, b, "ppl", lower_is_better=True).get("boot_ci") is None

@@ -11,6 +11,23 @@ IGNORE = -100  # target id that counts for nothing (padding, deleted labels)
 UNSEEN = -101  # a held-out label never seen in training: no loss, but always a wrong prediction
 
 
+TASKS = {}  # name -> Task subclass; tasks/__init__.py imports the built-in adapters, which register here
+
+
+def register(cls):
+    """Class decorator: make a Task subclass runnable as `benchmarks.run --task NAME`."""
+    if cls.name in TASKS:
+        raise ValueError(f"task {cls.name!r} is registered twice")
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name):
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
 def first_seed_details(runs, key):
     """{(variant, p): details} of the first single-model run (not an ensemble) of each variant whose details
     have `key`: what example tables and task figures show."""

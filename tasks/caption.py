@@ -14,8 +14,7 @@ import torch.nn as nn
 
 from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
 from core.download import data_root
-from tasks import register
-from tasks.base import IGNORE, Task, first_seed_details
+from tasks.base import IGNORE, Task, first_seed_details, register
 from tasks.captions_data import coco_caption_scores, load_caption_splits, make_encoder, split_features, tokenize
 
 # Other corpora: --set corpus=coco (annotations/captions_*2014.json; valid/test cut from val2014 by the coco_*

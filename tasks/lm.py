@@ -7,8 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core import DropoutLSTM, StepOutput, init_uniform
-from tasks import register
-from tasks.base import Task
+from tasks.base import Task, register
 from tasks.ptb import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
 
 _PAPER = dict(lr=1.0, batch_size=20, eval_batch_size=1, layers=2)

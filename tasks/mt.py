@@ -12,8 +12,7 @@ import torch.nn as nn
 
 from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
 from core.download import DataError
-from tasks import register
-from tasks.base import IGNORE, Task
+from tasks.base import IGNORE, Task, register
 from tasks.parallel import ensure_multi30k, load_hub_pairs, load_multi30k
 
 SPLITS = ("train", "valid", "test")

@@ -16,8 +16,7 @@ import torchaudio
 from core import DropoutLSTM, StepOutput, bucket_batches, init_uniform
 from core.cache import cached, files_fingerprint
 from core.download import DataError
-from tasks import register
-from tasks.base import UNSEEN, Task, first_seed_details
+from tasks.base import UNSEEN, Task, first_seed_details, register
 from tasks.speech_data import (DIGIT_CLASSES, FSDD_SPEAKERS, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
                                fsdd_split, label_samples, normalizer, timit_split)
 

@@ -238,8 +238,8 @@ def _effects(task, runs):
     lines = ["", "## Is the difference real? (test set)", "",
              "Difference of the seed means (first variant minus second). 95% CI over seeds: Student's t over the "
              "per-seed differences (seeds paired by number). Paired bootstrap: 2,000 resamples of the test items "
-             "(sentences, images, utterances or bptt chunks), the same draw for every run of both variants; its 95% "
-             "percentile interval and two-sided p. Significant here means p < 0.05 *and* the seed interval "
+             "(sentences, images, utterances or bptt chunks), the same draw for both variants of a seed (and for all "
+             "seeds that share a test set); its 95% percentile interval and two-sided p. Significant here means p < 0.05 *and* the seed interval "
              "excludes 0 (both sources of noise: the test sample and the training seed).", "",
              "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | seeds better / worse | verdict |",
              "|" + "---|" * 9]
@@ -247,20 +247,18 @@ def _effects(task, runs):
     for (variant, p), (base, base_p), r in rows:
         seed_ci = r.get("seed_ci")
         boot_ci = r.get("boot_ci")
-        seeds_agree = seed_ci is not None and (seed_ci[0] > 0 or seed_ci[1] < 0)
-        significant = seeds_agree and (boot_ci is None or r["p"] < 0.05)
         how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
         p_text = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
         lines.append(f"| {variant} p={p:g} − {base} p={base_p:g} | test {names.get(r['metric'], r['metric'])} | "
                      f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
                      f"{_interval(seed_ci) if seed_ci else '— (one seed)'} | {_interval(boot_ci) if boot_ci else '—'} | "
                      f"{p_text} | {r['a_better']} / {r['b_better']} | "
-                     f"{'significant' if significant else 'not significant'}{how} |")
-        said.append(_in_words(f"{variant} p={p:g}", f"{base}", names.get(r["metric"], r["metric"]), r, significant))
+                     f"{'significant' if r['significant'] else 'not significant'}{how} |")
+        said.append(_in_words(f"{variant} p={p:g}", f"{base}", names.get(r["metric"], r["metric"]), r))
     return lines + [""] + said
 
 
-def _in_words(a, b, metric, r, significant):
+def _in_words(a, b, metric, r):
     lower = r["metric"] in LOWER_IS_BETTER
     better = (r["diff"] < 0) == lower
     direction = "better" if better else "worse"
@@ -269,10 +267,10 @@ def _in_words(a, b, metric, r, significant):
         why.append(f"paired bootstrap p = {r['p']:.3f}" if r["p"] > 0.001 else "paired bootstrap p < 0.001")
     if r.get("seed_ci") is None:
         why.append("one seed only: no interval over seeds")
-    elif not (r["seed_ci"][0] > 0 or r["seed_ci"][1] < 0):
+    elif not r["seeds_agree"]:
         why.append("the interval over seeds includes 0")
     why.append(f"{r['a_better']} of {len(r['seeds'])} seeds better")
-    verdict = ("a significant difference" if significant
+    verdict = ("a significant difference" if r["significant"]
                else "**not a significant difference** (it could be noise)")
     return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {verdict}: {'; '.join(why)}."
 

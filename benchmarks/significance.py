@@ -81,6 +81,9 @@ def compare(a_runs, b_runs, metric, lower_is_better, seed=0):
     boot = paired_bootstrap([a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds], metric, seed)
     if boot:
         out.update(boot)
+    # significant: the seed interval excludes 0 and, where there are per-item statistics, bootstrap p < 0.05
+    out["seeds_agree"] = "seed_ci" in out and (out["seed_ci"][0] > 0 or out["seed_ci"][1] < 0)
+    out["significant"] = out["seeds_agree"] and (not boot or boot["p"] < 0.05)
     return out
 
 

@@ -110,9 +110,10 @@ def beam_search(steps, states, batch_size, bos, eos, beam_size=12, max_len=50, l
         open_scores = top_scores.masked_fill(is_eos, -math.inf)
         scores, pick = open_scores.topk(K, dim=1)
         parent, token = top_parent.gather(1, pick), top_token.gather(1, pick)
+        best_open = scores[:, 0].tolist()  # one read of the device, not one per sentence
         for b in range(B):
             done[b] = done[b] or t >= limits[b] or finished.count[b] >= K or (
-                length_penalty == 0 and finished.best_score(b) >= float(scores[b, 0]))
+                length_penalty == 0 and finished.best_score(b) >= best_open[b])
         if all(done):
             break
         scores = scores.masked_fill(torch.tensor(done, device=device)[:, None], -math.inf)

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
-from tasks.base import first_seed_details  # noqa: E402
+from benchmarks.effects import effect_metrics, effects_section  # noqa: E402
+from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
 
 
 def load_runs(path):
@@ -129,7 +130,7 @@ def markdown(task, label, preset, runs):
     split_keys = [f"{split}_{metric}" for metric in (m, *task.split_metrics) for split in ("train", "valid", "test")]
     names = dict(task.extra_test_metrics)
     # decoding metrics on validation (reported, never used to choose anything) before the test ones
-    extras = [(f"valid_{k}", f"valid {names[k]}") for k in _effect_metrics(task, runs)[1:]
+    extras = [(f"valid_{k}", f"valid {names[k]}") for k in effect_metrics(task, runs)[1:]
               if any(f"valid_{k}" in r["metrics"] for r in runs)]
     extras += [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics]
     paper_keys = _paper_keys(task)
@@ -173,7 +174,7 @@ def markdown(task, label, preset, runs):
         lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures)]
     config = runs[0]["config"]
     lines += ["", "Config: " + ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("scheme", "dropout", "seed"))]
-    lines += _effects(task, runs)
+    lines += effects_section(task, runs, _group(runs))
     lines += _examples(runs)
     lines += ["", "## Provenance", ""]
     commits = sorted({r["provenance"]["git_commit"][:12] for r in runs})
@@ -191,88 +192,6 @@ def markdown(task, label, preset, runs):
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"
-
-
-BASELINES = ("none", "zaremba")  # every other variant is compared with these
-LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
-
-
-def _effect_metrics(task, runs):
-    """The metrics compared: the main one, the first extra one, and every extra one with per-item statistics."""
-    from benchmarks.significance import METRICS
-
-    with_items = {k for r in runs for k in r.get("details", {}).get("items", {})}
-    keys = [task.main_metric] + [k for k, _ in task.extra_test_metrics[:1]]
-    keys += [k for k, _ in task.extra_test_metrics if k in METRICS and METRICS[k][0] in with_items and k not in keys]
-    return keys
-
-
-def _interval(pair):
-    return f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
-
-
-def effects(task, runs):
-    """[(a, b, comparison dict)] for each variant against each baseline present (see benchmarks.significance)."""
-    from benchmarks.significance import compare
-
-    groups = _group(runs)
-    out = []
-    for base_variant in BASELINES:
-        bases = [(key, group) for key, group in groups.items() if key[0] == base_variant]
-        for (variant, p), group in groups.items():
-            for base_key, base_group in bases:
-                if variant == base_variant or (base_variant == "zaremba" and variant == "none"):
-                    continue
-                for metric in _effect_metrics(task, runs):
-                    result = compare(group, base_group, metric, metric in LOWER_IS_BETTER)
-                    if result:
-                        out.append(((variant, p), base_key, result))
-    return out
-
-
-def _effects(task, runs):
-    rows = effects(task, runs)
-    if not rows:
-        return []
-    names = dict(task.extra_test_metrics)
-    lines = ["", "## Is the difference real? (test set)", "",
-             "Difference of the seed means (first variant minus second). 95% CI over seeds: Student's t over the "
-             "per-seed differences (seeds paired by number). Paired bootstrap: 2,000 resamples of the test items "
-             "(sentences, images, utterances or bptt chunks), the same draw for both variants of a seed (and for all "
-             "seeds that share a test set); its 95% percentile interval and two-sided p. Significant here means p < 0.05 *and* the seed interval "
-             "excludes 0 (both sources of noise: the test sample and the training seed).", "",
-             "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | seeds better / worse | verdict |",
-             "|" + "---|" * 9]
-    said = []
-    for (variant, p), (base, base_p), r in rows:
-        seed_ci = r.get("seed_ci")
-        boot_ci = r.get("boot_ci")
-        how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
-        p_text = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
-        lines.append(f"| {variant} p={p:g} − {base} p={base_p:g} | test {names.get(r['metric'], r['metric'])} | "
-                     f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
-                     f"{_interval(seed_ci) if seed_ci else '— (one seed)'} | {_interval(boot_ci) if boot_ci else '—'} | "
-                     f"{p_text} | {r['a_better']} / {r['b_better']} | "
-                     f"{'significant' if r['significant'] else 'not significant'}{how} |")
-        said.append(_in_words(f"{variant} p={p:g}", f"{base}", names.get(r["metric"], r["metric"]), r))
-    return lines + [""] + said
-
-
-def _in_words(a, b, metric, r):
-    lower = r["metric"] in LOWER_IS_BETTER
-    better = (r["diff"] < 0) == lower
-    direction = "better" if better else "worse"
-    why = []
-    if r.get("boot_ci") is not None:
-        why.append(f"paired bootstrap p = {r['p']:.3f}" if r["p"] > 0.001 else "paired bootstrap p < 0.001")
-    if r.get("seed_ci") is None:
-        why.append("one seed only: no interval over seeds")
-    elif not r["seeds_agree"]:
-        why.append("the interval over seeds includes 0")
-    why.append(f"{r['a_better']} of {len(r['seeds'])} seeds better")
-    verdict = ("a significant difference" if r["significant"]
-               else "**not a significant difference** (it could be noise)")
-    return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {verdict}: {'; '.join(why)}."
 
 
 def _examples(runs):
@@ -334,15 +253,19 @@ def write_results(out_dir, task, label, preset, new_runs):
 
 
 def main(argv=None):
-    from tasks import get_task
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+", help="results/<task>/<label>.json files written by benchmarks.run")
     parser.add_argument("--into", metavar="RESULTS_JSON",
                         help="merge the runs of all the given files (e.g. variants trained in parallel with their own "
                              "--out) into this results/<task>/<label>.json, checked like the runner's merges, and render it")
+    parser.add_argument("--user-dir", action="append", metavar="DIR",
+                        help="a folder of your own task adapters (as for benchmarks.run), for tables of your tasks")
     args = parser.parse_args(argv)
+    try:
+        load_tasks(args.user_dir)
+    except (ValueError, ImportError) as err:
+        parser.error(f"--user-dir: {err}")
     if args.into:
         into = Path(args.into)
         runs = [run for path in args.json for run in load_runs(path)]
@@ -383,8 +306,8 @@ def _cell(runs, variant, keys):
 def overview(out_dir):
     """results/README.md: one row per task and preset, the main held-out metric of each variant side by side."""
     from core import SCHEMES
-    from tasks import TASKS
 
+    tasks = load_tasks()
     out_dir = Path(out_dir)
     lines = ["# Results", "",
              "Regenerated by `python -m benchmarks.run` after every run. One row per task and preset: the test "
@@ -394,7 +317,7 @@ def overview(out_dir):
              "their numbers are not comparable with the paper's.",
              "", "| task | preset | metric | " + " | ".join(SCHEMES) + " | paper | table | plot |",
              "|" + "---|" * (len(SCHEMES) + 6)]
-    for name, task in sorted(TASKS.items()):
+    for name, task in sorted(tasks.items()):
         for path in sorted((out_dir / name).glob("*.json")):
             runs = load_runs(path)
             if not runs or not isinstance(runs, list) or "variant" not in runs[0]:

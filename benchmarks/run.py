@@ -5,6 +5,7 @@ and the overview results/README.md.
     python -m benchmarks.run --task lm --preset cpu                  # none vs zaremba
     python -m benchmarks.run --task lm --preset small --variants none
     python -m benchmarks.run --list
+    python -m benchmarks.run --user-dir my_tasks --task charlm     # a task of your own (see the README)
 """
 import argparse
 import shlex
@@ -19,8 +20,7 @@ from core import SCHEMES, Trainer, TrainConfig
 from core.cache import ENV_CACHE_DIR
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
-from tasks import TASKS, get_task
-from tasks.base import Task
+from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, Task, get_task, load_tasks
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 
 
@@ -28,7 +28,8 @@ def build_parser():
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--list", action="store_true", help="list tasks and presets, then exit")
-    p.add_argument("--task", help=f"one of: {', '.join(sorted(TASKS))}")
+    p.add_argument("--task", help="a registered task: lm, mt, speech, caption or one of --user-dir (see --list)")
+    add_user_dir_flag(p)
     p.add_argument("--preset", help="a preset of the task (default: the task's default, see --list)")
     p.add_argument("--variants", default="none,zaremba", help=f"comma list of dropout schemes: {', '.join(SCHEMES)}")
     p.add_argument("--seeds", help="comma list of integer seeds (default: 1, or 1..N with --ensemble N, or what the "
@@ -59,6 +60,19 @@ def build_parser():
     return p
 
 
+def add_user_dir_flag(parser):
+    parser.add_argument("--user-dir", action="append", metavar="DIR",
+                        help=f"a folder of your own task adapters (@register'ed Task subclasses), imported before the "
+                             f"built-in tasks (repeatable; default: ${ENV_USER_DIR}, os.pathsep-separated)")
+
+
+def load_task_registry(args, parser):
+    try:
+        load_tasks(args.user_dir)
+    except (ValueError, ImportError) as err:
+        parser.error(f"--user-dir: {err}")
+
+
 def _int_list(text, what, parser):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -71,6 +85,7 @@ def _int_list(text, what, parser):
 
 def validate(args, parser):
     """Fail fast, before any data is loaded, with a message naming the flag and the fix."""
+    load_task_registry(args, parser)
     if not args.task:
         parser.error(f"--task is required (one of: {', '.join(sorted(TASKS))}); see --list")
     try:
@@ -86,6 +101,10 @@ def validate(args, parser):
     bad = [v for v in args.variants if v not in SCHEMES]
     if bad or not args.variants:
         parser.error(f"--variants: unknown {bad or 'empty list'}; choose from {', '.join(SCHEMES)}")
+    try:
+        task_cls.check_keys(task_cls.presets[args.preset])
+    except ValueError as err:
+        parser.error(f"preset {args.preset}: {err}")
     args.overrides = parse_overrides(args.set, task_cls.presets[args.preset], args.preset, parser)
     if args.ensemble is None and args.seeds is None:  # a preset may ask for an ensemble (key "ensemble")
         args.ensemble = task_cls.presets[args.preset].get("ensemble")
@@ -188,8 +207,10 @@ def run_config(task_cls, args, variant, seed):
 
 
 def make_task(task_cls, args, config):
-    return task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
+    task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
                     cache_dir=args.cache_dir)
+    task.load_data()
+    return task
 
 
 def train_one(task_cls, args, config, run_dir, origin):
@@ -248,6 +269,8 @@ def check_mergeable(task_cls, args, label):
 
 
 def list_tasks():
+    for name, reason in sorted(UNAVAILABLE.items()):
+        print(f"{name}: unavailable here: it {reason}")
     for name, cls in sorted(TASKS.items()):
         print(f"{name}: {cls.description}")
         for preset, config in cls.presets.items():
@@ -261,6 +284,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:
+        load_task_registry(args, parser)
         return list_tasks()
     task_cls = validate(args, parser)
     if args.threads:

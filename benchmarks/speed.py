@@ -1,17 +1,18 @@
-"""Speed of each dropout scheme: training and evaluation tokens/s (and decoding sentences/s for mt).
+"""Speed of each dropout scheme on any registered task: training and evaluation tokens/s through the real
+Trainer, on random data of the preset's shape (Task.synthetic_data), so no corpus is needed.
 
     python -m benchmarks.speed --task lm --preset small
     python -m benchmarks.speed --task lm --preset medium --device cuda
-    python -m benchmarks.speed --task mt                 # the cpu preset's shape, beam 12 and beam 1
+    python -m benchmarks.speed --task mt                 # the cpu preset's shape; beam 12 and beam 1 decoding too
+    python -m benchmarks.speed --user-dir my_tasks --task charlm
 
-lm: against the pytorch/examples word_language_model as published (RNNModel, LSTM): dropout on the
-embeddings, nn.LSTM's inter-layer dropout, dropout on the LSTM output (the same connections as our
-`zaremba` scheme), log_softmax + NLLLoss, gradient clipping and its manual SGD update. Our schemes run
-through the real Trainer.train_step. Timings are interleaved (reference, none, zaremba, naive, then again)
-and the median of the repeats is reported. Inputs are random token ids of the PTB vocabulary size, so no
-data is needed. Writes results/<task>/speed.json (all measurements so far) and results/<task>/speed.md.
+Beside our schemes, a task may time published peers on the same batches (Task.speed_peers; the LM: the
+pytorch/examples word_language_model as published) and extra jobs (Task.speed_jobs; MT: beam decoding).
+Timings are interleaved (every implementation once, then again) and the median of the repeats is reported.
+Writes results/<task>/speed.json (all measurements so far) and results/<task>/speed.md.
 """
 import argparse
+import itertools
 import shlex
 import statistics
 import sys
@@ -19,138 +20,119 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-from core import Trainer, TrainConfig
+from core import SCHEMES, Trainer, TrainConfig
 from core.utils import pick_device, provenance, write_json, write_text
-from benchmarks import speed_mt
 from benchmarks.report import load_runs
-from tasks import get_task
-from tasks.lm import LanguageModelTask, build_language_model
+from benchmarks.run import add_user_dir_flag, load_task_registry
+from tasks.base import get_task
 
-VOCAB = 10000
-IMPLS = ("reference", "none", "zaremba", "naive")
-
-
-class ReferenceLM(nn.Module):
-    """pytorch/examples word_language_model/model.py RNNModel (LSTM), as published: time-major."""
-
-    def __init__(self, vocab, hidden, layers, dropout):
-        super().__init__()
-        self.drop = nn.Dropout(dropout)
-        self.encoder = nn.Embedding(vocab, hidden)
-        self.rnn = nn.LSTM(hidden, hidden, layers, dropout=dropout)
-        self.decoder = nn.Linear(hidden, vocab)
-        nn.init.uniform_(self.encoder.weight, -0.1, 0.1)
-        nn.init.zeros_(self.decoder.bias)
-        nn.init.uniform_(self.decoder.weight, -0.1, 0.1)
-
-    def forward(self, tokens, hidden):
-        emb = self.drop(self.encoder(tokens))
-        output, hidden = self.rnn(emb, hidden)
-        decoded = self.decoder(self.drop(output)).view(-1, self.decoder.out_features)
-        return F.log_softmax(decoded, dim=1), hidden
+COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
+           "beam1_sent_s": "beam 1 sent/s"}  # other job names are shown as they are
 
 
-class SyntheticLM(LanguageModelTask):
-    """The LM task without a corpus: same model, loss and scaling."""
-
-    def __init__(self, config):  # noqa: super().__init__ would load PTB
-        self.config = dict(config)
-
-    def build_model(self):
-        return build_language_model(self.config, VOCAB)
-
-
-def reference_stepper(config, device):
-    model = ReferenceLM(VOCAB, config["hidden"], config["layers"], config["dropout"]).to(device)
-    criterion = nn.NLLLoss()
-    hidden = [None]
-
-    def train(x, y):  # x, y: (B, T) -> time-major as in the reference; its train() loop body
-        model.train()
-        h = None if hidden[0] is None else tuple(s.detach() for s in hidden[0])  # repackage_hidden
-        model.zero_grad()
-        output, hidden[0] = model(x.t(), h)
-        loss = criterion(output, y.t().reshape(-1))
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), config["clip"])
-        for p in model.parameters():
-            p.data.add_(p.grad, alpha=-config["lr"])
-
-    @torch.no_grad()
-    def evaluate(x, y):
-        model.eval()
-        output, _ = model(x.t(), None)
-        criterion(output, y.t().reshape(-1))
-
-    return train, evaluate
+def timed(fn, device):
+    """Seconds `fn()` takes, with the GPU's queued work included."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
-def suite_stepper(config, scheme, device):
-    task = SyntheticLM({**config, "scheme": scheme})
-    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(config), "/nonexistent", device, progress=False)
+def scheme_jobs(task_cls, config, variant, device, steps):
+    """{job: (fn, items)} for one scheme: training and evaluation passes over `steps` synthetic batches, and the
+    task's extra jobs; plus the task object (for its peers)."""
+    cfg = {**config, "scheme": variant, "dropout": 0.0 if variant == "none" else config["dropout"]}
+    task = task_cls(cfg)
+    task.synthetic_data(batches=steps, seed=0)
+    torch.manual_seed(0)
+    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(cfg), None, device, progress=False)
+    batches = list(itertools.islice(task.batches("train", device), steps))
+    with torch.no_grad():
+        tokens = sum(task.forward(trainer.model, batch, None).count for batch in batches)
     state = [None]
 
-    def train(x, y):
+    def train():
         trainer.model.train()
-        state[0] = trainer.train_step((x, y), state[0]).state
+        for batch in batches:
+            state[0] = trainer.train_step(batch, state[0]).state
 
     @torch.no_grad()
-    def evaluate(x, y):
+    def evaluate():
         trainer.model.eval()
-        task.forward(trainer.model, (x, y), None)
+        for batch in batches:
+            task.forward(trainer.model, batch, None)
 
-    return train, evaluate
+    jobs = {"train_tok_s": (train, tokens), "eval_tok_s": (evaluate, tokens)}
+    jobs.update(task.speed_jobs(trainer.model, device))
+    return jobs, task, batches, tokens
 
 
-def time_steps(fn, batches, device):
-    return speed_mt.timed(lambda: [fn(x, y) for x, y in batches], device)
+def peer_jobs(task, batches, tokens, device):
+    jobs = {}
+    for name, (train_step, eval_step) in task.speed_peers(device).items():
+        jobs[name] = {"train_tok_s": (lambda f=train_step: [f(b) for b in batches], tokens),
+                      "eval_tok_s": (lambda f=eval_step: [f(b) for b in batches], tokens)}
+    return jobs
 
 
-def measure(config, device, steps, warmup, repeats):
-    torch.manual_seed(0)
-    b, t = config["batch_size"], config["bptt"]
-    data = torch.randint(VOCAB, (steps, b, t + 1), device=device)
-    batches = [(d[:, :-1], d[:, 1:]) for d in data]
-    steppers = {impl: reference_stepper(config, device) if impl == "reference" else suite_stepper(config, impl, device)
-                for impl in IMPLS}
-    times = {impl: {"train": [], "eval": []} for impl in IMPLS}
-    for impl, (train, evaluate) in steppers.items():
-        time_steps(train, batches[:warmup], device)  # first steps allocate and pick kernels
-        time_steps(evaluate, batches[:warmup], device)
+def measure(task_cls, config, variants, device, steps, warmup, repeats):
+    """{implementation: {job: items per second}}: the task's peers first, then each scheme."""
+    impls = {}
+    for variant in variants:
+        jobs, task, batches, tokens = scheme_jobs(task_cls, config, variant, device, steps)
+        if not impls:
+            impls.update(peer_jobs(task, batches, tokens, device))
+        impls[variant] = jobs
+    for jobs in impls.values():  # warm-up: allocations and kernel choice
+        for fn, _ in jobs.values():
+            for _ in range(warmup):
+                timed(fn, device)
+    times = {impl: {job: [] for job in jobs} for impl, jobs in impls.items()}
     for _ in range(repeats):
-        for impl, (train, evaluate) in steppers.items():
-            times[impl]["train"].append(time_steps(train, batches, device))
-            times[impl]["eval"].append(time_steps(evaluate, batches, device))
-    tokens = steps * b * t
-    return {impl: {f"{mode}_tok_s": tokens / statistics.median(ts) for mode, ts in modes.items()}
-            for impl, modes in times.items()}
+        for impl, jobs in impls.items():
+            for job, (fn, _) in jobs.items():
+                times[impl][job].append(timed(fn, device))
+    return {impl: {job: impls[impl][job][1] / statistics.median(ts) for job, ts in jobs.items()}
+            for impl, jobs in times.items()}
 
 
-def markdown(entries):
-    lines = ["# lm / speed", "",
-             "Tokens per second of training (forward, backward, clip, SGD step) and evaluation (forward) on the "
-             "preset's shape (batch, bptt, hidden, layers, 10k vocab), random tokens. `reference` is the "
-             "pytorch/examples word_language_model as published: dropout on the embeddings, nn.LSTM's built-in "
-             "inter-layer dropout and dropout on the LSTM output (the connections our `zaremba` scheme drops), "
-             "log_softmax + NLLLoss, clipping, its manual SGD update. `zaremba` is the paper's scheme on the "
-             "fused nn.LSTM path, so that row is like for like; `naive` also masks h_{t-1} and runs the explicit "
-             "per-time-step cell, so it is expected to be slower. "
-             "Produced by `python -m benchmarks.speed`; median of interleaved repeats.", ""]
+def _shape(cfg):
+    parts = [f"batch {cfg['batch_size']}"] if "batch_size" in cfg else []
+    if "layers" in cfg and "hidden" in cfg:
+        parts.append(f"{cfg['layers']}x{cfg['hidden']}")
+    parts += [f"{k} {cfg[k]}" for k in ("bptt", "emb", "decode_batch_size") if k in cfg]
+    return ", ".join(parts + [f"p={cfg['dropout']:g} for the dropout schemes"])
+
+
+def markdown(task_cls, entries):
+    lines = [f"# {task_cls.name} / speed", "",
+             "Items per second (tokens for training and evaluation, sentences for decoding) on random data of the "
+             "preset's shape: training is forward, backward, clip and optimizer step through the real Trainer; "
+             "evaluation is the forward pass. Produced by `python -m benchmarks.speed`; median of interleaved "
+             "repeats." + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
     for entry in entries:
-        prov = entry["provenance"]
+        prov, results = entry["provenance"], entry["results"]
         hw = prov.get("gpu") or f"{prov['cpu_model']}, {prov['torch_threads']} threads"
+        jobs = list(dict.fromkeys(job for r in results.values() for job in r))
+        peer = next((impl for impl in results if impl not in SCHEMES), None)
+        header = ["implementation"]
+        for job in jobs:
+            header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if peer and job in results[peer] else [])
         lines += [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", "",
-                  f"batch {entry['config']['batch_size']}, bptt {entry['config']['bptt']}, "
-                  f"{entry['config']['layers']}x{entry['config']['hidden']}, p={entry['config']['dropout']:g} for "
-                  f"reference/zaremba/naive; {entry['steps']} steps x {entry['repeats']} repeats.", "",
-                  "| implementation | train tok/s | vs reference | eval tok/s | vs reference |", "|---|---|---|---|---|"]
-        ref = entry["results"]["reference"]
-        for impl, r in entry["results"].items():
-            lines.append(f"| {impl} | {r['train_tok_s']:,.0f} | {r['train_tok_s'] / ref['train_tok_s']:.2f}x | "
-                         f"{r['eval_tok_s']:,.0f} | {r['eval_tok_s'] / ref['eval_tok_s']:.2f}x |")
+                  f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats.", "",
+                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for impl, r in results.items():
+            cells = [impl]
+            for job in jobs:
+                value = r.get(job)
+                cells.append("—" if value is None else f"{value:,.1f}" if value < 1000 else f"{value:,.0f}")
+                if peer and job in results[peer]:
+                    cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
+            lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"`{prov['command']}` — commit {prov['git_commit'][:12]}, torch {prov['torch']}, "
                       f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
     return "\n".join(lines)
@@ -160,22 +142,29 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="lm", help="lm or mt")
+    parser.add_argument("--task", default="lm", help="a registered task (default: lm)")
     parser.add_argument("--preset", help="a preset of the task (default: the task's default preset)")
+    parser.add_argument("--variants", default="none,zaremba,naive", help="comma list of dropout schemes to time")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed passes of every job first")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="results")
+    add_user_dir_flag(parser)
     args = parser.parse_args(argv)
-    if args.task not in BENCHMARKS:
-        parser.error(f"--task {args.task!r} has no speed benchmark; choose one of: {', '.join(BENCHMARKS)}")
-    task_cls = get_task(args.task)
+    load_task_registry(args, parser)
+    try:
+        task_cls = get_task(args.task)
+    except ValueError as err:
+        parser.error(str(err))
     preset = args.preset or task_cls.default_preset
     if preset not in task_cls.presets:
         parser.error(f"--preset {preset!r} is not a preset of task {args.task}; choose one of: "
                      f"{', '.join(task_cls.presets)}")
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or any(v not in SCHEMES for v in variants):
+        parser.error(f"--variants: choose from {', '.join(SCHEMES)}, got {args.variants!r}")
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     try:
@@ -187,19 +176,18 @@ def main(argv=None):
     config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all
     origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))
-    measure_fn, markdown_fn = BENCHMARKS[args.task]
-    results = measure_fn(config, device, args.steps, args.warmup, args.repeats)
+    try:
+        results = measure(task_cls, config, variants, device, args.steps, args.warmup, args.repeats)
+    except NotImplementedError as err:
+        sys.exit(f"error: {err}")
     entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats,
              "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    path = Path(args.out) / args.task / "speed.json"
+    path = Path(args.out) / task_cls.name / "speed.json"
     same = lambda e: (e["preset"], e["provenance"]["device"]) == (preset, origin["device"])  # noqa: E731
     entries = [e for e in load_runs(path) if not same(e)] + [entry]
     write_json(path, entries)
-    write_text(path.with_suffix(".md"), markdown_fn(entries))
-    print(markdown_fn([entry]))
-
-
-BENCHMARKS = {"lm": (measure, markdown), "mt": (speed_mt.measure, speed_mt.markdown)}
+    write_text(path.with_suffix(".md"), markdown(task_cls, entries))
+    print(markdown(task_cls, [entry]))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,8 @@
-"""Stacked LSTM with the dropout schemes compared in Zaremba et al. (2014).
+"""Stacked LSTM with a dropout scheme (core.schemes): none, the paper's zaremba, naive, ...
 
-Schemes:
-  none     no dropout anywhere.
-  zaremba  the paper: dropout on every non-recurrent connection (input -> layer 1, layer l-1 -> l,
-           top layer -> output), never on h_{t-1} -> h_t. Runs as one nn.LSTM call (cuDNN on GPU):
-           nn.LSTM's own inter-layer dropout *is* the layer l-1 -> l mask, and the input and output
-           masks are applied outside the recurrence.
-  naive    the "standard dropout" the paper argues against: the zaremba masks plus a fresh mask on
-           h_{t-1} at every time step. Needs the explicit per-time-step cell below.
+A scheme that leaves the recurrence alone runs as one nn.LSTM call (cuDNN on GPU): nn.LSTM's own
+inter-layer dropout *is* the layer l-1 -> l mask, and the input and output masks are applied outside the
+recurrence. Other schemes (naive masks h_{t-1}) run the explicit per-time-step cell below.
 
 Shapes are batch-first: x (B, T, input_size), state (h, c) each (num_layers, B, hidden_size).
 """
@@ -16,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-SCHEMES = ("none", "zaremba", "naive")
+from core.schemes import make_scheme
 
 
 def lstm_cell(x, h, c, weight, bias):
@@ -41,22 +36,18 @@ def init_uniform(module, scale):
 class DropoutLSTM(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=2, dropout=0.0, scheme="zaremba", stepwise=None):
         super().__init__()
-        if scheme not in SCHEMES:
-            raise ValueError(f"unknown dropout scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        self.scheme = scheme
-        self.p = 0.0 if scheme == "none" else float(dropout)
+        self.scheme = make_scheme(scheme, dropout)
+        self.p = self.scheme.p
         self.num_layers = num_layers
         self.hidden_size = hidden_size
-        self.stepwise = (scheme == "naive") if stepwise is None else stepwise
-        if scheme == "naive" and not self.stepwise:
-            raise ValueError("the naive scheme masks h_{t-1} inside the recurrence and needs stepwise=True")
-        between = self.p if num_layers > 1 else 0.0
+        self.stepwise = (not self.scheme.fused) if stepwise is None else stepwise
+        if not self.scheme.fused and not self.stepwise:
+            raise ValueError(f"the {scheme} scheme acts inside the recurrence and needs stepwise=True")
+        between = self.scheme.between_p if num_layers > 1 else 0.0
         self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True, dropout=between)
 
     def extra_repr(self):
-        return f"scheme={self.scheme}, p={self.p}, stepwise={self.stepwise}"
+        return f"scheme={self.scheme.name}, p={self.p}, stepwise={self.stepwise}"
 
     def forward(self, x, state=None, lengths=None):
         """Run a (padded) batch. Returns (output (B, T, H) with the top-layer dropout applied, (h_n, c_n)).
@@ -68,16 +59,13 @@ class DropoutLSTM(nn.Module):
             zeros = x.new_zeros(self.num_layers, x.size(0), self.hidden_size)
             state = (zeros, zeros)
         run = self._forward_stepwise if self.stepwise else self._forward_fused
-        output, state = run(self._drop(x), state, lengths)
-        return self._drop(output), state
+        output, state = run(self.scheme.drop_outer(x, self.training), state, lengths)
+        return self.scheme.drop_outer(output, self.training), state
 
     def step(self, x_t, state=None):
         """One time step for decoding: x_t (B, input_size) -> (output (B, H), state)."""
         output, state = self.forward(x_t.unsqueeze(1), state)
         return output.squeeze(1), state
-
-    def _drop(self, x):
-        return F.dropout(x, self.p, self.training) if self.p > 0 else x
 
     def _forward_fused(self, x, state, lengths):
         if lengths is None:
@@ -102,12 +90,12 @@ class DropoutLSTM(nn.Module):
         layer_input, h_n, c_n = x, [], []
         for layer in range(self.num_layers):
             if layer > 0:
-                layer_input = self._drop(layer_input)
+                layer_input = self.scheme.drop_between(layer_input, self.training)
             weight, bias = self._layer_weights(layer)
             h, c = h0[layer], c0[layer]
             outputs = []
             for t in range(steps):
-                h_rec = self._drop(h) if self.scheme == "naive" else h
+                h_rec = self.scheme.drop_recurrent(h, self.training)
                 h_new, c_new = lstm_cell(layer_input[:, t], h_rec, c, weight, bias)
                 if alive is None:
                     h, c = h_new, c_new

@@ -71,7 +71,9 @@ def detach_state(state):
 class Trainer:
     def __init__(self, task, model, config, run_dir, device, progress=True):
         self.task, self.model, self.config = task, model.to(device), config
-        self.run_dir, self.device, self.progress = Path(run_dir), torch.device(device), progress
+        # run_dir None: no checkpoints (speed benchmarks drive train_step only)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.device, self.progress = torch.device(device), progress
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
         self.history = []  # one dict per finished epoch
         self.best = None  # (metric, epoch)

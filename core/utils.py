@@ -1,5 +1,6 @@
 """Small helpers shared by the trainer, the tasks and the benchmarks: atomic writes, seeds,
-device choice and run provenance."""
+device choice, run provenance and the command line of the decoding tools."""
+import argparse
 import json
 import os
 import platform
@@ -98,3 +99,19 @@ def provenance(device, command=None):
         "python": platform.python_version(),
         **hardware(device),
     }
+
+
+# ---- the command line of the decoding tools (tasks.mt.translate, tasks.caption.describe) ----
+def decoding_parser(prog, doc, checkpoint_help):
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", required=True, help=checkpoint_help)
+    parser.add_argument("--beam", type=int, help="beam width (default: the checkpoint's preset)")
+    parser.add_argument("--device", default="auto")
+    return parser
+
+
+def parse_decoding_args(parser, argv):
+    args = parser.parse_args(argv)
+    if args.beam is not None and args.beam < 1:
+        parser.error(f"--beam must be >= 1, got {args.beam}")
+    return args

@@ -1,4 +1,4 @@
-"""Task registry: `@register` (from tasks.base) a Task subclass and `benchmarks.run --task NAME` can run it.
-Importing this package registers the built-in tasks."""
-from tasks import caption, lm, mt, speech  # noqa: F401  (registers the built-in tasks)
-from tasks.base import TASKS, get_task, register  # noqa: F401
+"""The tasks: one package per task under tasks/ (lm, mt, speech, caption), each with its adapter, data loading
+and tools. `load_tasks()` imports every package here (and a user's folder of adapters, --user-dir), whose
+@register'ed Task subclasses `benchmarks.run --task NAME` can then run."""
+from tasks.base import TASKS, UNAVAILABLE, Task, get_task, load_checkpoint, load_tasks, register  # noqa: F401

@@ -1,31 +1,121 @@
-"""The task-adapter interface. A task is one file: data, model, loss/metrics and presets."""
+"""The task-adapter interface and the task registry.
+
+A task is one package under tasks/ (or a module in a folder given with --user-dir) whose adapter class is
+decorated with @register: its data, model, loss/metrics, presets and its own tools live in that package.
+"""
+import difflib
+import importlib
 import math
+import os
+import pickle
+import pkgutil
+import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from core.cache import cache_root
+from core.download import data_root
+from core.trainer import TrainConfig
 
 IGNORE = -100  # target id that counts for nothing (padding, deleted labels)
 UNSEEN = -101  # a held-out label never seen in training: no loss, but always a wrong prediction
+ENV_USER_DIR = "RNNREG_USER_DIR"
 
-
-TASKS = {}  # name -> Task subclass; tasks/__init__.py imports the built-in adapters, which register here
+TASKS = {}  # name -> Task subclass
+UNAVAILABLE = {}  # built-in task package -> why it cannot be imported here (a missing optional dependency)
+_IMPORTED_DIRS = set()
 
 
 def register(cls):
     """Class decorator: make a Task subclass runnable as `benchmarks.run --task NAME`."""
-    if cls.name in TASKS:
-        raise ValueError(f"task {cls.name!r} is registered twice")
+    if TASKS.get(cls.name, cls) is not cls:
+        raise ValueError(f"task {cls.name!r} is registered twice ({TASKS[cls.name].__module__} and {cls.__module__})")
     TASKS[cls.name] = cls
     return cls
 
 
-def get_task(name):
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
-    return TASKS[name]
+def load_tasks(user_dirs=None):
+    """Register the adapters of each user folder (`user_dirs`, else $RNNREG_USER_DIR, os.pathsep-separated),
+    then every built-in task package under tasks/. A built-in task whose optional dependency is missing is
+    recorded in UNAVAILABLE with the reason instead of breaking the others. Returns TASKS."""
+    if user_dirs is None:
+        user_dirs = [d for d in os.environ.get(ENV_USER_DIR, "").split(os.pathsep) if d]
+    for folder in user_dirs:
+        import_user_dir(folder)
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if module.ispkg and module.name not in UNAVAILABLE:
+            try:
+                importlib.import_module(f"tasks.{module.name}")
+            except ImportError as err:
+                if (err.name or "").split(".")[0] in ("tasks", "core", "benchmarks"):
+                    raise  # our own code is broken: say so, do not hide it as "unavailable"
+                UNAVAILABLE[module.name] = f"needs the Python package {err.name!r} ({err}); pip install it"
+    return TASKS
+
+
+def import_user_dir(folder):
+    """Import a user's adapters: a package folder (with __init__.py) as that package, else every *.py in it."""
+    path = Path(folder).expanduser().resolve()
+    if path in _IMPORTED_DIRS:
+        return
+    if not path.is_dir():
+        raise ValueError(f"user dir {folder} is not a folder: give --user-dir (or ${ENV_USER_DIR}) a folder of "
+                         "task adapters")
+    _IMPORTED_DIRS.add(path)
+    if (path / "__init__.py").exists():
+        sys.path.insert(0, str(path.parent))
+        importlib.import_module(path.name)
+        return
+    sys.path.insert(0, str(path))
+    for file in sorted(path.glob("*.py")):
+        importlib.import_module(file.stem)
+
+
+def get_task(name, user_dirs=None):
+    load_tasks(user_dirs)
+    if name in TASKS:
+        return TASKS[name]
+    if name in UNAVAILABLE:
+        raise ValueError(f"task {name!r} is unavailable here: it {UNAVAILABLE[name]}")
+    raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}"
+                     + (f" (unavailable here: {', '.join(sorted(UNAVAILABLE))})" if UNAVAILABLE else "")
+                     + f". A task of your own: --user-dir FOLDER (or ${ENV_USER_DIR}) with its @register'ed adapter")
+
+
+def load_checkpoint(path, device="cpu", task=None):
+    """A best.pt of any task -> (task, model in eval mode). The task object holds what decoding needs
+    (config, vocabularies, feature statistics) but no data. `task`: the task name the caller expects."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
+    if not isinstance(ckpt, dict) or not {"model", "task", "config"} <= set(ckpt):
+        raise ValueError(f"{path} is not a checkpoint of this suite (use a best.pt written by benchmarks.run)")
+    if task is not None and ckpt["task"] != task:
+        raise ValueError(f"{path} is a {ckpt['task']} checkpoint, not {task} (use a best.pt written by --task {task})")
+    owner = get_task(ckpt["task"])(ckpt["config"])
+    # checkpoints written before the data_state key kept the same entries at the top level
+    state = ckpt.get("data_state") or {k: v for k, v in ckpt.items() if k not in ("model", "epoch", "task", "config")}
+    owner.load_data_state(state)
+    model = owner.build_model().to(device)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return owner, model
+
+
+def load_members(paths, device, task, same_config=()):
+    """(the first member's task object, [models]) of one or several checkpoints of `task`; the members must share
+    their data state (vocabularies) and the config keys `same_config` (e.g. the image encoder)."""
+    loaded = [load_checkpoint(path, device, task=task) for path in paths]
+    first = loaded[0][0]
+    for path, (other, _) in zip(paths[1:], loaded[1:]):
+        if other.data_state() != first.data_state() or any(other.config[k] != first.config[k] for k in same_config):
+            raise ValueError(f"ensemble members must share their vocabularies{' and ' + ', '.join(same_config) if same_config else ''} "
+                             f"(train them on one preset): {path} differs from {paths[0]}")
+    return first, [model for _, model in loaded]
 
 
 def first_seed_details(runs, key):
@@ -38,9 +128,14 @@ def first_seed_details(runs, key):
     return firsts
 
 
+# keys every task's config has or may have: the trainer's, the variant's and the runner's
+COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "seed", "ensemble"})
+
+
 class Task:
     name = ""  # registry key, e.g. "lm"
     description = ""
+    config_keys = ()  # the model, data and decoding keys the task reads (COMMON_KEYS are known to every task)
     presets = {}  # preset name -> plain config dict (model, data and TrainConfig keys)
     default_preset = "cpu"  # what `benchmarks.run --task NAME` trains when no --preset is given
     preset_notes = {}  # preset -> a warning printed above its results table (e.g. "scaled down")
@@ -52,18 +147,61 @@ class Task:
     extra_test_metrics = ()  # (key, label) of test metrics shown beside the main one, e.g. ("bleu", "BLEU")
     split_metrics = ()  # metrics besides the main one shown for train, valid and test, e.g. ("ce",)
     stateful = False  # carry the recurrent state across consecutive batches (truncated BPTT)
+    speed_notes = ""  # what benchmarks.speed's table should say about this task's rows (peers, worst cases)
     # Measure the train split again in eval mode (no dropout) after every epoch and report that as train_*,
     # as the paper does for frame accuracy; otherwise train_* is the running average of the training pass.
     eval_train = False
 
-    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
-        """`custom_data`: the user means to use data that fails the canonical checksums; the task then lists
-        those files in `self.noncanonical` (the runner records it in the results) instead of stopping.
-        `cache_dir`: where derived data (features) is cached; None means core.cache's default."""
-        self.config, self.data_dir, self.download = dict(config), Path(data_dir), download
+    def __init__(self, config, data_dir=None, download=True, custom_data=False, cache_dir=None):
+        """Cheap: reads no data (`load_data` does), so a model can be built from a config and a checkpoint.
+        `data_dir`: dataset root (None: $RNNREG_DATA_DIR, else ~/.cache/rnnreg). `custom_data`: the user means
+        to use data that fails the canonical checksums; the task then lists those files in `self.noncanonical`
+        (the runner records it in the results) instead of stopping. `cache_dir`: where derived data (features)
+        is cached; None means core.cache's default."""
+        self.check_keys(config)
+        self.config, self.data_dir, self.download = dict(config), data_root(data_dir), download
         self.custom_data = custom_data
         self.cache_dir = cache_root(cache_dir)
         self.noncanonical = []
+
+    @classmethod
+    def check_keys(cls, config):
+        """A key the task does not read is a typo: one error naming it (and the nearest known key)."""
+        known = COMMON_KEYS | set(cls.config_keys)
+        for key in config:
+            if key not in known:
+                near = difflib.get_close_matches(key, sorted(known), n=1)
+                raise ValueError(f"task {cls.name}: unknown config key {key!r}"
+                                 + (f" (did you mean {near[0]!r}?)" if near else "")
+                                 + f"; its keys: {', '.join(sorted(known))}")
+
+    def load_data(self):
+        """Read (download, check, featurize) the corpus; afterwards build_model and batches work. Returns self."""
+        raise NotImplementedError
+
+    def synthetic_data(self, batches=20, seed=0):
+        """Stand in random data of the preset's shape (vocabulary sizes, sequence lengths, feature sizes) so that
+        build_model and batches("train"/"valid") give about `batches` batches without any corpus: what
+        benchmarks.speed times. Tasks that want a speed row implement it."""
+        raise NotImplementedError(f"task {self.name} has no synthetic_data(), so benchmarks.speed cannot time it")
+
+    def data_state(self):
+        """What a checkpoint needs besides the weights and the config to rebuild the model and decode with it
+        (vocabularies, feature statistics); JSON-like values or small tensors."""
+        return {}
+
+    def load_data_state(self, state):
+        """Restore `data_state()` into a task built from a config alone (tasks.base.load_checkpoint)."""
+
+    def speed_peers(self, device):
+        """{name: (train_step(batch), eval_step(batch))} of published implementations to time beside ours on the
+        same synthetic batches (the LM: pytorch/examples word_language_model)."""
+        return {}
+
+    def speed_jobs(self, model, device):
+        """{column: (fn(), items)} of extra timed jobs on a synthetic-data model (MT: beam decoding), reported as
+        items per second."""
+        return {}
 
     @classmethod
     def default_seeds(cls, config):
@@ -170,5 +308,5 @@ class Task:
         return []
 
     def checkpoint_extras(self):
-        """What besides the weights a checkpoint needs to be used on its own (vocab, model config)."""
-        return {"task": self.name, "config": self.config}
+        """What besides the weights every checkpoint holds: the one format tasks.base.load_checkpoint reads."""
+        return {"task": self.name, "config": self.config, "data_state": self.data_state()}

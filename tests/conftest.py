@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from tasks.lm import PRESETS
+from tasks.lm.task import PRESETS
 
 
 def write_tiny_ptb(root, lines=(300, 40, 40), seed=0):

@@ -21,25 +21,26 @@ ROOT = Path(__file__).resolve().parent.parent
 # name -> (file, [(old, new), ...], test files that must fail)
 MUTANTS = {
     "no inter-layer dropout": ("core/lstm.py", [
-        ("between = self.p if num_layers > 1 else 0.0", "between = 0.0"),
-        ("                layer_input = self._drop(layer_input)", "                layer_input = layer_input"),
+        ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
+        ("layer_input = self.scheme.drop_between(layer_input, self.training)", "layer_input = layer_input"),
     ], ["tests/test_lstm.py"]),
-    "dropout on h_{t-1} in zaremba": ("core/lstm.py", [
-        ('h_rec = self._drop(h) if self.scheme == "naive" else h', "h_rec = self._drop(h)"),
+    "dropout on h_{t-1} in zaremba": ("core/schemes.py", [
+        ('"""h_{t-1} as it enters step t on the per-step path."""\n        return h',
+         '"""h_{t-1} as it enters step t on the per-step path."""\n        return _dropout(h, self.p, training)'),
     ], ["tests/test_lstm.py"]),
-    "source not reversed": ("tasks/mt.py", [
+    "source not reversed": ("tasks/mt/task.py", [
         ("reverse = torch.where(positions < lengths, lengths - 1 - positions, positions)",
          "reverse = positions.expand_as(src)"),
     ], ["tests/test_mt.py"]),
     "finished hypotheses dropped by the beam": ("core/beam.py", [
         ("finished.add(int(b), float(top_scores[b, r]), prefixes[b, top_parent[b, r]].tolist())", "pass"),
     ], ["tests/test_beam.py"]),
-    "the image step scored in captioning": ("tasks/caption.py", [
+    "the image step scored in captioning": ("tasks/caption/task.py", [
         ("return self.out(output[:, 1:])", "return self.out(output)"),
         ("targets = tokens[:, 1:].masked_fill(tokens[:, 1:] == self.vocab.pad, IGNORE)",
          "targets = tokens.masked_fill(tokens == self.vocab.pad, IGNORE)"),
     ], ["tests/test_caption.py", "tests/test_caption_model.py"]),
-    "normalisation statistics from all splits": ("tasks/speech.py", [
+    "normalisation statistics from all splits": ("tasks/speech/task.py", [
         ('self.mean, self.std = normalizer(self.data["train"]["feats"])',
          'self.mean, self.std = normalizer([f for s in SPLITS for f in self.data[s]["feats"]])'),
     ], ["tests/test_speech.py"]),

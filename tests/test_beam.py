@@ -3,7 +3,7 @@ import math
 import torch
 
 from core import beam_search
-from tasks.mt import Seq2Seq
+from tasks.mt.task import Seq2Seq
 
 PAD, UNK, BOS, EOS, A, B, C = range(7)
 

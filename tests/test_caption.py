@@ -8,8 +8,8 @@ import torch
 from benchmarks import run
 from core import Trainer
 from core.download import DataError
-from tasks.caption import PRESETS, CaptionTask, describe
-from tasks.captions_data import load_caption_splits, load_hub_captions
+from tasks.caption.task import PRESETS, CaptionTask, describe
+from tasks.caption.data import load_caption_splits, load_hub_captions
 from tests.test_captions_data import write_flickr8k, write_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:Flickr8k. skipping")
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Flickr8k. skipping")
 
 def tiny_task(root, cache, **overrides):
     config = {**PRESETS["tiny"], "scheme": "zaremba", "seed": 1, **overrides}
-    return CaptionTask(config, root, cache_dir=cache)
+    return CaptionTask(config, root, cache_dir=cache).load_data()
 
 
 @pytest.fixture
@@ -148,7 +148,7 @@ def test_tiny_caption_run_end_to_end_with_an_ensemble(flickr, tmp_path, capsys):
     [outputs] = (tmp_path / "runs").rglob("none-p0-ensemble/test_outputs.txt")
     outputs = outputs.read_text()
     assert outputs.splitlines()[0].startswith("flickr8k/images/1006_abc.jpg\t")
-    from benchmarks import caption as caption_cli
+    from tasks.caption import describe as caption_cli
 
     best = str(tmp_path / "runs" / "caption" / "tiny-e3" / "zaremba-p0.3-seed1" / "best.pt")
     images = [str(flickr / "flickr8k" / "images" / name) for name in ("1006_abc.jpg", "1007_abc.jpg")]
@@ -156,7 +156,7 @@ def test_tiny_caption_run_end_to_end_with_an_ensemble(flickr, tmp_path, capsys):
     caption_cli.main(["--checkpoint", best, "--checkpoint", best, "--beam", "2", "--device", "cpu", *images])
     printed = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in printed] == images
-    with pytest.raises(SystemExit, match="not a captioning checkpoint"):
+    with pytest.raises(SystemExit, match="is not a checkpoint of this suite"):
         caption_cli.main(["--checkpoint", str(tmp_path / "runs" / "caption" / "tiny-e3" / "zaremba-p0.3-seed1" /
                                               "checkpoint.pt"), images[0]])
     capsys.readouterr()

@@ -2,7 +2,7 @@
 import torch
 
 from core import beam_search
-from tasks.caption import CaptionModel
+from tasks.caption.task import CaptionModel
 
 
 def model(scheme="none", dropout=0.0):

@@ -7,8 +7,8 @@ import torch.nn as nn
 from PIL import Image
 
 from core.download import DataError
-from tasks.captions_data import (Encoder, image_features, load_coco_json, load_flickr8k, load_karpathy,
-                                 parse_flickr8k_tokens, read_image, tokenize)
+from tasks.caption.data import load_coco_json, load_flickr8k, load_karpathy, parse_flickr8k_tokens, tokenize
+from tasks.caption.encoders import Encoder, image_features, read_image
 
 
 def write_image(path, color, size=(40, 30)):
@@ -123,7 +123,7 @@ def test_unreadable_image_names_the_file_and_caches_nothing(tmp_path):
 
 
 def test_offline_efficientnet_lite0_encoder_gives_pooled_1280d_features(tmp_path):
-    from tasks.captions_data import efficientnet_lite0
+    from tasks.caption.encoders import efficientnet_lite0
 
     paths = [write_image(tmp_path / f"{i}.jpg", color) for i, color in enumerate(("red", "green"))]
     feats, _ = image_features(paths, efficientnet_lite0(), tmp_path / "cache", progress=False)
@@ -144,7 +144,7 @@ def test_real_flickr8k_split_sizes_when_present():
 
 
 def test_coco_caption_scores(monkeypatch):
-    from tasks import captions_data
+    from tasks.caption import metrics as captions_data
 
     refs = [["A dog runs on the green grass.", "A brown dog is running."], ["Two people ride bikes down a street."]]
     exact = ["a dog runs on the green grass", "two people ride bikes down a street"]
@@ -168,7 +168,7 @@ def test_coco_caption_scores(monkeypatch):
 def test_torchvision_encoder_from_a_local_weights_file(tmp_path):
     from torchvision import models
 
-    from tasks.captions_data import torchvision_encoder
+    from tasks.caption.encoders import torchvision_encoder
 
     torch.manual_seed(0)
     published = models.googlenet(weights=None, aux_logits=True, init_weights=False)  # the published file's layout

@@ -10,9 +10,9 @@ from benchmarks import run
 from core import Trainer, TrainConfig
 from core.utils import seed_everything
 from tasks.base import IGNORE
-from tasks.lm import LanguageModelTask
-from tasks.mt import TranslationTask
-from tasks.mt import PRESETS as MT_PRESETS
+from tasks.lm.task import LanguageModelTask
+from tasks.mt.task import TranslationTask
+from tasks.mt.task import PRESETS as MT_PRESETS
 from tests.test_mt import write_tiny_multi30k
 from tests.test_speech import tiny_task, write_tiny_fsdd
 
@@ -29,7 +29,7 @@ def single(task, model, split, tmp_path):
 
 
 def test_ensemble_of_identical_lm_members_equals_one_member(tiny_ptb, tiny_config, tmp_path):
-    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True)
+    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
     model, _ = two_models(task)
     alone = single(task, model, "valid", tmp_path)
     pair = task.ensemble_metrics([model, model], "valid", "cpu")
@@ -37,7 +37,7 @@ def test_ensemble_of_identical_lm_members_equals_one_member(tiny_ptb, tiny_confi
 
 
 def test_ensemble_averages_the_members_probabilities(tiny_ptb, tiny_config):
-    task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True)
+    task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True).load_data()
     a, b = two_models(task)
     for m in (a, b):
         m.eval()
@@ -54,7 +54,7 @@ def test_ensemble_averages_the_members_probabilities(tiny_ptb, tiny_config):
 def test_ensemble_of_identical_mt_members_equals_one_member_in_ppl_and_translations(tmp_path):
     data = write_tiny_multi30k(tmp_path / "data", sizes=(60, 12, 12))
     task = TranslationTask({**MT_PRESETS["tiny"], "scheme": "zaremba", "seed": 1}, data, download=False,
-                           custom_data=True)
+                           custom_data=True).load_data()
     model, _ = two_models(task)
     alone = single(task, model, "test", tmp_path)
     assert task.ensemble_metrics([model, model], "test", "cpu")["ppl"] == pytest.approx(alone["ppl"], rel=1e-5)

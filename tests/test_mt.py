@@ -7,8 +7,9 @@ import torch
 
 from benchmarks import run
 from core.download import DataError
-from tasks.mt import PRESETS, TranslationTask, load_checkpoint, translate
-from tasks.parallel import ensure_multi30k
+from tasks.base import load_checkpoint
+from tasks.mt.task import PRESETS, TranslationTask, translate
+from tasks.mt.data import ensure_multi30k
 
 EN = [f"e{i}" for i in range(12)]
 FR = {w: f"f{i}" for i, w in enumerate(EN)}  # a word-for-word "translation": learnable in seconds
@@ -46,7 +47,7 @@ def tiny_config(**overrides):
 
 
 def test_multi30k_loads_splits_vocab_and_raw_references(tiny_multi30k):
-    task = TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True)
+    task = TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True).load_data()
     assert {s: len(p) for s, p in task.pairs.items()} == {"train": 300, "valid": 30, "test": 30}
     assert set(task.src_vocab.words[4:]) == set(EN) | {"."} and set(task.tgt_vocab.words[4:]) == set(FR.values()) | {"."}
     test = task.pairs["test"]
@@ -56,7 +57,7 @@ def test_multi30k_loads_splits_vocab_and_raw_references(tiny_multi30k):
 
 def test_files_failing_the_checksum_stop_the_run_unless_custom_data(tiny_multi30k):
     with pytest.raises(DataError, match="(?s)train.en.gz.*failed the sha256 check.*--custom-data"):
-        TranslationTask(tiny_config(), tiny_multi30k, download=False)
+        TranslationTask(tiny_config(), tiny_multi30k, download=False).load_data()
 
 
 def test_line_count_mismatch_names_both_files_and_counts(tiny_multi30k):
@@ -65,7 +66,7 @@ def test_line_count_mismatch_names_both_files_and_counts(tiny_multi30k):
         lines = f.read().splitlines()
     write_gz(path, lines[:-3])
     with pytest.raises(DataError) as err:
-        TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True)
+        TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True).load_data()
     message = str(err.value)
     assert "not aligned" in message and f"{path} has 27 lines" in message
     assert "val.lc.norm.tok.en.gz has 30 lines" in message
@@ -74,7 +75,7 @@ def test_line_count_mismatch_names_both_files_and_counts(tiny_multi30k):
 def test_missing_language_file_names_it_and_says_how_to_get_it(tiny_multi30k):
     (tiny_multi30k / "multi30k" / "raw" / "test_2016_flickr.fr.gz").unlink()
     with pytest.raises(DataError) as err:
-        TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True)
+        TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True).load_data()
     message = str(err.value)
     assert str(tiny_multi30k / "multi30k" / "raw" / "test_2016_flickr.fr.gz") in message
     assert "github.com/multi30k/dataset" in message and "--data-dir" in message
@@ -93,7 +94,7 @@ def test_the_datasets_path_on_local_files(tmp_path):
         files[split] = str(path)
     config = tiny_config(corpus="hub", hub_name="json", hub_data_files=files, valid_set="validation", test_set="test",
                          hub_cache_dir=str(tmp_path / "hf-cache"))
-    task = TranslationTask(config, tmp_path, download=False)
+    task = TranslationTask(config, tmp_path, download=False).load_data()
     assert {s: len(p) for s, p in task.pairs.items()} == {"train": 40, "valid": 5, "test": 5}
     first = task.pairs["train"]
     assert first.src_tokens[0][-3:] == [",", "ok", "."]  # Moses-tokenized, lowercased
@@ -119,22 +120,28 @@ def test_end_to_end_tiny_run_writes_bleu_examples_overview_and_a_checkpoint_that
     assert "| mt | tiny (not a paper config) | test ppl / BLEU |" in overview and "[tiny.md](mt/tiny.md)" in overview
 
     run_dir = runs / "mt" / "tiny" / "zaremba-p0.2-seed1"
-    model, src_vocab, tgt_vocab, config = load_checkpoint(run_dir / "best.pt")
-    task = TranslationTask(config, tiny_multi30k, download=False, custom_data=True)
-    hyps = translate([model], src_vocab, tgt_vocab, task.pairs["test"].src_tokens[:3], config, "cpu")
-    from tasks.mt import detokenize
+    loaded, model = load_checkpoint(run_dir / "best.pt", task="mt")  # weights, config and vocabularies; no data
+    config = loaded.config
+    task = TranslationTask(config, tiny_multi30k, download=False, custom_data=True).load_data()
+    assert loaded.src_vocab.words == task.src_vocab.words and loaded.tgt_vocab.words == task.tgt_vocab.words
+    hyps = translate([model], loaded.src_vocab, loaded.tgt_vocab, task.pairs["test"].src_tokens[:3], config, "cpu")
+    from tasks.mt.task import detokenize
     written = (run_dir / "test_outputs.txt").read_text().splitlines()
     assert detokenize(hyps, "fr") == written[:3]
 
-    from benchmarks import translate as translate_cli
+    from tasks.mt import translate as translate_cli
     capsys.readouterr()
     best = str(run_dir / "best.pt")
     translate_cli.main(["--checkpoint", best, "--checkpoint", best, "--text", "E1 e2 e3.", "--beam", "2", "--device", "cpu"])
     out = capsys.readouterr().out
     assert len(out.splitlines()) == 1  # one translation for one sentence, in the target vocabulary
     assert set(out.replace(".", " ").split()) <= set(FR.values()) | {"<unk>"}
-    with pytest.raises(SystemExit, match="not a translation checkpoint"):
+    with pytest.raises(SystemExit, match="is not a checkpoint of this suite"):
         translate_cli.main(["--checkpoint", str(run_dir / "checkpoint.pt"), "--text", "e1"])
+    lm_like = tmp_path / "lm_best.pt"
+    torch.save({**torch.load(best, weights_only=False), "task": "lm"}, lm_like)
+    with pytest.raises(SystemExit, match="is a lm checkpoint, not mt"):
+        translate_cli.main(["--checkpoint", str(lm_like), "--text", "e1"])
 
 
 def test_tiny_model_learns_to_translate(tmp_path):
@@ -143,7 +150,7 @@ def test_tiny_model_learns_to_translate(tmp_path):
     data = write_tiny_multi30k(tmp_path / "data", sizes=(800, 30, 30))
     config = tiny_config(epochs=8, hidden=64, emb=32, dropout=0.0, scheme="none", decay_start=8, lr=0.02,
                          batch_size=16)
-    task = TranslationTask(config, data, download=False, custom_data=True)
+    task = TranslationTask(config, data, download=False, custom_data=True).load_data()
     torch.manual_seed(0)
     trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(config), tmp_path / "run", "cpu", progress=False)
     before = trainer.evaluate("valid")["ppl"]
@@ -172,7 +179,7 @@ def test_multi30k_downloads_verifies_and_places_files_from_a_mirror(tmp_path, se
 
 
 def test_batches_cover_every_pair_once_with_padding_and_teacher_forcing(tiny_multi30k):
-    task = TranslationTask(tiny_config(batch_size=7), tiny_multi30k, download=False, custom_data=True)
+    task = TranslationTask(tiny_config(batch_size=7), tiny_multi30k, download=False, custom_data=True).load_data()
     src_ids, tgt_ids = task.data["train"]
     torch.manual_seed(0)
     seen = []
@@ -189,7 +196,7 @@ def test_batches_cover_every_pair_once_with_padding_and_teacher_forcing(tiny_mul
 
 
 def test_encoder_reads_each_source_reversed_whatever_its_padding():
-    from tasks.mt import Seq2Seq
+    from tasks.mt.task import Seq2Seq
 
     torch.manual_seed(0)
     model = Seq2Seq(src_vocab=30, tgt_vocab=20, emb=8, hidden=10, layers=2, dropout=0.5).eval()

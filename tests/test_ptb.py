@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.download import DataError, Source, sha256
-from tasks.ptb import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks, read_words
+from tasks.lm.data import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks, read_words
 
 
 def test_reader_adds_eos_and_vocab_is_in_first_appearance_order(tmp_path):

@@ -5,8 +5,9 @@ import sys
 import pytest
 
 from benchmarks import report, run
-from benchmarks import sample as sample_cli
-from tasks.lm import load_checkpoint, sample
+from tasks.base import load_checkpoint
+from tasks.lm import sample as sample_cli
+from tasks.lm.task import sample
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
@@ -42,7 +43,8 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
     assert len(json.loads((out / "lm" / "tiny.json").read_text())) == 3
 
     # The checkpoint samples text from a prompt (the paper's Figure 4).
-    model, vocab = load_checkpoint(runs / "lm" / "tiny" / "zaremba-p0.3-seed1" / "best.pt")
+    task, model = load_checkpoint(runs / "lm" / "tiny" / "zaremba-p0.3-seed1" / "best.pt", task="lm")
+    vocab = task.vocab
     text = sample(model, vocab, "w1 w2", num_words=12, seed=3)
     assert text.startswith("w1 w2 ") and len(text.split()) == 14 and set(text.split()) <= set(vocab)
     assert text == sample(model, vocab, "w1 w2", num_words=12, seed=3)
@@ -52,7 +54,7 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
     sample_cli.main(["--checkpoint", str(runs / "lm" / "tiny" / "zaremba-p0.3-seed1" / "best.pt"), "--prompt", "w3",
                      "--words", "5", "--device", "cpu"])
     assert capsys.readouterr().out.startswith("w3 ")
-    with pytest.raises(SystemExit, match="not a language-model checkpoint"):
+    with pytest.raises(SystemExit, match="is not a checkpoint of this suite"):
         sample_cli.main(["--checkpoint", str(runs / "lm" / "tiny" / "zaremba-p0.3-seed1" / "checkpoint.pt")])
 
 
@@ -75,7 +77,7 @@ def test_list_shows_tasks_and_presets():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: caption, lm, mt, speech\n"),
+    (["--task", "nope", "--preset", "x"], "unknown task 'nope'; available: caption, lm, mt, speech. A task of your own: --user-dir"),
     (["--task", "lm", "--preset", "huge"], "--preset 'huge' is not a preset of task lm"),
     (["--task", "lm", "--preset", "cpu", "--variants", "none,dropconnect"], "unknown ['dropconnect']"),
     (["--task", "lm", "--preset", "cpu", "--seeds", "1,a"], "--seeds must be a comma list of integers"),
@@ -130,7 +132,7 @@ def test_set_overrides_preset_keys_by_type_and_names_the_results(capsys):
 
 
 def test_valid_only_selection_runs_never_read_the_test_split(tiny_ptb, tmp_path, monkeypatch):
-    from tasks.lm import LanguageModelTask
+    from tasks.lm.task import LanguageModelTask
 
     original = LanguageModelTask.batches
 

@@ -6,7 +6,7 @@ import pytest
 
 from benchmarks.report import check_consistent, markdown
 from benchmarks.significance import bleu_from_stats, compare
-from tasks.lm import LanguageModelTask
+from tasks.lm.task import LanguageModelTask
 
 
 def run(variant, seed, ppl, items=None, **config):

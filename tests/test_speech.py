@@ -8,8 +8,8 @@ import torch
 
 from benchmarks import run
 from core.download import DataError
-from tasks.speech import PRESETS, SpeechTask, silence_confusion
-from tasks.speech_data import (FSDD_SPEAKERS, IGNORE, SILENCE, TIMIT_39, TIMIT_61, LogMel, active_span,
+from tasks.speech.task import PRESETS, SpeechTask, silence_confusion
+from tasks.speech.data import (FSDD_SPEAKERS, IGNORE, SILENCE, TIMIT_39, TIMIT_61, LogMel, active_span,
                                arctic_split, build_fsdd_utterance, fold_timit, normalizer, plan_fsdd_utterances,
                                read_lab, timit_split)
 
@@ -43,7 +43,7 @@ def tiny_fsdd(tmp_path):
 
 def tiny_task(data, cache, **overrides):
     config = {**PRESETS["tiny"], "scheme": "zaremba", "seed": 1, **overrides}
-    return SpeechTask(config, data, download=False, custom_data=True, cache_dir=cache)
+    return SpeechTask(config, data, download=False, custom_data=True, cache_dir=cache).load_data()
 
 
 # ---- labelling --------------------------------------------------------------------------------------
@@ -131,12 +131,12 @@ def test_corrupt_wav_names_the_file_and_caches_nothing(tiny_fsdd, tmp_path):
 def test_missing_wav_and_non_canonical_copy_are_clear_errors(tiny_fsdd, tmp_path):
     config = {**PRESETS["tiny"], "scheme": "zaremba", "seed": 1}
     with pytest.raises(DataError, match="failed the sha256 check.*--custom-data"):
-        SpeechTask(config, tiny_fsdd, download=False, cache_dir=tmp_path / "cache")
+        SpeechTask(config, tiny_fsdd, download=False, cache_dir=tmp_path / "cache").load_data()
     (tiny_fsdd / "fsdd" / "recordings" / "0_theo_1.wav").unlink()
     with pytest.raises(DataError, match="0_theo_1.wav"):
-        SpeechTask(config, tiny_fsdd, download=False, custom_data=True, cache_dir=tmp_path / "cache")
+        SpeechTask(config, tiny_fsdd, download=False, custom_data=True, cache_dir=tmp_path / "cache").load_data()
     with pytest.raises(DataError, match=r"recordings/<digit>_<speaker>_<index>.wav"):
-        SpeechTask(config, tmp_path / "empty", download=False, cache_dir=tmp_path / "cache")
+        SpeechTask(config, tmp_path / "empty", download=False, cache_dir=tmp_path / "cache").load_data()
 
 
 def test_missing_corpus_names_the_expected_layout(tmp_path):
@@ -175,7 +175,7 @@ def test_arctic_preset_labels_frames_with_training_phones(tmp_path):
         write_arctic(tmp_path, speaker)
     config = {**PRESETS["arctic"], "train_speakers": "bdl", "valid_speakers": "slt", "test_speakers": "jmk",
               "scheme": "none", "seed": 1, "dropout": 0.0}
-    task = SpeechTask(config, tmp_path, download=False, cache_dir=tmp_path / "cache")
+    task = SpeechTask(config, tmp_path, download=False, cache_dir=tmp_path / "cache").load_data()
     assert task.classes == ["ax", "pau"]
     labels = task.data["train"]["labels"][0]  # 16 kHz, 10 ms hop: 160 samples per frame
     assert labels[:5].tolist() == [1] * 5 and labels[6:12].tolist() == [0] * 6 and labels[13:20].tolist() == [1] * 7
@@ -209,7 +209,7 @@ def test_timit_loader_splits_and_labels(tmp_path):
         "train": ["fcjf0"], "valid": ["faem0"], "test": ["mdab0"]}  # SA sentences left out
     assert utts["train"][0]["segments"][1] == (800, 1600, "q")
     config = {**PRESETS["timit"], "scheme": "none", "seed": 1, "dropout": 0.0}
-    task = SpeechTask(config, tmp_path, download=False, cache_dir=tmp_path / "cache")
+    task = SpeechTask(config, tmp_path, download=False, cache_dir=tmp_path / "cache").load_data()
     labels = task.data["train"]["labels"][0]
     sil, ih = TIMIT_39.index("sil"), TIMIT_39.index("ih")
     assert labels[:5].tolist() == [sil] * 5 and labels[6:10].tolist() == [IGNORE] * 4
@@ -255,7 +255,7 @@ def test_fsdd_downloads_the_pinned_release_and_verifies_it(tiny_fsdd, tmp_path, 
     import tarfile
 
     from core.download import sha256
-    from tasks import speech_data
+    from tasks.speech import data as speech_data
 
     www, url = served
     recordings = sorted((tiny_fsdd / "fsdd" / "recordings").glob("*.wav"))
@@ -294,7 +294,7 @@ def test_label_delay_scores_every_frame_once_and_predictions_line_up(tiny_fsdd, 
 # ---- folds, overlapping speakers, unseen phones ------------------------------------------------------
 
 def test_speaker_folds_hold_every_speaker_out_once(tiny_fsdd, tmp_path):
-    from tasks.speech import fold_speakers
+    from tasks.speech.task import fold_speakers
 
     base = {**PRESETS["cpu"], "scheme": "none", "dropout": 0.0}
     folds = [fold_speakers({**base, "seed": seed}) for seed in range(1, 7)]
@@ -336,7 +336,7 @@ def test_held_out_phones_unseen_in_training_count_as_errors(tmp_path):
         lab.write_text("separator ;\nnfields 1\n#\n0.050000 125 pau\n0.120000 125 zh\n0.250000 125 pau\n")
     config = {**PRESETS["arctic"], "train_speakers": "bdl", "valid_speakers": "slt", "test_speakers": "jmk",
               "scheme": "none", "seed": 1, "dropout": 0.0}
-    task = SpeechTask(config, tmp_path, download=False, cache_dir=tmp_path / "cache")
+    task = SpeechTask(config, tmp_path, download=False, cache_dir=tmp_path / "cache").load_data()
     labels = task.data["test"]["labels"][0]
     unseen = int((labels == UNSEEN).sum())
     assert unseen >= 6 and "zh" not in task.classes

@@ -1,9 +1,11 @@
 import json
+import statistics
 
 import pytest
 import torch
 
 from benchmarks import speed
+from tasks.base import load_tasks
 
 
 def test_speed_benchmark_writes_a_table_for_every_implementation(tmp_path, capsys):
@@ -18,46 +20,50 @@ def test_speed_benchmark_writes_a_table_for_every_implementation(tmp_path, capsy
 
 
 def test_mt_speed_benchmark_times_training_and_both_beam_widths(tmp_path, capsys):
-    speed.main(["--task", "mt", "--preset", "tiny", "--steps", "2", "--repeats", "1", "--warmup", "0",
-                "--out", str(tmp_path), "--device", "cpu"])
-    entries = json.loads((tmp_path / "mt" / "speed.json").read_text())
-    results = entries[0]["results"]
+    speed.main(["--task", "mt", "--preset", "tiny", "--variants", "none,zaremba", "--steps", "2", "--repeats", "1",
+                "--warmup", "0", "--out", str(tmp_path), "--device", "cpu"])
+    results = json.loads((tmp_path / "mt" / "speed.json").read_text())[0]["results"]
     assert set(results) == {"none", "zaremba"}
     assert all(r[k] > 0 for r in results.values() for k in ("train_tok_s", "eval_tok_s", "beam12_sent_s", "beam1_sent_s"))
     assert "| zaremba |" in (tmp_path / "mt" / "speed.md").read_text()
 
 
+@pytest.mark.parametrize("name", sorted(load_tasks()))
+def test_speed_benchmark_runs_for_every_registered_task(name, tmp_path):
+    """Task.synthetic_data stands in for the corpus: every task gets a speed row without any data."""
+    task_cls = load_tasks()[name]
+    config = {**task_cls.presets["tiny"], "dropout": 0.3}
+    results = speed.measure(task_cls, config, ["none", "zaremba"], torch.device("cpu"), steps=2, warmup=0, repeats=1)
+    assert {"none", "zaremba"} <= set(results)
+    assert all(r["train_tok_s"] > 0 and r["eval_tok_s"] > 0 for r in results.values())
+
+
 def test_lm_speed_compares_like_with_like_and_reports_tokens_over_median_time(monkeypatch):
-    from tasks.lm import PRESETS
+    from tasks.lm.reference import ReferenceLM
+    from tasks.lm.task import PRESETS, LanguageModelTask
 
     config = {**PRESETS["tiny"], "dropout": 0.3}
-    reference = speed.ReferenceLM(speed.VOCAB, config["hidden"], config["layers"], config["dropout"])
-    suite = speed.SyntheticLM({**config, "scheme": "zaremba"}).build_model()
+    task = LanguageModelTask({**config, "scheme": "zaremba"})
+    task.synthetic_data(batches=2)
+    reference = ReferenceLM(len(task.vocab), config["hidden"], config["layers"], config["dropout"])
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
-    assert count(reference) == count(suite)  # the same network is timed on both sides
-    seconds = iter([0.1] * 8 + [2.0, 4.0, 1.0, 3.0] * 6)  # warmup calls, then (train, eval) per impl per repeat
+    assert count(reference) == count(task.build_model())  # the same network is timed on both sides
+    impls = ["reference", "none", "zaremba", "naive"]
+    pattern = [2.0, 4.0, 1.0, 3.0] * 6  # (train, eval) per impl per repeat
+    seconds = iter(pattern)
 
     def fake_timed(fn, device):
         fn()
         return next(seconds)
 
-    monkeypatch.setattr(speed.speed_mt, "timed", fake_timed)
-    results = speed.measure(config, torch.device("cpu"), steps=2, warmup=1, repeats=3)
+    monkeypatch.setattr(speed, "timed", fake_timed)
+    results = speed.measure(LanguageModelTask, config, impls[1:], torch.device("cpu"), steps=2, warmup=0, repeats=3)
     tokens = 2 * config["batch_size"] * config["bptt"]
-    assert set(results) == set(speed.IMPLS)
-    assert all(r["train_tok_s"] == pytest.approx(tokens / t) for r, t in
-               zip(results.values(), _medians(speed.IMPLS)))
-
-
-def _medians(impls):
-    """Median train time per impl for the fake sequence above (8 warmup values, then train/eval pairs)."""
-    import statistics
-
-    pattern = [2.0, 4.0, 1.0, 3.0] * 6
+    assert list(results) == impls
     calls = iter(pattern)
     train = {impl: [] for impl in impls}
     for _ in range(3):
         for impl in impls:
             train[impl].append(next(calls))
             next(calls)
-    return [statistics.median(train[impl]) for impl in impls]
+    assert all(results[impl]["train_tok_s"] == pytest.approx(tokens / statistics.median(train[impl])) for impl in impls)

@@ -7,12 +7,12 @@ import torch
 from core import StepOutput, Trainer, TrainConfig
 from conftest import write_tiny_ptb
 from core.utils import seed_everything
-from tasks.lm import LanguageModelTask, PRESETS
+from tasks.lm.task import LanguageModelTask, PRESETS
 
 
 def make_trainer(data_root, config, run_dir, **overrides):
     config = {**config, **overrides}
-    task = LanguageModelTask(config, data_root, download=False, custom_data=True)
+    task = LanguageModelTask(config, data_root, download=False, custom_data=True).load_data()
     seed_everything(config["seed"])
     return Trainer(task, task.build_model(), TrainConfig.from_dict(config), run_dir, "cpu", progress=False)
 
@@ -38,7 +38,7 @@ def test_training_lowers_the_loss_on_a_tiny_corpus(tiny_config, tmp_path):
 
 
 def test_loss_is_summed_over_time_and_averaged_over_batch(tiny_ptb, tiny_config):
-    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True)
+    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
     model = task.build_model()
     inputs, targets = next(iter(task.batches("train", "cpu")))
     out = task.forward(model, (inputs, targets), None)
@@ -70,7 +70,7 @@ class ExplodingTask(LanguageModelTask):
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_ptb, tiny_config, tmp_path):
-    task = ExplodingTask(tiny_config, tiny_ptb, download=False, custom_data=True)
+    task = ExplodingTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
     trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(tiny_config), tmp_path, "cpu", progress=False)
     with pytest.raises(FloatingPointError, match="loss became nan at epoch 1.*Lower the learning rate"):
         trainer.fit()
@@ -85,7 +85,7 @@ def test_test_split_is_read_only_after_training_and_never_picks_the_epoch(tiny_p
             yield from super().batches(split, device)
 
     config = {**tiny_config, "epochs": 3}
-    task = Spy(config, tiny_ptb, download=False, custom_data=True)
+    task = Spy(config, tiny_ptb, download=False, custom_data=True).load_data()
     seed_everything(1)
     trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(config), tmp_path / "run", "cpu", progress=False)
     result = trainer.fit()

@@ -1,7 +1,7 @@
 """CNN -> LSTM image captioning (paper section 4.4, Table 4): Show and Tell (Vinyals et al., 2015) with the
 paper's dropout.
 
-A frozen ImageNet CNN maps the image to a vector (tasks/captions_data.py computes and caches it); its linear
+A frozen ImageNet CNN maps the image to a vector (tasks/caption/encoders.py computes and caches it); its linear
 projection is the decoder LSTM's first input, then the words. The output after the image step is not scored;
 from <bos> on, every step predicts the next word. The variant's scheme and p act on the non-recurrent
 connections (the image / word embedding going in, before the softmax), never on h_{t-1} -> h_t.
@@ -14,8 +14,11 @@ import torch.nn as nn
 
 from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
 from core.download import data_root
+from core.vocab import SPECIALS
 from tasks.base import IGNORE, Task, first_seed_details, register
-from tasks.captions_data import coco_caption_scores, load_caption_splits, make_encoder, split_features, tokenize
+from tasks.caption.data import load_caption_splits, tokenize
+from tasks.caption.encoders import make_encoder, split_features
+from tasks.caption.metrics import coco_caption_scores
 
 # Other corpora: --set corpus=coco (annotations/captions_*2014.json; valid/test cut from val2014 by the coco_*
 # sizes), corpus=karpathy (coco/dataset_coco.json) or corpus=hub (a `datasets` corpus with images, one row per
@@ -103,15 +106,33 @@ class CaptionTask(Task):
                      "the seeds of its row. Flickr8k and MSCOCO are read from your copy: neither has a canonical "
                      "download to check checksums against, so the files are not verified.")
 
-    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
-        super().__init__(config, data_dir, download, custom_data, cache_dir)
+    config_keys = (*_DATA, "feature_dim", *_DECODE, "emb", "hidden", "layers", "init", "min_freq",
+                   "max_vocab", "batch_size", "eval_batch_size")
+    synthetic_sizes = (3000, 1280)  # vocabulary (about Flickr8k's at min_freq 5), EfficientNet-Lite0 feature size
+    synthetic_lengths = (8, 20)
+
+    def load_data(self):
         cfg = self.config
-        self.sets = load_caption_splits(cfg, data_dir, self.cache_dir)
+        self.sets = load_caption_splits(cfg, self.data_dir, self.cache_dir)
         train = [tokenize(c) for caps in self.sets["train"].captions for c in caps]
         self.vocab = Vocab.build(train, cfg["min_freq"], cfg["max_vocab"])
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.features, self.cache_hit = split_features(self.sets, make_encoder(cfg), self.cache_dir, device)
+        self.feature_dim = self.features["train"].size(1)
         self.data = {split: self._encode(captions) for split, captions in self.sets.items()}
+        return self
+
+    def synthetic_data(self, batches=20, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        vocab_size, self.feature_dim = self.synthetic_sizes
+        self.vocab = Vocab(list(SPECIALS) + [f"w{i}" for i in range(vocab_size - len(SPECIALS))])
+        images = batches * self.config["batch_size"]
+        lengths = torch.randint(*self.synthetic_lengths, (images,), generator=generator)
+        samples = [(i, [self.vocab.bos, *torch.randint(len(SPECIALS), vocab_size, (int(n),), generator=generator).tolist(),
+                        self.vocab.eos]) for i, n in enumerate(lengths)]
+        features = torch.randn(images, self.feature_dim, generator=generator)
+        self.data = {split: samples for split in ("train", "valid", "test")}
+        self.features = {split: features for split in ("train", "valid", "test")}
 
     def data_info(self):
         if self.config["corpus"] == "hub":  # the datasets library verifies its own downloads
@@ -126,7 +147,7 @@ class CaptionTask(Task):
 
     # ---- Task interface ------------------------------------------------------------------------
     def build_model(self):
-        return build_caption_model(self.config, self.features["train"].size(1), len(self.vocab))
+        return build_caption_model(self.config, self.feature_dim, len(self.vocab))
 
     def _size(self, split):
         return self.config["batch_size" if split == "train" else "eval_batch_size"]
@@ -178,9 +199,11 @@ class CaptionTask(Task):
         path = Path(folder) / ("examples.png" if label == cls.default_preset else f"{label}-examples.png")
         return [path] if plot_examples(firsts, path, f"{cls.name} / {label}") else []
 
-    def checkpoint_extras(self):
-        return {**super().checkpoint_extras(), "vocab": self.vocab.state_dict(),
-                "feature_dim": self.features["train"].size(1)}
+    def data_state(self):
+        return {"vocab": self.vocab.state_dict(), "feature_dim": self.feature_dim}
+
+    def load_data_state(self, state):
+        self.vocab, self.feature_dim = Vocab.from_state_dict(state["vocab"]), state["feature_dim"]
 
 
 def _relative(path, root):
@@ -219,7 +242,7 @@ def plot_examples(examples_by_variant, path, title):
     import matplotlib.pyplot as plt
 
     from core.utils import atomic_write
-    from tasks.captions_data import read_image
+    from tasks.caption.encoders import read_image
 
     base = next(iter(examples_by_variant.values()))
     # where the run read them, else the same names under this machine's data folder
@@ -255,16 +278,3 @@ def build_caption_model(config, feature_dim, vocab_size):
                          config.get("scheme", "zaremba"))
     init_uniform(model, config["init"])
     return model
-
-
-def load_checkpoint(path, device="cpu"):
-    """A best.pt of --task caption -> (model, vocab, config): with the config's encoder, enough to caption
-    new images (benchmarks.caption)."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if ckpt.get("task") != "caption" or "vocab" not in ckpt:
-        raise ValueError(f"{path} is not a captioning checkpoint (use a best.pt written by --task caption)")
-    vocab = Vocab.from_state_dict(ckpt["vocab"])
-    model = build_caption_model(ckpt["config"], ckpt["feature_dim"], len(vocab)).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, vocab, ckpt["config"]

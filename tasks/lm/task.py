@@ -1,6 +1,6 @@
 """PTB word-level language modeling (paper section 4.1).
 
-Sample from a trained checkpoint (the paper's Figure 4) with benchmarks.sample.
+Sample from a trained checkpoint (the paper's Figure 4) with `python -m tasks.lm.sample`.
 """
 import torch
 import torch.nn as nn
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from core import DropoutLSTM, StepOutput, init_uniform
 from tasks.base import Task, register
-from tasks.ptb import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
+from tasks.lm.data import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
 
 _PAPER = dict(lr=1.0, batch_size=20, eval_batch_size=1, layers=2)
 PRESETS = {
@@ -67,18 +67,45 @@ class LanguageModelTask(Task):
     stateful = True
 
     paper_source = "Table 1"
+    config_keys = ("hidden", "layers", "init", "bptt", "batch_size", "eval_batch_size")
+    synthetic_vocab = 10000  # PTB's vocabulary size
+    speed_notes = ("Random token ids of PTB's 10k vocabulary. `reference` is the pytorch/examples word_language_model "
+                   "as published: dropout on the embeddings, nn.LSTM's built-in inter-layer dropout and dropout on the "
+                   "LSTM output (the connections our `zaremba` scheme drops), log_softmax + NLLLoss, clipping, its "
+                   "manual SGD update. `zaremba` runs on the fused nn.LSTM path, so that row is like for like; "
+                   "`naive` also masks h_{t-1} and runs the explicit per-time-step cell, so it is expected to be "
+                   "slower.")
 
-    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
-        super().__init__(config, data_dir, download, custom_data, cache_dir)
-        folder, self.noncanonical = ensure_ptb(data_dir, download, custom_data=custom_data)
-        self.corpus = Corpus(folder)
+    def load_data(self):
+        folder, self.noncanonical = ensure_ptb(self.data_dir, self.download, custom_data=self.custom_data)
+        corpus = Corpus(folder)
+        self.vocab = corpus.vocab
+        self.use_token_streams(corpus.splits)
+        return self
+
+    def synthetic_data(self, batches=20, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.vocab = [f"w{i}" for i in range(self.synthetic_vocab)]
+        length = (batches * self.config["bptt"] + 1) * self.config["batch_size"]  # full bptt chunks
+        ids = torch.randint(self.synthetic_vocab, (length,), generator=generator)
+        self.use_token_streams({"train": ids, "valid": ids, "test": ids})
+
+    def use_token_streams(self, splits):
+        """Batch {split: 1-D LongTensor of token ids} into the paper's parallel streams (a subclass with another
+        corpus calls this from its load_data; data_state must then give its vocabulary)."""
         sizes = {"train": self.config["batch_size"], "valid": self.config["eval_batch_size"],
                  "test": self.config["eval_batch_size"]}
-        self.streams = {split: batchify(ids, sizes[split]) for split, ids in self.corpus.splits.items()}
+        self.streams = {split: batchify(ids, sizes[split]) for split, ids in splits.items()}
         self._on_device = {}
 
+    def data_state(self):
+        return {"vocab": self.vocab}
+
+    def load_data_state(self, state):
+        self.vocab = state["vocab"]
+
     def build_model(self):
-        return build_language_model(self.config, len(self.corpus.vocab))
+        return build_language_model(self.config, len(self.vocab))
 
     def batches(self, split, device):
         key = (split, str(device))
@@ -102,8 +129,10 @@ class LanguageModelTask(Task):
         # tokens instead would silently divide lr 1 and the clip norm by the bptt length.
         return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state)
 
-    def checkpoint_extras(self):
-        return {**super().checkpoint_extras(), "vocab": self.corpus.vocab}
+    def speed_peers(self, device):
+        from tasks.lm.reference import reference_stepper
+
+        return {"reference": reference_stepper(self.config, len(self.vocab), device)}
 
 
 @torch.no_grad()
@@ -127,12 +156,3 @@ def sample(model, vocab, prompt, num_words=50, temperature=1.0, seed=1):
         out.append(vocab[token.item()])
         logits, state = model(token.view(1, 1), state)
     return " ".join(out)
-
-
-def load_checkpoint(path, device="cpu"):
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if ckpt.get("task") != "lm" or "vocab" not in ckpt:
-        raise ValueError(f"{path} is not a language-model checkpoint (use a best.pt written by --task lm)")
-    model = build_language_model(ckpt["config"], len(ckpt["vocab"])).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt["vocab"]

@@ -2,7 +2,7 @@
 10 ms frame; frame accuracy on train (measured without dropout, as in the paper) and held-out speakers.
 
 The paper's Icelandic data is private; the default is connected digits built from the Free Spoken Digit
-Dataset with speaker-disjoint splits (tasks/speech_data.py), and CMU ARCTIC and TIMIT presets serve users
+Dataset with speaker-disjoint splits (tasks/speech/data.py), and CMU ARCTIC and TIMIT presets serve users
 who have those corpora.
 """
 import base64
@@ -17,7 +17,7 @@ from core import DropoutLSTM, StepOutput, bucket_batches, init_uniform
 from core.cache import cached, files_fingerprint
 from core.download import DataError
 from tasks.base import UNSEEN, Task, first_seed_details, register
-from tasks.speech_data import (DIGIT_CLASSES, FSDD_SPEAKERS, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
+from tasks.speech.data import (DIGIT_CLASSES, FSDD_SPEAKERS, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
                                fsdd_split, label_samples, normalizer, timit_split)
 
 SPLITS = ("train", "valid", "test")
@@ -190,11 +190,17 @@ class SpeechTask(Task):
                      "out of the cross-entropy; the JSON counts such frames (unseen_frames) and has the test "
                      "confusion matrix, per-class accuracy and the silence/speech confusion.")
 
-    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
+    config_keys = (*_FSDD, "speaker_folds", *_TRAIN, "hidden", "layers")
+    synthetic_frames = (150, 300)  # utterance lengths in frames (FSDD's connected digits: 1.5-3 s)
+
+    def __init__(self, config, data_dir=None, download=True, custom_data=False, cache_dir=None):
         super().__init__(config, data_dir, download, custom_data, cache_dir)
-        cfg = self.config = fold_speakers(self.config)
+        self.config = fold_speakers(self.config)
+
+    def load_data(self):
+        cfg, data_dir = self.config, self.data_dir
         if cfg["corpus"] == "fsdd":
-            _, self.noncanonical = ensure_fsdd(data_dir, cfg["per_digit"], download, custom_data)
+            _, self.noncanonical = ensure_fsdd(data_dir, cfg["per_digit"], self.download, self.custom_data)
         folders = corpus_folders(cfg, data_dir)
         files = sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file())
         key = {"version": CACHE_VERSION, "data": {k: cfg.get(k) for k in DATA_KEYS}, "files": files_fingerprint(files)}
@@ -205,6 +211,21 @@ class SpeechTask(Task):
             for split in SPLITS:
                 self.data[split]["feats"] = [f - f.mean(dim=0) for f in self.data[split]["feats"]]
         self.mean, self.std = normalizer(self.data["train"]["feats"])
+        self._normalize()
+        return self
+
+    def synthetic_data(self, batches=20, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        dims = self.config["n_mels"] * (3 if self.config["deltas"] else 1)
+        self.classes = list(DIGIT_CLASSES)
+        lengths = torch.randint(*self.synthetic_frames, (batches * self.config["batch_size"],), generator=generator)
+        split = {"feats": [torch.randn(int(n), dims, generator=generator) for n in lengths],
+                 "labels": [torch.randint(len(self.classes), (int(n),), generator=generator) for n in lengths]}
+        self.data = {s: split for s in SPLITS}
+        self.mean, self.std = normalizer(split["feats"])
+        self._normalize()
+
+    def _normalize(self):
         for split in SPLITS:
             self.data[split]["norm"] = [(f - self.mean) / self.std for f in self.data[split]["feats"]]
 
@@ -224,7 +245,7 @@ class SpeechTask(Task):
 
     def build_model(self):
         cfg = self.config
-        model = FrameClassifier(self.data["train"]["feats"][0].size(1), len(self.classes), cfg["hidden"],
+        model = FrameClassifier(self.mean.size(-1), len(self.classes), cfg["hidden"],
                                 cfg["layers"], cfg["dropout"], cfg.get("scheme", "zaremba"))
         init_uniform(model, cfg["init"])
         return model
@@ -326,11 +347,16 @@ class SpeechTask(Task):
         if not firsts:
             return []
         path = Path(folder) / ("frames.png" if label == cls.default_preset else f"{label}-frames.png")
+        from tasks.speech.figures import plot_frames
+
         plot_frames(next(iter(firsts.values())), firsts, path, f"{cls.name} / {label}")
         return [path]
 
-    def checkpoint_extras(self):
-        return {**super().checkpoint_extras(), "classes": self.classes, "mean": self.mean, "std": self.std}
+    def data_state(self):
+        return {"classes": self.classes, "mean": self.mean, "std": self.std}
+
+    def load_data_state(self, state):
+        self.classes, self.mean, self.std = state["classes"], state["mean"], state["std"]
 
 
 def silence_confusion(confusion, silence):
@@ -339,57 +365,3 @@ def silence_confusion(confusion, silence):
     sil_row, speech_rows = confusion[silence], confusion[speech]
     return {"silence": {"silence": int(sil_row[silence]), "speech": int(sil_row[speech].sum())},
             "speech": {"silence": int(speech_rows[:, silence].sum()), "speech": int(speech_rows[:, speech].sum())}}
-
-
-def plot_frames(reference, predictions, path, title):
-    """Draw the example utterance recorded in `reference["frames"]` with the reference labels and the
-    predictions of each {(variant, p): details} under it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from core.utils import atomic_write
-
-    example, classes = reference["frames"], reference["classes"]
-    image = np.frombuffer(base64.b64decode(example["features_u8"]), dtype=np.uint8).reshape(example["shape"])
-    seconds = len(image) * example["hop_ms"] / 1000
-    rows = [("reference", example["reference"], None)]
-    for (variant, p), details in predictions.items():
-        pred, ref = np.array(details["frames"]["prediction"]), np.array(example["reference"])
-        real = ref != IGNORE
-        rows.append((f"{variant} (p={p:g})", pred.tolist(), 100.0 * (pred[real] == ref[real]).mean()))
-    fig, axes = plt.subplots(1 + len(rows), 1, figsize=(12, 2.6 + 0.7 * len(rows)), sharex=True,
-                             gridspec_kw={"height_ratios": [4] + [1] * len(rows)})
-    axes[0].imshow(image.T, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, image.shape[1]))
-    axes[0].set_ylabel("log-mel band")
-    axes[0].set_title(f"{title}: test utterance {example['index']} (speaker {example['speaker']}, "
-                      f"{' '.join(f.split('_')[0] for f in example['files'])})")
-    cmap = plt.get_cmap("tab20", max(len(classes), 2))
-    for ax, (name, labels, acc) in zip(axes[1:], rows):
-        ids = np.array(labels, dtype=float)
-        ids[ids < 0] = np.nan  # IGNORE and UNSEEN
-        ax.imshow(ids[None], aspect="auto", cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest",
-                  extent=(0, seconds, 0, 1))
-        for start, end, cls_id in _segments(labels):
-            if cls_id >= 0 and end - start >= 4:
-                ax.text((start + end) / 2 * seconds / len(labels), 0.5, classes[cls_id], ha="center", va="center",
-                        fontsize=8)
-        ax.set_yticks([])
-        ax.set_ylabel(name if acc is None else f"{name}\n{acc:.1f}%", rotation=0, ha="right", va="center",
-                      fontsize=9)
-    axes[-1].set_xlabel("time (s)")
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
-    plt.close(fig)
-
-
-def _segments(labels):
-    """Runs of equal labels: [(start, end, label)]."""
-    runs, start = [], 0
-    for i in range(1, len(labels) + 1):
-        if i == len(labels) or labels[i] != labels[start]:
-            runs.append((start, i, labels[start]))
-            start = i
-    return runs

@@ -12,8 +12,9 @@ import torch.nn as nn
 
 from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
 from core.download import DataError
+from core.vocab import SPECIALS
 from tasks.base import IGNORE, Task, register
-from tasks.parallel import ensure_multi30k, load_hub_pairs, load_multi30k
+from tasks.mt.data import ensure_multi30k, load_hub_pairs, load_multi30k
 
 SPLITS = ("train", "valid", "test")
 _DATA = dict(corpus="multi30k", src="en", tgt="fr", valid_set="val", test_set="test_2016_flickr")
@@ -117,14 +118,39 @@ class TranslationTask(Task):
                      "untokenized) references with its own 13a tokenizer, case-insensitive (`-lc`), since the "
                      "model is trained on Multi30k's lowercased tok/ files.")
 
-    def __init__(self, config, data_dir, download=True, custom_data=False, cache_dir=None):
-        super().__init__(config, data_dir, download, custom_data, cache_dir)
+    config_keys = ("corpus", "src", "tgt", "valid_set", "test_set", "hub_name", "hub_config", "hub_data_files",
+                   "hub_cache_dir", "train_limit", "valid_limit", "test_limit", *_DECODE, "emb", "hidden", "layers",
+                   "init", "min_freq", "max_vocab", "src_vocab", "tgt_vocab", "max_train_len", "batch_size",
+                   "eval_batch_size")
+    synthetic_sizes = (6000, 6500)  # source / target vocabularies: about Multi30k En/Fr with min_freq 2
+    synthetic_lengths = (8, 20)  # sentence lengths drawn uniformly (Multi30k averages about 13 words)
+    speed_notes = ("Random sentences of 8-20 tokens, 6000/6500 source/target vocabularies (about Multi30k's). "
+                   "Decoding runs the untrained model, which rarely emits <eos>, to the length limit (1.5 x source + "
+                   "10): a worst case; the decoding speed of a trained model is in each run's results JSON.")
+
+    def load_data(self):
         cfg = self.config
-        self.pairs, self.noncanonical = load_pairs(cfg, data_dir, download, custom_data)
+        self.pairs, self.noncanonical = load_pairs(cfg, self.data_dir, self.download, self.custom_data)
         train = self.pairs["train"]
         self.src_vocab = Vocab.build(train.src_tokens, cfg["min_freq"], cfg.get("src_vocab", cfg["max_vocab"]))
         self.tgt_vocab = Vocab.build(train.tgt_tokens, cfg["min_freq"], cfg.get("tgt_vocab", cfg["max_vocab"]))
         self.data = {split: self._encode(pairs, drop_long=split == "train") for split, pairs in self.pairs.items()}
+        return self
+
+    def synthetic_data(self, batches=20, seed=0):
+        generator = torch.Generator().manual_seed(seed)
+        self.src_vocab, self.tgt_vocab = (Vocab(list(SPECIALS) + [f"w{i}" for i in range(n - len(SPECIALS))])
+                                          for n in self.synthetic_sizes)
+        lo, hi = self.synthetic_lengths
+
+        def sentences(vocab, count, extra=0):
+            lengths = torch.randint(lo, hi + 1, (count,), generator=generator)
+            return [torch.randint(len(SPECIALS), len(vocab), (int(n) + extra,), generator=generator).tolist()
+                    for n in lengths]
+
+        count = batches * self.config["batch_size"]
+        self.data = {split: (sentences(self.src_vocab, count), sentences(self.tgt_vocab, count, extra=2))
+                     for split in SPLITS}
 
     def _encode(self, pairs, drop_long):
         src = [self.src_vocab.encode(s) for s in pairs.src_tokens]
@@ -183,9 +209,21 @@ class TranslationTask(Task):
                                 "decode_sent_s": round(len(hyps) / decode_s, 1), "threads": torch.get_num_threads(),
                                 "examples": examples, "outputs": detok, "items": {"bleu": stats}}
 
-    def checkpoint_extras(self):
-        return {**super().checkpoint_extras(), "src_vocab": self.src_vocab.state_dict(),
-                "tgt_vocab": self.tgt_vocab.state_dict()}
+    def data_state(self):
+        return {"src_vocab": self.src_vocab.state_dict(), "tgt_vocab": self.tgt_vocab.state_dict()}
+
+    def load_data_state(self, state):
+        self.src_vocab = Vocab.from_state_dict(state["src_vocab"])
+        self.tgt_vocab = Vocab.from_state_dict(state["tgt_vocab"])
+
+    def speed_jobs(self, model, device):
+        """Beam-12 and greedy decoding of the synthetic sources (an untrained model rarely emits <eos>, so it
+        decodes to the length limit: a worst case)."""
+        sentences = [self.src_vocab.decode(ids) for ids in self.data["valid"][0][:self.config["decode_batch_size"] * 2]]
+        decode = lambda beam: translate([model], self.src_vocab, self.tgt_vocab, sentences, self.config,  # noqa: E731
+                                        device, beam=beam)
+        return {"beam12_sent_s": (lambda: decode(12), len(sentences)),
+                "beam1_sent_s": (lambda: decode(1), len(sentences))}
 
 
 # ---- decoding and scoring -----------------------------------------------------------------------
@@ -227,15 +265,3 @@ def corpus_bleu(hypotheses, references):
     bleu = BLEU(lowercase=True)
     stats = [list(map(int, s)) for s in bleu._extract_corpus_statistics(hypotheses, [references])]
     return bleu.corpus_score(hypotheses, [references]).score, str(bleu.get_signature()), stats
-
-
-def load_checkpoint(path, device="cpu"):
-    """A best.pt of --task mt -> (model, src_vocab, tgt_vocab, config): enough to translate on its own."""
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if ckpt.get("task") != "mt" or "tgt_vocab" not in ckpt:
-        raise ValueError(f"{path} is not a translation checkpoint (use a best.pt written by --task mt)")
-    src_vocab, tgt_vocab = Vocab.from_state_dict(ckpt["src_vocab"]), Vocab.from_state_dict(ckpt["tgt_vocab"])
-    model = build_seq2seq(ckpt["config"], len(src_vocab), len(tgt_vocab)).to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return model, src_vocab, tgt_vocab, ckpt["config"]

@@ -1,0 +1,82 @@
+"""The "Is the difference real?" section of a results table: every variant against the baselines (none and
+zaremba), the difference of the seed means with its 95% interval over seeds and the paired bootstrap over test
+items (benchmarks.significance), and a line in plain words per comparison."""
+from benchmarks.significance import METRICS, compare
+
+BASELINES = ("none", "zaremba")  # every other variant is compared with these
+LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
+
+
+def effect_metrics(task, runs):
+    """The metrics compared: the main one, the first extra one, and every extra one with per-item statistics."""
+    with_items = {k for r in runs for k in r.get("details", {}).get("items", {})}
+    keys = [task.main_metric] + [k for k, _ in task.extra_test_metrics[:1]]
+    keys += [k for k, _ in task.extra_test_metrics if k in METRICS and METRICS[k][0] in with_items and k not in keys]
+    return keys
+
+
+def _interval(pair):
+    return f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
+def effects(task, runs, groups):
+    """[(a, b, comparison dict)] for each variant against each baseline present (see benchmarks.significance);
+    `groups`: {(variant, p): single-model runs}."""
+    out = []
+    for base_variant in BASELINES:
+        bases = [(key, group) for key, group in groups.items() if key[0] == base_variant]
+        for (variant, p), group in groups.items():
+            for base_key, base_group in bases:
+                if variant == base_variant or (base_variant == "zaremba" and variant == "none"):
+                    continue
+                for metric in effect_metrics(task, runs):
+                    result = compare(group, base_group, metric, metric in LOWER_IS_BETTER)
+                    if result:
+                        out.append(((variant, p), base_key, result))
+    return out
+
+
+def effects_section(task, runs, groups):
+    """The table's "Is the difference real?" section: one row per comparison, then a line in plain words each."""
+    rows = effects(task, runs, groups)
+    if not rows:
+        return []
+    names = dict(task.extra_test_metrics)
+    lines = ["", "## Is the difference real? (test set)", "",
+             "Difference of the seed means (first variant minus second). 95% CI over seeds: Student's t over the "
+             "per-seed differences (seeds paired by number). Paired bootstrap: 2,000 resamples of the test items "
+             "(sentences, images, utterances or bptt chunks), the same draw for both variants of a seed (and for all "
+             "seeds that share a test set); its 95% percentile interval and two-sided p. Significant here means p < 0.05 *and* the seed interval "
+             "excludes 0 (both sources of noise: the test sample and the training seed).", "",
+             "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | seeds better / worse | verdict |",
+             "|" + "---|" * 9]
+    said = []
+    for (variant, p), (base, base_p), r in rows:
+        seed_ci = r.get("seed_ci")
+        boot_ci = r.get("boot_ci")
+        how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
+        p_text = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
+        lines.append(f"| {variant} p={p:g} − {base} p={base_p:g} | test {names.get(r['metric'], r['metric'])} | "
+                     f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
+                     f"{_interval(seed_ci) if seed_ci else '— (one seed)'} | {_interval(boot_ci) if boot_ci else '—'} | "
+                     f"{p_text} | {r['a_better']} / {r['b_better']} | "
+                     f"{'significant' if r['significant'] else 'not significant'}{how} |")
+        said.append(_in_words(f"{variant} p={p:g}", f"{base}", names.get(r["metric"], r["metric"]), r))
+    return lines + [""] + said
+
+
+def _in_words(a, b, metric, r):
+    lower = r["metric"] in LOWER_IS_BETTER
+    better = (r["diff"] < 0) == lower
+    direction = "better" if better else "worse"
+    why = []
+    if r.get("boot_ci") is not None:
+        why.append(f"paired bootstrap p = {r['p']:.3f}" if r["p"] > 0.001 else "paired bootstrap p < 0.001")
+    if r.get("seed_ci") is None:
+        why.append("one seed only: no interval over seeds")
+    elif not r["seeds_agree"]:
+        why.append("the interval over seeds includes 0")
+    why.append(f"{r['a_better']} of {len(r['seeds'])} seeds better")
+    verdict = ("a significant difference" if r["significant"]
+               else "**not a significant difference** (it could be noise)")
+    return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {verdict}: {'; '.join(why)}."

@@ -38,6 +38,7 @@ def merge_runs(old, new):
 
 
 SEED_KEYS = ("scheme", "dropout", "seed")  # what may differ between the runs of one table
+CONFIG_DEFAULTS = {"precision": "fp32"}  # settings added later: runs recorded before them had these values
 
 
 def check_consistent(runs, where="this table"):
@@ -45,7 +46,7 @@ def check_consistent(runs, where="this table"):
     that differ otherwise (e.g. a bf16 seed merged into fp32 runs, or a preset edited between commands)."""
     base = None
     for run in runs:
-        config = {k: v for k, v in run["config"].items() if k not in SEED_KEYS}
+        config = {k: v for k, v in {**CONFIG_DEFAULTS, **run["config"]}.items() if k not in SEED_KEYS}
         if base is None:
             base, first = config, run
             continue
@@ -169,6 +170,7 @@ def markdown(task, label, preset, runs):
         lines += ["", f"Paper columns: {task.paper_source} of Zaremba et al. (2014), as printed.{caveat}"]
     if task.results_notes:
         lines += ["", task.results_notes]
+    lines += _decoding_speed(runs)
     signatures = sorted({r["details"]["bleu_signature"] for r in runs if "bleu_signature" in r.get("details", {})})
     if signatures:
         lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures)]
@@ -192,6 +194,27 @@ def markdown(task, label, preset, runs):
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"
+
+
+SPEED_KEYS = {"decode_sent_s": "sentences/s", "decode_image_s": "images/s"}
+
+
+def _decoding_speed(runs):
+    """One line: each variant's test decoding speed (mean over its seeds), with the beam width and threads."""
+    speeds = defaultdict(list)
+    settings = set()
+    for run in _singles(runs):
+        details = run.get("details", {})
+        for key, unit in SPEED_KEYS.items():
+            if key in details and details.get("threads"):
+                speeds[(run["variant"], run["dropout"], unit)].append(details[key])
+                settings.add((details.get("decode", {}).get("beam"), details["threads"], run["provenance"]["device"]))
+    if not speeds:
+        return []
+    where = "; ".join(f"beam {beam}, {threads} threads on {device}" for beam, threads, device in sorted(settings, key=str))
+    return ["", "Test decoding speed (beam search alone, mean over seeds): "
+            + ", ".join(f"{v} p={p:g} {statistics.mean(x):.1f} {unit}" for (v, p, unit), x in speeds.items())
+            + f" ({where})."]
 
 
 def _examples(runs):

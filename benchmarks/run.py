@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from core import SCHEMES, Trainer, TrainConfig
+from core.trainer import PRECISIONS, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
@@ -51,6 +52,10 @@ def build_parser():
                    help="train on data files that fail the canonical checksums (your own copy); the results say so")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="bf16: forward passes under bf16 autocast (loss, softmax and metrics stay fp32); needs native "
+                        "bf16 (GPU, or a CPU with avx512_bf16/AMX), else fp32 with a warning. Results go to "
+                        "<preset>-bf16 (default: fp32)")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--run-dir", default="runs", help="checkpoints and logs (default: runs/)")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
@@ -141,6 +146,7 @@ def validate(args, parser):
                 parser.error(str(err))
     try:
         args.device = pick_device(args.device)
+        args.precision = resolve_precision(args.precision, args.device)
     except ValueError as err:
         parser.error(str(err))
     return task_cls
@@ -190,6 +196,8 @@ def run_label(args):
         label += f"-p{args.dropout:g}"
     for key, value in args.overrides.items():
         label += f"-{key}={value}".replace("/", "_").replace(" ", "_")  # a path must not open folders
+    if args.precision != "fp32":
+        label += f"-{args.precision}"  # never merged with fp32 runs
     if args.valid_only:
         label += "-select"  # selection runs never share a table with runs that report test numbers
     return label
@@ -203,7 +211,7 @@ def run_config(task_cls, args, variant, seed):
         config["dropout"] = args.dropout
     if variant == "none":
         config["dropout"] = 0.0
-    return {**config, "scheme": variant, "seed": seed}
+    return {**config, "scheme": variant, "seed": seed, "precision": getattr(args, "precision", "fp32")}
 
 
 def make_task(task_cls, args, config):
@@ -239,10 +247,11 @@ def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
         model = task.build_model().to(args.device)
         model.load_state_dict(torch.load(run_dir / "best.pt", map_location=args.device, weights_only=False)["model"])
         models.append(model)
-    valid = task.ensemble_metrics(models, "valid", args.device)
-    valid.update(task.final_metrics(models, "valid", args.device)[0])
-    test = task.ensemble_metrics(models, "test", args.device)
-    extra, details = task.final_metrics(models, "test", args.device)
+    with autocast(config["precision"], args.device):
+        valid = task.ensemble_metrics(models, "valid", args.device)
+        valid.update(task.final_metrics(models, "valid", args.device)[0])
+        test = task.ensemble_metrics(models, "test", args.device)
+        extra, details = task.final_metrics(models, "test", args.device)
     test.update(extra)
     details.pop("items", None)
     if "outputs" in details:

@@ -5,6 +5,7 @@ Trainer, on random data of the preset's shape (Task.synthetic_data), so no corpu
     python -m benchmarks.speed --task lm --preset medium --device cuda
     python -m benchmarks.speed --task mt                 # the cpu preset's shape; beam 12 and beam 1 decoding too
     python -m benchmarks.speed --user-dir my_tasks --task charlm
+    python -m benchmarks.speed --checkpoint runs/mt/cpu/zaremba-p0.3-seed1/best.pt   # decoding a trained model
 
 Beside our schemes, a task may time published peers on the same batches (Task.speed_peers; the LM: the
 pytorch/examples word_language_model as published) and extra jobs (Task.speed_jobs; MT: beam decoding).
@@ -13,8 +14,11 @@ Writes results/<task>/speed.json (all measurements so far) and results/<task>/sp
 """
 import argparse
 import itertools
+import multiprocessing
+import resource
 import shlex
 import statistics
+from collections import defaultdict
 import sys
 import time
 from pathlib import Path
@@ -22,13 +26,14 @@ from pathlib import Path
 import torch
 
 from core import SCHEMES, Trainer, TrainConfig
+from core.download import DataError, data_root
 from core.utils import pick_device, provenance, write_json, write_text
-from benchmarks.report import load_runs
+from benchmarks.report import SPEED_KEYS, load_runs
 from benchmarks.run import add_user_dir_flag, load_task_registry
-from tasks.base import get_task
+from tasks.base import get_task, load_checkpoint, load_tasks
 
 COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
-           "beam1_sent_s": "beam 1 sent/s"}  # other job names are shown as they are
+           "beam1_sent_s": "beam 1 sent/s", "peak_mb": "peak memory MB"}  # other job names are shown as they are
 
 
 def timed(fn, device):
@@ -100,6 +105,45 @@ def measure(task_cls, config, variants, device, steps, warmup, repeats):
             for impl, jobs in times.items()}
 
 
+def peak_memory_mb(task_cls, config, variant, device, steps, user_dirs=None):
+    """Peak memory of training `steps` synthetic batches: on GPU the most allocated by torch; on CPU the peak
+    resident size of a fresh process that builds the task and trains (so it includes torch itself)."""
+    if device.type == "cuda":
+        jobs = scheme_jobs(task_cls, config, variant, device, steps)[0]
+        torch.cuda.reset_peak_memory_stats(device)
+        jobs["train_tok_s"][0]()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_train_in_child, (task_cls.name, user_dirs, config, variant, steps, torch.get_num_threads()))
+
+
+def _train_in_child(name, user_dirs, config, variant, steps, threads):
+    torch.set_num_threads(threads)
+    load_tasks(user_dirs)
+    jobs = scheme_jobs(get_task(name), config, variant, torch.device("cpu"), steps)[0]
+    jobs["train_tok_s"][0]()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+
+
+def trained_decoding(path, split, device, data_dir, repeats, custom_data=False):
+    """Decoding speed of a trained checkpoint on a real split (its length distribution and early stops), from the
+    task's own decoding (Task.final_metrics records items per second); the median of `repeats`. Only speeds are
+    kept: the split's metrics are not recorded."""
+    task, model = load_checkpoint(path, device)
+    data = type(task)(task.config, data_dir, download=False, custom_data=custom_data).load_data()
+    speeds = defaultdict(list)
+    for _ in range(repeats):
+        details = data.final_metrics(model, split, device)[1]
+        for key in SPEED_KEYS:
+            if key in details:
+                speeds[key].append(details[key])
+    if not speeds:
+        raise ValueError(f"task {task.name} records no decoding speed: nothing to time")
+    return task, {key: statistics.median(values) for key, values in speeds.items()}
+
+
 def _shape(cfg):
     parts = [f"batch {cfg['batch_size']}"] if "batch_size" in cfg else []
     if "layers" in cfg and "hidden" in cfg:
@@ -112,9 +156,11 @@ def markdown(task_cls, entries):
     lines = [f"# {task_cls.name} / speed", "",
              "Items per second (tokens for training and evaluation, sentences for decoding) on random data of the "
              "preset's shape: training is forward, backward, clip and optimizer step through the real Trainer; "
-             "evaluation is the forward pass. Produced by `python -m benchmarks.speed`; median of interleaved "
-             "repeats." + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
-    for entry in entries:
+             "evaluation is the forward pass. Peak memory: training the same batches, on GPU the most torch "
+             "allocated, on CPU the peak resident size of a fresh process (torch itself included). Produced by "
+             "`python -m benchmarks.speed`; median of interleaved repeats." + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
+    trained = [e for e in entries if e.get("kind") == "trained"]
+    for entry in [e for e in entries if e.get("kind") != "trained"]:
         prov, results = entry["provenance"], entry["results"]
         hw = prov.get("gpu") or f"{prov['cpu_model']}, {prov['torch_threads']} threads"
         jobs = list(dict.fromkeys(job for r in results.values() for job in r))
@@ -135,6 +181,19 @@ def markdown(task_cls, entries):
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", f"`{prov['command']}` — commit {prov['git_commit'][:12]}, torch {prov['torch']}, "
                       f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
+    if trained:
+        lines += ["## Decoding a trained model", "",
+                  "The task's own decoding (beam search as in the results, its preset's width and batch) of a trained "
+                  "checkpoint over a real split: real lengths and early stops, unlike the worst case above. "
+                  "`python -m benchmarks.speed --checkpoint ...`; median of the repeats.", "",
+                  "| checkpoint | split | beam | speed | device | threads | commit |", "|---|---|---|---|---|---|---|"]
+        for entry in trained:
+            prov = entry["provenance"]
+            speed = ", ".join(f"{value:,.1f} {SPEED_KEYS[key]}" for key, value in entry["results"].items())
+            lines.append(f"| `{entry['checkpoint']}` | {entry['split']} | {entry['config'].get('beam', '—')} | "
+                         f"{speed} | {prov['device']} ({prov.get('gpu') or prov['cpu_model']}) | "
+                         f"{prov['torch_threads']} | {prov['git_commit'][:12]} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -151,9 +210,17 @@ def main(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="results")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--checkpoint", help="instead: time the decoding of this trained best.pt on --split")
+    parser.add_argument("--split", default="valid", choices=("valid", "test"),
+                        help="the split --checkpoint decodes (default: valid; only the speed is recorded)")
+    parser.add_argument("--data-dir", help="dataset root for --checkpoint (default: $RNNREG_DATA_DIR)")
+    parser.add_argument("--custom-data", action="store_true", help="as for benchmarks.run (your own copy of the data)")
     add_user_dir_flag(parser)
     args = parser.parse_args(argv)
     load_task_registry(args, parser)
+    if args.checkpoint:
+        return time_checkpoint(args, argv, parser)
     try:
         task_cls = get_task(args.task)
     except ValueError as err:
@@ -178,6 +245,10 @@ def main(argv=None):
     origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))
     try:
         results = measure(task_cls, config, variants, device, args.steps, args.warmup, args.repeats)
+        if not args.no_memory:
+            for variant in variants:
+                results[variant]["peak_mb"] = peak_memory_mb(task_cls, config, variant, device, args.steps,
+                                                             args.user_dir)
     except NotImplementedError as err:
         sys.exit(f"error: {err}")
     entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats,
@@ -188,6 +259,28 @@ def main(argv=None):
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(task_cls, entries))
     print(markdown(task_cls, [entry]))
+
+
+def time_checkpoint(args, argv, parser):
+    try:
+        device = pick_device(args.device)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))
+        task, results = trained_decoding(args.checkpoint, args.split, device, data_root(args.data_dir), args.repeats,
+                                         args.custom_data)
+    except (OSError, ValueError, DataError) as err:
+        sys.exit(f"error: {err}")
+    entry = {"kind": "trained", "checkpoint": args.checkpoint, "split": args.split, "config": task.config,
+             "results": results, "repeats": args.repeats, "provenance": origin,
+             "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    path = Path(args.out) / task.name / "speed.json"
+    same = lambda e: (e.get("checkpoint"), e.get("split"), e["provenance"]["device"]) == (  # noqa: E731
+        args.checkpoint, args.split, origin["device"])
+    entries = [e for e in load_runs(path) if not same(e)] + [entry]
+    write_json(path, entries)
+    write_text(path.with_suffix(".md"), markdown(type(task), entries))
+    print(f"{args.checkpoint} on {args.split}: " + ", ".join(f"{v:,.1f} {SPEED_KEYS[k]}" for k, v in results.items()))
 
 
 if __name__ == "__main__":

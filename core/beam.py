@@ -8,7 +8,9 @@ ranks the 2K best extensions of the K open hypotheses; an `<eos>` among the firs
 hypothesis, recorded for its sentence with its score, and its slot goes to the next open extension, so a
 finished hypothesis can never be pushed out by longer ones. A sentence stops when no open hypothesis can
 still beat its best finished one (with length_penalty 0 extending only lowers a score), when it has K
-finished hypotheses, or at its length limit, where every open hypothesis is ended with `<eos>`.
+finished hypotheses, or at its length limit, where every open hypothesis is ended with `<eos>`. A stopped
+sentence leaves the batch (its rows are dropped from the decoder's state), so the decoder only runs the
+sentences still open.
 """
 import math
 
@@ -28,13 +30,16 @@ def ensemble_log_probs(steps, tokens, states):
     """Run every member one step; return the log of their averaged probabilities (the rule of the ensemble
     perplexity rows too) and the members' new states."""
     outputs = [step(tokens, state) for step, state in zip(steps, states)]
-    log_probs = torch.stack([torch.log_softmax(logits.float(), dim=-1) for logits, _ in outputs])
-    if len(outputs) > 1:
-        log_probs = log_probs.logsumexp(0) - math.log(len(outputs))
+    log_probs = [torch.log_softmax(logits.float(), dim=-1) for logits, _ in outputs]
+    if len(log_probs) > 1:
+        log_probs = torch.stack(log_probs).logsumexp(0) - math.log(len(outputs))
     else:
         log_probs = log_probs[0]
-    # a row that rules out every token (all -inf) gives NaN, which topk would rank first: make it impossible
-    return log_probs.masked_fill(log_probs.isnan(), -math.inf), [state for _, state in outputs]
+    # a decoder that rules out every token of a row (all -inf) gives a row of NaN, which topk would rank first:
+    # make it impossible (checked on one column, as such rows are NaN throughout)
+    if bool(log_probs[:, 0].isnan().any()):
+        log_probs = log_probs.masked_fill(log_probs.isnan(), -math.inf)
+    return log_probs, [state for _, state in outputs]
 
 
 class _Finished:
@@ -81,47 +86,52 @@ def beam_search(steps, states, batch_size, bos, eos, beam_size=12, max_len=50, l
     probe = next((s for s in _tensors(states)), None)
     device = probe.device if probe is not None else torch.device("cpu")
     max_len = torch.as_tensor(max_len, device=device).expand(B).clone()
-    limits = max_len.tolist()
-    states = [reorder(s, torch.arange(B, device=device).repeat_interleave(K)) for s in states]
-
-    scores = torch.full((B, K), -math.inf, device=device)
-    scores[:, 0] = 0.0  # all beams start identical: only the first one may be extended at step 0
-    prefixes = torch.zeros(B, K, 0, dtype=torch.long, device=device)
-    tokens = torch.full((B * K,), bos, dtype=torch.long, device=device)
     finished = _Finished(B, length_penalty)
-    done = [False] * B
+    # The first step extends one copy per sentence (all K beams would be identical); later steps run the K
+    # beams of the sentences still open. `alive[i]` is the sentence of row block i.
+    alive = list(range(B))
+    scores = torch.zeros(B, 1, device=device)
+    prefixes = torch.zeros(B, 1, 0, dtype=torch.long, device=device)
+    tokens = torch.full((B,), bos, dtype=torch.long, device=device)
     for t in range(int(max_len.max()) + 1):
         log_probs, states = ensemble_log_probs(steps, tokens, states)
-        V = log_probs.size(-1)
-        candidates = scores[..., None] + log_probs.view(B, K, V)
-        at_limit = (t >= max_len)[:, None]
-        # at its length limit an open hypothesis must end: all of them are finished with <eos> now
-        ends = candidates[..., eos]
-        for b, k in zip(*torch.nonzero(torch.isfinite(ends) & at_limit, as_tuple=True)):
-            finished.add(int(b), float(ends[b, k]), prefixes[b, k].tolist())
-        candidates[..., eos] = torch.where(at_limit, -math.inf, ends)
-        top_scores, top_flat = candidates.view(B, K * V).topk(min(2 * K, K * V), dim=1)
+        A, width, V = len(alive), scores.size(1), log_probs.size(-1)
+        candidates = scores[..., None] + log_probs.view(A, width, V)
+        limits = max_len[alive] if t else max_len
+        at_limit = (t >= limits)[:, None]
+        if bool(at_limit.any()):  # at its length limit an open hypothesis must end: all are finished with <eos>
+            ends = candidates[..., eos]
+            for a, k in zip(*torch.nonzero(torch.isfinite(ends) & at_limit, as_tuple=True)):
+                finished.add(alive[a], float(ends[a, k]), prefixes[a, k].tolist())
+            candidates[..., eos] = torch.where(at_limit, -math.inf, ends)
+        top_scores, top_flat = candidates.view(A, width * V).topk(min(2 * K, width * V), dim=1)
         top_parent, top_token = top_flat // V, top_flat % V
         is_eos = top_token == eos
         # <eos> in the first K ranks: a finished hypothesis, recorded and out of the beam
-        for b, r in zip(*torch.nonzero(is_eos[:, :K] & torch.isfinite(top_scores[:, :K]), as_tuple=True)):
-            finished.add(int(b), float(top_scores[b, r]), prefixes[b, top_parent[b, r]].tolist())
+        for a, r in zip(*torch.nonzero(is_eos[:, :K] & torch.isfinite(top_scores[:, :K]), as_tuple=True)):
+            finished.add(alive[a], float(top_scores[a, r]), prefixes[a, top_parent[a, r]].tolist())
         # the K best open extensions take the beam
         open_scores = top_scores.masked_fill(is_eos, -math.inf)
-        scores, pick = open_scores.topk(K, dim=1)
+        scores, pick = open_scores.topk(min(K, open_scores.size(1)), dim=1)
         parent, token = top_parent.gather(1, pick), top_token.gather(1, pick)
-        best_open = scores[:, 0].tolist()  # one read of the device, not one per sentence
-        for b in range(B):
-            done[b] = done[b] or t >= limits[b] or finished.count[b] >= K or (
-                length_penalty == 0 and finished.best_score(b) >= best_open[b])
-        if all(done):
+        best_open, limit_list = scores[:, 0].tolist(), limits.tolist()
+        keep = [a for a, b in enumerate(alive) if not (
+            t >= limit_list[a] or finished.count[b] >= K or best_open[a] == -math.inf
+            or (length_penalty == 0 and finished.best_score(b) >= best_open[a]))]
+        if not keep:
             break
-        scores = scores.masked_fill(torch.tensor(done, device=device)[:, None], -math.inf)
+        if len(keep) < A:  # stopped sentences leave the batch
+            index = torch.tensor(keep, device=device)
+            alive = [alive[a] for a in keep]
+            scores, parent, token, prefixes = scores[index], parent[index], token[index], prefixes[index]
+            block = index
+        else:
+            block = torch.arange(A, device=device)
         prefixes = torch.cat([prefixes.gather(1, parent[..., None].expand(-1, -1, prefixes.size(2))),
                               token[..., None]], dim=2)
-        rows = (torch.arange(B, device=device)[:, None] * K + parent).view(-1)
+        rows = (block[:, None] * width + parent).view(-1)
         states = [reorder(s, rows) for s in states]
-        tokens = token.view(-1)
+        tokens = token.reshape(-1)
 
     return [best[2] for best in finished.best], [best[1] for best in finished.best]
 

@@ -20,11 +20,14 @@ def lstm_cell(x, h, c, weight, bias):
     (i, f, o, g) come from one affine map of [D(h_t^{l-1}); h_{t-1}^l]; the rows of `weight` are in
     nn.LSTM's gate order (i, f, g, o) so the same parameters drive both paths.
     """
-    gates = F.linear(torch.cat([x, h], dim=1), weight, bias)
+    return lstm_gates(F.linear(torch.cat([x, h], dim=1), weight, bias), c)
+
+
+def lstm_gates(gates, c):
+    """(h, c) of one step from its pre-activations (B, 4H) in nn.LSTM's order (i, f, g, o) and c_{t-1}."""
     i, f, g, o = gates.chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-    h = torch.sigmoid(o) * torch.tanh(c)
-    return h, c
+    return torch.sigmoid(o) * torch.tanh(c), c
 
 
 def init_uniform(module, scale):
@@ -75,11 +78,10 @@ class DropoutLSTM(nn.Module):
         output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.size(1))
         return output, state
 
-    def _layer_weights(self, layer):
+    def _layer_parameters(self, layer):
         lstm = self.lstm
-        w_ih, w_hh = getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}")
-        b_ih, b_hh = getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}")
-        return torch.cat([w_ih, w_hh], dim=1), b_ih + b_hh
+        return (getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}"),
+                getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}"))
 
     def _forward_stepwise(self, x, state, lengths):
         h0, c0 = state
@@ -91,12 +93,16 @@ class DropoutLSTM(nn.Module):
         for layer in range(self.num_layers):
             if layer > 0:
                 layer_input = self.scheme.drop_between(layer_input, self.training)
-            weight, bias = self._layer_weights(layer)
+            w_ih, w_hh, b_ih, b_hh = self._layer_parameters(layer)
+            # The input half of every step's affine map does not depend on the recurrence: one product for
+            # the whole sequence, then one (B, H) x (H, 4H) product per step.
+            inputs = F.linear(layer_input, w_ih, b_ih + b_hh)
+            w_hh_t = w_hh.t()
             h, c = h0[layer], c0[layer]
             outputs = []
             for t in range(steps):
                 h_rec = self.scheme.drop_recurrent(h, self.training)
-                h_new, c_new = lstm_cell(layer_input[:, t], h_rec, c, weight, bias)
+                h_new, c_new = lstm_gates(torch.addmm(inputs[:, t], h_rec, w_hh_t), c)
                 if alive is None:
                     h, c = h_new, c_new
                     outputs.append(h)

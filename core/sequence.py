@@ -41,6 +41,6 @@ def sequence_nll(logits, targets, pad):
 
     logits (B, T, V), targets (B, T); positions where targets == pad count for nothing.
     """
-    nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=pad,
+    nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=pad,
                           reduction="sum")
     return nll, int((targets != pad).sum())

@@ -9,9 +9,11 @@ A task supplies (see tasks/base.py): `batches(split, device)`, `num_batches(spli
 `forward(model, batch, state) -> StepOutput`, `metrics(totals) -> dict`, `main_metric`,
 `lower_is_better`, `stateful` and `checkpoint_extras()`.
 """
+import contextlib
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -39,6 +41,7 @@ class TrainConfig:
     clip: float = 5.0  # max global gradient norm
     seed: int = 1
     optimizer: str = "sgd"  # "sgd" (the paper) or "adam"
+    precision: str = "fp32"  # "bf16": forward passes under bf16 autocast; loss, softmax and metrics in fp32
     log_interval: int = 50  # steps between progress updates (and NaN checks)
 
     @classmethod
@@ -58,6 +61,33 @@ def make_optimizer(name, params, lr):
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     return OPTIMIZERS[name](params, lr=lr)
+
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def resolve_precision(precision, device):
+    """The precision a run on `device` will really use: bf16 needs native support (a CPU with avx512_bf16 or
+    AMX, a GPU with bf16); otherwise fp32, with one warning. Raises ValueError for an unknown name."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return precision
+    device = torch.device(device)
+    native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
+              else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if not native:
+        warnings.warn(f"--precision bf16: this {device.type.upper()} has no native bf16 support (bf16 would be "
+                      "emulated, slower than fp32): running in fp32", stacklevel=2)
+        return "fp32"
+    return precision
+
+
+def autocast(precision, device):
+    """The context of every forward pass: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def detach_state(state):
@@ -80,7 +110,8 @@ class Trainer:
 
     # ---- one step and one pass -------------------------------------------------------------------
     def train_step(self, batch, state=None):
-        out = self.task.forward(self.model, batch, state)
+        with autocast(self.config.precision, self.device):
+            out = self.task.forward(self.model, batch, state)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if self.config.clip > 0:
@@ -114,7 +145,8 @@ class Trainer:
         self.model.eval()
         totals, state = _Totals(), None
         for batch in self.task.batches(split, self.device):
-            out = self.task.forward(self.model, batch, state)
+            with autocast(self.config.precision, self.device):
+                out = self.task.forward(self.model, batch, state)
             state = out.state if self.task.stateful else None
             totals.add(out)
         return self.task.metrics(totals.as_dict())
@@ -156,7 +188,8 @@ class Trainer:
             extra, details = self._decode("test")
             test.update(extra)
             items = details.pop("items", {})
-            items.update(self.task.item_stats(self.model, "test", self.device))
+            with autocast(self.config.precision, self.device):
+                items.update(self.task.item_stats(self.model, "test", self.device))
             details["items"] = items
         else:
             test, details = {}, {"test": "not evaluated (a selection run: --valid-only)"}
@@ -172,7 +205,8 @@ class Trainer:
 
     def _decode(self, split):
         """The task's decoding metrics on `split` (BLEU after beam search, ...); outputs go to <split>_outputs.txt."""
-        metrics, details = self.task.final_metrics(self.model, split, self.device)
+        with autocast(self.config.precision, self.device):
+            metrics, details = self.task.final_metrics(self.model, split, self.device)
         details = dict(details)
         if "outputs" in details:
             write_text(self.run_dir / f"{split}_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))
@@ -194,7 +228,8 @@ class Trainer:
         if not path.exists():
             return 0
         ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        same_run = {**ckpt["config"], "epochs": None} == {**asdict(self.config), "epochs": None}
+        # checkpoints from before the precision setting were fp32
+        same_run = {"precision": "fp32", **ckpt["config"], "epochs": None} == {**asdict(self.config), "epochs": None}
         if not same_run or ckpt["epoch"] > self.config.epochs:
             raise ValueError(f"cannot resume from {path}: it was trained with {ckpt['config']}, not {asdict(self.config)}; "
                              "drop --resume or use another run directory")

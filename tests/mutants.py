@@ -33,7 +33,7 @@ MUTANTS = {
          "reverse = positions.expand_as(src)"),
     ], ["tests/test_mt.py"]),
     "finished hypotheses dropped by the beam": ("core/beam.py", [
-        ("finished.add(int(b), float(top_scores[b, r]), prefixes[b, top_parent[b, r]].tolist())", "pass"),
+        ("finished.add(alive[a], float(top_scores[a, r]), prefixes[a, top_parent[a, r]].tolist())", "pass"),
     ], ["tests/test_beam.py"]),
     "the image step scored in captioning": ("tasks/caption/task.py", [
         ("return self.out(output[:, 1:])", "return self.out(output)"),

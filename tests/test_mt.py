@@ -138,6 +138,13 @@ def test_end_to_end_tiny_run_writes_bleu_examples_overview_and_a_checkpoint_that
     assert set(out.replace(".", " ").split()) <= set(FR.values()) | {"<unk>"}
     with pytest.raises(SystemExit, match="is not a checkpoint of this suite"):
         translate_cli.main(["--checkpoint", str(run_dir / "checkpoint.pt"), "--text", "e1"])
+    from benchmarks import speed
+
+    speed.main(["--checkpoint", best, "--data-dir", str(tiny_multi30k), "--custom-data", "--repeats", "1",
+                "--out", str(tmp_path / "speed"), "--device", "cpu"])
+    [entry] = json.loads((tmp_path / "speed" / "mt" / "speed.json").read_text())
+    assert entry["kind"] == "trained" and entry["split"] == "valid" and entry["results"]["decode_sent_s"] > 0
+    assert "## Decoding a trained model" in (tmp_path / "speed" / "mt" / "speed.md").read_text()
     lm_like = tmp_path / "lm_best.pt"
     torch.save({**torch.load(best, weights_only=False), "task": "lm"}, lm_like)
     with pytest.raises(SystemExit, match="is a lm checkpoint, not mt"):

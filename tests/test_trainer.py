@@ -98,3 +98,34 @@ def test_test_split_is_read_only_after_training_and_never_picks_the_epoch(tiny_p
     nll, count = sum(i[0] for i in items), sum(i[1] for i in items)
     assert len(items) > 1
     assert math.exp(nll / count) == pytest.approx(result["metrics"]["test_ppl"], rel=1e-3)
+
+
+def test_bf16_autocast_keeps_the_loss_in_fp32_and_close_to_fp32(tiny_config, tiny_ptb):
+    """The bf16 path (forward under autocast, loss and softmax in fp32) gives the fp32 loss within bf16's error."""
+    from core.trainer import autocast
+
+    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
+    seed_everything(1)
+    model = task.build_model().eval()
+    # the per-step cell (equal to nn.LSTM, see test_lstm): oneDNN's fused LSTM has no bf16 kernel on CPUs
+    # without native bf16, which is why such CPUs fall back to fp32 (next test)
+    model.rnn.stepwise = True
+    batch = next(iter(task.batches("train", "cpu")))
+    with torch.no_grad():
+        fp32 = task.forward(model, batch, None)
+        with autocast("bf16", "cpu"):
+            bf16 = task.forward(model, batch, None)
+    assert bf16.nll.dtype == torch.float32 and bf16.loss.dtype == torch.float32
+    assert float(bf16.nll) == pytest.approx(float(fp32.nll), rel=1e-2)
+    assert float(bf16.nll) != float(fp32.nll)  # the forward pass really ran in bf16
+
+
+def test_bf16_without_native_support_falls_back_to_fp32_with_one_warning(monkeypatch):
+    from core.trainer import resolve_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    with pytest.warns(UserWarning, match="no native bf16 support"):
+        assert resolve_precision("bf16", "cpu") == "fp32"
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        resolve_precision("fp16", "cpu")

@@ -124,7 +124,7 @@ class LanguageModelTask(Task):
     def forward(self, model, batch, state):
         inputs = batch[0]
         logits, targets, state = self.logits(model, batch, state)
-        nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+        nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
         # The paper's scaling: summed over the bptt steps, averaged over the batch. Averaging over all
         # tokens instead would silently divide lr 1 and the clip norm by the bptt length.
         return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state)

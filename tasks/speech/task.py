@@ -280,7 +280,7 @@ class SpeechTask(Task):
     def forward(self, model, batch, state):
         logits, labels, _ = self.logits(model, batch, state)
         real, scored = labels != IGNORE, labels >= 0  # UNSEEN frames: in the accuracy (always wrong), no loss
-        nll = F.cross_entropy(logits.flatten(0, 1), labels.masked_fill(~scored, IGNORE).flatten(), ignore_index=IGNORE,
+        nll = F.cross_entropy(logits.float().flatten(0, 1), labels.masked_fill(~scored, IGNORE).flatten(), ignore_index=IGNORE,
                               reduction="sum")
         count, scored_count = int(real.sum()), int(scored.sum())
         correct = (logits.argmax(-1) == labels)[real].sum()

@@ -50,7 +50,7 @@ def timed(fn, device):
 def scheme_jobs(task_cls, config, variant, device, steps):
     """{job: (fn, items)} for one scheme: training and evaluation passes over `steps` synthetic batches, and the
     task's extra jobs; plus the task object (for its peers)."""
-    cfg = {**config, "scheme": variant, "dropout": 0.0 if variant == "none" else config["dropout"]}
+    cfg = {**config, "scheme": variant, "dropout": 0.0 if variant == "none" else config["dropout"], "seed": 1}
     task = task_cls(cfg)
     task.synthetic_data(batches=steps, seed=0)
     torch.manual_seed(0)
@@ -254,7 +254,7 @@ def main(argv=None):
     entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats,
              "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = Path(args.out) / task_cls.name / "speed.json"
-    same = lambda e: (e["preset"], e["provenance"]["device"]) == (preset, origin["device"])  # noqa: E731
+    same = lambda e: (e.get("preset"), e["provenance"]["device"]) == (preset, origin["device"])  # noqa: E731
     entries = [e for e in load_runs(path) if not same(e)] + [entry]
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(task_cls, entries))

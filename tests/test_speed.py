@@ -38,6 +38,14 @@ def test_speed_benchmark_runs_for_every_registered_task(name, tmp_path):
     assert all(r["train_tok_s"] > 0 and r["eval_tok_s"] > 0 for r in results.values())
 
 
+@pytest.mark.parametrize("name", sorted(load_tasks()))
+def test_every_task_builds_its_default_preset_on_synthetic_data(name):
+    task_cls = load_tasks()[name]
+    config = {**task_cls.presets[task_cls.default_preset], "scheme": "zaremba", "seed": 1}
+    jobs = speed.scheme_jobs(task_cls, config, "zaremba", torch.device("cpu"), steps=1)[0]
+    assert jobs["train_tok_s"][1] > 0
+
+
 def test_lm_speed_compares_like_with_like_and_reports_tokens_over_median_time(monkeypatch):
     from tasks.lm.reference import ReferenceLM
     from tasks.lm.task import PRESETS, LanguageModelTask

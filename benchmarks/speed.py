@@ -124,7 +124,19 @@ def _train_in_child(name, user_dirs, config, variant, steps, threads):
     load_tasks(user_dirs)
     jobs = scheme_jobs(get_task(name), config, variant, torch.device("cpu"), steps)[0]
     jobs["train_tok_s"][0]()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports kilobytes
+    return _peak_rss_mb()
+
+
+def _peak_rss_mb():
+    """This process's peak resident size. Linux: VmHWM, which starts afresh at exec (ru_maxrss would keep the
+    parent's peak from before the exec that started this child)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 
 def trained_decoding(path, split, device, data_dir, repeats, custom_data=False):

@@ -5,7 +5,7 @@ Trainer, on random data of the preset's shape (Task.synthetic_data), so no corpu
     python -m benchmarks.speed --task lm --preset medium --device cuda
     python -m benchmarks.speed --task mt                 # the cpu preset's shape; beam 12 and beam 1 decoding too
     python -m benchmarks.speed --user-dir my_tasks --task charlm
-    python -m benchmarks.speed --checkpoint runs/mt/cpu/zaremba-p0.3-seed1/best.pt   # decoding a trained model
+    python -m benchmarks.speed --checkpoint runs/mt/cpu/zaremba-p0.2-seed1/best.pt   # decoding a trained model
 
 Beside our schemes, a task may time published peers on the same batches (Task.speed_peers; the LM: the
 pytorch/examples word_language_model as published) and extra jobs (Task.speed_jobs; MT: beam decoding).

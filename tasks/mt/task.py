@@ -21,7 +21,8 @@ _DATA = dict(corpus="multi30k", src="en", tgt="fr", valid_set="val", test_set="t
 _DECODE = dict(beam=12, max_len_a=1.5, max_len_b=10, length_penalty=0.0, decode_batch_size=64)
 PRESETS = {
     # Scaled down for a 2-core CPU (NOT the paper's configuration); sized by measurement, see the README.
-    "cpu": dict(_DATA, **_DECODE, emb=256, hidden=256, layers=2, init=0.1, dropout=0.3, min_freq=2, max_vocab=None,
+    # p = 0.2 chosen over 0.3 on validation perplexity (seed 1, --valid-only; see the README).
+    "cpu": dict(_DATA, **_DECODE, emb=256, hidden=256, layers=2, init=0.1, dropout=0.2, min_freq=2, max_vocab=None,
                 max_train_len=50, batch_size=64, eval_batch_size=128, optimizer="adam", lr=0.002, epochs=15,
                 decay_start=10, lr_decay=1.5, clip=5.0),
     # Section 4.3 / Sutskever et al. (2014): 4x1000, 1000-d embeddings, 160k/80k vocabularies, uniform 0.08,
@@ -37,7 +38,7 @@ PRESETS = {
                  lr_decay=2.0, clip=5.0),
 }
 PRESET_NOTES = {
-    "cpu": "Scaled down for a 2-core CPU (Multi30k En->Fr, 2x256, p=0.3, Adam, 15 epochs): not a paper configuration.",
+    "cpu": "Scaled down for a 2-core CPU (Multi30k En->Fr, 2x256, p=0.2, Adam, 15 epochs): not a paper configuration.",
     "tiny": "Smoke-test preset (seconds on a tiny corpus): not a result.",
 }
 _TABLE3 = {"none": {"test_ppl": 5.8, "test_bleu": 25.9}, "zaremba": {"test_ppl": 5.0, "test_bleu": 29.03}}

@@ -1,6 +1,6 @@
 """Translate sentences with trained translation checkpoints (one, or several as an ensemble).
 
-    python -m tasks.mt.translate --checkpoint runs/mt/cpu/zaremba-p0.3-seed1/best.pt --text "A dog runs on the beach."
+    python -m tasks.mt.translate --checkpoint runs/mt/cpu/zaremba-p0.2-seed1/best.pt --text "A dog runs on the beach."
     echo "Two men are talking." | python -m tasks.mt.translate --checkpoint a/best.pt --checkpoint b/best.pt --beam 1
 """
 import sys

@@ -11,6 +11,7 @@ import argparse
 import shlex
 import sys
 import time
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -290,6 +291,7 @@ def list_tasks():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # one line, no source echo
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.list:

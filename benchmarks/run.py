@@ -212,7 +212,7 @@ def run_config(task_cls, args, variant, seed):
         config["dropout"] = args.dropout
     if variant == "none":
         config["dropout"] = 0.0
-    return {**config, "scheme": variant, "seed": seed, "precision": getattr(args, "precision", "fp32")}
+    return {**config, "scheme": variant, "seed": seed, "precision": args.precision}
 
 
 def make_task(task_cls, args, config):

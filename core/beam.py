@@ -97,8 +97,7 @@ def beam_search(steps, states, batch_size, bos, eos, beam_size=12, max_len=50, l
         log_probs, states = ensemble_log_probs(steps, tokens, states)
         A, width, V = len(alive), scores.size(1), log_probs.size(-1)
         candidates = scores[..., None] + log_probs.view(A, width, V)
-        limits = max_len[alive] if t else max_len
-        at_limit = (t >= limits)[:, None]
+        at_limit = (t >= max_len)[:, None]
         if bool(at_limit.any()):  # at its length limit an open hypothesis must end: all are finished with <eos>
             ends = candidates[..., eos]
             for a, k in zip(*torch.nonzero(torch.isfinite(ends) & at_limit, as_tuple=True)):
@@ -114,7 +113,7 @@ def beam_search(steps, states, batch_size, bos, eos, beam_size=12, max_len=50, l
         open_scores = top_scores.masked_fill(is_eos, -math.inf)
         scores, pick = open_scores.topk(min(K, open_scores.size(1)), dim=1)
         parent, token = top_parent.gather(1, pick), top_token.gather(1, pick)
-        best_open, limit_list = scores[:, 0].tolist(), limits.tolist()
+        best_open, limit_list = scores[:, 0].tolist(), max_len.tolist()
         keep = [a for a, b in enumerate(alive) if not (
             t >= limit_list[a] or finished.count[b] >= K or best_open[a] == -math.inf
             or (length_penalty == 0 and finished.best_score(b) >= best_open[a]))]
@@ -124,6 +123,7 @@ def beam_search(steps, states, batch_size, bos, eos, beam_size=12, max_len=50, l
             index = torch.tensor(keep, device=device)
             alive = [alive[a] for a in keep]
             scores, parent, token, prefixes = scores[index], parent[index], token[index], prefixes[index]
+            max_len = max_len[index]
             block = index
         else:
             block = torch.arange(A, device=device)

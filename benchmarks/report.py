@@ -38,7 +38,7 @@ def merge_runs(old, new):
 
 
 SEED_KEYS = ("scheme", "dropout", "seed")  # what may differ between the runs of one table
-CONFIG_DEFAULTS = {"precision": "fp32"}  # settings added later: runs recorded before them had these values
+CONFIG_DEFAULTS = {"precision": "fp32", "embed_dropout": 0.0}  # settings added later: runs recorded before them had these values
 
 
 def check_consistent(runs, where="this table"):
@@ -361,6 +361,7 @@ def overview(out_dir):
                          + " | ".join(_cell(runs, v, keys) for v in SCHEMES)
                          + f" | {paper_cell} | [{path.stem}.md]({name}/{path.stem}.md) | "
                            f"[{path.stem}.png]({name}/{path.stem}.png) |")
+    lines += ["", "Every scheme on every task, side by side: [schemes.md](schemes.md) ([schemes.png](schemes.png))."]
     speed = sorted(out_dir.glob("*/speed.md"))
     if speed:
         lines += ["", "Speed: " + ", ".join(f"[{p.parent.name}]({p.parent.name}/speed.md)" for p in speed)]
@@ -368,7 +369,11 @@ def overview(out_dir):
 
 
 def write_overview(out_dir):
+    """results/README.md and the cross-task schemes table results/schemes.{md,png}."""
+    from benchmarks.schemes import write_schemes
+
     write_text(Path(out_dir) / "README.md", overview(out_dir))
+    write_schemes(load_tasks(), out_dir)
 
 
 if __name__ == "__main__":

@@ -134,11 +134,10 @@ def validate(args, parser):
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
-    preset = task_cls.presets[args.preset]
-    p = preset["dropout"] if args.dropout is None else args.dropout
-    if p == 0 and any(v != "none" for v in args.variants):
+    unregularized = [v for v in args.variants if v != "none" and run_config(task_cls, args, v, 0)["dropout"] == 0]
+    if unregularized:
         parser.error(f"preset {args.preset} has dropout 0 (the paper's non-regularized config), so variants "
-                     f"{[v for v in args.variants if v != 'none']} would equal 'none'; pass --dropout P or --variants none")
+                     f"{unregularized} would equal 'none'; pass --dropout P or --variants none")
     for variant in args.variants:
         for seed in args.seeds:
             try:
@@ -208,8 +207,11 @@ def run_config(task_cls, args, variant, seed):
     config = {**task_cls.presets[args.preset], **args.overrides}
     if args.epochs is not None:
         config["epochs"] = args.epochs
+    per_scheme = config.pop("scheme_dropout", None) or {}
     if args.dropout is not None:
         config["dropout"] = args.dropout
+    elif variant in per_scheme:
+        config["dropout"] = per_scheme[variant]
     if variant == "none":
         config["dropout"] = 0.0
     return {**config, "scheme": variant, "seed": seed, "precision": args.precision}

@@ -2,13 +2,15 @@
 
 A scheme that leaves the recurrence alone runs as one nn.LSTM call (cuDNN on GPU): nn.LSTM's own
 inter-layer dropout *is* the layer l-1 -> l mask, and the input and output masks are applied outside the
-recurrence. Other schemes (naive masks h_{t-1}) run the explicit per-time-step cell below.
+recurrence; a scheme that masks W_hh (weightdrop) passes the masked copy to that call. Other schemes (naive,
+variational and zoneout act on h_{t-1} or on the state update) run the explicit per-time-step cell below.
 
 Shapes are batch-first: x (B, T, input_size), state (h, c) each (num_layers, B, hidden_size).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.schemes import make_scheme
@@ -61,20 +63,33 @@ class DropoutLSTM(nn.Module):
         if state is None:
             zeros = x.new_zeros(self.num_layers, x.size(0), self.hidden_size)
             state = (zeros, zeros)
+        scheme, training = self.scheme, self.training
+        masks = scheme.begin(x, self.num_layers, self.hidden_size, training)
         run = self._forward_stepwise if self.stepwise else self._forward_fused
-        output, state = run(self.scheme.drop_outer(x, self.training), state, lengths)
-        return self.scheme.drop_outer(output, self.training), state
+        output, state = run(scheme.drop_input(x, training, masks), state, lengths, masks)
+        return scheme.drop_output(output, training, masks), state
 
     def step(self, x_t, state=None):
         """One time step for decoding: x_t (B, input_size) -> (output (B, H), state)."""
         output, state = self.forward(x_t.unsqueeze(1), state)
         return output.squeeze(1), state
 
-    def _forward_fused(self, x, state, lengths):
+    def _forward_fused(self, x, state, lengths, masks):
+        lstm = self.lstm
+        weights = {}
+        for layer in range(self.num_layers):
+            name = f"weight_hh_l{layer}"
+            w_hh = getattr(lstm, name)
+            if (masked := self.scheme.recurrent_weight(w_hh, self.training)) is not w_hh:
+                weights[name] = masked
+
+        def run(inputs):
+            return functional_call(lstm, weights, (inputs, state)) if weights else lstm(inputs, state)
+
         if lengths is None:
-            return self.lstm(x, state)
+            return run(x)
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        output, state = self.lstm(packed, state)
+        output, state = run(packed)
         output, _ = pad_packed_sequence(output, batch_first=True, total_length=x.size(1))
         return output, state
 
@@ -83,26 +98,28 @@ class DropoutLSTM(nn.Module):
         return (getattr(lstm, f"weight_ih_l{layer}"), getattr(lstm, f"weight_hh_l{layer}"),
                 getattr(lstm, f"bias_ih_l{layer}"), getattr(lstm, f"bias_hh_l{layer}"))
 
-    def _forward_stepwise(self, x, state, lengths):
+    def _forward_stepwise(self, x, state, lengths, masks):
         h0, c0 = state
         steps = x.size(1)
         alive = None
         if lengths is not None:
             alive = torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
+        scheme, training = self.scheme, self.training
         layer_input, h_n, c_n = x, [], []
         for layer in range(self.num_layers):
             if layer > 0:
-                layer_input = self.scheme.drop_between(layer_input, self.training)
+                layer_input = scheme.drop_between(layer_input, training, masks, layer)
             w_ih, w_hh, b_ih, b_hh = self._layer_parameters(layer)
             # The input half of every step's affine map does not depend on the recurrence: one product for
             # the whole sequence, then one (B, H) x (H, 4H) product per step.
             inputs = F.linear(layer_input, w_ih, b_ih + b_hh)
-            w_hh_t = w_hh.t()
+            w_hh_t = scheme.recurrent_weight(w_hh, training).t()
             h, c = h0[layer], c0[layer]
             outputs = []
             for t in range(steps):
-                h_rec = self.scheme.drop_recurrent(h, self.training)
+                h_rec = scheme.drop_recurrent(h, training, masks, layer)
                 h_new, c_new = lstm_gates(torch.addmm(inputs[:, t], h_rec, w_hh_t), c)
+                h_new, c_new = scheme.update(h, c, h_new, c_new, training)
                 if alive is None:
                     h, c = h_new, c_new
                     outputs.append(h)

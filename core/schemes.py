@@ -1,16 +1,21 @@
 """Dropout schemes for the stacked LSTM, one small class each.
 
-A scheme says what it does to each kind of connection of core.lstm.DropoutLSTM:
-  inputs     the non-recurrent connections: input -> layer 1 and top layer -> output (`drop_outer`), and
-             layer l-1 -> l (`drop_between`);
-  recurrent  h_{t-1} -> h_t (`drop_recurrent`, called before every time step of the per-step cell);
-  weights    none of today's schemes touch them.
+A scheme says what it does to each kind of connection of core.lstm.DropoutLSTM, through hooks the LSTM calls:
+  begin            once per forward pass; returns the pass's `masks` (None, or masks shared by every time step);
+  drop_input       input -> layer 1 (the whole input sequence, before the recurrence);
+  drop_between     layer l-1 -> layer l (the lower layer's output sequence);
+  drop_output      top layer -> output (the output sequence, e.g. into the softmax);
+  drop_recurrent   h_{t-1} as it enters step t;
+  recurrent_weight each layer's hidden-to-hidden matrix W_hh, once per forward pass (DropConnect);
+  update           (h_t, c_t) from the previous and the new values (zoneout).
 `fused` says whether the scheme can run as one nn.LSTM call (cuDNN on GPU): nn.LSTM's own inter-layer dropout
-is then the layer l-1 -> l mask, so only schemes that leave the recurrence alone can use it.
+is then the layer l-1 -> l mask, and W_hh may be swapped for a masked copy for the call, so only schemes that
+leave drop_recurrent and update alone can use it.
 
 Add a scheme by subclassing Scheme and decorating it with @register_scheme; the runner's --variants then
 accepts its name.
 """
+import torch
 import torch.nn.functional as F
 
 SCHEMES = {}  # name -> Scheme subclass
@@ -42,26 +47,50 @@ class Scheme:
     @property
     def between_p(self):
         """p of nn.LSTM's inter-layer dropout on the fused path."""
-        return self.p
+        return 0.0
 
-    def drop_outer(self, x, training):
-        """input -> layer 1 (x: the input sequence) and top layer -> output (x: the output sequence)."""
+    def begin(self, x, num_layers, hidden_size, training):
+        """Start a forward pass over x (B, T, input_size); returns what the other hooks get as `masks`."""
+        return None
+
+    def drop_input(self, x, training, masks):
         return x
 
-    def drop_between(self, x, training):
-        """layer l-1 -> layer l on the per-step path (x: the lower layer's output sequence)."""
+    def drop_between(self, x, training, masks, layer):
         return x
 
-    def drop_recurrent(self, h, training):
-        """h_{t-1} as it enters step t on the per-step path."""
+    def drop_output(self, y, training, masks):
+        return y
+
+    def drop_recurrent(self, h, training, masks, layer):
         return h
+
+    def recurrent_weight(self, w_hh, training):
+        return w_hh
+
+    def update(self, h_prev, c_prev, h_new, c_new, training):
+        return h_new, c_new
 
     def __repr__(self):
         return f"{self.name}(p={self.p:g})"
 
 
-def _dropout(x, p, training):
+def dropout(x, p, training):
     return F.dropout(x, p, training) if p > 0 else x
+
+
+def sequence_mask(like, p):
+    """One inverted-dropout mask per sequence, (B, 1, D), shared by every time step of `like` (B, T, D)."""
+    return torch.empty(like.size(0), 1, like.size(-1), device=like.device, dtype=like.dtype).bernoulli_(1 - p) / (1 - p)
+
+
+def embedding_dropout(weight, ids, p, training):
+    """Word-type (embedding) dropout, Gal & Ghahramani (2016) sec. 4: drop whole rows of the embedding matrix, so
+    every occurrence of a dropped word in the batch is zeroed, and scale the kept rows by 1 / (1 - p)."""
+    if not training or p == 0:
+        return F.embedding(ids, weight)
+    keep = weight.new_empty(weight.size(0), 1).bernoulli_(1 - p) / (1 - p)
+    return F.embedding(ids, weight * keep)
 
 
 @register_scheme
@@ -74,22 +103,97 @@ class NoDropout(Scheme):
 @register_scheme
 class Zaremba(Scheme):
     """Zaremba et al. (2014): a fresh mask on every non-recurrent connection at every time step, never on
-    h_{t-1} -> h_t, so information is corrupted L+1 times whatever its distance in time."""
+    h_{t-1} -> h_t, so information is corrupted L+1 times whatever its distance in time:
+        h_t^l = LSTM(D(h_t^{l-1}), h_{t-1}^l),  y_t = softmax(W D(h_t^L))."""
     name = "zaremba"
 
-    def drop_outer(self, x, training):
-        return _dropout(x, self.p, training)
+    @property
+    def between_p(self):
+        return self.p
 
-    def drop_between(self, x, training):
-        return _dropout(x, self.p, training)
+    def drop_input(self, x, training, masks):
+        return dropout(x, self.p, training)
+
+    def drop_between(self, x, training, masks, layer):
+        return dropout(x, self.p, training)
+
+    def drop_output(self, y, training, masks):
+        return dropout(y, self.p, training)
 
 
 @register_scheme
 class Naive(Zaremba):
     """The "standard dropout" the paper argues against: the zaremba masks plus a fresh mask on h_{t-1} at every
-    time step, which corrupts information once per step it travels."""
+    time step, which corrupts information once per step it travels: h_t^l = LSTM(D(h_t^{l-1}), D(h_{t-1}^l))."""
     name = "naive"
     fused = False
 
-    def drop_recurrent(self, h, training):
-        return _dropout(h, self.p, training)
+    def drop_recurrent(self, h, training, masks, layer):
+        return dropout(h, self.p, training)
+
+
+@register_scheme
+class Variational(Scheme):
+    """Gal & Ghahramani (2016), "A Theoretically Grounded Application of Dropout in Recurrent Neural Networks":
+    one mask per sequence, sampled at the start of the forward pass and reused at every time step, on the
+    inputs, between layers, on the output and on the recurrent state:
+        h_t^l = LSTM(z_x^l * h_t^{l-1}, z_h^l * h_{t-1}^l),  y_t = softmax(W (z_y * h_t^L)),
+    every z ~ Bernoulli(1 - p) / (1 - p), the same p for all. (Word-type embedding dropout, the paper's other
+    ingredient, is the task option `embed_dropout`: core.schemes.embedding_dropout.) A new forward pass (a new
+    BPTT segment of the LM) draws new masks. Stepwise only: the recurrent mask acts inside the recurrence."""
+    name = "variational"
+    fused = False
+
+    def begin(self, x, num_layers, hidden_size, training):
+        if not training or self.p == 0:
+            return None
+        hidden = x.new_empty(x.size(0), 1, hidden_size)
+        return {"input": sequence_mask(x, self.p), "output": sequence_mask(hidden, self.p),
+                "between": [sequence_mask(hidden, self.p) for _ in range(num_layers - 1)],
+                "recurrent": [sequence_mask(hidden, self.p)[:, 0] for _ in range(num_layers)]}
+
+    def drop_input(self, x, training, masks):
+        return x if masks is None else x * masks["input"]
+
+    def drop_between(self, x, training, masks, layer):
+        return x if masks is None else x * masks["between"][layer - 1]
+
+    def drop_output(self, y, training, masks):
+        return y if masks is None else y * masks["output"]
+
+    def drop_recurrent(self, h, training, masks, layer):
+        return h if masks is None else h * masks["recurrent"][layer]
+
+
+@register_scheme
+class WeightDrop(Zaremba):
+    """Merity, Keskar & Socher (2017), AWD-LSTM ("Regularizing and Optimizing LSTM Language Models"): DropConnect
+    on every hidden-to-hidden matrix, one mask per forward pass shared by all time steps, on top of the paper's
+    non-recurrent dropout (the same p for both):
+        h_t^l = LSTM(D(h_t^{l-1}), h_{t-1}^l; W_hh^l * M^l),  M^l ~ Bernoulli(1 - p) / (1 - p).
+    The parameters themselves are never masked: the masked copy is passed to the call (fused path via
+    torch.func.functional_call), so eval mode and the optimizer always see the real weights."""
+    name = "weightdrop"
+
+    def recurrent_weight(self, w_hh, training):
+        return dropout(w_hh, self.p, training)
+
+
+@register_scheme
+class Zoneout(Scheme):
+    """Krueger et al. (2016), "Zoneout: Regularizing RNNs by Randomly Preserving Hidden Activations": at every
+    step each unit of h and of c keeps its previous value with probability p instead of taking the new one:
+        c_t = d_c * c_{t-1} + (1 - d_c) * c~_t,   h_t = d_h * h_{t-1} + (1 - d_h) * h~_t,   d ~ Bernoulli(p),
+    one rate p for cells and hiddens; at evaluation d is replaced by its expectation p. No other dropout (the
+    zoneout paper's own setting). Stepwise only."""
+    name = "zoneout"
+    fused = False
+
+    def update(self, h_prev, c_prev, h_new, c_new, training):
+        if self.p == 0:
+            return h_new, c_new
+        if not training:
+            return torch.lerp(h_new, h_prev, self.p), torch.lerp(c_new, c_prev, self.p)
+        keep_h = torch.rand_like(h_new) < self.p
+        keep_c = torch.rand_like(c_new) < self.p
+        return torch.where(keep_h, h_prev, h_new), torch.where(keep_c, c_prev, c_new)

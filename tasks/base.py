@@ -129,7 +129,9 @@ def first_seed_details(runs, key):
 
 
 # keys every task's config has or may have: the trainer's, the variant's and the runner's
-COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "seed", "ensemble"})
+# scheme_dropout: {scheme: p} chosen on validation for the schemes whose p is not the preset's `dropout`
+COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "scheme_dropout", "seed",
+                                                                  "ensemble"})
 
 
 class Task:
@@ -212,6 +214,9 @@ class Task:
     def check_config(cls, config, ensemble=None):
         """Called by the runner before any data is loaded: raise ValueError (or DataError) naming a bad setting.
         `ensemble`: the number of members whose ensemble will be evaluated, if any."""
+        for key in ("dropout", "embed_dropout"):
+            if not 0 <= config.get(key, 0.0) < 1:
+                raise ValueError(f"{key} must be in [0, 1), got {config[key]}")
 
     def data_info(self):
         """What the results record about the data the run used."""

@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parent.parent
 MUTANTS = {
     "no inter-layer dropout": ("core/lstm.py", [
         ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
-        ("layer_input = self.scheme.drop_between(layer_input, self.training)", "layer_input = layer_input"),
+        ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),
     ], ["tests/test_lstm.py"]),
     "dropout on h_{t-1} in zaremba": ("core/schemes.py", [
-        ('"""h_{t-1} as it enters step t on the per-step path."""\n        return h',
-         '"""h_{t-1} as it enters step t on the per-step path."""\n        return _dropout(h, self.p, training)'),
+        ("    def drop_recurrent(self, h, training, masks, layer):\n        return h\n",
+         "    def drop_recurrent(self, h, training, masks, layer):\n        return dropout(h, self.p, training)\n"),
     ], ["tests/test_lstm.py"]),
     "source not reversed": ("tasks/mt/task.py", [
         ("reverse = torch.where(positions < lengths, lengths - 1 - positions, positions)",
@@ -47,6 +47,20 @@ MUTANTS = {
     "a test-set metric picks the best epoch": ("core/trainer.py", [
         ("score = valid[self.task.main_metric]", 'score = self.evaluate("test")[self.task.main_metric]'),
     ], ["tests/test_trainer.py"]),
+    "variational redraws its input mask at every step": ("core/schemes.py", [
+        ('return x if masks is None else x * masks["input"]', "return dropout(x, self.p, training)"),
+    ], ["tests/test_schemes.py"]),
+    "variational without its recurrent mask": ("core/schemes.py", [
+        ('return h if masks is None else h * masks["recurrent"][layer]', "return h"),
+    ], ["tests/test_schemes.py"]),
+    "weightdrop leaves W_hh masked": ("core/schemes.py", [
+        ("        return dropout(w_hh, self.p, training)\n",
+         "        if training:\n            with torch.no_grad():\n"
+         "                w_hh.mul_(torch.rand_like(w_hh).ge(self.p) / (1 - self.p))\n        return w_hh\n"),
+    ], ["tests/test_schemes.py"]),
+    "zoneout evaluates with the new values, not the expectation": ("core/schemes.py", [
+        ("return torch.lerp(h_new, h_prev, self.p), torch.lerp(c_new, c_prev, self.p)", "return h_new, c_new"),
+    ], ["tests/test_schemes.py"]),
 }
 
 

@@ -162,7 +162,7 @@ def test_a_new_dropout_scheme_is_one_class(monkeypatch):
         name = "halve"
         fused = False
 
-        def drop_recurrent(self, h, training):
+        def drop_recurrent(self, h, training, masks, layer):
             return h * 0.5
 
     monkeypatch.setitem(SCHEMES, "halve", Halve)

@@ -145,3 +145,19 @@ def test_valid_only_selection_runs_never_read_the_test_split(tiny_ptb, tmp_path,
               "--custom-data", "--out", str(tmp_path / "r"), "--run-dir", str(tmp_path / "runs"), "--no-progress"])
     entry = json.loads((tmp_path / "r" / "lm" / "tiny-select.json").read_text())[0]
     assert "valid_ppl" in entry["metrics"] and not any(k.startswith("test_") for k in entry["metrics"])
+
+
+def test_successor_schemes_train_with_their_own_p_and_fill_the_schemes_table(tiny_ptb, tmp_path, monkeypatch):
+    tiny = run.TASKS["lm"].presets["tiny"]
+    monkeypatch.setitem(run.TASKS["lm"].presets, "tiny", {**tiny, "scheme_dropout": {"zoneout": 0.1},
+                                                          "embed_dropout": 0.1})
+    out = tmp_path / "results"
+    run.main(["--task", "lm", "--preset", "tiny", "--variants", "none,variational,weightdrop,zoneout", "--data-dir",
+              str(tiny_ptb), "--custom-data", "--out", str(out), "--run-dir", str(tmp_path / "runs"), "--no-progress",
+              "--device", "cpu"])
+    entries = json.loads((out / "lm" / "tiny.json").read_text())
+    assert [(e["variant"], e["dropout"]) for e in entries] == [("none", 0.0), ("variational", 0.3),
+                                                             ("weightdrop", 0.3), ("zoneout", 0.1)]
+    assert all("scheme_dropout" not in e["config"] and e["config"]["embed_dropout"] == 0.1 for e in entries)
+    assert "zoneout p=0.1 − none p=0" in (out / "lm" / "tiny.md").read_text()
+    assert "No task tables yet." in (out / "schemes.md").read_text()  # the cross-task table reads default presets

@@ -7,10 +7,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core import DropoutLSTM, StepOutput, init_uniform
+from core.schemes import embedding_dropout
 from tasks.base import Task, register
 from tasks.lm.data import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
 
-_PAPER = dict(lr=1.0, batch_size=20, eval_batch_size=1, layers=2)
+_PAPER = dict(lr=1.0, batch_size=20, eval_batch_size=1, layers=2, embed_dropout=0.0)
 PRESETS = {
     # Section 4.1 of the paper, exactly. "decay_start": lr stays at 1 for that many epochs.
     "small": dict(_PAPER, hidden=200, init=0.1, dropout=0.0, epochs=13, decay_start=4, lr_decay=2.0, bptt=20, clip=5.0),
@@ -35,22 +36,25 @@ PAPER_RESULTS = {  # Table 1 of the paper (valid / test perplexity)
 
 
 class LanguageModel(nn.Module):
-    """Embedding -> dropout-LSTM -> linear softmax layer; the embedding size is the hidden size."""
+    """Embedding -> dropout-LSTM -> linear softmax layer; the embedding size is the hidden size. `embed_dropout`:
+    word-type dropout on the embedding matrix (Gal & Ghahramani 2016), with any scheme; 0 in the paper's presets."""
 
-    def __init__(self, vocab_size, hidden, layers, dropout=0.0, scheme="zaremba"):
+    def __init__(self, vocab_size, hidden, layers, dropout=0.0, scheme="zaremba", embed_dropout=0.0):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, hidden)
+        self.embed_dropout = embed_dropout
         self.rnn = DropoutLSTM(hidden, hidden, layers, dropout, scheme)
         self.decoder = nn.Linear(hidden, vocab_size)
 
     def forward(self, tokens, state=None):
-        output, state = self.rnn(self.embed(tokens), state)
+        embedded = embedding_dropout(self.embed.weight, tokens, self.embed_dropout, self.training)
+        output, state = self.rnn(embedded, state)
         return self.decoder(output), state
 
 
 def build_language_model(config, vocab_size):
     model = LanguageModel(vocab_size, config["hidden"], config["layers"], config["dropout"],
-                          config.get("scheme", "zaremba"))
+                          config.get("scheme", "zaremba"), config.get("embed_dropout", 0.0))
     init_uniform(model, config["init"])
     return model
 
@@ -67,7 +71,7 @@ class LanguageModelTask(Task):
     stateful = True
 
     paper_source = "Table 1"
-    config_keys = ("hidden", "layers", "init", "bptt", "batch_size", "eval_batch_size")
+    config_keys = ("hidden", "layers", "init", "bptt", "batch_size", "eval_batch_size", "embed_dropout")
     synthetic_vocab = 10000  # PTB's vocabulary size
     speed_notes = ("Random token ids of PTB's 10k vocabulary. `reference` is the pytorch/examples word_language_model "
                    "as published: dropout on the embeddings, nn.LSTM's built-in inter-layer dropout and dropout on the "

@@ -235,6 +235,7 @@ class SpeechTask(Task):
 
     @classmethod
     def check_config(cls, config, ensemble=None):
+        super().check_config(config, ensemble)
         if config.get("speaker_folds") and ensemble:
             raise ValueError("--ensemble with speaker_folds: each seed trains on other speakers, so members would be "
                              "tested on their own training speakers; drop --ensemble or --set speaker_folds=false")

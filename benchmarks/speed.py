@@ -215,7 +215,8 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="lm", help="a registered task (default: lm)")
     parser.add_argument("--preset", help="a preset of the task (default: the task's default preset)")
-    parser.add_argument("--variants", default="none,zaremba,naive", help="comma list of dropout schemes to time")
+    parser.add_argument("--variants", default=",".join(SCHEMES), help="comma list of dropout schemes to time "
+                        "(default: all)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes of every job first")
     parser.add_argument("--repeats", type=int, default=5)

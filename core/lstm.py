@@ -3,7 +3,8 @@
 A scheme that leaves the recurrence alone runs as one nn.LSTM call (cuDNN on GPU): nn.LSTM's own
 inter-layer dropout *is* the layer l-1 -> l mask, and the input and output masks are applied outside the
 recurrence; a scheme that masks W_hh (weightdrop) passes the masked copy to that call. Other schemes (naive,
-variational and zoneout act on h_{t-1} or on the state update) run the explicit per-time-step cell below.
+variational and zoneout act on h_{t-1} or on the state update) run each layer through core.recurrence, the
+per-step equations with a hand-written backward pass.
 
 Shapes are batch-first: x (B, T, input_size), state (h, c) each (num_layers, B, hidden_size).
 """
@@ -13,21 +14,17 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from core.recurrence import recurrence
 from core.schemes import make_scheme
 
 
 def lstm_cell(x, h, c, weight, bias):
-    """One LSTM step from the paper's equations (section 3.1).
+    """One LSTM step from the paper's equations (section 3.1), the reference the tests hold both paths to.
 
     (i, f, o, g) come from one affine map of [D(h_t^{l-1}); h_{t-1}^l]; the rows of `weight` are in
     nn.LSTM's gate order (i, f, g, o) so the same parameters drive both paths.
     """
-    return lstm_gates(F.linear(torch.cat([x, h], dim=1), weight, bias), c)
-
-
-def lstm_gates(gates, c):
-    """(h, c) of one step from its pre-activations (B, 4H) in nn.LSTM's order (i, f, g, o) and c_{t-1}."""
-    i, f, g, o = gates.chunk(4, dim=1)
+    i, f, g, o = F.linear(torch.cat([x, h], dim=1), weight, bias).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
 
@@ -46,6 +43,7 @@ class DropoutLSTM(nn.Module):
         self.num_layers = num_layers
         self.hidden_size = hidden_size
         self.stepwise = (not self.scheme.fused) if stepwise is None else stepwise
+        self._path_chosen = stepwise is not None
         if not self.scheme.fused and not self.stepwise:
             raise ValueError(f"the {scheme} scheme acts inside the recurrence and needs stepwise=True")
         between = self.scheme.between_p if num_layers > 1 else 0.0
@@ -65,9 +63,15 @@ class DropoutLSTM(nn.Module):
             state = (zeros, zeros)
         scheme, training = self.scheme, self.training
         masks = scheme.begin(x, self.num_layers, self.hidden_size, training)
-        run = self._forward_stepwise if self.stepwise else self._forward_fused
+        run = self._forward_stepwise if self.stepwise and not self._fused_eval() else self._forward_fused
         output, state = run(scheme.drop_input(x, training, masks), state, lengths, masks)
         return scheme.drop_output(output, training, masks), state
+
+    def _fused_eval(self):
+        """A stepwise scheme that is plain nn.LSTM at evaluation (naive, variational) evaluates on the fused path,
+        unless the module was built with stepwise=True on purpose."""
+        eval_fused = self.scheme.fused if self.scheme.eval_fused is None else self.scheme.eval_fused
+        return not self.training and eval_fused and not self._path_chosen
 
     def step(self, x_t, state=None):
         """One time step for decoding: x_t (B, input_size) -> (output (B, H), state)."""
@@ -100,34 +104,23 @@ class DropoutLSTM(nn.Module):
 
     def _forward_stepwise(self, x, state, lengths, masks):
         h0, c0 = state
-        steps = x.size(1)
+        scheme, training, steps = self.scheme, self.training, x.size(1)
         alive = None
         if lengths is not None:
-            alive = torch.arange(steps, device=x.device)[None, :] < lengths.to(x.device)[:, None]  # (B, T)
-        scheme, training = self.scheme, self.training
+            alive = torch.arange(steps, device=x.device)[:, None] < lengths.to(x.device)[None, :]  # (T, B)
+            alive = alive[..., None].to(x.dtype)
         layer_input, h_n, c_n = x, [], []
         for layer in range(self.num_layers):
             if layer > 0:
                 layer_input = scheme.drop_between(layer_input, training, masks, layer)
             w_ih, w_hh, b_ih, b_hh = self._layer_parameters(layer)
-            # The input half of every step's affine map does not depend on the recurrence: one product for
-            # the whole sequence, then one (B, H) x (H, 4H) product per step.
-            inputs = F.linear(layer_input, w_ih, b_ih + b_hh)
-            w_hh_t = scheme.recurrent_weight(w_hh, training).t()
-            h, c = h0[layer], c0[layer]
-            outputs = []
-            for t in range(steps):
-                h_rec = scheme.drop_recurrent(h, training, masks, layer)
-                h_new, c_new = lstm_gates(torch.addmm(inputs[:, t], h_rec, w_hh_t), c)
-                h_new, c_new = scheme.update(h, c, h_new, c_new, training)
-                if alive is None:
-                    h, c = h_new, c_new
-                    outputs.append(h)
-                else:
-                    keep = alive[:, t, None]
-                    h, c = torch.where(keep, h_new, h), torch.where(keep, c_new, c)
-                    outputs.append(h_new * keep)
-            layer_input = torch.stack(outputs, dim=1)
+            # The input half of every step's affine map does not depend on the recurrence: one product for the
+            # whole sequence (time-major), then core.recurrence runs the steps.
+            pre = F.linear(layer_input.transpose(0, 1), w_ih, b_ih + b_hh)
+            keep = scheme.zoneout_masks(h0[layer], steps, training) or (None, None)
+            out, h, c = recurrence(pre, h0[layer], c0[layer], scheme.recurrent_weight(w_hh, training),
+                                   scheme.recurrent_mask(h0[layer], steps, training, masks, layer), *keep, alive)
+            layer_input = out.transpose(0, 1)
             h_n.append(h)
             c_n.append(c)
         return layer_input, (torch.stack(h_n), torch.stack(c_n))

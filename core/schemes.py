@@ -5,12 +5,13 @@ A scheme says what it does to each kind of connection of core.lstm.DropoutLSTM, 
   drop_input       input -> layer 1 (the whole input sequence, before the recurrence);
   drop_between     layer l-1 -> layer l (the lower layer's output sequence);
   drop_output      top layer -> output (the output sequence, e.g. into the softmax);
-  drop_recurrent   h_{t-1} as it enters step t;
   recurrent_weight each layer's hidden-to-hidden matrix W_hh, once per forward pass (DropConnect);
-  update           (h_t, c_t) from the previous and the new values (zoneout).
-`fused` says whether the scheme can run as one nn.LSTM call (cuDNN on GPU): nn.LSTM's own inter-layer dropout
-is then the layer l-1 -> l mask, and W_hh may be swapped for a masked copy for the call, so only schemes that
-leave drop_recurrent and update alone can use it.
+  recurrent_mask   the mask R_t on h_{t-1} as it enters step t, for all steps of a layer at once;
+  zoneout_masks    the probabilities (A_t, B_t) that c and h keep their previous values (zoneout).
+The last two act inside the recurrence, as masks of core.recurrence (whose hand-written backward pass makes the
+per-step path fast). `fused` says whether the scheme can run as one nn.LSTM call (cuDNN on GPU): nn.LSTM's own
+inter-layer dropout is then the layer l-1 -> l mask, and W_hh may be swapped for a masked copy for the call, so
+only schemes that leave recurrent_mask and zoneout_masks alone can use it.
 
 Add a scheme by subclassing Scheme and decorating it with @register_scheme; the runner's --variants then
 accepts its name.
@@ -39,6 +40,7 @@ def make_scheme(name, p):
 class Scheme:
     name = ""
     fused = True  # the nn.LSTM path can run it
+    eval_fused = None  # the nn.LSTM path can run it in eval mode (None: as `fused`)
     uses_p = True  # False: the scheme ignores p (no dropout at all)
 
     def __init__(self, p):
@@ -62,14 +64,16 @@ class Scheme:
     def drop_output(self, y, training, masks):
         return y
 
-    def drop_recurrent(self, h, training, masks, layer):
-        return h
-
     def recurrent_weight(self, w_hh, training):
         return w_hh
 
-    def update(self, h_prev, c_prev, h_new, c_new, training):
-        return h_new, c_new
+    def recurrent_mask(self, h, steps, training, masks, layer):
+        """R for `steps` steps of a layer: None, (B, H) for every step or (T, B, H); h is h_0 (for shape)."""
+        return None
+
+    def zoneout_masks(self, h, steps, training):
+        """None, or (keep_h, keep_c), each broadcastable to (T, B, H): the weight of the previous value."""
+        return None
 
     def __repr__(self):
         return f"{self.name}(p={self.p:g})"
@@ -127,9 +131,12 @@ class Naive(Zaremba):
     time step, which corrupts information once per step it travels: h_t^l = LSTM(D(h_t^{l-1}), D(h_{t-1}^l))."""
     name = "naive"
     fused = False
+    eval_fused = True  # no mask at evaluation: the same function as nn.LSTM
 
-    def drop_recurrent(self, h, training, masks, layer):
-        return dropout(h, self.p, training)
+    def recurrent_mask(self, h, steps, training, masks, layer):
+        if not training or self.p == 0:
+            return None
+        return h.new_empty(steps, *h.shape).bernoulli_(1 - self.p) / (1 - self.p)
 
 
 @register_scheme
@@ -143,6 +150,7 @@ class Variational(Scheme):
     BPTT segment of the LM) draws new masks. Stepwise only: the recurrent mask acts inside the recurrence."""
     name = "variational"
     fused = False
+    eval_fused = True
 
     def begin(self, x, num_layers, hidden_size, training):
         if not training or self.p == 0:
@@ -161,8 +169,8 @@ class Variational(Scheme):
     def drop_output(self, y, training, masks):
         return y if masks is None else y * masks["output"]
 
-    def drop_recurrent(self, h, training, masks, layer):
-        return h if masks is None else h * masks["recurrent"][layer]
+    def recurrent_mask(self, h, steps, training, masks, layer):
+        return None if masks is None else masks["recurrent"][layer]
 
 
 @register_scheme
@@ -189,11 +197,10 @@ class Zoneout(Scheme):
     name = "zoneout"
     fused = False
 
-    def update(self, h_prev, c_prev, h_new, c_new, training):
+    def zoneout_masks(self, h, steps, training):
         if self.p == 0:
-            return h_new, c_new
+            return None
         if not training:
-            return torch.lerp(h_new, h_prev, self.p), torch.lerp(c_new, c_prev, self.p)
-        keep_h = torch.rand_like(h_new) < self.p
-        keep_c = torch.rand_like(c_new) < self.p
-        return torch.where(keep_h, h_prev, h_new), torch.where(keep_c, c_prev, c_new)
+            keep = h.new_full((), self.p)
+            return keep, keep
+        return tuple((h.new_empty(steps, *h.shape).uniform_() < self.p).to(h.dtype) for _ in range(2))

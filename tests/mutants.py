@@ -25,8 +25,8 @@ MUTANTS = {
         ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),
     ], ["tests/test_lstm.py"]),
     "dropout on h_{t-1} in zaremba": ("core/schemes.py", [
-        ("    def drop_recurrent(self, h, training, masks, layer):\n        return h\n",
-         "    def drop_recurrent(self, h, training, masks, layer):\n        return dropout(h, self.p, training)\n"),
+        ("(T, B, H); h is h_0 (for shape).\"\"\"\n        return None\n",
+         "(T, B, H); h is h_0 (for shape).\"\"\"\n        return dropout(h.new_ones(steps, *h.shape), self.p, training)\n"),
     ], ["tests/test_lstm.py"]),
     "source not reversed": ("tasks/mt/task.py", [
         ("reverse = torch.where(positions < lengths, lengths - 1 - positions, positions)",
@@ -51,7 +51,7 @@ MUTANTS = {
         ('return x if masks is None else x * masks["input"]', "return dropout(x, self.p, training)"),
     ], ["tests/test_schemes.py"]),
     "variational without its recurrent mask": ("core/schemes.py", [
-        ('return h if masks is None else h * masks["recurrent"][layer]', "return h"),
+        ('return None if masks is None else masks["recurrent"][layer]', "return None"),
     ], ["tests/test_schemes.py"]),
     "weightdrop leaves W_hh masked": ("core/schemes.py", [
         ("        return dropout(w_hh, self.p, training)\n",
@@ -59,7 +59,7 @@ MUTANTS = {
          "                w_hh.mul_(torch.rand_like(w_hh).ge(self.p) / (1 - self.p))\n        return w_hh\n"),
     ], ["tests/test_schemes.py"]),
     "zoneout evaluates with the new values, not the expectation": ("core/schemes.py", [
-        ("return torch.lerp(h_new, h_prev, self.p), torch.lerp(c_new, c_prev, self.p)", "return h_new, c_new"),
+        ("            keep = h.new_full((), self.p)\n            return keep, keep\n", "            return None\n"),
     ], ["tests/test_schemes.py"]),
 }
 

@@ -162,8 +162,8 @@ def test_a_new_dropout_scheme_is_one_class(monkeypatch):
         name = "halve"
         fused = False
 
-        def drop_recurrent(self, h, training, masks, layer):
-            return h * 0.5
+        def recurrent_mask(self, h, steps, training, masks, layer):
+            return h.new_full((), 0.5)
 
     monkeypatch.setitem(SCHEMES, "halve", Halve)
     torch.manual_seed(0)

@@ -107,15 +107,23 @@ def test_weightdrop_fused_equals_its_equations():
 
 def test_zoneout_training_keeps_each_unit_with_probability_p():
     p = 0.3
-
-    def step(x_t, h, c, masks, weight, bias):
-        h_new, c_new = lstm_cell(x_t, h, c, weight, bias)
-        keep_h, keep_c = torch.rand_like(h_new) < p, torch.rand_like(c_new) < p
-        return torch.where(keep_h, h, h_new), torch.where(keep_c, c, c_new)
-
-    lstm = module("zoneout", p, layers=1)
-    (out, _), (by_hand, _) = replay(lstm, data(), step, seed=3)
-    torch.testing.assert_close(out, by_hand, atol=1e-10, rtol=0)
+    lstm = module("zoneout", p, layers=1).train()
+    x = data()
+    torch.manual_seed(3)
+    out, _ = lstm(x)
+    torch.manual_seed(3)
+    keep_h, keep_c = lstm.scheme.zoneout_masks(x.new_zeros(B, H), T, True)
+    assert set(keep_h.unique().tolist()) == {0.0, 1.0} and 0.2 < keep_c.mean() < 0.4  # Bernoulli(p), per unit
+    assert not torch.equal(keep_h, keep_c)
+    w_ih, w_hh, b_ih, b_hh = lstm._layer_parameters(0)
+    h = c = x.new_zeros(B, H)
+    outs = []
+    for t in range(T):
+        h_new, c_new = lstm_cell(x[:, t], h, c, torch.cat([w_ih, w_hh], 1), b_ih + b_hh)
+        h = torch.where(keep_h[t] > 0, h, h_new)
+        c = torch.where(keep_c[t] > 0, c, c_new)
+        outs.append(h)
+    torch.testing.assert_close(out, torch.stack(outs, 1), atol=1e-10, rtol=0)
     held = (out[:, 1:] == out[:, :-1]).float().mean()
     assert 0.15 < held < 0.45  # about p of the hidden units kept their previous value
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from core import SCHEMES, Trainer, TrainConfig
-from core.trainer import PRECISIONS, autocast, resolve_precision
+from core.trainer import PRECISIONS, Interrupted, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
@@ -57,6 +57,9 @@ def build_parser():
                    help="bf16: forward passes under bf16 autocast (loss, softmax and metrics stay fp32); needs native "
                         "bf16 (GPU, or a CPU with avx512_bf16/AMX), else fp32 with a warning. Results go to "
                         "<preset>-bf16 (default: fp32)")
+    p.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
+                   help="also checkpoint within an epoch every MINUTES (default: at the end of each epoch only); "
+                        "SIGTERM/SIGINT always save one before stopping, and --resume continues exactly")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--run-dir", default="runs", help="checkpoints and logs (default: runs/)")
     p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
@@ -132,6 +135,8 @@ def validate(args, parser):
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    if args.checkpoint_every is not None and args.checkpoint_every <= 0:
+        parser.error(f"--checkpoint-every must be > 0 minutes, got {args.checkpoint_every}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
     unregularized = [v for v in args.variants if v != "none" and run_config(task_cls, args, v, 0)["dropout"] == 0]
@@ -230,7 +235,9 @@ def train_one(task_cls, args, config, run_dir, origin):
     task = make_task(task_cls, args, config)
     seed_everything(config["seed"])
     model = task.build_model()
-    trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress)
+    every = None if args.checkpoint_every is None else args.checkpoint_every * 60
+    trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress,
+                      checkpoint_every=every)
     result = trainer.fit(resume=args.resume, test=not args.valid_only)
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
           f"({time.time() - started:.0f} s)", flush=True)
@@ -314,8 +321,12 @@ def main(argv=None):
             run_dirs.append(run_dir)
             try:
                 entry = train_one(task_cls, args, config, run_dir, origin)
-            except (DataError, FloatingPointError, ValueError) as err:
+            except (DataError, FloatingPointError, ValueError, OSError) as err:
                 sys.exit(f"error: {err}")
+            except Interrupted as stop:
+                command = "python -m benchmarks.run " + shlex.join(a for a in argv if a != "--resume") + " --resume"
+                print(f"{stop}. Continue with:\n  {command}", file=sys.stderr)
+                sys.exit(130)
             write_results(args.out, task_cls, label, args.preset, [entry])
             write_overview(args.out)
         if args.ensemble:

@@ -70,8 +70,7 @@ class DropoutLSTM(nn.Module):
     def _fused_eval(self):
         """A stepwise scheme that is plain nn.LSTM at evaluation (naive, variational) evaluates on the fused path,
         unless the module was built with stepwise=True on purpose."""
-        eval_fused = self.scheme.fused if self.scheme.eval_fused is None else self.scheme.eval_fused
-        return not self.training and eval_fused and not self._path_chosen
+        return not self.training and not self.scheme.fused and self.scheme.eval_fused and not self._path_chosen
 
     def step(self, x_t, state=None):
         """One time step for decoding: x_t (B, input_size) -> (output (B, H), state)."""

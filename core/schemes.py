@@ -40,7 +40,7 @@ def make_scheme(name, p):
 class Scheme:
     name = ""
     fused = True  # the nn.LSTM path can run it
-    eval_fused = None  # the nn.LSTM path can run it in eval mode (None: as `fused`)
+    eval_fused = False  # a stepwise scheme that is plain nn.LSTM in eval mode (no mask there) evaluates fused
     uses_p = True  # False: the scheme ignores p (no dropout at all)
 
     def __init__(self, p):

@@ -2,8 +2,9 @@
 
 SGD with the paper's schedule (lr constant for `decay_start` epochs, then divided by `lr_decay` every
 epoch), gradient-norm clipping, stateful truncated BPTT for tasks that carry state across batches,
-evaluation each epoch, best-on-valid tracking, an atomic checkpoint every epoch, resume, a progress bar
-and a JSON-lines log.
+evaluation each epoch, best-on-valid tracking, an atomic checkpoint every epoch (and every N minutes within
+one), resume that repeats an uninterrupted run exactly, SIGTERM/SIGINT saving a checkpoint before stopping,
+a progress bar and a JSON-lines log.
 
 A task supplies (see tasks/base.py): `batches(split, device)`, `num_batches(split)`,
 `forward(model, batch, state) -> StepOutput`, `metrics(totals) -> dict`, `main_metric`,
@@ -12,6 +13,8 @@ A task supplies (see tasks/base.py): `batches(split, device)`, `num_batches(spli
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, fields
@@ -98,8 +101,16 @@ def detach_state(state):
     return type(state)(detach_state(s) for s in state)
 
 
+class Interrupted(Exception):
+    """A run stopped by SIGTERM/SIGINT after saving its checkpoint; `--resume` continues it."""
+
+    def __init__(self, checkpoint):
+        super().__init__(f"stopped by a signal; the checkpoint {checkpoint} holds the run so far")
+        self.checkpoint = checkpoint
+
+
 class Trainer:
-    def __init__(self, task, model, config, run_dir, device, progress=True):
+    def __init__(self, task, model, config, run_dir, device, progress=True, checkpoint_every=None):
         self.task, self.model, self.config = task, model.to(device), config
         # run_dir None: no checkpoints (speed benchmarks drive train_step only)
         self.run_dir = None if run_dir is None else Path(run_dir)
@@ -107,6 +118,9 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
         self.history = []  # one dict per finished epoch
         self.best = None  # (metric, epoch)
+        self.checkpoint_every = checkpoint_every  # seconds between checkpoints within an epoch (None: epoch ends)
+        self.stop_requested = False  # set by SIGTERM/SIGINT: save and stop after the current step
+        self._resume_within = None  # a checkpoint taken within an epoch, to continue from
 
     # ---- one step and one pass -------------------------------------------------------------------
     def train_step(self, batch, state=None):
@@ -121,12 +135,27 @@ class Trainer:
         return out
 
     def train_epoch(self, epoch):
+        """One pass over the training batches. The epoch's batch order comes from torch's RNG as it is at the
+        start of the epoch, so a checkpoint taken within the epoch stores that state and the number of steps
+        done: resuming redraws the same order, skips those batches and restores the RNG of the moment."""
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(epoch)
-        totals, state, started = _Totals(), None, time.time()
+        epoch_rng, totals, state, done = torch.get_rng_state(), _Totals(), None, 0
+        within, self._resume_within = self._resume_within, None
+        if within is not None:
+            epoch_rng, done, state = within["epoch_rng"], within["step"], within["state"]
+            totals.restore(within["totals"])
+            torch.set_rng_state(epoch_rng)
+        started, last_save = time.time(), time.time()
         bar = self._bar("train", epoch)
-        for step, batch in enumerate(self.task.batches("train", self.device), 1):
+        batches = self.task.batches("train", self.device)
+        for step, batch in enumerate(batches, 1):
+            if step <= done:  # already trained before the checkpoint this run resumed from
+                if step == done:
+                    torch.set_rng_state(within["rng"])
+                bar.update()
+                continue
             out = self.train_step(batch, state)
             state = out.state
             totals.add(out)
@@ -136,6 +165,14 @@ class Trainer:
                 bar.set_postfix(loss=f"{totals.mean_nll():.3f}", tok_s=f"{totals.count / elapsed:.0f}",
                                 lr=f"{self.config.lr_at(epoch):.3g}")
             bar.update()
+            due = self.checkpoint_every is not None and time.time() - last_save >= self.checkpoint_every
+            if self.run_dir is not None and (due or self.stop_requested):
+                self._save_checkpoint(epoch - 1, within={"epoch_rng": epoch_rng, "step": step, "state": state,
+                                                         "totals": totals.as_dict(), "rng": torch.get_rng_state()})
+                last_save = time.time()
+                if self.stop_requested:
+                    bar.close()
+                    raise Interrupted(self.run_dir / "checkpoint.pt")
         bar.close()
         self._check_finite(totals, epoch, "end")
         return self.task.metrics(totals.as_dict())
@@ -158,23 +195,29 @@ class Trainer:
         Returns the result dict also saved as result.json."""
         seed_everything(self.config.seed)
         start = self._load_checkpoint() + 1 if resume else 1
-        for epoch in range(start, self.config.epochs + 1):
-            t0 = time.time()
-            train = self.train_epoch(epoch)
-            if self.task.eval_train:  # the task reports train metrics measured without dropout
-                train = {**self.evaluate("train"), **{f"running_{k}": v for k, v in train.items()}}
-            valid = self.evaluate("valid")
-            record = {"epoch": epoch, "lr": self.config.lr_at(epoch), "wall_s": round(time.time() - t0, 2),
-                      **{f"train_{k}": v for k, v in train.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
-            self.history.append(record)
-            score = valid[self.task.main_metric]
-            if self.best is None or (score < self.best[0] if self.task.lower_is_better else score > self.best[0]):
-                self.best = (score, epoch)
-                save_torch({"model": self.model.state_dict(), "epoch": epoch, **self.task.checkpoint_extras()},
-                           self.run_dir / "best.pt")
-            self._save_checkpoint(epoch)
-            tqdm.write(json.dumps(record))
-        return self._finish(test)
+        with _stop_on_signals(self):
+            for epoch in range(start, self.config.epochs + 1):
+                self._run_epoch(epoch)
+            return self._finish(test)
+
+    def _run_epoch(self, epoch):
+        t0 = time.time()
+        train = self.train_epoch(epoch)
+        if self.task.eval_train:  # the task reports train metrics measured without dropout
+            train = {**self.evaluate("train"), **{f"running_{k}": v for k, v in train.items()}}
+        valid = self.evaluate("valid")
+        record = {"epoch": epoch, "lr": self.config.lr_at(epoch), "wall_s": round(time.time() - t0, 2),
+                  **{f"train_{k}": v for k, v in train.items()}, **{f"valid_{k}": v for k, v in valid.items()}}
+        self.history.append(record)
+        score = valid[self.task.main_metric]
+        if self.best is None or (score < self.best[0] if self.task.lower_is_better else score > self.best[0]):
+            self.best = (score, epoch)
+            save_torch({"model": self.model.state_dict(), "epoch": epoch, **self.task.checkpoint_extras()},
+                       self.run_dir / "best.pt")
+        self._save_checkpoint(epoch)
+        tqdm.write(json.dumps(record))
+        if self.stop_requested:
+            raise Interrupted(self.run_dir / "checkpoint.pt")
 
     def _finish(self, test=True):
         """Load the best-on-valid model; decode validation (its decoding metrics are reported beside the loss,
@@ -183,6 +226,8 @@ class Trainer:
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
         valid_extra, _ = self._decode("valid")
+        if self.stop_requested:  # the last checkpoint holds every epoch: --resume redoes only this evaluation
+            raise Interrupted(self.run_dir / "checkpoint.pt")
         if test:
             test = self.evaluate("test")
             extra, details = self._decode("test")
@@ -213,13 +258,19 @@ class Trainer:
         return metrics, details
 
     # ---- checkpoints -------------------------------------------------------------------------------
-    def _save_checkpoint(self, epoch):
-        save_torch({
-            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "history": self.history, "best": self.best, "config": asdict(self.config),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        }, self.run_dir / "checkpoint.pt")
+    def _save_checkpoint(self, epoch, within=None):
+        """`epoch`: the last finished epoch; `within`: the position in the next one (see train_epoch)."""
+        try:
+            save_torch({
+                "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "history": self.history, "best": self.best, "config": asdict(self.config),
+                "rng_cpu": torch.get_rng_state(), "within": within,
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            }, self.run_dir / "checkpoint.pt")
+        except OSError as err:  # the write goes through a temp file: the previous checkpoint is still whole
+            raise OSError(f"could not write the checkpoint {self.run_dir / 'checkpoint.pt'} ({err}); the previous "
+                          "checkpoint is intact. Free disk space (or fix the folder's permissions) and resume "
+                          "with --resume") from err
         write_text(self.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
 
     def _load_checkpoint(self):
@@ -235,7 +286,8 @@ class Trainer:
                              "drop --resume or use another run directory")
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.history, self.best = ckpt["history"], tuple(ckpt["best"])
+        self.history, self.best = ckpt["history"], None if ckpt["best"] is None else tuple(ckpt["best"])
+        self._resume_within = ckpt.get("within")
         torch.set_rng_state(ckpt["rng_cpu"])
         if ckpt["rng_cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
@@ -255,11 +307,37 @@ class Trainer:
                 f"the last good checkpoint is {self.run_dir / 'checkpoint.pt'}")
 
 
+@contextlib.contextmanager
+def _stop_on_signals(trainer):
+    """SIGTERM/SIGINT ask the trainer to save a checkpoint and stop after the current step; a second signal stops
+    at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
+        trainer.stop_requested = True
+        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
+                   "(send it again to stop at once)")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 class _Totals:
     """Sums step statistics on the device; syncs only when read."""
 
     def __init__(self):
         self.nll, self.count, self.extra = 0.0, 0, {}
+
+    def restore(self, saved):
+        self.nll, self.count = saved["nll"], saved["count"]
+        self.extra = {k: v for k, v in saved.items() if k not in ("nll", "count")}
 
     def add(self, out):
         self.nll = self.nll + out.nll

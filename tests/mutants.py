@@ -47,6 +47,12 @@ MUTANTS = {
     "a test-set metric picks the best epoch": ("core/trainer.py", [
         ("score = valid[self.task.main_metric]", 'score = self.evaluate("test")[self.task.main_metric]'),
     ], ["tests/test_trainer.py"]),
+    "resume within an epoch forgets the RNG of the moment": ("core/trainer.py", [
+        ('                    torch.set_rng_state(within["rng"])\n', "                    pass\n"),
+    ], ["tests/test_resume.py"]),
+    "resume within an epoch restarts the epoch's batches": ("core/trainer.py", [
+        ("            if step <= done:", "            if False:"),
+    ], ["tests/test_resume.py"]),
     "variational redraws its input mask at every step": ("core/schemes.py", [
         ('return x if masks is None else x * masks["input"]', "return dropout(x, self.p, training)"),
     ], ["tests/test_schemes.py"]),

@@ -85,6 +85,8 @@ def test_list_shows_tasks_and_presets():
     (["--task", "lm", "--preset", "cpu", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
     (["--task", "lm", "--preset", "small", "--variants", "zaremba"], "preset small has dropout 0"),
     (["--task", "lm", "--preset", "cpu", "--device", "tpu9"], "bad --device 'tpu9'"),
+    (["--task", "lm", "--preset", "cpu", "--checkpoint-every", "0"], "--checkpoint-every must be > 0 minutes"),
+    (["--task", "lm", "--preset", "tiny", "--set", "embed_dropout=1.0"], "embed_dropout must be in [0, 1)"),
 ])
 def test_bad_flags_fail_fast_with_a_clear_message(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -161,3 +163,21 @@ def test_successor_schemes_train_with_their_own_p_and_fill_the_schemes_table(tin
     assert all("scheme_dropout" not in e["config"] and e["config"]["embed_dropout"] == 0.1 for e in entries)
     assert "zoneout p=0.1 − none p=0" in (out / "lm" / "tiny.md").read_text()
     assert "No task tables yet." in (out / "schemes.md").read_text()  # the cross-task table reads default presets
+
+
+def test_a_stopped_run_prints_the_command_that_resumes_it(tiny_ptb, tmp_path, monkeypatch, capsys):
+    from core.trainer import Interrupted
+
+    def fit(self, resume=False, test=True):
+        raise Interrupted(self.run_dir / "checkpoint.pt")
+
+    monkeypatch.setattr(run.Trainer, "fit", fit)
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--task", "lm", "--preset", "tiny", "--variants", "none", "--data-dir", str(tiny_ptb),
+                  "--custom-data", "--out", str(tmp_path / "out"), "--run-dir", str(tmp_path / "runs"), "--no-progress",
+                  "--checkpoint-every", "5"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 130 and "stopped by a signal" in err
+    assert "python -m benchmarks.run --task lm --preset tiny --variants none" in err and err.rstrip().endswith(
+        "--checkpoint-every 5 --resume")
+    assert not (tmp_path / "out" / "lm" / "tiny.json").exists()  # nothing half-written into the results

@@ -1,0 +1,104 @@
+"""Never lose work: checkpoints within an epoch, SIGTERM/SIGINT, failed checkpoint writes. A resumed run must end
+with exactly the metrics and outputs of an uninterrupted one (stateful LM streams and bucketed MT batches)."""
+import os
+import signal
+
+import pytest
+import torch
+
+from core import Trainer, TrainConfig
+from core.trainer import Interrupted
+from core.utils import seed_everything
+from conftest import write_tiny_ptb
+from tasks.lm.task import LanguageModelTask
+from tasks.mt.task import TranslationTask
+from test_mt import tiny_config as mt_config, write_tiny_multi30k
+
+LM = dict(LanguageModelTask.presets["tiny"], seed=3, epochs=2, dropout=0.3, scheme="zaremba")
+
+
+def task_and_config(name, tmp_path):
+    if name == "lm":
+        return LanguageModelTask, write_tiny_ptb(tmp_path / "data"), LM
+    return TranslationTask, write_tiny_multi30k(tmp_path / "data"), mt_config(epochs=2, scheme="variational")
+
+
+def trainer(name, tmp_path, run_dir, every=None):
+    cls, data, config = task_and_config(name, tmp_path)
+    task = cls(config, data, download=False, custom_data=True).load_data()
+    seed_everything(config["seed"])
+    return Trainer(task, task.build_model(), TrainConfig.from_dict(config), run_dir, "cpu", progress=False,
+                   checkpoint_every=every)
+
+
+def stop_at(monkeypatch, step, how):
+    """Make the `step`-th training step of the process end the run: a crash (nothing saved then) or a real
+    SIGTERM sent to this process (the trainer saves, then stops)."""
+    original, calls = Trainer.train_step, {"n": 0}
+
+    def train_step(self, batch, state=None):
+        calls["n"] += 1
+        if calls["n"] == step:
+            if how == "crash":
+                raise RuntimeError("killed")
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, batch, state)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+
+
+@pytest.mark.parametrize("name", ["lm", "mt"])
+@pytest.mark.parametrize("how, step", [("crash", 3), ("sigterm", 11)])
+def test_resume_within_an_epoch_repeats_the_uninterrupted_run_exactly(name, how, step, tmp_path, monkeypatch):
+    full = trainer(name, tmp_path, tmp_path / "full").fit()
+    steps_per_epoch = trainer(name, tmp_path, None).task.num_batches("train")
+    assert step < 2 * steps_per_epoch and step % steps_per_epoch  # the interruption falls within an epoch
+    with monkeypatch.context() as patch:
+        stop_at(patch, step, how)
+        with pytest.raises(RuntimeError if how == "crash" else Interrupted):
+            trainer(name, tmp_path, tmp_path / "cut", every=0.0).fit()
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)
+    if how == "sigterm" or (step - 1) % steps_per_epoch:  # the last save was within an epoch
+        assert saved["within"]["step"] == (step - (how == "crash") - 1) % steps_per_epoch + 1
+    resumed = trainer(name, tmp_path, tmp_path / "cut").fit(resume=True)
+    assert resumed["metrics"] == full["metrics"]
+    assert [{k: v for k, v in r.items() if k != "wall_s"} for r in resumed["history"]] == \
+           [{k: v for k, v in r.items() if k != "wall_s"} for r in full["history"]]
+    for outputs in ("valid_outputs.txt", "test_outputs.txt"):
+        if (tmp_path / "full" / outputs).exists():
+            assert (tmp_path / "cut" / outputs).read_text() == (tmp_path / "full" / outputs).read_text()
+
+
+def test_a_signal_during_the_final_evaluation_stops_and_resume_redoes_only_it(tmp_path, monkeypatch):
+    full = trainer("mt", tmp_path, tmp_path / "full").fit()
+    original = TranslationTask.final_metrics
+
+    def final_metrics(self, model, split, device):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, model, split, device)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(TranslationTask, "final_metrics", final_metrics)
+        with pytest.raises(Interrupted):
+            trainer("mt", tmp_path, tmp_path / "cut").fit()
+    assert not (tmp_path / "cut" / "result.json").exists()
+    assert trainer("mt", tmp_path, tmp_path / "cut").fit(resume=True)["metrics"] == full["metrics"]
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(tmp_path, monkeypatch):
+    run = trainer("lm", tmp_path, tmp_path / "run")
+    original, saves = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and "optimizer" in obj:
+            saves["n"] += 1
+            if saves["n"] == 2:
+                raise OSError(28, "No space left on device")
+        return original(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(OSError, match="could not write the checkpoint .* the previous checkpoint is intact"):
+        run.fit()
+    kept = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert kept["epoch"] == 1 and kept["within"] is None
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]  # no half-written file

@@ -10,6 +10,7 @@ and the overview results/README.md.
 import argparse
 import shlex
 import sys
+import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -149,12 +150,26 @@ def validate(args, parser):
                 task_cls.check_config(run_config(task_cls, args, variant, seed), args.ensemble)
             except (ValueError, DataError) as err:
                 parser.error(str(err))
+    unwritable = _unwritable(args.out) or _unwritable(args.run_dir)
+    if unwritable:
+        parser.error(unwritable)
     try:
         args.device = pick_device(args.device)
         args.precision = resolve_precision(args.precision, args.device)
     except ValueError as err:
         parser.error(str(err))
     return task_cls
+
+
+def _unwritable(folder):
+    """A message when `folder` cannot be created or written (checked before training, not after it)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"cannot write to {folder} ({err.strerror or err}); pick another folder with --out / --run-dir"
+    return None
 
 
 def parse_overrides(items, preset, name, parser):

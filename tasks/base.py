@@ -134,6 +134,13 @@ COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "drop
                                                                   "ensemble"})
 
 
+# (key, bound, strict): a value of a config key must be above (strict) or at least its bound
+_RANGES = [(k, 1, False) for k in ("epochs", "batch_size", "eval_batch_size", "decode_batch_size", "hidden", "emb",
+                                    "layers", "beam", "bptt")] + [
+    ("lr", 0, True), ("lr_decay", 0, True), ("clip", 0, False), ("init", 0, False), ("max_len_a", 0, False),
+    ("max_len_b", 0, False), ("min_freq", 1, False)]
+
+
 class Task:
     name = ""  # registry key, e.g. "lm"
     description = ""
@@ -217,6 +224,11 @@ class Task:
         for key in ("dropout", "embed_dropout"):
             if not 0 <= config.get(key, 0.0) < 1:
                 raise ValueError(f"{key} must be in [0, 1), got {config[key]}")
+        for key, low, strict in _RANGES:
+            value = config.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                    value <= low if strict else value < low):
+                raise ValueError(f"{key} must be {'>' if strict else '>='} {low:g}, got {value!r}")
 
     def data_info(self):
         """What the results record about the data the run used."""

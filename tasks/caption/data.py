@@ -84,7 +84,10 @@ def load_coco_json(captions_json, image_dir):
         for ann in data["annotations"]:
             by_image.setdefault(ann["image_id"], []).append((ann["id"], ann["caption"].strip()))
         images = [(img["id"], img["file_name"]) for img in data["images"]]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+    except KeyError as err:
+        raise DataError(f"{captions_json} is not a COCO captions file: an entry lacks the field {err} (expected "
+                        "images with id and file_name, annotations with image_id, id and caption)") from None
+    except (OSError, json.JSONDecodeError, TypeError) as err:
         raise DataError(f"{captions_json} is not a COCO captions file (images + annotations): {err}") from None
     out = CaptionSet()
     for image_id, name in images:
@@ -103,12 +106,16 @@ def load_karpathy(split_json, image_root):
         raise DataError(f"{split_json} is not a Karpathy split file (a json with 'images'): {err}") from None
     names = {"train": "train", "restval": "train", "val": "valid", "test": "test"}
     splits = {s: CaptionSet() for s in ("train", "valid", "test")}
-    for img in images:
+    for number, img in enumerate(images):
         split = names.get(img.get("split"))
         if split is None:
             raise DataError(f"{split_json}: image {img.get('filename')!r} has unknown split {img.get('split')!r}")
-        splits[split].images.append(Path(image_root) / img.get("filepath", "") / img["filename"])
-        splits[split].captions.append([s["raw"].strip() for s in img["sentences"]])
+        try:
+            splits[split].images.append(Path(image_root) / img.get("filepath", "") / img["filename"])
+            splits[split].captions.append([s["raw"].strip() for s in img["sentences"]])
+        except (KeyError, TypeError) as err:
+            raise DataError(f"{split_json}: image entry {number} lacks the field {err} (expected filename and "
+                            "sentences with raw)") from None
     return splits
 
 

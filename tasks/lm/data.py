@@ -39,10 +39,14 @@ def read_words(path):
     """Words of a PTB file with <eos> at every line end (the paper's and TensorFlow's reader)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return [word for line in f for word in line.split() + ["<eos>"]]
+            words = [word for line in f for word in line.split() + ["<eos>"]]
     except UnicodeDecodeError as err:
         raise DataError(f"{path} is corrupt (not UTF-8 text: {err}); delete it to re-download, "
                         f"or replace it with a good copy") from None
+    if not words:
+        raise DataError(f"{path} is empty: a PTB split needs text; delete it to re-download, or replace it with a "
+                        "good copy")
+    return words
 
 
 class Corpus:

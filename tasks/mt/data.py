@@ -107,6 +107,10 @@ def read_lines(path):
 def read_aligned(paths):
     """Read line-aligned files; raise naming every file and its line count when the counts differ."""
     columns = [read_lines(p) for p in paths]
+    empty = [str(p) for p, c in zip(paths, columns) if not c]
+    if empty:
+        raise DataError(f"{empty[0]} is empty: a split needs sentences; delete it to re-download, or replace it "
+                        "with a good copy")
     counts = {str(p): len(c) for p, c in zip(paths, columns)}
     if len(set(counts.values())) > 1:
         raise DataError("parallel files are not aligned (line counts differ): "

@@ -168,6 +168,9 @@ def markdown(task, label, preset, runs):
         caveat = (" They come from the paper's own configuration, not this one: compare the direction and size "
                   "of the dropout effect, not the values." if preset in task.preset_notes else "")
         lines += ["", f"Paper columns: {task.paper_source} of Zaremba et al. (2014), as printed.{caveat}"]
+    if task.published_anchors.get(preset):
+        lines += ["", "Published anchors (other papers' test numbers for this configuration, as printed; not our "
+                      "runs): " + " ".join(task.published_anchors[preset])]
     if task.results_notes:
         lines += ["", task.results_notes]
     lines += _decoding_speed(runs)

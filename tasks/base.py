@@ -150,6 +150,7 @@ class Task:
     preset_notes = {}  # preset -> a warning printed above its results table (e.g. "scaled down")
     paper_results = {}  # preset -> variant -> {metric: value} as printed in the paper
     paper_source = ""  # where paper_results come from, e.g. "Table 1"
+    published_anchors = {}  # preset -> lines: other papers' numbers for this configuration, printed under the table
     main_metric = "ppl"  # selects the best epoch on valid and names the table columns
     lower_is_better = True
     results_notes = ""  # printed under the results table: how a metric is computed

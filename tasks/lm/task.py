@@ -71,6 +71,12 @@ class LanguageModelTask(Task):
     stateful = True
 
     paper_source = "Table 1"
+    published_anchors = {  # test perplexity as printed, for the schemes of core.schemes on the same presets
+        "medium": ["zaremba 82.7 (Zaremba et al. 2014, Table 1); variational 79.7, 78.6 with MC-dropout evaluation "
+                   "(Gal & Ghahramani 2016, Table 1, medium untied)"],
+        "large": ["zaremba 78.4 (Zaremba et al. 2014, Table 1); variational 75.2, 73.4 with MC-dropout evaluation "
+                  "(Gal & Ghahramani 2016, Table 1, large untied)"],
+    }
     config_keys = ("hidden", "layers", "init", "bptt", "batch_size", "eval_batch_size", "embed_dropout")
     synthetic_vocab = 10000  # PTB's vocabulary size
     speed_notes = ("Random token ids of PTB's 10k vocabulary. `reference` is the pytorch/examples word_language_model "

@@ -193,6 +193,8 @@ def markdown(task, label, preset, runs):
         else:
             who, spent = f"seed {run['seed']}", "training"
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
+        if prov.get("world_size", 1) > 1:
+            hw += f" x {prov['world_size']} processes (torchrun, DDP)"
         lines.append(f"- {run['variant']} p={run['dropout']:g} {who}: commit {prov['git_commit'][:12]}, "
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from core import SCHEMES, Trainer, TrainConfig
+from core import SCHEMES, Trainer, TrainConfig, distributed
 from core.trainer import PRECISIONS, Interrupted, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
 from core.download import ENV_DATA_DIR, DataError, data_root
@@ -254,6 +254,8 @@ def train_one(task_cls, args, config, run_dir, origin):
     trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress,
                       checkpoint_every=every)
     result = trainer.fit(resume=args.resume, test=not args.valid_only)
+    if result is None:  # a DDP rank other than 0
+        return None
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
           f"({time.time() - started:.0f} s)", flush=True)
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,
@@ -324,8 +326,12 @@ def main(argv=None):
     task_cls = validate(args, parser)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if distributed.launched_by_torchrun():  # torchrun --nproc_per_node N [--nnodes M ...] -m benchmarks.run ...
+        args.device = distributed.init_from_env(str(args.device))
+    main_rank = distributed.is_main()
     # Taken before training, so later edits of the working tree do not leak into this run's record.
-    origin = provenance(args.device, "python -m benchmarks.run " + shlex.join(argv))
+    origin = {**provenance(args.device, "python -m benchmarks.run " + shlex.join(argv)),
+              "world_size": distributed.world_size()}
     label = run_label(args)
     check_mergeable(task_cls, args, label)
     for variant in args.variants:
@@ -339,16 +345,21 @@ def main(argv=None):
             except (DataError, FloatingPointError, ValueError, OSError) as err:
                 sys.exit(f"error: {err}")
             except Interrupted as stop:
-                command = "python -m benchmarks.run " + shlex.join(a for a in argv if a != "--resume") + " --resume"
-                print(f"{stop}. Continue with:\n  {command}", file=sys.stderr)
+                launcher = "torchrun ... -m benchmarks.run " if distributed.world_size() > 1 else "python -m benchmarks.run "
+                command = launcher + shlex.join(a for a in argv if a != "--resume") + " --resume"
+                if main_rank:
+                    print(f"{stop}. Continue with:\n  {command}", file=sys.stderr)
                 sys.exit(130)
+            if not main_rank:  # rank 0 evaluates, decodes and writes; the other ranks are done
+                continue
             write_results(args.out, task_cls, label, args.preset, [entry])
             write_overview(args.out)
-        if args.ensemble:
+        if args.ensemble and main_rank:
             write_results(args.out, task_cls, label, args.preset,
                           [evaluate_ensemble(task_cls, args, variant, run_dirs, origin)])
             write_overview(args.out)
-    print(f"wrote {Path(args.out) / args.task / label}.{{json,md,png}}")
+    if main_rank:
+        print(f"wrote {Path(args.out) / args.task / label}.{{json,md,png}}")
 
 
 if __name__ == "__main__":

@@ -16,13 +16,14 @@ import math
 import signal
 import threading
 import time
-import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from core import distributed
+from core.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (re-exported)
 from core.utils import save_torch, seed_everything, write_json, write_text
 
 
@@ -33,6 +34,7 @@ class StepOutput:
     count: int  # number of targets (tokens, frames) in the batch
     state: object = None  # recurrent state to carry to the next batch (stateful tasks)
     extra: dict = field(default_factory=dict)  # other summed statistics, e.g. correct frames
+    norm: float = None  # the loss's denominator (sentences, streams, scored frames): weights ranks under DDP
 
 
 @dataclass
@@ -66,33 +68,6 @@ def make_optimizer(name, params, lr):
     return OPTIMIZERS[name](params, lr=lr)
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def resolve_precision(precision, device):
-    """The precision a run on `device` will really use: bf16 needs native support (a CPU with avx512_bf16 or
-    AMX, a GPU with bf16); otherwise fp32, with one warning. Raises ValueError for an unknown name."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return precision
-    device = torch.device(device)
-    native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-              else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if not native:
-        warnings.warn(f"--precision bf16: this {device.type.upper()} has no native bf16 support (bf16 would be "
-                      "emulated, slower than fp32): running in fp32", stacklevel=2)
-        return "fp32"
-    return precision
-
-
-def autocast(precision, device):
-    """The context of every forward pass: bf16 autocast, or nothing for fp32."""
-    if precision == "bf16":
-        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def detach_state(state):
     if state is None:
         return None
@@ -124,10 +99,26 @@ class Trainer:
 
     # ---- one step and one pass -------------------------------------------------------------------
     def train_step(self, batch, state=None):
-        with autocast(self.config.precision, self.device):
-            out = self.task.forward(self.model, batch, state)
+        parallel = distributed.world_size() > 1
+        if parallel:
+            batch = distributed.shard(batch)
+        out = None
+        if not parallel or distributed.rows(batch):  # a rank whose shard is empty only adds zero gradients
+            with autocast(self.config.precision, self.device):
+                out = self.task.forward(self.model, batch, state)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        if parallel:
+            # each rank's loss weighted by its share of the global normaliser, gradients summed: the gradient
+            # of the global batch's loss (see core.distributed)
+            norm = 0.0 if out is None else (out.norm if out.norm is not None else 1.0)
+            total = distributed.all_reduce_sum(norm, self.device)
+            if out is not None:
+                (out.loss * (norm / total)).backward()
+            distributed.sum_gradients(self.model)
+            if out is None:
+                out = StepOutput(loss=None, nll=torch.zeros((), device=self.device), count=0, state=state)
+        else:
+            out.loss.backward()
         if self.config.clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optimizer.step()
@@ -147,13 +138,17 @@ class Trainer:
             epoch_rng, done, state = within["epoch_rng"], within["step"], within["state"]
             totals.restore(within["totals"])
             torch.set_rng_state(epoch_rng)
+        parallel, shared_after = distributed.world_size() > 1, None
         started, last_save = time.time(), time.time()
         bar = self._bar("train", epoch)
         batches = self.task.batches("train", self.device)
         for step, batch in enumerate(batches, 1):
+            if parallel and step == 1:  # the batch order is drawn (shared): dropout uses this rank's own stream
+                shared_after = torch.get_rng_state()
+                torch.set_rng_state(self.rank_rng)
             if step <= done:  # already trained before the checkpoint this run resumed from
                 if step == done:
-                    torch.set_rng_state(within["rng"])
+                    torch.set_rng_state(within["rng_ranks"][distributed.rank()] if parallel else within["rng"])
                 bar.update()
                 continue
             out = self.train_step(batch, state)
@@ -166,27 +161,44 @@ class Trainer:
                                 lr=f"{self.config.lr_at(epoch):.3g}")
             bar.update()
             due = self.checkpoint_every is not None and time.time() - last_save >= self.checkpoint_every
+            if parallel:  # every rank must take the same decisions (they meet in collectives)
+                due = distributed.all_reduce_sum(due, self.device) > 0
+                self.stop_requested = distributed.all_reduce_sum(self.stop_requested, self.device) > 0
             if self.run_dir is not None and (due or self.stop_requested):
+                ranks = distributed.gather_rng_states(torch.get_rng_state()) if parallel else None
                 self._save_checkpoint(epoch - 1, within={"epoch_rng": epoch_rng, "step": step, "state": state,
-                                                         "totals": totals.as_dict(), "rng": torch.get_rng_state()})
+                                                         "totals": totals.as_dict(), "rng": torch.get_rng_state(),
+                                                         "rng_ranks": ranks})
                 last_save = time.time()
                 if self.stop_requested:
                     bar.close()
                     raise Interrupted(self.run_dir / "checkpoint.pt")
         bar.close()
+        if parallel and shared_after is not None:
+            self.rank_rng = torch.get_rng_state()
+            torch.set_rng_state(shared_after)
+        if parallel:
+            totals = _Totals.from_dict(distributed.all_reduce_totals(totals.as_dict(), self.device))
         self._check_finite(totals, epoch, "end")
         return self.task.metrics(totals.as_dict())
 
     @torch.no_grad()
-    def evaluate(self, split):
+    def evaluate(self, split, sharded=True):
+        """The split's metrics; under DDP (and `sharded`) each rank evaluates its rows and the sums are added."""
         self.model.eval()
+        parallel = sharded and distributed.world_size() > 1
         totals, state = _Totals(), None
         for batch in self.task.batches(split, self.device):
+            if parallel:
+                batch = distributed.shard(batch)
+                if not distributed.rows(batch):
+                    continue
             with autocast(self.config.precision, self.device):
                 out = self.task.forward(self.model, batch, state)
             state = out.state if self.task.stateful else None
             totals.add(out)
-        return self.task.metrics(totals.as_dict())
+        summed = distributed.all_reduce_totals(totals.as_dict(), self.device) if parallel else totals.as_dict()
+        return self.task.metrics(summed)
 
     # ---- the whole run -----------------------------------------------------------------------------
     def fit(self, resume=False, test=True):
@@ -194,6 +206,10 @@ class Trainer:
         best-on-valid model on the test split (`test=False`: selection runs, which never read it).
         Returns the result dict also saved as result.json."""
         seed_everything(self.config.seed)
+        if distributed.world_size() > 1:
+            distributed.broadcast_parameters(self.model)
+            stream = torch.Generator().manual_seed(self.config.seed * 1_000_003 + distributed.rank())
+            self.rank_rng = stream.get_state()  # this rank's dropout masks (the batch order stays shared)
         start = self._load_checkpoint() + 1 if resume else 1
         with _stop_on_signals(self):
             for epoch in range(start, self.config.epochs + 1):
@@ -212,24 +228,30 @@ class Trainer:
         score = valid[self.task.main_metric]
         if self.best is None or (score < self.best[0] if self.task.lower_is_better else score > self.best[0]):
             self.best = (score, epoch)
-            save_torch({"model": self.model.state_dict(), "epoch": epoch, **self.task.checkpoint_extras()},
-                       self.run_dir / "best.pt")
+            if distributed.is_main():
+                save_torch({"model": self.model.state_dict(), "epoch": epoch, **self.task.checkpoint_extras()},
+                           self.run_dir / "best.pt")
         self._save_checkpoint(epoch)
-        tqdm.write(json.dumps(record))
+        if distributed.is_main():
+            tqdm.write(json.dumps(record))
+        if distributed.world_size() > 1:
+            self.stop_requested = distributed.all_reduce_sum(self.stop_requested, self.device) > 0
         if self.stop_requested:
             raise Interrupted(self.run_dir / "checkpoint.pt")
 
     def _finish(self, test=True):
         """Load the best-on-valid model; decode validation (its decoding metrics are reported beside the loss,
         never used to choose anything here), then touch the test split once: loss, per-item statistics for
-        the paired tests, and the decoding metrics."""
+        the paired tests, and the decoding metrics. Under DDP rank 0 does this alone (other ranks return None)."""
+        if not distributed.is_main():
+            return None
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
         valid_extra, _ = self._decode("valid")
         if self.stop_requested:  # the last checkpoint holds every epoch: --resume redoes only this evaluation
             raise Interrupted(self.run_dir / "checkpoint.pt")
         if test:
-            test = self.evaluate("test")
+            test = self.evaluate("test", sharded=False)
             extra, details = self._decode("test")
             test.update(extra)
             items = details.pop("items", {})
@@ -259,12 +281,18 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def _save_checkpoint(self, epoch, within=None):
-        """`epoch`: the last finished epoch; `within`: the position in the next one (see train_epoch)."""
+        """`epoch`: the last finished epoch; `within`: the position in the next one (see train_epoch). Under DDP
+        every rank calls it (its dropout stream is gathered) and rank 0 writes."""
+        ranks = None
+        if distributed.world_size() > 1 and within is None:
+            ranks = distributed.gather_rng_states(self.rank_rng)
+        if not distributed.is_main():
+            return
         try:
             save_torch({
                 "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "history": self.history, "best": self.best, "config": asdict(self.config),
-                "rng_cpu": torch.get_rng_state(), "within": within,
+                "rng_cpu": torch.get_rng_state(), "within": within, "rng_ranks": ranks,
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             }, self.run_dir / "checkpoint.pt")
         except OSError as err:  # the write goes through a temp file: the previous checkpoint is still whole
@@ -289,6 +317,12 @@ class Trainer:
         self.history, self.best = ckpt["history"], None if ckpt["best"] is None else tuple(ckpt["best"])
         self._resume_within = ckpt.get("within")
         torch.set_rng_state(ckpt["rng_cpu"])
+        if distributed.world_size() > 1:
+            ranks = (self._resume_within or {}).get("rng_ranks") or ckpt.get("rng_ranks")
+            if ranks is None or len(ranks) != distributed.world_size():
+                raise ValueError(f"cannot resume {path} on {distributed.world_size()} processes: it was written by "
+                                 f"{1 if ranks is None else len(ranks)}; resume with the same --nproc_per_node x nodes")
+            self.rank_rng = ranks[distributed.rank()]
         if ckpt["rng_cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(ckpt["rng_cuda"])
         return ckpt["epoch"]
@@ -296,7 +330,8 @@ class Trainer:
     # ---- helpers -----------------------------------------------------------------------------------
     def _bar(self, split, epoch):
         return tqdm(total=self.task.num_batches(split), desc=f"epoch {epoch}/{self.config.epochs} {split}",
-                    disable=not self.progress, leave=False, dynamic_ncols=True, mininterval=1.0)
+                    disable=not self.progress or not distributed.is_main(), leave=False, dynamic_ncols=True,
+                    mininterval=1.0)
 
     def _check_finite(self, totals, epoch, step):
         loss = totals.mean_nll()
@@ -334,6 +369,12 @@ class _Totals:
 
     def __init__(self):
         self.nll, self.count, self.extra = 0.0, 0, {}
+
+    @classmethod
+    def from_dict(cls, saved):
+        totals = cls()
+        totals.restore(saved)
+        return totals
 
     def restore(self, saved):
         self.nll, self.count = saved["nll"], saved["count"]

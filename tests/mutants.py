@@ -53,6 +53,12 @@ MUTANTS = {
     "resume within an epoch restarts the epoch's batches": ("core/trainer.py", [
         ("            if step <= done:", "            if False:"),
     ], ["tests/test_resume.py"]),
+    "DDP ranks train on the whole batch": ("core/distributed.py", [
+        ("    if world == 1:\n        return batch\n", "    if True:\n        return batch\n"),
+    ], ["tests/test_distributed.py"]),
+    "DDP ranks do not weight their losses": ("core/trainer.py", [
+        ("(out.loss * (norm / total)).backward()", "out.loss.backward()"),
+    ], ["tests/test_distributed.py"]),
     "variational redraws its input mask at every step": ("core/schemes.py", [
         ('return x if masks is None else x * masks["input"]', "return dropout(x, self.p, training)"),
     ], ["tests/test_schemes.py"]),

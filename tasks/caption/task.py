@@ -171,7 +171,7 @@ class CaptionTask(Task):
         logits, targets, _ = self.logits(model, batch, state)
         nll, count = sequence_nll(logits, targets, IGNORE)
         # summed over caption tokens, averaged over captions (the LM and MT tasks' scaling)
-        return StepOutput(loss=nll / targets.size(0), nll=nll.detach(), count=count)
+        return StepOutput(loss=nll / targets.size(0), nll=nll.detach(), count=count, norm=targets.size(0))
 
     def final_metrics(self, model, split, device):
         started = time.perf_counter()

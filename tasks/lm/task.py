@@ -137,7 +137,8 @@ class LanguageModelTask(Task):
         nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
         # The paper's scaling: summed over the bptt steps, averaged over the batch. Averaging over all
         # tokens instead would silently divide lr 1 and the clip norm by the bptt length.
-        return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state)
+        return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state,
+                          norm=inputs.size(0))
 
     def speed_peers(self, device):
         from tasks.lm.reference import reference_stepper

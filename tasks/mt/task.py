@@ -192,7 +192,7 @@ class TranslationTask(Task):
         logits, targets, _ = self.logits(model, batch, state)
         nll, count = sequence_nll(logits, targets, IGNORE)
         # summed over target tokens, averaged over sentences (Sutskever et al.; the LM task's scaling)
-        return StepOutput(loss=nll / src.size(0), nll=nll.detach(), count=count)
+        return StepOutput(loss=nll / src.size(0), nll=nll.detach(), count=count, norm=src.size(0))
 
     def final_metrics(self, model, split, device):
         pairs = self.pairs[split]

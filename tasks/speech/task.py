@@ -285,7 +285,7 @@ class SpeechTask(Task):
                               reduction="sum")
         count, scored_count = int(real.sum()), int(scored.sum())
         correct = (logits.argmax(-1) == labels)[real].sum()
-        return StepOutput(loss=nll / max(scored_count, 1), nll=nll.detach(), count=count,
+        return StepOutput(loss=nll / max(scored_count, 1), nll=nll.detach(), count=count, norm=scored_count,
                           extra={"correct": correct, "scored": scored_count})
 
     def metrics(self, totals):

@@ -12,20 +12,32 @@ from core.utils import seed_everything
 from conftest import write_tiny_ptb
 from tasks.lm.task import LanguageModelTask
 from tasks.mt.task import TranslationTask
+from tasks.caption.task import CaptionTask
+from tasks.speech.task import SpeechTask
+from test_captions_data import write_flickr8k
 from test_mt import tiny_config as mt_config, write_tiny_multi30k
+from test_speech import write_tiny_fsdd
 
 LM = dict(LanguageModelTask.presets["tiny"], seed=3, epochs=2, dropout=0.3, scheme="zaremba")
 
 
 def task_and_config(name, tmp_path):
+    data = tmp_path / "data"
     if name == "lm":
-        return LanguageModelTask, write_tiny_ptb(tmp_path / "data"), LM
-    return TranslationTask, write_tiny_multi30k(tmp_path / "data"), mt_config(epochs=2, scheme="variational")
+        return LanguageModelTask, data if data.exists() else write_tiny_ptb(data), LM
+    if name == "mt":
+        return TranslationTask, data if data.exists() else write_tiny_multi30k(data), mt_config(
+            epochs=2, scheme="variational")
+    if name == "speech":
+        return SpeechTask, data if data.exists() else write_tiny_fsdd(data), dict(
+            SpeechTask.presets["tiny"], seed=1, epochs=2, scheme="zoneout", dropout=0.2)
+    return CaptionTask, data if data.exists() else write_flickr8k(data), dict(
+        CaptionTask.presets["tiny"], seed=1, epochs=2, scheme="zaremba", dropout=0.3)
 
 
 def trainer(name, tmp_path, run_dir, every=None):
     cls, data, config = task_and_config(name, tmp_path)
-    task = cls(config, data, download=False, custom_data=True).load_data()
+    task = cls(config, data, download=False, custom_data=True, cache_dir=tmp_path / "cache").load_data()
     seed_everything(config["seed"])
     return Trainer(task, task.build_model(), TrainConfig.from_dict(config), run_dir, "cpu", progress=False,
                    checkpoint_every=every)
@@ -47,8 +59,9 @@ def stop_at(monkeypatch, step, how):
     monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
-@pytest.mark.parametrize("name", ["lm", "mt"])
-@pytest.mark.parametrize("how, step", [("crash", 3), ("sigterm", 11)])
+@pytest.mark.filterwarnings("ignore:Flickr8k. skipping")
+@pytest.mark.parametrize("name, how, step", [("lm", "crash", 3), ("lm", "sigterm", 11), ("mt", "crash", 3),
+                                             ("mt", "sigterm", 11), ("speech", "crash", 2), ("caption", "sigterm", 2)])
 def test_resume_within_an_epoch_repeats_the_uninterrupted_run_exactly(name, how, step, tmp_path, monkeypatch):
     full = trainer(name, tmp_path, tmp_path / "full").fit()
     steps_per_epoch = trainer(name, tmp_path, None).task.num_batches("train")

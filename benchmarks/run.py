@@ -8,9 +8,9 @@ and the overview results/README.md.
     python -m benchmarks.run --user-dir my_tasks --task charlm     # a task of your own (see the README)
 """
 import argparse
+import os
 import shlex
 import sys
-import tempfile
 import time
 import warnings
 from datetime import datetime, timezone
@@ -162,13 +162,14 @@ def validate(args, parser):
 
 
 def _unwritable(folder):
-    """A message when `folder` cannot be created or written (checked before training, not after it)."""
-    try:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        return f"cannot write to {folder} ({err.strerror or err}); pick another folder with --out / --run-dir"
+    """A message when `folder` could not be created or written (checked before training, creating nothing)."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"cannot write to {folder}: {existing} is a file, not a folder; pick another --out / --run-dir"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write to {folder}: no write permission on {existing}; pick another --out / --run-dir"
     return None
 
 

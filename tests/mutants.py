@@ -48,7 +48,7 @@ MUTANTS = {
         ("score = valid[self.task.main_metric]", 'score = self.evaluate("test")[self.task.main_metric]'),
     ], ["tests/test_trainer.py"]),
     "resume within an epoch forgets the RNG of the moment": ("core/trainer.py", [
-        ('                    torch.set_rng_state(within["rng"])\n', "                    pass\n"),
+        ('torch.set_rng_state(within["rng_ranks"][distributed.rank()] if parallel else within["rng"])', "pass"),
     ], ["tests/test_resume.py"]),
     "resume within an epoch restarts the epoch's batches": ("core/trainer.py", [
         ("            if step <= done:", "            if False:"),

@@ -13,7 +13,8 @@ def test_speed_benchmark_writes_a_table_for_every_implementation(tmp_path, capsy
                 "--device", "cpu"])
     entries = json.loads((tmp_path / "lm" / "speed.json").read_text())
     assert [e["preset"] for e in entries] == ["tiny"]
-    assert set(entries[0]["results"]) == {"reference", "none", "zaremba", "naive"}
+    assert set(entries[0]["results"]) == {"reference", "none", "zaremba", "naive", "variational", "weightdrop",
+                                          "zoneout"}  # every scheme by default
     assert all(r["train_tok_s"] > 0 and r["eval_tok_s"] > 0 for r in entries[0]["results"].values())
     table = (tmp_path / "lm" / "speed.md").read_text()
     assert "| zaremba |" in table and "| reference |" in table and "vs reference" in table

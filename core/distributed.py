@@ -60,6 +60,20 @@ def shard(batch):
                        for t in batch)
 
 
+def shard_range(count):
+    """This rank's contiguous share of item indices 0..count-1 (rank order is item order)."""
+    return torch.arange(count).tensor_split(world_size())[rank()].tolist()
+
+
+def gather_lists(items):
+    """Every rank's list, concatenated in rank order (on every rank)."""
+    if world_size() == 1:
+        return list(items)
+    parts = [None] * world_size()
+    dist.all_gather_object(parts, list(items))
+    return [item for part in parts for item in part]
+
+
 def rows(batch):
     return batch[0].size(0)
 

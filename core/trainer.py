@@ -242,22 +242,28 @@ class Trainer:
     def _finish(self, test=True):
         """Load the best-on-valid model; decode validation (its decoding metrics are reported beside the loss,
         never used to choose anything here), then touch the test split once: loss, per-item statistics for
-        the paired tests, and the decoding metrics. Under DDP rank 0 does this alone (other ranks return None)."""
-        if not distributed.is_main():
-            return None
+        the paired tests, and the decoding metrics. Under DDP every rank evaluates and decodes its share, and
+        rank 0 scores, writes and returns the result (the other ranks return None)."""
+        distributed.barrier()  # rank 0 has written best.pt
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
         valid_extra, _ = self._decode("valid")
+        if distributed.world_size() > 1:
+            self.stop_requested = distributed.all_reduce_sum(self.stop_requested, self.device) > 0
         if self.stop_requested:  # the last checkpoint holds every epoch: --resume redoes only this evaluation
             raise Interrupted(self.run_dir / "checkpoint.pt")
         if test:
-            test = self.evaluate("test", sharded=False)
+            test = self.evaluate("test")
             extra, details = self._decode("test")
+            if not distributed.is_main():
+                return None
             test.update(extra)
             items = details.pop("items", {})
             with autocast(self.config.precision, self.device):
                 items.update(self.task.item_stats(self.model, "test", self.device))
             details["items"] = items
+        elif not distributed.is_main():
+            return None
         else:
             test, details = {}, {"test": "not evaluated (a selection run: --valid-only)"}
         best_record = self.history[best["epoch"] - 1]
@@ -271,9 +277,21 @@ class Trainer:
         return result
 
     def _decode(self, split):
-        """The task's decoding metrics on `split` (BLEU after beam search, ...); outputs go to <split>_outputs.txt."""
+        """The task's decoding metrics on `split` (BLEU after beam search, ...); outputs go to <split>_outputs.txt.
+        Under DDP a task that decodes item by item (`decodes`) has its items shared out and gathered in order;
+        rank 0 scores them (the other ranks get ({}, {}))."""
         with autocast(self.config.precision, self.device):
-            metrics, details = self.task.final_metrics(self.model, split, self.device)
+            if distributed.world_size() > 1 and getattr(self.task, "decodes", False):
+                started = time.perf_counter()
+                mine = distributed.shard_range(self.task.num_items(split))
+                outputs = distributed.gather_lists(self.task.decode_items(self.model, split, self.device, mine))
+                if not distributed.is_main():
+                    return {}, {}
+                metrics, details = self.task.score_items(split, outputs, time.perf_counter() - started)
+            elif distributed.is_main():
+                metrics, details = self.task.final_metrics(self.model, split, self.device)
+            else:
+                return {}, {}
         details = dict(details)
         if "outputs" in details:
             write_text(self.run_dir / f"{split}_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))

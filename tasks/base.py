@@ -10,6 +10,7 @@ import os
 import pickle
 import pkgutil
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -310,6 +311,20 @@ class Task:
         mean = totals["nll"] / totals["count"]
         return {"ppl": float(torch.tensor(mean).exp()), "loss": mean}
 
+    decodes = False  # True: final_metrics = score_items(decode_items(all items)), which DDP can share out
+
+    def num_items(self, split):
+        """How many items a decoding task decodes on `split` (sentences, images)."""
+        raise NotImplementedError
+
+    def decode_items(self, model, split, device, items):
+        """The outputs (one per item, in the order of `items`, indices into the split) of a decoding task."""
+        raise NotImplementedError
+
+    def score_items(self, split, outputs, seconds):
+        """(metrics, details) of every item's output, as final_metrics returns them; `seconds`: decoding time."""
+        raise NotImplementedError
+
     def final_metrics(self, model, split, device):
         """Test-time metrics that need more than the loss (e.g. BLEU after beam search). `model` may be a list:
         an ensemble (`--ensemble N`), whose members' probabilities are averaged.
@@ -317,7 +332,11 @@ class Task:
         Returns (metrics, details): metrics are numbers (reported as test_<name>); details is JSON for the
         results (e.g. the BLEU signature, example outputs). A details entry "outputs" (a list of lines) is
         written to the run directory as <split>_outputs.txt instead of into the results."""
-        return {}, {}
+        if not self.decodes:
+            return {}, {}
+        started = time.perf_counter()
+        outputs = self.decode_items(model, split, device, range(self.num_items(split)))
+        return self.score_items(split, outputs, time.perf_counter() - started)
 
     @classmethod
     def figures(cls, runs, folder, label):

@@ -6,7 +6,6 @@ projection is the decoder LSTM's first input, then the words. The output after t
 from <bos> on, every step predicts the next word. The variant's scheme and p act on the non-recurrent
 connections (the image / word embedding going in, before the softmax), never on h_{t-1} -> h_t.
 """
-import time
 from pathlib import Path
 
 import torch
@@ -173,11 +172,17 @@ class CaptionTask(Task):
         # summed over caption tokens, averaged over captions (the LM and MT tasks' scaling)
         return StepOutput(loss=nll / targets.size(0), nll=nll.detach(), count=count, norm=targets.size(0))
 
-    def final_metrics(self, model, split, device):
-        started = time.perf_counter()
+    decodes = True
+
+    def num_items(self, split):
+        return len(self.features[split])
+
+    def decode_items(self, model, split, device, items):
         models = model if isinstance(model, list) else [model]
-        hyps = [" ".join(words) for words in describe(models, self.features[split], self.vocab, self.config, device)]
-        decode_s = time.perf_counter() - started
+        features = self.features[split][torch.as_tensor(list(items), dtype=torch.long)]
+        return [" ".join(words) for words in describe(models, features, self.vocab, self.config, device)]
+
+    def score_items(self, split, hyps, decode_s):
         caption_set = self.sets[split]
         scores, per_image = coco_caption_scores(hyps, caption_set.captions)
         names = [_relative(p, self.data_dir) for p in caption_set.images]

@@ -5,7 +5,6 @@ the decoder emits the target; beam search (width 12 in the paper) decodes. Dropo
 is on every non-recurrent connection of both LSTMs, never on h_{t-1} -> h_t nor on the encoder -> decoder
 state hand-over (that is a recurrent connection too).
 """
-import time
 
 import torch
 import torch.nn as nn
@@ -194,12 +193,18 @@ class TranslationTask(Task):
         # summed over target tokens, averaged over sentences (Sutskever et al.; the LM task's scaling)
         return StepOutput(loss=nll / src.size(0), nll=nll.detach(), count=count, norm=src.size(0))
 
-    def final_metrics(self, model, split, device):
-        pairs = self.pairs[split]
-        started = time.perf_counter()
+    decodes = True
+
+    def num_items(self, split):
+        return len(self.pairs[split].src_tokens)
+
+    def decode_items(self, model, split, device, items):
         models = model if isinstance(model, list) else [model]
-        hyps = translate(models, self.src_vocab, self.tgt_vocab, pairs.src_tokens, self.config, device)
-        decode_s = time.perf_counter() - started
+        sources = self.pairs[split].src_tokens
+        return translate(models, self.src_vocab, self.tgt_vocab, [sources[i] for i in items], self.config, device)
+
+    def score_items(self, split, hyps, decode_s):
+        pairs = self.pairs[split]
         detok = detokenize(hyps, self.config["tgt"])
         bleu, signature, stats = corpus_bleu(detok, pairs.tgt_raw)
         picks = range(0, len(detok), max(len(detok) // EXAMPLES, 1))

@@ -126,7 +126,10 @@ def gather_rng_states(state):
     if world_size() == 1:
         return [state]
     states = [torch.empty_like(state) for _ in range(world_size())]
-    dist.all_gather(states, state) if dist.get_backend() == "gloo" else _gather_via_cuda(states, state)
+    if dist.get_backend() == "nccl":  # NCCL gathers CUDA tensors only
+        _gather_via_cuda(states, state)
+    else:
+        dist.all_gather(states, state)
     return states
 
 

@@ -10,11 +10,8 @@ A task supplies (see tasks/base.py): `batches(split, device)`, `num_batches(spli
 `forward(model, batch, state) -> StepOutput`, `metrics(totals) -> dict`, `main_metric`,
 `lower_is_better`, `stateful` and `checkpoint_extras()`.
 """
-import contextlib
 import json
 import math
-import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -23,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core import distributed
+from core.interrupt import Interrupted, stop_on_signals  # noqa: F401 (Interrupted re-exported)
 from core.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (re-exported)
 from core.utils import save_torch, seed_everything, write_json, write_text
 
@@ -74,14 +72,6 @@ def detach_state(state):
     if isinstance(state, torch.Tensor):
         return state.detach()
     return type(state)(detach_state(s) for s in state)
-
-
-class Interrupted(Exception):
-    """A run stopped by SIGTERM/SIGINT after saving its checkpoint; `--resume` continues it."""
-
-    def __init__(self, checkpoint):
-        super().__init__(f"stopped by a signal; the checkpoint {checkpoint} holds the run so far")
-        self.checkpoint = checkpoint
 
 
 class Trainer:
@@ -211,7 +201,7 @@ class Trainer:
             stream = torch.Generator().manual_seed(self.config.seed * 1_000_003 + distributed.rank())
             self.rank_rng = stream.get_state()  # this rank's dropout masks (the batch order stays shared)
         start = self._load_checkpoint() + 1 if resume else 1
-        with _stop_on_signals(self):
+        with stop_on_signals(self):
             for epoch in range(start, self.config.epochs + 1):
                 self._run_epoch(epoch)
             return self._finish(test)
@@ -358,28 +348,6 @@ class Trainer:
                 f"training loss became {loss} at epoch {epoch}, step {step}: the run diverged. "
                 f"Lower the learning rate (lr={self.config.lr_at(epoch):g}) or the clip norm (clip={self.config.clip:g}); "
                 f"the last good checkpoint is {self.run_dir / 'checkpoint.pt'}")
-
-
-@contextlib.contextmanager
-def _stop_on_signals(trainer):
-    """SIGTERM/SIGINT ask the trainer to save a checkpoint and stop after the current step; a second signal stops
-    at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
-    def handler(signum, frame):
-        if trainer.stop_requested:
-            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
-        trainer.stop_requested = True
-        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                   "(send it again to stop at once)")
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 class _Totals:

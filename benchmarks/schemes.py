@@ -71,11 +71,15 @@ def _verdict(task_name, groups, metric, lower):
             f"{second} ({scored[second]:.2f}) {sure}, over {seeds} paired seed{'s' if seeds != 1 else ''}.")
 
 
-def schemes_markdown(tasks, out_dir):
+def _columns(tasks, out_dir):
+    """(name, task, single-model runs) of every task that has a default table, by name."""
+    columns = [(name, task, _table_runs(out_dir, task)) for name, task in sorted(tasks.items())]
+    return [c for c in columns if c[2]]
+
+
+def schemes_markdown(columns):
     from core import SCHEMES
 
-    columns = [(name, task, _table_runs(out_dir, task)) for name, task in sorted(tasks.items())]
-    columns = [c for c in columns if c[2]]
     lines = ["# Dropout schemes across tasks", "",
              "Each task's default preset (`cpu`: scaled down for a 2-core CPU, not the paper's configurations), the "
              "test main metric of the best-on-valid epoch, mean ± std over seeds (speech: speaker folds), the scheme's "
@@ -107,15 +111,14 @@ def schemes_markdown(tasks, out_dir):
     return "\n".join(lines) + "\n"
 
 
-def schemes_plot(tasks, out_dir, path):
+def schemes_plot(columns, path):
     from core import SCHEMES
 
-    columns = [(name, task, _by_scheme(_table_runs(out_dir, task))) for name, task in sorted(tasks.items())]
-    columns = [c for c in columns if c[2]]
     if not columns:
         return
     fig, axes = plt.subplots(1, len(columns), figsize=(3.6 * len(columns), 3.6), squeeze=False)
-    for ax, (name, task, groups) in zip(axes[0], columns):
+    for ax, (name, task, runs) in zip(axes[0], columns):
+        groups = _by_scheme(runs)
         key = f"test_{task.main_metric}"
         names = [s for s in SCHEMES if s in groups]
         values = [[r["metrics"][key] for r in groups[s] if key in r["metrics"]] for s in names]
@@ -139,5 +142,6 @@ def schemes_plot(tasks, out_dir, path):
 
 def write_schemes(tasks, out_dir):
     out_dir = Path(out_dir)
-    write_text(out_dir / "schemes.md", schemes_markdown(tasks, out_dir))
-    schemes_plot(tasks, out_dir, out_dir / "schemes.png")
+    columns = _columns(tasks, out_dir)  # each table read once, for both the table and the figure
+    write_text(out_dir / "schemes.md", schemes_markdown(columns))
+    schemes_plot(columns, out_dir / "schemes.png")

@@ -40,11 +40,20 @@ def cached(root, name, key, build):
 
 
 def files_fingerprint(paths):
-    """A cheap identity of a sequence of files (paths, sizes, modification times) for cache keys. The order
-    counts: features stored as one tensor in path order must not be reused for the same files in another
-    order (they would pair images with the wrong rows). Sort first where only the set matters."""
+    """An identity of a sequence of files for cache keys: each file's name and a hash of its bytes, in order.
+    Contents, not modification times: a dataset copied or re-mounted elsewhere (new mtimes, same bytes) keeps
+    its cache. The order counts: features stored as one tensor in path order must not be reused for the same
+    files in another order (they would pair images with the wrong rows). Sort first where only the set matters."""
     digest = hashlib.sha256()
-    for path in map(str, paths):
-        stat = Path(path).stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    for path in map(Path, paths):
+        digest.update(f"{path.name}|{file_digest(path)}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def file_digest(path, chunk=1 << 20):
+    """blake2b of a file's bytes (hex)."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

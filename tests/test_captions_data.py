@@ -111,6 +111,23 @@ def test_the_same_images_in_another_order_miss_the_cache_and_keep_their_own_feat
     assert torch.allclose(swapped, feats.flip(0), atol=1e-6)
 
 
+def test_the_cache_follows_image_contents_not_file_times_or_folder(tmp_path):
+    import os
+    import shutil
+
+    paths = [write_image(tmp_path / "a" / f"{i}.jpg", (i * 50, 0, 0)) for i in range(3)]
+    encoder = Encoder("tiny", TinyCNN, 4, size=16)
+    image_features(paths, encoder, tmp_path / "cache", progress=False)
+    copy = tmp_path / "b"
+    shutil.copytree(tmp_path / "a", copy)  # a re-mounted or copied dataset: new times, same bytes
+    copies = [copy / p.name for p in paths]
+    for p in copies:
+        os.utime(p, (1, 1))
+    assert image_features(copies, encoder, tmp_path / "cache", progress=False)[1]
+    write_image(copies[1], "green")  # same name, new picture: rebuilt
+    assert not image_features(copies, encoder, tmp_path / "cache", progress=False)[1]
+
+
 def test_unreadable_image_names_the_file_and_caches_nothing(tmp_path):
     good = write_image(tmp_path / "good.jpg", "blue")
     bad = tmp_path / "bad.jpg"

@@ -201,6 +201,8 @@ class Trainer:
             stream = torch.Generator().manual_seed(self.config.seed * 1_000_003 + distributed.rank())
             self.rank_rng = stream.get_state()  # this rank's dropout masks (the batch order stays shared)
         start = self._load_checkpoint() + 1 if resume else 1
+        if start > self.config.epochs and (done := self._finished_result(test)) is not None:
+            return done  # resuming a command: this run is complete, its test split is not evaluated again
         with stop_on_signals(self):
             for epoch in range(start, self.config.epochs + 1):
                 self._run_epoch(epoch)
@@ -265,6 +267,16 @@ class Trainer:
                   "details": details}
         write_json(self.run_dir / "result.json", result)
         return result
+
+    def _finished_result(self, test):
+        """The result.json of this very run (same history as the checkpoint, same test/valid-only mode), or None.
+        Single process only: under DDP other nodes may not see the file, so the evaluation is redone."""
+        path = self.run_dir / "result.json"
+        if distributed.world_size() > 1 or not path.exists():
+            return None
+        result = json.loads(path.read_text())
+        tested = any(k.startswith("test_") for k in result.get("metrics", {}))
+        return result if result.get("history") == self.history and tested == test else None
 
     def _decode(self, split):
         """The task's decoding metrics on `split` (BLEU after beam search, ...); outputs go to <split>_outputs.txt.

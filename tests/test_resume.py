@@ -115,3 +115,20 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one_and_says_so(tmp_path, 
     kept = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert kept["epoch"] == 1 and kept["within"] is None
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]  # no half-written file
+
+
+def test_resuming_a_finished_run_reuses_its_result_and_never_reads_test_again(tmp_path, monkeypatch):
+    full = trainer("lm", tmp_path, tmp_path / "run").fit()
+    again = lambda *a, **k: pytest.fail("a finished run was evaluated again")  # noqa: E731
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "evaluate", again)
+        assert trainer("lm", tmp_path, tmp_path / "run").fit(resume=True) == full
+    result = tmp_path / "run" / "result.json"
+    result.write_text(result.read_text().replace('"epoch": 2', '"epoch": 3'))  # a result.json of another run
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "evaluate", again)
+        with pytest.raises(pytest.fail.Exception, match="evaluated again"):
+            trainer("lm", tmp_path, tmp_path / "run").fit(resume=True)
+    assert trainer("lm", tmp_path, tmp_path / "run").fit(resume=True) == full  # evaluated again: the same
+    valid_only = trainer("lm", tmp_path, tmp_path / "run").fit(resume=True, test=False)
+    assert not [k for k in valid_only["metrics"] if k.startswith("test_")]

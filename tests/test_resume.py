@@ -132,3 +132,50 @@ def test_resuming_a_finished_run_reuses_its_result_and_never_reads_test_again(tm
     assert trainer("lm", tmp_path, tmp_path / "run").fit(resume=True) == full  # evaluated again: the same
     valid_only = trainer("lm", tmp_path, tmp_path / "run").fit(resume=True, test=False)
     assert not [k for k in valid_only["metrics"] if k.startswith("test_")]
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+from core.trainer import Trainer
+from benchmarks import run
+original, calls = Trainer.train_step, [0]
+def train_step(self, batch, state=None):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[1]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler, no cleanup: only what was on disk survives
+    return original(self, batch, state)
+Trainer.train_step = train_step
+run.main(sys.argv[2:])
+print("trained steps:", calls[0])
+"""
+
+
+def test_a_sigkilled_process_resumes_from_its_last_checkpoint_to_the_uninterrupted_result(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = write_tiny_ptb(tmp_path / "data")
+    root = Path(__file__).resolve().parent.parent
+
+    def command(name, kill_at=0, *extra):
+        args = ["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--data-dir", str(data), "--custom-data",
+                "--out", str(tmp_path / name), "--run-dir", str(tmp_path / f"runs-{name}"), "--no-progress",
+                "--checkpoint-every", "0.0001", *extra]
+        return subprocess.run([sys.executable, "-c", KILL_AT_STEP, str(kill_at), *args], cwd=root, timeout=300,
+                              capture_output=True, text=True)
+
+    def steps(done):
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.rsplit("trained steps:", 1)[1])
+
+    all_steps = steps(command("full"))
+    killed = command("cut", 13)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (tmp_path / "cut" / "lm" / "tiny.json").exists()  # nothing half-written
+    saved = torch.load(next((tmp_path / "runs-cut").rglob("checkpoint.pt")), weights_only=False)
+    assert saved["within"] is not None or saved["epoch"] > 0  # the killed process left its progress on disk
+    assert steps(command("cut", 0, "--resume")) <= all_steps - 11  # it continued; it did not start again
+    full, cut = (json.loads((tmp_path / n / "lm" / "tiny.json").read_text())[0] for n in ("full", "cut"))
+    assert cut["metrics"] == full["metrics"] and cut["best_epoch"] == full["best_epoch"]

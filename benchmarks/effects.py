@@ -80,3 +80,10 @@ def _in_words(a, b, metric, r):
     verdict = ("a significant difference" if r["significant"]
                else "**not a significant difference** (it could be noise)")
     return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {verdict}: {'; '.join(why)}."
+
+
+def p_text(run):
+    """The run's rate as tables print it: p, and zoneout's cell rate when it differs ("0.05, cells 0.5")."""
+    config = run.get("config", {})
+    p, cell = run.get("dropout", config.get("dropout")), config.get("zoneout_cell")
+    return f"{p:g}" + (f", cells {cell:g}" if cell is not None and cell != p else "")

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
-from benchmarks.effects import effect_metrics, effects_section  # noqa: E402
+from benchmarks.effects import effect_metrics, effects_section, p_text  # noqa: E402
 from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
 
 
@@ -37,15 +37,19 @@ def merge_runs(old, new):
     return sorted(merged.values(), key=key)
 
 
-SEED_KEYS = ("scheme", "dropout", "seed")  # what may differ between the runs of one table
+SEED_KEYS = ("scheme", "dropout", "seed", "zoneout_cell")  # what may differ between the runs of one table
 CONFIG_DEFAULTS = {"precision": "fp32", "embed_dropout": 0.0}  # settings added later: runs recorded before them had these values
 
 
 def check_consistent(runs, where="this table"):
     """Runs of one table must share their config except variant, p and seed; raise a ValueError naming the keys
     that differ otherwise (e.g. a bf16 seed merged into fp32 runs, or a preset edited between commands)."""
-    base = None
+    base, rates = None, {}
     for run in runs:
+        rate = rates.setdefault((run["variant"], run.get("dropout", run["config"].get("dropout"))), p_text(run))
+        if rate != p_text(run):
+            raise ValueError(f"cannot merge runs with different configs into {where}: {run['variant']} with "
+                             f"{rate} and with {p_text(run)}. Put them in separate tables (--set gives a new label)")
         config = {k: v for k, v in {**CONFIG_DEFAULTS, **run["config"]}.items() if k not in SEED_KEYS}
         if base is None:
             base, first = config, run
@@ -143,7 +147,7 @@ def markdown(task, label, preset, runs):
         col = lambda name: [r["metrics"][name] for r in group if name in r["metrics"]]  # noqa: E731
         ref = paper.get(variant, {})
         lines.append("| " + " | ".join(
-            [variant, f"{p:g}"] + [_fmt(col(key)) for key in split_keys]
+            [variant, p_text(group[0])] + [_fmt(col(key)) for key in split_keys]
             + [_fmt(col(key)) for key, _ in extras]
             + [", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in group),
                _duration(statistics.mean(r["wall_s"] for r in group)),
@@ -195,7 +199,7 @@ def markdown(task, label, preset, runs):
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
         if prov.get("world_size", 1) > 1:
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
-        lines.append(f"- {run['variant']} p={run['dropout']:g} {who}: commit {prov['git_commit'][:12]}, "
+        lines.append(f"- {run['variant']} p={p_text(run)} {who}: commit {prov['git_commit'][:12]}, "
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"

@@ -232,9 +232,14 @@ def run_config(task_cls, args, variant, seed):
     if args.dropout is not None:
         config["dropout"] = args.dropout
     elif variant in per_scheme:
-        config["dropout"] = per_scheme[variant]
+        chosen = per_scheme[variant]  # zoneout may give [p for h, p for c]
+        config["dropout"], cell = (chosen, None) if isinstance(chosen, (int, float)) else chosen
+        if cell is not None:
+            config["zoneout_cell"] = cell
     if variant == "none":
         config["dropout"] = 0.0
+    if variant != "zoneout":
+        config.pop("zoneout_cell", None)  # zoneout's own setting: the other variants' configs stay as they were
     return {**config, "scheme": variant, "seed": seed, "precision": args.precision}
 
 

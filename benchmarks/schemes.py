@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.effects import LOWER_IS_BETTER  # noqa: E402
+from benchmarks.effects import LOWER_IS_BETTER, p_text  # noqa: E402
 from benchmarks.significance import compare  # noqa: E402
 from core.utils import atomic_write, write_text  # noqa: E402
 
@@ -45,8 +45,7 @@ def _cell(group, none, metric, lower):
     values = [r["metrics"][key] for r in group if key in r["metrics"]]
     if not values:
         return "—"
-    p = group[0]["dropout"]
-    text = f"{_mean_std(values)} (p={p:g}, {len(values)} seed{'s' if len(values) > 1 else ''})"
+    text = f"{_mean_std(values)} (p={p_text(group[0])}, {len(values)} seed{'s' if len(values) > 1 else ''})"
     if none and group is not none:
         result = compare(group, none, metric, lower)
         if result:

@@ -36,9 +36,10 @@ def init_uniform(module, scale):
 
 
 class DropoutLSTM(nn.Module):
-    def __init__(self, input_size, hidden_size, num_layers=2, dropout=0.0, scheme="zaremba", stepwise=None):
+    def __init__(self, input_size, hidden_size, num_layers=2, dropout=0.0, scheme="zaremba", stepwise=None,
+                 zoneout_cell=None):
         super().__init__()
-        self.scheme = make_scheme(scheme, dropout)
+        self.scheme = make_scheme(scheme, dropout, zoneout_cell)
         self.p = self.scheme.p
         self.num_layers = num_layers
         self.hidden_size = hidden_size

@@ -29,11 +29,15 @@ def register_scheme(cls):
     return cls
 
 
-def make_scheme(name, p):
+def make_scheme(name, p, zoneout_cell=None):
+    """The scheme `name` with rate p; `zoneout_cell`: zoneout's rate for the cells when it differs from p."""
     if name not in SCHEMES:
         raise ValueError(f"unknown dropout scheme {name!r}; choose one of {', '.join(SCHEMES)}")
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    for what, value in (("dropout", p), ("zoneout_cell", zoneout_cell)):
+        if value is not None and not 0.0 <= value < 1.0:
+            raise ValueError(f"{what} must be in [0, 1), got {value}")
+    if name == "zoneout":
+        return SCHEMES[name](p, cell_p=zoneout_cell)
     return SCHEMES[name](p)
 
 
@@ -192,15 +196,22 @@ class Zoneout(Scheme):
     """Krueger et al. (2016), "Zoneout: Regularizing RNNs by Randomly Preserving Hidden Activations": at every
     step each unit of h and of c keeps its previous value with probability p instead of taking the new one:
         c_t = d_c * c_{t-1} + (1 - d_c) * c~_t,   h_t = d_h * h_{t-1} + (1 - d_h) * h~_t,   d ~ Bernoulli(p),
-    one rate p for cells and hiddens; at evaluation d is replaced by its expectation p. No other dropout (the
-    zoneout paper's own setting). Stepwise only."""
+    d_h ~ Bernoulli(p) and d_c ~ Bernoulli(p_c), p_c = `cell_p` (default p: one rate for both; the paper's
+    PTB LSTMs use p_c = 0.5, p_h = 0.05); at evaluation each d is replaced by its expectation. No other
+    dropout (the zoneout paper's own setting). Stepwise only."""
     name = "zoneout"
     fused = False
 
+    def __init__(self, p, cell_p=None):
+        super().__init__(p)
+        self.cell_p = self.p if cell_p is None else float(cell_p)
+
+    def __repr__(self):
+        return f"zoneout(p={self.p:g}, cell_p={self.cell_p:g})"
+
     def zoneout_masks(self, h, steps, training):
-        if self.p == 0:
+        if self.p == 0 and self.cell_p == 0:
             return None
         if not training:
-            keep = h.new_full((), self.p)
-            return keep, keep
-        return tuple((h.new_empty(steps, *h.shape).uniform_() < self.p).to(h.dtype) for _ in range(2))
+            return h.new_full((), self.p), h.new_full((), self.cell_p)
+        return tuple((h.new_empty(steps, *h.shape).uniform_() < rate).to(h.dtype) for rate in (self.p, self.cell_p))

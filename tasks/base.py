@@ -131,8 +131,9 @@ def first_seed_details(runs, key):
 
 # keys every task's config has or may have: the trainer's, the variant's and the runner's
 # scheme_dropout: {scheme: p} chosen on validation for the schemes whose p is not the preset's `dropout`
+# (zoneout: p or [p for h, p for c]); zoneout_cell: zoneout's rate for the cells when it is not p
 COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "scheme_dropout", "seed",
-                                                                  "ensemble"})
+                                                                  "ensemble", "zoneout_cell"})
 
 
 # (key, bound, strict): a value of a config key must be above (strict) or at least its bound
@@ -223,8 +224,8 @@ class Task:
     def check_config(cls, config, ensemble=None):
         """Called by the runner before any data is loaded: raise ValueError (or DataError) naming a bad setting.
         `ensemble`: the number of members whose ensemble will be evaluated, if any."""
-        for key in ("dropout", "embed_dropout"):
-            if not 0 <= config.get(key, 0.0) < 1:
+        for key in ("dropout", "embed_dropout", "zoneout_cell"):
+            if config.get(key) is not None and not 0 <= config[key] < 1:
                 raise ValueError(f"{key} must be in [0, 1), got {config[key]}")
         for key, low, strict in _RANGES:
             value = config.get(key)

@@ -151,7 +151,7 @@ def test_valid_only_selection_runs_never_read_the_test_split(tiny_ptb, tmp_path,
 
 def test_successor_schemes_train_with_their_own_p_and_fill_the_schemes_table(tiny_ptb, tmp_path, monkeypatch):
     tiny = run.TASKS["lm"].presets["tiny"]
-    monkeypatch.setitem(run.TASKS["lm"].presets, "tiny", {**tiny, "scheme_dropout": {"zoneout": 0.1},
+    monkeypatch.setitem(run.TASKS["lm"].presets, "tiny", {**tiny, "scheme_dropout": {"zoneout": [0.1, 0.4]},
                                                           "embed_dropout": 0.1})
     monkeypatch.setitem(run.TASKS["lm"].published_anchors, "tiny", ["variational 9.9 (an anchor for the test)"])
     out = tmp_path / "results"
@@ -162,7 +162,9 @@ def test_successor_schemes_train_with_their_own_p_and_fill_the_schemes_table(tin
     assert [(e["variant"], e["dropout"]) for e in entries] == [("none", 0.0), ("variational", 0.3),
                                                              ("weightdrop", 0.3), ("zoneout", 0.1)]
     assert all("scheme_dropout" not in e["config"] and e["config"]["embed_dropout"] == 0.1 for e in entries)
+    assert [e["config"].get("zoneout_cell") for e in entries] == [None, None, None, 0.4]  # zoneout's own rate
     table = (out / "lm" / "tiny.md").read_text()
+    assert "| zoneout | 0.1, cells 0.4 |" in table
     assert "zoneout p=0.1 − none p=0" in table and "variational p=0.3 − zaremba" not in table  # no zaremba run
     assert "Published anchors (other papers' test numbers for this configuration, as printed; not our runs): " \
            "variational 9.9 (an anchor for the test)" in table

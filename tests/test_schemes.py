@@ -140,6 +140,26 @@ def test_zoneout_evaluation_is_the_expectation():
     torch.testing.assert_close(lstm(x)[0], torch.stack(outs, 1), atol=1e-10, rtol=0)
 
 
+def test_zoneout_with_its_own_cell_rate_draws_and_evaluates_each_rate():
+    lstm = DropoutLSTM(IN, H, 1, 0.1, "zoneout", zoneout_cell=0.5).double()
+    torch.manual_seed(0)
+    keep_h, keep_c = lstm.scheme.zoneout_masks(torch.zeros(200, H, dtype=torch.double), T, True)
+    assert 0.07 < keep_h.mean() < 0.13 and 0.45 < keep_c.mean() < 0.55
+    assert [m.item() for m in lstm.scheme.zoneout_masks(torch.zeros(2, H), T, False)] == pytest.approx([0.1, 0.5])
+    with pytest.raises(ValueError, match="zoneout_cell must be in"):
+        DropoutLSTM(IN, H, 1, 0.1, "zoneout", zoneout_cell=1.0)
+
+
+def test_tables_refuse_zoneout_runs_of_one_p_with_different_cell_rates():
+    from benchmarks.report import check_consistent
+
+    runs = [{"variant": "zoneout", "dropout": 0.1, "seed": s, "config": {"zoneout_cell": c}}
+            for s, c in ((1, 0.5), (2, 0.3))]
+    check_consistent(runs[:1] + [{**runs[1], "config": {"zoneout_cell": 0.5}}])
+    with pytest.raises(ValueError, match="zoneout with 0.1, cells 0.5 and with 0.1, cells 0.3"):
+        check_consistent(runs)
+
+
 def test_zoneout_has_no_other_dropout():
     lstm = module("zoneout", 0.5, layers=2).train()
     x = data().requires_grad_()

@@ -60,11 +60,12 @@ EXAMPLES = 6  # example test images kept in the results (and drawn in examples.p
 
 
 class CaptionModel(nn.Module):
-    def __init__(self, feature_dim, vocab_size, emb, hidden, layers=1, dropout=0.0, scheme="zaremba"):
+    def __init__(self, feature_dim, vocab_size, emb, hidden, layers=1, dropout=0.0, scheme="zaremba",
+                 zoneout_cell=None):
         super().__init__()
         self.image_proj = nn.Linear(feature_dim, emb)
         self.embed = nn.Embedding(vocab_size, emb)
-        self.rnn = DropoutLSTM(emb, hidden, layers, dropout, scheme)
+        self.rnn = DropoutLSTM(emb, hidden, layers, dropout, scheme, zoneout_cell=zoneout_cell)
         self.out = nn.Linear(hidden, vocab_size)
 
     def start(self, features):
@@ -280,6 +281,6 @@ def plot_examples(examples_by_variant, path, title):
 
 def build_caption_model(config, feature_dim, vocab_size):
     model = CaptionModel(feature_dim, vocab_size, config["emb"], config["hidden"], config["layers"], config["dropout"],
-                         config.get("scheme", "zaremba"))
+                         config.get("scheme", "zaremba"), config.get("zoneout_cell"))
     init_uniform(model, config["init"])
     return model

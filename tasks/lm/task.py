@@ -39,11 +39,12 @@ class LanguageModel(nn.Module):
     """Embedding -> dropout-LSTM -> linear softmax layer; the embedding size is the hidden size. `embed_dropout`:
     word-type dropout on the embedding matrix (Gal & Ghahramani 2016), with any scheme; 0 in the paper's presets."""
 
-    def __init__(self, vocab_size, hidden, layers, dropout=0.0, scheme="zaremba", embed_dropout=0.0):
+    def __init__(self, vocab_size, hidden, layers, dropout=0.0, scheme="zaremba", embed_dropout=0.0,
+                 zoneout_cell=None):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, hidden)
         self.embed_dropout = embed_dropout
-        self.rnn = DropoutLSTM(hidden, hidden, layers, dropout, scheme)
+        self.rnn = DropoutLSTM(hidden, hidden, layers, dropout, scheme, zoneout_cell=zoneout_cell)
         self.decoder = nn.Linear(hidden, vocab_size)
 
     def forward(self, tokens, state=None):
@@ -54,7 +55,8 @@ class LanguageModel(nn.Module):
 
 def build_language_model(config, vocab_size):
     model = LanguageModel(vocab_size, config["hidden"], config["layers"], config["dropout"],
-                          config.get("scheme", "zaremba"), config.get("embed_dropout", 0.0))
+                          config.get("scheme", "zaremba"), config.get("embed_dropout", 0.0),
+                          config.get("zoneout_cell"))
     init_uniform(model, config["init"])
     return model
 

@@ -50,12 +50,12 @@ EXAMPLES = 5  # example test translations kept in the results
 class Seq2Seq(nn.Module):
     """Embeddings -> reversed-source encoder LSTM -> (h, c) -> decoder LSTM -> linear softmax layer."""
 
-    def __init__(self, src_vocab, tgt_vocab, emb, hidden, layers, dropout=0.0, scheme="zaremba"):
+    def __init__(self, src_vocab, tgt_vocab, emb, hidden, layers, dropout=0.0, scheme="zaremba", zoneout_cell=None):
         super().__init__()
         self.src_embed = nn.Embedding(src_vocab, emb)
         self.tgt_embed = nn.Embedding(tgt_vocab, emb)
-        self.encoder = DropoutLSTM(emb, hidden, layers, dropout, scheme)
-        self.decoder = DropoutLSTM(emb, hidden, layers, dropout, scheme)
+        self.encoder = DropoutLSTM(emb, hidden, layers, dropout, scheme, zoneout_cell=zoneout_cell)
+        self.decoder = DropoutLSTM(emb, hidden, layers, dropout, scheme, zoneout_cell=zoneout_cell)
         self.out = nn.Linear(hidden, tgt_vocab)
 
     def encode(self, src, src_lengths):
@@ -78,7 +78,7 @@ class Seq2Seq(nn.Module):
 
 def build_seq2seq(config, src_size, tgt_size):
     model = Seq2Seq(src_size, tgt_size, config["emb"], config["hidden"], config["layers"], config["dropout"],
-                    config.get("scheme", "zaremba"))
+                    config.get("scheme", "zaremba"), config.get("zoneout_cell"))
     init_uniform(model, config["init"])
     return model
 

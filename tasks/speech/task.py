@@ -63,9 +63,9 @@ PAPER_RESULTS = {"cpu": _TABLE2, "paper": _TABLE2}
 class FrameClassifier(nn.Module):
     """Features -> unidirectional dropout-LSTM -> linear layer over the frame classes."""
 
-    def __init__(self, n_features, n_classes, hidden, layers, dropout=0.0, scheme="zaremba"):
+    def __init__(self, n_features, n_classes, hidden, layers, dropout=0.0, scheme="zaremba", zoneout_cell=None):
         super().__init__()
-        self.rnn = DropoutLSTM(n_features, hidden, layers, dropout, scheme)
+        self.rnn = DropoutLSTM(n_features, hidden, layers, dropout, scheme, zoneout_cell=zoneout_cell)
         self.out = nn.Linear(hidden, n_classes)
 
     def forward(self, feats):
@@ -247,7 +247,7 @@ class SpeechTask(Task):
     def build_model(self):
         cfg = self.config
         model = FrameClassifier(self.mean.size(-1), len(self.classes), cfg["hidden"],
-                                cfg["layers"], cfg["dropout"], cfg.get("scheme", "zaremba"))
+                                cfg["layers"], cfg["dropout"], cfg.get("scheme", "zaremba"), cfg.get("zoneout_cell"))
         init_uniform(model, cfg["init"])
         return model
 

@@ -87,6 +87,15 @@ def all_reduce_sum(value, device):
     return float(tensor)
 
 
+def any_rank(flags, device):
+    """For each flag, whether any rank has it set: one all-reduce for all of them."""
+    if world_size() == 1:
+        return tuple(bool(flag) for flag in flags)
+    tensor = torch.tensor([float(flag) for flag in flags], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tuple(bool(x > 0) for x in tensor.tolist())
+
+
 def sum_gradients(model):
     """Sum every parameter's gradient over ranks (one flat all-reduce); a rank without rows sends zeros."""
     if world_size() == 1:

@@ -152,8 +152,7 @@ class Trainer:
             bar.update()
             due = self.checkpoint_every is not None and time.time() - last_save >= self.checkpoint_every
             if parallel:  # every rank must take the same decisions (they meet in collectives)
-                due = distributed.all_reduce_sum(due, self.device) > 0
-                self.stop_requested = distributed.all_reduce_sum(self.stop_requested, self.device) > 0
+                due, self.stop_requested = distributed.any_rank((due, self.stop_requested), self.device)
             if self.run_dir is not None and (due or self.stop_requested):
                 ranks = distributed.gather_rng_states(torch.get_rng_state()) if parallel else None
                 self._save_checkpoint(epoch - 1, within={"epoch_rng": epoch_rng, "step": step, "state": state,

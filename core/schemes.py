@@ -195,7 +195,7 @@ class WeightDrop(Zaremba):
 class Zoneout(Scheme):
     """Krueger et al. (2016), "Zoneout: Regularizing RNNs by Randomly Preserving Hidden Activations": at every
     step each unit of h and of c keeps its previous value with probability p instead of taking the new one:
-        c_t = d_c * c_{t-1} + (1 - d_c) * c~_t,   h_t = d_h * h_{t-1} + (1 - d_h) * h~_t,   d ~ Bernoulli(p),
+        c_t = d_c * c_{t-1} + (1 - d_c) * c~_t,   h_t = d_h * h_{t-1} + (1 - d_h) * h~_t,
     d_h ~ Bernoulli(p) and d_c ~ Bernoulli(p_c), p_c = `cell_p` (default p: one rate for both; the paper's
     PTB LSTMs use p_c = 0.5, p_h = 0.05); at evaluation each d is replaced by its expectation. No other
     dropout (the zoneout paper's own setting). Stepwise only."""

@@ -173,9 +173,12 @@ def _unwritable(folder):
     return None
 
 
+OPTIONAL_KEYS = {"zoneout_cell": None}  # settable on every preset with --set: key -> its value when unset
+
+
 def parse_overrides(items, preset, name, parser):
     """KEY=VALUE strings -> {key: value}, each value read as the type of the preset's own value."""
-    overrides = {}
+    preset, overrides = {**OPTIONAL_KEYS, **preset}, {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:

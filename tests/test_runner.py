@@ -126,6 +126,10 @@ def test_set_overrides_preset_keys_by_type_and_names_the_results(capsys):
     assert args.overrides == {"src": "de", "beam": 5, "max_vocab": 8000}
     assert run.run_label(args) == "cpu-src=de-beam=5-max_vocab=8000"
     assert run.run_config(run.TASKS["mt"], args, "zaremba", 1)["src"] == "de"
+    args = parser.parse_args(["--task", "speech", "--set", "zoneout_cell=0.5"])  # a key no preset spells out
+    run.validate(args, parser)
+    assert run.run_config(run.TASKS["speech"], args, "zoneout", 1)["zoneout_cell"] == 0.5
+    assert "zoneout_cell" not in run.run_config(run.TASKS["speech"], args, "zaremba", 1)  # zoneout's alone
     for bad, message in [("colour=red", "preset cpu has no key 'colour'"), ("beam=wide", "expected a int like 12"),
                          ("epochs=3", "use --epochs"), ("beam", "takes KEY=VALUE")]:
         with pytest.raises(SystemExit):

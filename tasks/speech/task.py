@@ -33,7 +33,9 @@ PRESETS = {
     # Seed s holds FSDD speaker s out for test (the next one for validation): seeds 1-6 are the six folds.
     # The 10-frame output delay and p were chosen on fold 1's validation speaker (see the README).
     "cpu": dict(_FSDD, speaker_folds=True, train_speakers="", valid_speakers="", test_speakers="",
-                **{**_TRAIN, "label_delay": 10}, hidden=256, layers=2, dropout=0.3, epochs=20),
+                **{**_TRAIN, "label_delay": 10}, hidden=256, layers=2, dropout=0.3, epochs=20,
+                # chosen on fold 1's validation speaker (README, "Dropout schemes"); zoneout: [hiddens, cells]
+                scheme_dropout={"variational": 0.1, "weightdrop": 0.3, "zoneout": [0.05, 0.5]}),
     # The paper does not state its acoustic model's size; 4 layers (as in its other deep LSTMs) of 1000 units
     # with p=0.5, on the same connected digits. For a GPU.
     "paper": dict(_FSDD, **_TRAIN, hidden=1000, layers=4, dropout=0.5, epochs=30),

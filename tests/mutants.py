@@ -71,7 +71,10 @@ MUTANTS = {
          "                w_hh.mul_(torch.rand_like(w_hh).ge(self.p) / (1 - self.p))\n        return w_hh\n"),
     ], ["tests/test_schemes.py"]),
     "zoneout evaluates with the new values, not the expectation": ("core/schemes.py", [
-        ("            keep = h.new_full((), self.p)\n            return keep, keep\n", "            return None\n"),
+        ("            return h.new_full((), self.p), h.new_full((), self.cell_p)\n", "            return None\n"),
+    ], ["tests/test_schemes.py"]),
+    "zoneout draws the cells at the hiddens' rate": ("core/schemes.py", [
+        ("for rate in (self.p, self.cell_p))", "for rate in (self.p, self.p))"),
     ], ["tests/test_schemes.py"]),
 }
 

@@ -55,13 +55,14 @@ def effects_section(task, runs, groups):
         seed_ci = r.get("seed_ci")
         boot_ci = r.get("boot_ci")
         how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
-        p_text = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
-        lines.append(f"| {variant} p={p:g} − {base} p={base_p:g} | test {names.get(r['metric'], r['metric'])} | "
+        p_value = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
+        rate, base_rate = p_text(groups[(variant, p)][0]), p_text(groups[(base, base_p)][0])
+        lines.append(f"| {variant} p={rate} − {base} p={base_rate} | test {names.get(r['metric'], r['metric'])} | "
                      f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
                      f"{_interval(seed_ci) if seed_ci else '— (one seed)'} | {_interval(boot_ci) if boot_ci else '—'} | "
-                     f"{p_text} | {r['a_better']} / {r['b_better']} | "
+                     f"{p_value} | {r['a_better']} / {r['b_better']} | "
                      f"{'significant' if r['significant'] else 'not significant'}{how} |")
-        said.append(_in_words(f"{variant} p={p:g}", f"{base}", names.get(r["metric"], r["metric"]), r))
+        said.append(_in_words(f"{variant} p={rate}", f"{base}", names.get(r["metric"], r["metric"]), r))
     return lines + [""] + said
 
 

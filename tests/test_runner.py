@@ -169,7 +169,7 @@ def test_successor_schemes_train_with_their_own_p_and_fill_the_schemes_table(tin
     assert [e["config"].get("zoneout_cell") for e in entries] == [None, None, None, 0.4]  # zoneout's own rate
     table = (out / "lm" / "tiny.md").read_text()
     assert "| zoneout | 0.1, cells 0.4 |" in table
-    assert "zoneout p=0.1 − none p=0" in table and "variational p=0.3 − zaremba" not in table  # no zaremba run
+    assert "zoneout p=0.1, cells 0.4 − none p=0" in table and "variational p=0.3 − zaremba" not in table  # no zaremba run
     assert "Published anchors (other papers' test numbers for this configuration, as printed; not our runs): " \
            "variational 9.9 (an anchor for the test)" in table
     assert "No task tables yet." in (out / "schemes.md").read_text()  # the cross-task table reads default presets

@@ -46,7 +46,8 @@ def seed_everything(seed):
 
 
 def pick_device(name="auto"):
-    """auto -> cuda when available, else cpu. On CUDA, fp32 matmuls may use TF32 (cuDNN's LSTM already does)."""
+    """auto -> cuda when available, else cpu. fp32 means IEEE fp32 on every device: TF32 is switched off for
+    matmuls and cuDNN (its LSTM included), so a GPU seed of an fp32 table computes what a CPU seed does."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -56,7 +57,8 @@ def pick_device(name="auto"):
     except RuntimeError as err:
         raise ValueError(f"bad --device {name!r}: {err}; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     return device
 
 
@@ -66,8 +68,8 @@ def git_commit():
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    except (OSError, subprocess.CalledProcessError):  # an export without .git: its commit may be given
+        return os.environ.get("RNNREG_GIT_COMMIT", "unknown")
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from core import distributed
 from core.interrupt import Interrupted, stop_on_signals  # noqa: F401 (Interrupted re-exported)
 from core.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (re-exported)
-from core.utils import save_torch, seed_everything, write_json, write_text
+from core.utils import rng_states_on_cpu, save_torch, seed_everything, write_json, write_text
 
 
 @dataclass
@@ -325,7 +325,7 @@ class Trainer:
         path = self.run_dir / "checkpoint.pt"
         if not path.exists():
             return 0
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        ckpt = rng_states_on_cpu(torch.load(path, map_location=self.device, weights_only=False))
         # checkpoints from before the precision setting were fp32
         same_run = {"precision": "fp32", **ckpt["config"], "epochs": None} == {**asdict(self.config), "epochs": None}
         if not same_run or ckpt["epoch"] > self.config.epochs:

@@ -40,6 +40,22 @@ def save_torch(obj, path):
     atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
 
 
+def rng_states_on_cpu(saved):
+    """A checkpoint loaded with map_location=<cuda device> has its RNG states there too, but torch only sets
+    RNG states from CPU byte tensors: bring back every value under a key naming an RNG, in nested dicts."""
+    if isinstance(saved, dict):
+        return {k: _on_cpu(v) if "rng" in k else rng_states_on_cpu(v) for k, v in saved.items()}
+    return saved
+
+
+def _on_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_on_cpu(v) for v in value)
+    return value
+
+
 def seed_everything(seed):
     random.seed(seed)
     torch.manual_seed(seed)

@@ -179,3 +179,27 @@ def test_a_sigkilled_process_resumes_from_its_last_checkpoint_to_the_uninterrupt
     assert steps(command("cut", 0, "--resume")) <= all_steps - 11  # it continued; it did not start again
     full, cut = (json.loads((tmp_path / n / "lm" / "tiny.json").read_text())[0] for n in ("full", "cut"))
     assert cut["metrics"] == full["metrics"] and cut["best_epoch"] == full["best_epoch"]
+
+
+def test_rng_states_come_back_to_cpu_whatever_the_map_location():
+    """A GPU checkpoint loaded with map_location=cuda put its RNG states on the GPU, and resuming failed
+    ("RNG state must be a torch.ByteTensor"). Here the states are marked by dtype: only they change."""
+    from core.utils import rng_states_on_cpu
+
+    moved = []
+
+    class OnDevice(torch.Tensor):  # stands in for a CUDA tensor on a machine without one
+        def cpu(self):
+            moved.append(self)
+            return self.as_subclass(torch.Tensor)
+
+    state = torch.get_rng_state().as_subclass(OnDevice)
+    weights = torch.ones(2).as_subclass(OnDevice)
+    ckpt = {"rng_cpu": state, "rng_cuda": [state], "model": {"w": weights},
+            "within": {"epoch_rng": state, "rng_ranks": [state, state], "state": (weights,)}}
+    out = rng_states_on_cpu(ckpt)
+    assert type(out["rng_cpu"]) is torch.Tensor and type(out["within"]["epoch_rng"]) is torch.Tensor
+    assert all(type(t) is torch.Tensor for t in out["rng_cuda"] + out["within"]["rng_ranks"])
+    assert out["model"]["w"] is weights and out["within"]["state"][0] is weights  # model and carried state stay
+    assert len(moved) == 5
+    torch.set_rng_state(out["within"]["epoch_rng"])

@@ -19,6 +19,11 @@ from benchmarks.effects import effect_metrics, effects_section, p_text  # noqa: 
 from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
 
 
+def short_commit(commit):
+    """12 hex digits, keeping the "-dirty" mark of a run whose working tree had uncommitted changes."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def load_runs(path):
     path = Path(path)
     if not path.exists():
@@ -186,7 +191,7 @@ def markdown(task, label, preset, runs):
     lines += effects_section(task, runs, _group(runs))
     lines += _examples(runs)
     lines += ["", "## Provenance", ""]
-    commits = sorted({r["provenance"]["git_commit"][:12] for r in runs})
+    commits = sorted({short_commit(r["provenance"]["git_commit"]) for r in runs})
     if len(commits) > 1:
         lines += [f"The runs come from {len(commits)} commits ({', '.join(commits)}); their configs are identical "
                   "apart from variant, p and seed (checked when they were merged).", ""]
@@ -199,7 +204,7 @@ def markdown(task, label, preset, runs):
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
         if prov.get("world_size", 1) > 1:
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
-        lines.append(f"- {run['variant']} p={p_text(run)} {who}: commit {prov['git_commit'][:12]}, "
+        lines.append(f"- {run['variant']} p={p_text(run)} {who}: commit {short_commit(prov['git_commit'])}, "
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`")
     return "\n".join(lines) + "\n"

@@ -54,10 +54,10 @@ def build_parser():
                    help="train on data files that fail the canonical checksums (your own copy); the results say so")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="bf16: forward passes under bf16 autocast (loss, softmax and metrics stay fp32); needs native "
                         "bf16 (GPU, or a CPU with avx512_bf16/AMX), else fp32 with a warning. Results go to "
-                        "<preset>-bf16 (default: fp32)")
+                        "<preset>-bf16. auto (default): bf16 on a GPU with bf16, fp32 on CPUs")
     p.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
                    help="also checkpoint within an epoch every MINUTES (default: at the end of each epoch only); "
                         "SIGTERM/SIGINT always save one before stopping, and --resume continues exactly")

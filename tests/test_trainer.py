@@ -129,3 +129,15 @@ def test_bf16_without_native_support_falls_back_to_fp32_with_one_warning(monkeyp
     assert resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         resolve_precision("fp16", "cpu")
+
+
+def test_auto_precision_is_bf16_on_a_gpu_with_bf16_and_fp32_on_cpus(monkeypatch, recwarn):
+    from core.trainer import resolve_precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "fp32"  # no evidence on a native-bf16 CPU yet: fp32 there
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_precision("auto", "cuda") == "fp32"
+    assert not recwarn.list  # auto never warns

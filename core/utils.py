@@ -44,7 +44,7 @@ def rng_states_on_cpu(saved):
     """A checkpoint loaded with map_location=<cuda device> has its RNG states there too, but torch only sets
     RNG states from CPU byte tensors: bring back every value under a key naming an RNG, in nested dicts."""
     if isinstance(saved, dict):
-        return {k: _on_cpu(v) if "rng" in k else rng_states_on_cpu(v) for k, v in saved.items()}
+        return {k: _on_cpu(v) if isinstance(k, str) and "rng" in k else rng_states_on_cpu(v) for k, v in saved.items()}
     return saved
 
 

@@ -195,11 +195,11 @@ def test_rng_states_come_back_to_cpu_whatever_the_map_location():
 
     state = torch.get_rng_state().as_subclass(OnDevice)
     weights = torch.ones(2).as_subclass(OnDevice)
-    ckpt = {"rng_cpu": state, "rng_cuda": [state], "model": {"w": weights},
+    ckpt = {"rng_cpu": state, "rng_cuda": [state], "model": {"w": weights}, "optimizer": {"state": {0: {"m": 1}}},
             "within": {"epoch_rng": state, "rng_ranks": [state, state], "state": (weights,)}}
     out = rng_states_on_cpu(ckpt)
     assert type(out["rng_cpu"]) is torch.Tensor and type(out["within"]["epoch_rng"]) is torch.Tensor
     assert all(type(t) is torch.Tensor for t in out["rng_cuda"] + out["within"]["rng_ranks"])
     assert out["model"]["w"] is weights and out["within"]["state"][0] is weights  # model and carried state stay
-    assert len(moved) == 5
+    assert len(moved) == 5 and out["optimizer"] == {"state": {0: {"m": 1}}}  # int keys (optimizer state) pass
     torch.set_rng_state(out["within"]["epoch_rng"])

@@ -15,6 +15,10 @@ def effect_metrics(task, runs):
     return keys
 
 
+def _seeds(seeds):
+    return ("seeds " if len(seeds) > 1 else "seed ") + ",".join(map(str, seeds))
+
+
 def _interval(pair):
     return f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
 
@@ -55,6 +59,8 @@ def effects_section(task, runs, groups):
         seed_ci = r.get("seed_ci")
         boot_ci = r.get("boot_ci")
         how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
+        if r.get("boot_seeds"):
+            how = f" (bootstrap over {_seeds(r['boot_seeds'])}: the others have no per-item statistics)"
         p_value = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
         rate, base_rate = p_text(groups[(variant, p)][0]), p_text(groups[(base, base_p)][0])
         lines.append(f"| {variant} p={rate} − {base} p={base_rate} | test {names.get(r['metric'], r['metric'])} | "
@@ -72,7 +78,8 @@ def _in_words(a, b, metric, r):
     direction = "better" if better else "worse"
     why = []
     if r.get("boot_ci") is not None:
-        why.append(f"paired bootstrap p = {r['p']:.3f}" if r["p"] > 0.001 else "paired bootstrap p < 0.001")
+        over = f" ({_seeds(r['boot_seeds'])})" if r.get("boot_seeds") else ""
+        why.append(f"paired bootstrap{over} p = {r['p']:.3f}" if r["p"] > 0.001 else f"paired bootstrap{over} p < 0.001")
     if r.get("seed_ci") is None:
         why.append("one seed only: no interval over seeds")
     elif not r["seeds_agree"]:

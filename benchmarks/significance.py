@@ -78,9 +78,11 @@ def compare(a_runs, b_runs, metric, lower_is_better, seed=0):
     if len(diffs) > 1:
         half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
         out["seed_ci"] = (out["diff"] - half, out["diff"] + half)
-    boot = paired_bootstrap([a_by_seed[s] for s in seeds], [b_by_seed[s] for s in seeds], metric, seed)
+    # the bootstrap pairs the seeds whose runs both carry per-item statistics (older runs may not)
+    itemized = [s for s in seeds if all(_item_matrix(r, metric) is not None for r in (a_by_seed[s], b_by_seed[s]))]
+    boot = paired_bootstrap([a_by_seed[s] for s in itemized], [b_by_seed[s] for s in itemized], metric, seed)
     if boot:
-        out.update(boot)
+        out.update(boot, **({"boot_seeds": itemized} if itemized != seeds else {}))
     # significant: the seed interval excludes 0 and, where there are per-item statistics, bootstrap p < 0.05
     out["seeds_agree"] = "seed_ci" in out and (out["seed_ci"][0] > 0 or out["seed_ci"][1] < 0)
     out["significant"] = out["seeds_agree"] and (not boot or boot["p"] < 0.05)

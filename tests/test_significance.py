@@ -105,3 +105,22 @@ def test_paired_bootstrap_handles_a_test_set_per_seed():
     assert result["items"] == 350 + 400 + 450 and result["boot_ci"][1] < 0 and result["p"] < 0.01
     b[0]["details"]["items"]["nll"] = b[0]["details"]["items"]["nll"][:-1]  # a pair with different items
     assert compare(a, b, "ppl", lower_is_better=True).get("boot_ci") is None
+
+
+def test_the_bootstrap_pairs_only_the_seeds_with_per_item_statistics():
+    """A seed trained before per-item statistics existed: the seed interval uses every seed, the bootstrap the
+    others, and the table says which."""
+    a = [run("zaremba", 1, 7.0)] + [run("zaremba", s, 0.0, items(2.0, seed=s)) for s in (2, 3)]
+    b = [run("none", 1, 8.0)] + [run("none", s, 0.0, items(2.2, seed=10 + s)) for s in (2, 3)]
+    for r in a + b:
+        if r["seed"] > 1:
+            r["metrics"]["test_ppl"] = float(np.exp(sum(n for n, _ in r["details"]["items"]["nll"]) /
+                                                    sum(t for _, t in r["details"]["items"]["nll"])))
+    result = compare(a, b, "ppl", lower_is_better=True)
+    assert result["seeds"] == [1, 2, 3] and result["boot_seeds"] == [2, 3]
+    assert result["boot_ci"][1] < 0 and result["p"] < 0.05
+    assert compare(a[1:], b[1:], "ppl", lower_is_better=True).get("boot_seeds") is None  # all seeds: not flagged
+    from benchmarks.effects import effects_section
+
+    text = "\n".join(effects_section(LanguageModelTask, a + b, {("zaremba", 0.5): a, ("none", 0.0): b}))
+    assert "paired bootstrap (seeds 2,3)" in text and "bootstrap over seeds 2,3: the others have no per-item statistics" in text

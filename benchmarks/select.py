@@ -1,0 +1,166 @@
+"""Each scheme's p, chosen on validation only: run a small grid of `--valid-only` runs on one seed (or collect
+runs made before) and write results/<task>/<preset>-selection.{json,md}.
+
+    python -m benchmarks.select --task lm --variants variational,weightdrop --grid 0.1,0.2,0.35
+    python -m benchmarks.select --task speech --variants zoneout --grid 0.1,0.05/0.5 --jobs 2
+    python -m benchmarks.select --task lm --collect runs/selection logs/grid   # tabulate runs made before
+
+A grid point is a p, or "P/PC" for zoneout (hiddens P, cells PC). Every point trains on one seed with
+`--valid-only`, so the test split is never read; per scheme the point with the best validation main metric at
+its best epoch is chosen (ties: the lower p). Runs that read the test split are refused, and runs of another
+config than the preset's (another --set, epochs, precision) are left out, with a line saying so. The table
+ends with the preset's `scheme_dropout` entry to copy.
+"""
+import argparse
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.effects import LOWER_IS_BETTER, p_text
+from benchmarks.report import SEED_KEYS, load_runs, short_commit
+from core.utils import write_json, write_text
+from tasks.base import get_task, load_tasks
+
+IGNORED = set(SEED_KEYS) | {"precision", "scheme_dropout"}  # may differ between the points of one grid
+
+
+def parse_point(text):
+    """ "0.2" -> (0.2, None); "0.05/0.5" -> (0.05, 0.5) (zoneout's hiddens / cells)."""
+    p, _, cell = text.partition("/")
+    try:
+        point = (float(p), float(cell) if cell else None)
+    except ValueError:
+        raise ValueError(f"bad grid point {text!r}: give a p like 0.2, or P/PC like 0.05/0.5 for zoneout") from None
+    if not all(0 <= v < 1 for v in point if v is not None):
+        raise ValueError(f"bad grid point {text!r}: rates must be in [0, 1)")
+    return point
+
+
+def grid_commands(task, preset, variants, points, seed, out, run_dir):
+    """One `benchmarks.run --valid-only` command per (scheme, grid point)."""
+    commands = []
+    for variant in variants:
+        for p, cell in points:
+            if cell is not None and variant != "zoneout":
+                raise ValueError(f"grid point {p:g}/{cell:g}: a cell rate is zoneout's alone, not {variant}'s")
+            command = [sys.executable, "-m", "benchmarks.run", "--task", task, "--preset", preset, "--variants",
+                       variant, "--dropout", f"{p:g}", "--seeds", str(seed), "--valid-only", "--no-progress",
+                       "--out", str(out), "--run-dir", str(run_dir)]
+            commands.append(command + (["--set", f"zoneout_cell={cell:g}"] if cell is not None else []))
+    return commands
+
+
+def collect(task, preset, folders):
+    """The selection runs of `preset` under `folders` (any depth; the runner names their tables
+    <label>-select.json); (runs, notes on what was left out)."""
+    reference = {k: v for k, v in task.presets[preset].items() if k not in IGNORED}
+    runs, notes = [], []
+    for path in sorted({p for folder in folders for p in Path(folder).rglob(f"{task.name}/*-select.json")}):
+        for run in load_runs(path):
+            if not isinstance(run, dict) or run.get("preset") != preset or run.get("seed") is None:
+                continue
+            if run["variant"] == "none":  # p = 0 by definition: nothing to choose
+                continue
+            if any(k.startswith("test_") for k in run["metrics"]):
+                raise ValueError(f"{path} holds a run that read the test split ({run['variant']} p={p_text(run)}): "
+                                 "selection uses --valid-only runs only")
+            differs = sorted(k for k in set(reference) | set(run["config"])
+                             if k not in IGNORED and run["config"].get(k, reference.get(k)) != reference.get(k))
+            if differs:
+                notes.append(f"left out {path}: {run['variant']} p={p_text(run)} differs from preset {preset} in "
+                             f"{', '.join(differs)}")
+                continue
+            runs.append(run)
+    return runs, notes
+
+
+def choose(task, runs):
+    """{variant: (chosen run, [grid runs by p])}: the best validation main metric, ties to the lower p."""
+    key, sign = f"valid_{task.main_metric}", 1 if task.main_metric in LOWER_IS_BETTER else -1
+    by_variant = {}
+    for run in runs:
+        by_variant.setdefault(run["variant"], {})[(run["dropout"], run["config"].get("zoneout_cell"))] = run
+    return {variant: (min(points.values(), key=lambda r: (sign * r["metrics"][key], r["dropout"])),
+                      [points[k] for k in sorted(points, key=lambda k: (k[0], k[1] or 0))])
+            for variant, points in sorted(by_variant.items())}
+
+
+def markdown(task, preset, chosen, notes):
+    metric = f"validation {task.main_metric}"
+    lines = [f"# {task.name} / {preset}: each scheme's p, chosen on validation", "",
+             f"Rule: one seed per grid point, trained with `--valid-only` (the test split is never read); the point "
+             f"with the best {metric} at its best epoch is chosen (ties: the lower p). Regenerated by "
+             "`python -m benchmarks.select`.", "",
+             f"| scheme | grid point: {metric} (best epoch) | chosen |", "|---|---|---|"]
+    entries = {}
+    for variant, (best, grid) in chosen.items():
+        cells = ", ".join(f"{p_text(r)}: {r['metrics'][f'valid_{task.main_metric}']:.2f} ({r['best_epoch']})"
+                          for r in grid)
+        lines.append(f"| {variant} | {cells} | {p_text(best)} |")
+        cell = best["config"].get("zoneout_cell")
+        entries[variant] = best["dropout"] if cell is None else [best["dropout"], cell]
+    zaremba = entries.pop("zaremba", None)
+    lines += [""] + ([f"Preset entry: `dropout={zaremba}` (the paper's scheme sets the preset's own p)"] * (zaremba is not None))
+    lines += [f"Preset entry: `scheme_dropout={entries}`"] * bool(entries) + ["", "## Provenance", ""]
+    for variant, (_, grid) in chosen.items():
+        for r in grid:
+            prov = r["provenance"]
+            where = prov.get("gpu") or prov.get("cpu_model", "")
+            lines.append(f"- {variant} p={p_text(r)} seed {r['seed']}: commit {short_commit(prov['git_commit'])}, "
+                         f"{prov['device']} {where}, finished {r.get('finished', '?')}; `{prov['command']}`")
+    return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.select", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--preset", help="default: the task's default preset")
+    parser.add_argument("--variants", help="comma list of schemes to run the grid for")
+    parser.add_argument("--grid", help="comma list of grid points: p, or P/PC for zoneout")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--jobs", type=int, default=1, help="grid points trained at once (default 1)")
+    parser.add_argument("--work", default="runs/selection", help="--out and --run-dir of the grid runs")
+    parser.add_argument("--collect", nargs="*", default=[], metavar="FOLDER",
+                        help="also tabulate selection runs already under these folders")
+    parser.add_argument("--out", default="results", help="results folder (default: results/)")
+    args = parser.parse_args(argv)
+    load_tasks()
+    try:
+        task = get_task(args.task)
+        preset = args.preset or task.default_preset
+        commands = []
+        if args.grid or args.variants:
+            if not (args.grid and args.variants):
+                parser.error("--grid and --variants go together")
+            points = [parse_point(t) for t in args.grid.split(",") if t.strip()]
+            work = Path(args.work)
+            commands = grid_commands(task.name, preset, args.variants.split(","), points, args.seed,
+                                     work / "out", work / "runs")
+    except ValueError as err:
+        parser.error(str(err))
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        failed = [c for c, rc in zip(commands, pool.map(lambda c: subprocess.call(c), commands)) if rc]
+    if failed:
+        sys.exit("error: grid runs failed (their output is above): " + "; ".join(" ".join(c[2:]) for c in failed))
+    try:
+        runs, notes = collect(task, preset, [Path(args.work)] * bool(commands) + [Path(f) for f in args.collect])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if not runs:
+        sys.exit(f"error: no --valid-only runs of {task.name}/{preset} found; run a grid (--variants, --grid)")
+    chosen = choose(task, runs)
+    target = Path(args.out) / task.name / f"{preset}-selection"
+    write_json(target.with_suffix(".json"), {"rule": "best validation main metric at the best epoch, ties: lower p",
+                                             "chosen": {v: {"dropout": b["dropout"],
+                                                            "zoneout_cell": b["config"].get("zoneout_cell")}
+                                                        for v, (b, _) in chosen.items()},
+                                             "runs": [{k: v for k, v in r.items() if k != "details"}
+                                                      for _, grid in chosen.values() for r in grid]})
+    write_text(target.with_suffix(".md"), markdown(task, preset, chosen, notes))
+    print(f"wrote {target}.{{json,md}}")
+
+
+if __name__ == "__main__":
+    main()

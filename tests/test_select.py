@@ -1,0 +1,76 @@
+"""benchmarks.select: each scheme's p from --valid-only runs, never from a run that read the test split."""
+import json
+
+import pytest
+
+from benchmarks import select
+from core.utils import write_json
+from tasks.lm.task import PRESETS, LanguageModelTask
+
+PROV = {"git_commit": "abc", "device": "cpu", "cpu_model": "x", "command": "python -m benchmarks.run ..."}
+
+
+def grid_run(variant, p, valid_ppl, cell=None, preset="tiny", **overrides):
+    config = {**PRESETS[preset], **overrides, "scheme": variant, "dropout": p, "seed": 1, "precision": "fp32"}
+    config.pop("scheme_dropout", None)
+    if cell is not None:
+        config["zoneout_cell"] = cell
+    return {"variant": variant, "dropout": p, "seed": 1, "preset": preset, "config": config, "best_epoch": 2,
+            "metrics": {"valid_ppl": valid_ppl}, "provenance": PROV, "finished": "today"}
+
+
+def write_grid(folder, runs, label="tiny-select"):
+    write_json(folder / "lm" / f"{label}.json", runs)
+
+
+def test_the_best_validation_point_is_chosen_ties_to_the_lower_p(tmp_path):
+    write_grid(tmp_path / "a", [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.3, 99.0)])
+    write_grid(tmp_path / "b", [grid_run("weightdrop", 0.2, 98.0), grid_run("weightdrop", 0.4, 98.0),
+                                grid_run("zoneout", 0.05, 97.0, cell=0.5), grid_run("zoneout", 0.1, 99.5),
+                                grid_run("none", 0.0, 90.0)])
+    runs, notes = select.collect(LanguageModelTask, "tiny", [tmp_path])
+    chosen = select.choose(LanguageModelTask, runs)
+    assert {v: (b["dropout"], b["config"].get("zoneout_cell")) for v, (b, _) in chosen.items()} == {
+        "variational": (0.3, None), "weightdrop": (0.2, None), "zoneout": (0.05, 0.5)}  # none: nothing to choose
+    text = select.markdown(LanguageModelTask, "tiny", chosen, notes)
+    assert "| zoneout | 0.05, cells 0.5: 97.00 (2), 0.1: 99.50 (2) | 0.05, cells 0.5 |" in text
+    assert "scheme_dropout={'variational': 0.3, 'weightdrop': 0.2, 'zoneout': [0.05, 0.5]}" in text
+
+
+def test_higher_is_better_for_accuracy(tmp_path):
+    class Accuracy(LanguageModelTask):
+        main_metric = "acc"
+
+    runs = [grid_run("variational", p, 0) for p in (0.1, 0.2)]
+    runs[0]["metrics"], runs[1]["metrics"] = {"valid_acc": 80.0}, {"valid_acc": 85.0}
+    assert select.choose(Accuracy, runs)["variational"][0]["dropout"] == 0.2
+
+
+def test_a_run_that_read_test_is_refused_and_another_config_left_out(tmp_path):
+    write_grid(tmp_path, [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.2, 100.0, hidden=99)])
+    runs, notes = select.collect(LanguageModelTask, "tiny", [tmp_path])
+    assert [r["dropout"] for r in runs] == [0.1] and "differs from preset tiny in hidden" in notes[0]
+    bad = grid_run("variational", 0.3, 98.0)
+    bad["metrics"]["test_ppl"] = 97.0
+    write_grid(tmp_path, [bad], label="tiny-p0.3-select")
+    with pytest.raises(ValueError, match="read the test split"):
+        select.collect(LanguageModelTask, "tiny", [tmp_path])
+
+
+def test_grid_commands_train_valid_only_and_give_zoneout_its_cell_rate(tmp_path):
+    points = [select.parse_point("0.1"), select.parse_point("0.05/0.5")]
+    commands = select.grid_commands("lm", "tiny", ["zoneout"], points, 1, tmp_path / "o", tmp_path / "r")
+    assert all("--valid-only" in c and "--seeds" in c for c in commands)
+    assert commands[1][-2:] == ["--set", "zoneout_cell=0.5"] and "zoneout_cell=0.5" not in commands[0]
+    with pytest.raises(ValueError, match="zoneout's alone"):
+        select.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="bad grid point"):
+        select.parse_point("high")
+
+
+def test_main_writes_the_selection_table(tmp_path):
+    write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.2, 100.0)])
+    select.main(["--task", "lm", "--preset", "tiny", "--collect", str(tmp_path / "grid"), "--out", str(tmp_path / "res")])
+    saved = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())
+    assert saved["chosen"] == {"variational": {"dropout": 0.2, "zoneout_cell": None}} and len(saved["runs"]) == 2
+    assert "| variational | 0.1: 101.00 (2), 0.2: 100.00 (2) | 0.2 |" in (tmp_path / "res" / "lm" / "tiny-selection.md").read_text()

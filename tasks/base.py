@@ -5,10 +5,12 @@ decorated with @register: its data, model, loss/metrics, presets and its own too
 """
 import difflib
 import importlib
+import importlib.util
 import math
 import os
 import pickle
 import pkgutil
+import shutil
 import sys
 import time
 from dataclasses import fields
@@ -154,6 +156,7 @@ class Task:
     paper_source = ""  # where paper_results come from, e.g. "Table 1"
     published_anchors = {}  # preset -> lines: other papers' numbers for this configuration, printed under the table
     main_metric = "ppl"  # selects the best epoch on valid and names the table columns
+    needs, needs_programs = (), ()  # (package or program, what for): checked before any data is read
     lower_is_better = True
     results_notes = ""  # printed under the results table: how a metric is computed
     extra_test_metrics = ()  # (key, label) of test metrics shown beside the main one, e.g. ("bleu", "BLEU")
@@ -224,6 +227,12 @@ class Task:
     def check_config(cls, config, ensemble=None):
         """Called by the runner before any data is loaded: raise ValueError (or DataError) naming a bad setting.
         `ensemble`: the number of members whose ensemble will be evaluated, if any."""
+        for module, why in cls.needs:  # fail in seconds, not when the first decode is scored after training
+            if importlib.util.find_spec(module) is None:
+                raise ValueError(f"task {cls.name} needs the Python package {module} ({why}): pip install {module}")
+        for program, why in cls.needs_programs:
+            if shutil.which(program) is None:
+                raise ValueError(f"task {cls.name} needs the program {program} on PATH ({why}); install it first")
         for key in ("dropout", "embed_dropout", "zoneout_cell"):
             if config.get(key) is not None and not 0 <= config[key] < 1:
                 raise ValueError(f"{key} must be in [0, 1), got {config[key]}")

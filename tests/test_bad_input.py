@@ -84,6 +84,24 @@ def test_out_of_range_or_mistyped_settings_stop_before_any_data_is_read(flags, m
     assert not (tmp_path / "out" / "mt").exists()
 
 
+@pytest.mark.parametrize("task, missing, message", [
+    ("mt", "sacremoses", "task mt needs the Python package sacremoses (detokenising translations before BLEU): "
+                         "pip install sacremoses"),
+    ("caption", "java", "task caption needs the program java on PATH"),
+])
+def test_a_missing_scorer_stops_before_training_not_after(task, missing, message, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import shutil
+
+    find_spec, which = importlib.util.find_spec, shutil.which
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else find_spec(name, *a))
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == missing else which(name, *a, **k))
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--task", task, "--preset", "tiny", "--data-dir", str(tmp_path / "nothing-here"),
+                  "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_a_results_folder_that_cannot_be_written_stops_before_training(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")

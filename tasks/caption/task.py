@@ -108,6 +108,8 @@ class CaptionTask(Task):
 
     config_keys = (*_DATA, "feature_dim", *_DECODE, "emb", "hidden", "layers", "init", "min_freq",
                    "max_vocab", "batch_size", "eval_batch_size")
+    needs = (("pycocoevalcap", "BLEU, METEOR, ROUGE-L and CIDEr"),)
+    needs_programs = (("java", "pycocoevalcap's tokenizer and METEOR"),)
     synthetic_sizes = (3000, 1280)  # vocabulary (about Flickr8k's at min_freq 5), EfficientNet-Lite0 feature size
     synthetic_lengths = (8, 20)
 

@@ -122,6 +122,7 @@ class TranslationTask(Task):
                    "hub_cache_dir", "train_limit", "valid_limit", "test_limit", *_DECODE, "emb", "hidden", "layers",
                    "init", "min_freq", "max_vocab", "src_vocab", "tgt_vocab", "max_train_len", "batch_size",
                    "eval_batch_size")
+    needs = (("sacremoses", "detokenising translations before BLEU"), ("sacrebleu", "BLEU"))
     synthetic_sizes = (6000, 6500)  # source / target vocabularies: about Multi30k En/Fr with min_freq 2
     synthetic_lengths = (8, 20)  # sentence lengths drawn uniformly (Multi30k averages about 13 words)
     speed_notes = ("Random sentences of 8-20 tokens, 6000/6500 source/target vocabularies (about Multi30k's). "

@@ -79,8 +79,9 @@ def compare(a_runs, b_runs, metric, lower_is_better, seed=0):
         half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
         out["seed_ci"] = (out["diff"] - half, out["diff"] + half)
     # the bootstrap pairs the seeds whose runs both carry per-item statistics (older runs may not)
-    itemized = [s for s in seeds if all(_item_matrix(r, metric) is not None for r in (a_by_seed[s], b_by_seed[s]))]
-    boot = paired_bootstrap([a_by_seed[s] for s in itemized], [b_by_seed[s] for s in itemized], metric, seed)
+    matrices = {s: (_item_matrix(a_by_seed[s], metric), _item_matrix(b_by_seed[s], metric)) for s in seeds}
+    itemized = [s for s in seeds if all(m is not None for m in matrices[s])]
+    boot = _bootstrap_pairs([matrices[s] for s in itemized], metric, seed)
     if boot:
         out.update(boot, **({"boot_seeds": itemized} if itemized != seeds else {}))
     # significant: the seed interval excludes 0 and, where there are per-item statistics, bootstrap p < 0.05
@@ -95,6 +96,11 @@ def paired_bootstrap(a_runs, b_runs, metric, seed=0, resamples=RESAMPLES):
     pair must have the same items. Seeds that share their test items share the draw; seeds with their own test
     set (speech folds: one test speaker per seed) get their own."""
     pairs = [(_item_matrix(a, metric), _item_matrix(b, metric)) for a, b in zip(a_runs, b_runs)]
+    return _bootstrap_pairs(pairs, metric, seed, resamples)
+
+
+def _bootstrap_pairs(pairs, metric, seed=0, resamples=RESAMPLES):
+    """paired_bootstrap on item matrices already read: [(a's, b's) per seed]."""
     if not pairs or any(a is None or b is None or a.shape != b.shape for a, b in pairs):
         return None
     to_metric = METRICS[metric][1]

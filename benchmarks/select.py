@@ -4,12 +4,14 @@ runs made before) and write results/<task>/<preset>-selection.{json,md}.
     python -m benchmarks.select --task lm --variants variational,weightdrop --grid 0.1,0.2,0.35
     python -m benchmarks.select --task speech --variants zoneout --grid 0.1,0.05/0.5 --jobs 2
     python -m benchmarks.select --task lm --collect runs/selection logs/grid   # tabulate runs made before
+    python -m benchmarks.select --task lm --variants zoneout --grid 0.05/0.5 -- --threads 1 --device cuda
 
 A grid point is a p, or "P/PC" for zoneout (hiddens P, cells PC). Every point trains on one seed with
 `--valid-only`, so the test split is never read; per scheme the point with the best validation main metric at
 its best epoch is chosen (ties: the lower p). Runs that read the test split are refused, and runs of another
 config than the preset's (another --set, epochs, precision) are left out, with a line saying so. The table
-ends with the preset's `scheme_dropout` entry to copy.
+ends with the preset's `scheme_dropout` entry to copy. Flags after `--` go to every grid run's runner (checked
+by the runner's own parser before any run starts); grid runs always `--resume`, so a stopped grid continues.
 """
 import argparse
 import subprocess
@@ -17,12 +19,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks import run
 from benchmarks.effects import LOWER_IS_BETTER, p_text
 from benchmarks.report import SEED_KEYS, load_runs, short_commit
 from core.utils import write_json, write_text
 from tasks.base import get_task, load_tasks
 
 IGNORED = set(SEED_KEYS) | {"precision", "scheme_dropout"}  # may differ between the points of one grid
+OWN_FLAGS = {"--task", "--preset", "--variants", "--dropout", "--seeds", "--ensemble", "--valid-only", "--out",
+             "--run-dir", "--list"}  # set by the grid itself: not to be passed after --
 
 
 def parse_point(text):
@@ -37,8 +42,12 @@ def parse_point(text):
     return point
 
 
-def grid_commands(task, preset, variants, points, seed, out, run_dir):
-    """One `benchmarks.run --valid-only` command per (scheme, grid point)."""
+def grid_commands(task, preset, variants, points, seed, out, run_dir, run_args=()):
+    """One `benchmarks.run --valid-only --resume` command per (scheme, grid point), plus `run_args` (more
+    runner flags); each command is checked by the runner's parser (argparse's exit on a bad flag)."""
+    clash = sorted({a.split("=", 1)[0] for a in run_args} & OWN_FLAGS)
+    if clash:
+        raise ValueError(f"{', '.join(clash)} after -- : the grid sets these itself (use select's own flags)")
     commands = []
     for variant in variants:
         for p, cell in points:
@@ -46,8 +55,9 @@ def grid_commands(task, preset, variants, points, seed, out, run_dir):
                 raise ValueError(f"grid point {p:g}/{cell:g}: a cell rate is zoneout's alone, not {variant}'s")
             command = [sys.executable, "-m", "benchmarks.run", "--task", task, "--preset", preset, "--variants",
                        variant, "--dropout", f"{p:g}", "--seeds", str(seed), "--valid-only", "--no-progress",
-                       "--out", str(out), "--run-dir", str(run_dir)]
+                       "--resume", "--out", str(out), "--run-dir", str(run_dir), *run_args]
             commands.append(command + (["--set", f"zoneout_cell={cell:g}"] if cell is not None else []))
+            run.build_parser().parse_args(commands[-1][3:])
     return commands
 
 
@@ -125,7 +135,9 @@ def main(argv=None):
     parser.add_argument("--collect", nargs="*", default=[], metavar="FOLDER",
                         help="also tabulate selection runs already under these folders")
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args, run_args = parser.parse_args(argv[:cut]), argv[cut + 1:]
     load_tasks()
     try:
         task = get_task(args.task)
@@ -137,7 +149,7 @@ def main(argv=None):
             points = [parse_point(t) for t in args.grid.split(",") if t.strip()]
             work = Path(args.work)
             commands = grid_commands(task.name, preset, args.variants.split(","), points, args.seed,
-                                     work / "out", work / "runs")
+                                     work / "out", work / "runs", run_args)
     except ValueError as err:
         parser.error(str(err))
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:

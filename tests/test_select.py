@@ -74,3 +74,18 @@ def test_main_writes_the_selection_table(tmp_path):
     saved = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())
     assert saved["chosen"] == {"variational": {"dropout": 0.2, "zoneout_cell": None}} and len(saved["runs"]) == 2
     assert "| variational | 0.1: 101.00 (2), 0.2: 100.00 (2) | 0.2 |" in (tmp_path / "res" / "lm" / "tiny-selection.md").read_text()
+
+
+def test_runner_flags_after_the_double_dash_reach_every_grid_run_and_bad_ones_stop_before_any_run(tmp_path, monkeypatch):
+    points = [select.parse_point("0.1"), select.parse_point("0.2")]
+    commands = select.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path / "o", tmp_path / "r",
+                                    ["--threads", "1", "--device", "cpu"])
+    assert all(c[-4:] == ["--threads", "1", "--device", "cpu"] and "--resume" in c for c in commands)
+    with pytest.raises(ValueError, match="--dropout after --"):
+        select.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path, ["--dropout=0.5"])
+    launched = []
+    monkeypatch.setattr(select.subprocess, "call", lambda c: launched.append(c) or 0)
+    with pytest.raises(SystemExit):  # the runner's parser refuses the flag: nothing is launched
+        select.main(["--task", "lm", "--preset", "tiny", "--variants", "variational", "--grid", "0.1",
+                     "--work", str(tmp_path), "--", "--threads", "many"])
+    assert launched == []

@@ -4,7 +4,7 @@ runs made before) and write results/<task>/<preset>-selection.{json,md}.
     python -m benchmarks.select --task lm --variants variational,weightdrop --grid 0.1,0.2,0.35
     python -m benchmarks.select --task speech --variants zoneout --grid 0.1,0.05/0.5 --jobs 2
     python -m benchmarks.select --task lm --collect runs/selection logs/grid   # tabulate runs made before
-    python -m benchmarks.select --task lm --variants zoneout --grid 0.05/0.5 -- --threads 1 --device cuda
+    python -m benchmarks.select --task lm --variants zoneout --grid 0.05/0.5 --final -- --threads 1 --device cuda
 
 A grid point is a p, or "P/PC" for zoneout (hiddens P, cells PC). Every point trains on one seed with
 `--valid-only`, so the test split is never read; per scheme the point with the best validation main metric at
@@ -14,6 +14,7 @@ ends with the preset's `scheme_dropout` entry to copy. Flags after `--` go to ev
 by the runner's own parser before any run starts); grid runs always `--resume`, so a stopped grid continues.
 """
 import argparse
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -81,7 +82,7 @@ def collect(task, preset, folders):
                 notes.append(f"left out {path}: {run['variant']} p={p_text(run)} differs from preset {preset} in "
                              f"{', '.join(differs)}")
                 continue
-            runs.append(run)
+            runs.append({**run, "table": str(path)})
     return runs, notes
 
 
@@ -94,6 +95,29 @@ def choose(task, runs):
     return {variant: (min(points.values(), key=lambda r: (sign * r["metrics"][key], r["dropout"])),
                       [points[k] for k in sorted(points, key=lambda k: (k[0], k[1] or 0))])
             for variant, points in sorted(by_variant.items())}
+
+
+def final_commands(task, chosen, work, run_args=()):
+    """Test once, for each scheme's chosen point, from its own training: the grid run's folder is copied to
+    where the same command without --valid-only keeps its runs, and that command resumes it (nothing is
+    trained again; the test split is read once). Only for grid runs under `work` (their checkpoints)."""
+    commands = []
+    for variant, (best, _) in chosen.items():
+        table = Path(best["table"])
+        name = f"{variant}-p{best['dropout']:g}-seed{best['seed']}"
+        source = Path(work) / "runs" / task.name / table.stem / name
+        if not (source / "best.pt").exists():
+            raise ValueError(f"--final: {variant} p={p_text(best)} has no checkpoint under {source} (it was "
+                             f"collected, not run by this --work): train it with benchmarks.run instead")
+        target = source.parent.with_name(table.stem.removesuffix("-select")) / name
+        if not target.exists():
+            shutil.copytree(source, target)
+        cell = best["config"].get("zoneout_cell")
+        commands.append([sys.executable, "-m", "benchmarks.run", "--task", task.name, "--preset", best["preset"],
+                         "--variants", variant, "--dropout", f"{best['dropout']:g}", "--seeds", str(best["seed"]),
+                         "--resume", "--no-progress", "--out", str(Path(work) / "final"), "--run-dir",
+                         str(Path(work) / "runs"), *run_args] + (["--set", f"zoneout_cell={cell:g}"] if cell is not None else []))
+    return commands
 
 
 def markdown(task, preset, chosen, notes):
@@ -135,6 +159,9 @@ def main(argv=None):
     parser.add_argument("--collect", nargs="*", default=[], metavar="FOLDER",
                         help="also tabulate selection runs already under these folders")
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
+    parser.add_argument("--final", action="store_true",
+                        help="then evaluate test once for each scheme's chosen point, from its grid run's own "
+                             "training (results in <work>/final/; merge them with benchmarks.report --into)")
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args, run_args = parser.parse_args(argv[:cut]), argv[cut + 1:]
@@ -168,10 +195,19 @@ def main(argv=None):
                                              "chosen": {v: {"dropout": b["dropout"],
                                                             "zoneout_cell": b["config"].get("zoneout_cell")}
                                                         for v, (b, _) in chosen.items()},
-                                             "runs": [{k: v for k, v in r.items() if k != "details"}
+                                             "runs": [{k: v for k, v in r.items() if k not in ("details", "table")}
                                                       for _, grid in chosen.values() for r in grid]})
     write_text(target.with_suffix(".md"), markdown(task, preset, chosen, notes))
     print(f"wrote {target}.{{json,md}}")
+    if args.final:
+        try:
+            finals = final_commands(task, chosen, args.work, run_args)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
+        if any(subprocess.call(c) for c in finals):
+            sys.exit("error: evaluating a chosen point failed (its output is above)")
+        print(f"test results of the chosen points: {Path(args.work) / 'final' / task.name}/ (merge: python -m "
+              f"benchmarks.report --into results/{task.name}/{preset}.json <that json>)")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,9 @@ MUTANTS = {
     "a scheme's p chosen from runs that read the test split": ("benchmarks/select.py", [
         ('if any(k.startswith("test_") for k in run["metrics"]):', "if False:"),
     ], ["tests/test_select.py"]),
+    "--final trains the chosen point again instead of reusing its grid run": ("benchmarks/select.py", [
+        ("        if not target.exists():\n            shutil.copytree(source, target)\n", ""),
+    ], ["tests/test_select.py"]),
 }
 
 

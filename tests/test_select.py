@@ -4,6 +4,7 @@ import json
 import pytest
 
 from benchmarks import select
+from conftest import write_tiny_ptb
 from core.utils import write_json
 from tasks.lm.task import PRESETS, LanguageModelTask
 
@@ -89,3 +90,26 @@ def test_runner_flags_after_the_double_dash_reach_every_grid_run_and_bad_ones_st
         select.main(["--task", "lm", "--preset", "tiny", "--variants", "variational", "--grid", "0.1",
                      "--work", str(tmp_path), "--", "--threads", "many"])
     assert launched == []
+
+
+def test_final_evaluates_test_once_from_the_chosen_grid_runs_own_training(tmp_path):
+    data = write_tiny_ptb(tmp_path / "data")
+    runner = ["--", "--data-dir", str(data), "--custom-data", "--threads", "1"]
+    select.main(["--task", "lm", "--preset", "tiny", "--variants", "zoneout", "--grid", "0.05/0.5,0.3",
+                 "--work", str(tmp_path / "w"), "--out", str(tmp_path / "res"), "--final", *runner])
+    chosen = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())["chosen"]["zoneout"]
+    grid = {(r["dropout"], r["config"].get("zoneout_cell")): r for r in
+            json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())["runs"]}
+    point = grid[(chosen["dropout"], chosen["zoneout_cell"])]
+    [final] = [run for path in (tmp_path / "w" / "final" / "lm").glob("*.json") for run in json.loads(path.read_text())]
+    assert (final["dropout"], final["config"].get("zoneout_cell")) == (chosen["dropout"], chosen["zoneout_cell"])
+    assert final["metrics"]["valid_ppl"] == point["metrics"]["valid_ppl"] and "test_ppl" in final["metrics"]
+    assert final["history"] == point["history"]  # the grid run's training, not a new one
+    assert not [k for r in grid.values() for k in r["metrics"] if k.startswith("test_")]
+
+
+def test_final_refuses_a_collected_run_without_its_checkpoint(tmp_path):
+    write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0)])
+    runs, _ = select.collect(LanguageModelTask, "tiny", [tmp_path / "grid"])
+    with pytest.raises(ValueError, match="has no checkpoint"):
+        select.final_commands(LanguageModelTask, select.choose(LanguageModelTask, runs), tmp_path / "work")

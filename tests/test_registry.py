@@ -61,8 +61,10 @@ def restore_registry():
     base._IMPORTED_DIRS.clear()
     base._IMPORTED_DIRS.update(dirs)
     sys.path[:] = path
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    for name in set(sys.modules) - modules:  # the user's modules only: torch's lazy imports must stay loaded
+        file = getattr(sys.modules[name], "__file__", None) or ""  # (re-importing them registers ops twice)
+        if file and not file.startswith((sys.prefix, sys.base_prefix)):
+            del sys.modules[name]
 
 
 def test_a_task_in_a_users_folder_trains_reports_and_is_timed(tmp_path, restore_registry):

@@ -227,6 +227,11 @@ def run_label(args):
     return label
 
 
+def run_name(variant, dropout, seed):
+    """The folder of one run under <run-dir>/<task>/<label>/."""
+    return f"{variant}-p{dropout:g}-seed{seed}"
+
+
 def run_config(task_cls, args, variant, seed):
     config = {**task_cls.presets[args.preset], **args.overrides}
     if args.epochs is not None:
@@ -347,7 +352,7 @@ def main(argv=None):
         run_dirs = []
         for seed in args.seeds:
             config = run_config(task_cls, args, variant, seed)
-            run_dir = Path(args.run_dir) / args.task / label / f"{variant}-p{config['dropout']:g}-seed{seed}"
+            run_dir = Path(args.run_dir) / args.task / label / run_name(variant, config["dropout"], seed)
             run_dirs.append(run_dir)
             try:
                 entry = train_one(task_cls, args, config, run_dir, origin)

@@ -43,22 +43,27 @@ def parse_point(text):
     return point
 
 
+def run_command(task, preset, variant, p, cell, seed, out, run_dir, run_args=(), valid_only=True):
+    """The `benchmarks.run --resume` command of one (scheme, point, seed); `--valid-only` for a grid run."""
+    command = [sys.executable, "-m", "benchmarks.run", "--task", task, "--preset", preset, "--variants", variant,
+               "--dropout", f"{p:g}", "--seeds", str(seed), *["--valid-only"] * valid_only, "--no-progress",
+               "--resume", "--out", str(out), "--run-dir", str(run_dir), *run_args]
+    return command + (["--set", f"zoneout_cell={cell:g}"] if cell is not None else [])
+
+
 def grid_commands(task, preset, variants, points, seed, out, run_dir, run_args=()):
     """One `benchmarks.run --valid-only --resume` command per (scheme, grid point), plus `run_args` (more
     runner flags); each command is checked by the runner's parser (argparse's exit on a bad flag)."""
     clash = sorted({a.split("=", 1)[0] for a in run_args} & OWN_FLAGS)
     if clash:
         raise ValueError(f"{', '.join(clash)} after -- : the grid sets these itself (use select's own flags)")
-    commands = []
+    commands, runner = [], run.build_parser()
     for variant in variants:
         for p, cell in points:
             if cell is not None and variant != "zoneout":
                 raise ValueError(f"grid point {p:g}/{cell:g}: a cell rate is zoneout's alone, not {variant}'s")
-            command = [sys.executable, "-m", "benchmarks.run", "--task", task, "--preset", preset, "--variants",
-                       variant, "--dropout", f"{p:g}", "--seeds", str(seed), "--valid-only", "--no-progress",
-                       "--resume", "--out", str(out), "--run-dir", str(run_dir), *run_args]
-            commands.append(command + (["--set", f"zoneout_cell={cell:g}"] if cell is not None else []))
-            run.build_parser().parse_args(commands[-1][3:])
+            commands.append(run_command(task, preset, variant, p, cell, seed, out, run_dir, run_args))
+            runner.parse_args(commands[-1][3:])
     return commands
 
 
@@ -104,7 +109,7 @@ def final_commands(task, chosen, work, run_args=()):
     commands = []
     for variant, (best, _) in chosen.items():
         table = Path(best["table"])
-        name = f"{variant}-p{best['dropout']:g}-seed{best['seed']}"
+        name = run.run_name(variant, best["dropout"], best["seed"])
         source = Path(work) / "runs" / task.name / table.stem / name
         if not (source / "best.pt").exists():
             raise ValueError(f"--final: {variant} p={p_text(best)} has no checkpoint under {source} (it was "
@@ -112,11 +117,9 @@ def final_commands(task, chosen, work, run_args=()):
         target = source.parent.with_name(table.stem.removesuffix("-select")) / name
         if not target.exists():
             shutil.copytree(source, target)
-        cell = best["config"].get("zoneout_cell")
-        commands.append([sys.executable, "-m", "benchmarks.run", "--task", task.name, "--preset", best["preset"],
-                         "--variants", variant, "--dropout", f"{best['dropout']:g}", "--seeds", str(best["seed"]),
-                         "--resume", "--no-progress", "--out", str(Path(work) / "final"), "--run-dir",
-                         str(Path(work) / "runs"), *run_args] + (["--set", f"zoneout_cell={cell:g}"] if cell is not None else []))
+        commands.append(run_command(task.name, best["preset"], variant, best["dropout"],
+                                    best["config"].get("zoneout_cell"), best["seed"], Path(work) / "final",
+                                    Path(work) / "runs", run_args, valid_only=False))
     return commands
 
 

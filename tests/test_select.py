@@ -97,9 +97,9 @@ def test_final_evaluates_test_once_from_the_chosen_grid_runs_own_training(tmp_pa
     runner = ["--", "--data-dir", str(data), "--custom-data", "--threads", "1"]
     select.main(["--task", "lm", "--preset", "tiny", "--variants", "zoneout", "--grid", "0.05/0.5,0.3",
                  "--work", str(tmp_path / "w"), "--out", str(tmp_path / "res"), "--final", *runner])
-    chosen = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())["chosen"]["zoneout"]
-    grid = {(r["dropout"], r["config"].get("zoneout_cell")): r for r in
-            json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())["runs"]}
+    selection = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())
+    chosen = selection["chosen"]["zoneout"]
+    grid = {(r["dropout"], r["config"].get("zoneout_cell")): r for r in selection["runs"]}
     point = grid[(chosen["dropout"], chosen["zoneout_cell"])]
     [final] = [run for path in (tmp_path / "w" / "final" / "lm").glob("*.json") for run in json.loads(path.read_text())]
     assert (final["dropout"], final["config"].get("zoneout_cell")) == (chosen["dropout"], chosen["zoneout_cell"])

@@ -55,7 +55,7 @@ def _cell(group, none, metric, lower):
     return text
 
 
-def _verdict(task_name, groups, metric, lower):
+def _verdict(task_name, groups, metric, lower, shown):
     scored = {v: statistics.mean(r["metrics"][f"test_{metric}"] for r in g) for v, g in groups.items()
               if all(f"test_{metric}" in r["metrics"] for r in g)}
     if len(scored) < 2:
@@ -66,8 +66,10 @@ def _verdict(task_name, groups, metric, lower):
     seeds = len(result["seeds"]) if result else 0
     sure = ("significantly" if result and result["significant"] else
             "**not significantly** (the lead could be noise)")
+    missing = [s for s in shown if s not in scored]
     return (f"- {task_name}: **{best}** has the best test {metric} ({scored[best]:.2f}); it beats the runner-up "
-            f"{second} ({scored[second]:.2f}) {sure}, over {seeds} paired seed{'s' if seeds != 1 else ''}.")
+            f"{second} ({scored[second]:.2f}) {sure}, over {seeds} paired seed{'s' if seeds != 1 else ''}."
+            + (f" Not run yet on {task_name}, so not in the ranking: {', '.join(missing)}." if missing else ""))
 
 
 def _columns(tasks, out_dir):
@@ -95,17 +97,16 @@ def schemes_markdown(columns):
                                          for name, task, _ in columns) + " |",
               "|" + "---|" * (len(columns) + 1)]
     grouped = [(name, task, _by_scheme(runs)) for name, task, runs in columns]
-    for scheme in SCHEMES:
-        if not any(scheme in groups for _, _, groups in grouped):
-            continue
+    shown = [s for s in SCHEMES if any(s in groups for _, _, groups in grouped)]  # a row where any task ran it
+    for scheme in shown:
         cells = []
         for _, task, groups in grouped:
             m = task.main_metric
             cells.append(_cell(groups[scheme], groups.get("none"), m, m in LOWER_IS_BETTER)
-                         if scheme in groups else "—")
+                         if scheme in groups else "not run yet")
         lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
     lines += ["", "Which scheme wins:", ""]
-    lines += [_verdict(name, groups, task.main_metric, task.main_metric in LOWER_IS_BETTER)
+    lines += [_verdict(name, groups, task.main_metric, task.main_metric in LOWER_IS_BETTER, shown)
               for name, task, groups in grouped]
     return "\n".join(lines) + "\n"
 

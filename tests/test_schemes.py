@@ -180,9 +180,9 @@ def test_embedding_dropout_drops_word_types():
     assert torch.equal(embedding_dropout(weight, ids, 0.5, training=False), weight[ids])
 
 
-def _fake_runs(variants, base, spread):
+def _fake_runs(variants, base, spread, metric="test_acc"):
     return [{"variant": v, "dropout": 0.0 if v == "none" else 0.3, "seed": s, "config": {},
-             "metrics": {"test_acc": base + i * spread + 0.1 * s}} for i, v in enumerate(variants) for s in (1, 2, 3)]
+             "metrics": {metric: base + i * spread + 0.1 * s}} for i, v in enumerate(variants) for s in (1, 2, 3)]
 
 
 def test_cross_task_schemes_table_and_figure(tmp_path):
@@ -195,12 +195,17 @@ def test_cross_task_schemes_table_and_figure(tmp_path):
     speech = get_task("speech")
     (tmp_path / "speech").mkdir()
     (tmp_path / "speech" / "cpu.json").write_text(json.dumps(_fake_runs(["none", "zaremba", "zoneout"], 80.0, 2.0)))
-    write_schemes({"speech": speech, "lm": tasks["lm"]}, tmp_path)
+    (tmp_path / "caption").mkdir()  # zoneout not run on caption yet
+    (tmp_path / "caption" / "cpu.json").write_text(json.dumps(_fake_runs(["none", "zaremba"], 20.0, -2.0, "test_ppl")))
+    caption = get_task("caption")
+    write_schemes({"speech": speech, "lm": tasks["lm"], "caption": caption}, tmp_path)
     text = (tmp_path / "schemes.md").read_text()
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
     assert set(rows) == {"scheme", "none", "zaremba", "zoneout"}  # schemes without runs get no row
-    assert "84.20 ± 0.10 (p=0.3, 3 seeds); Δ none +4.00 [+4.00, +4.00] *" in rows["zoneout"]
+    assert rows["zoneout"].split(" | ")[1:] == ["not run yet", "84.20 ± 0.10 (p=0.3, 3 seeds); Δ none +4.00 "
+                                               "[+4.00, +4.00] * |"]  # columns by task name: caption, speech
     assert "lm" not in rows["scheme"]  # a task without a table gets no column
     assert "- speech: **zoneout** has the best test acc (84.20); it beats the runner-up zaremba (82.20) " \
-           "significantly, over 3 paired seeds." in text
+           "significantly, over 3 paired seeds.\n" in text
+    assert "over 3 paired seeds. Not run yet on caption, so not in the ranking: zoneout.\n" in text
     assert (tmp_path / "schemes.png").stat().st_size > 1000

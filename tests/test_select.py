@@ -34,8 +34,14 @@ def test_the_best_validation_point_is_chosen_ties_to_the_lower_p(tmp_path):
     assert {v: (b["dropout"], b["config"].get("zoneout_cell")) for v, (b, _) in chosen.items()} == {
         "variational": (0.3, None), "weightdrop": (0.2, None), "zoneout": (0.05, 0.5)}  # none: nothing to choose
     text = select.markdown(LanguageModelTask, "tiny", chosen, notes)
-    assert "| zoneout | 0.05, cells 0.5: 97.00 (2), 0.1: 99.50 (2) | 0.05, cells 0.5 |" in text
+    assert "| zoneout | 0.05, cells 0.5: 97.00 (2), 0.1: 99.50 (2) | 0.05, cells 0.5 (edge) |" in text
     assert "scheme_dropout={'variational': 0.3, 'weightdrop': 0.2, 'zoneout': [0.05, 0.5]}" in text
+
+
+def test_only_a_choice_at_the_grids_lowest_or_highest_p_is_marked_at_the_edge():
+    grid = [grid_run("zoneout", 0.05, 97.0, cell=0.5), grid_run("zoneout", 0.1, 96.0), grid_run("zoneout", 0.2, 98.0)]
+    assert [select.at_edge(r, grid) for r in grid] == [True, False, True]
+    assert not select.at_edge(grid[0], grid[:1])  # one point: no direction to extend in
 
 
 def test_higher_is_better_for_accuracy(tmp_path):
@@ -73,8 +79,9 @@ def test_main_writes_the_selection_table(tmp_path):
     write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.2, 100.0)])
     select.main(["--task", "lm", "--preset", "tiny", "--collect", str(tmp_path / "grid"), "--out", str(tmp_path / "res")])
     saved = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())
-    assert saved["chosen"] == {"variational": {"dropout": 0.2, "zoneout_cell": None}} and len(saved["runs"]) == 2
-    assert "| variational | 0.1: 101.00 (2), 0.2: 100.00 (2) | 0.2 |" in (tmp_path / "res" / "lm" / "tiny-selection.md").read_text()
+    assert saved["chosen"] == {"variational": {"dropout": 0.2, "zoneout_cell": None, "at_edge": True}}
+    assert len(saved["runs"]) == 2
+    assert "| variational | 0.1: 101.00 (2), 0.2: 100.00 (2) | 0.2 (edge) |" in (tmp_path / "res" / "lm" / "tiny-selection.md").read_text()
 
 
 def test_runner_flags_after_the_double_dash_reach_every_grid_run_and_bad_ones_stop_before_any_run(tmp_path, monkeypatch):

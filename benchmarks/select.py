@@ -170,8 +170,9 @@ def main(argv=None):
                         help="also tabulate selection runs already under these folders")
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
     parser.add_argument("--final", action="store_true",
-                        help="then evaluate test once for each scheme's chosen point, from its grid run's own "
-                             "training (results in <work>/final/; merge them with benchmarks.report --into)")
+                        help="then evaluate test once for each scheme's chosen point (only --variants', if given), "
+                             "from its grid run's own training (results in <work>/final/; merge them with "
+                             "benchmarks.report --into)")
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args, run_args = parser.parse_args(argv[:cut]), argv[cut + 1:]
@@ -180,9 +181,11 @@ def main(argv=None):
         task = get_task(args.task)
         preset = args.preset or task.default_preset
         commands = []
-        if args.grid or args.variants:
-            if not (args.grid and args.variants):
-                parser.error("--grid and --variants go together")
+        if args.variants and not (args.grid or args.final):
+            parser.error("--variants needs --grid (the points to train) or --final (the schemes to test)")
+        if args.grid:
+            if not args.variants:
+                parser.error("--grid needs --variants (the schemes to train it for)")
             points = [parse_point(t) for t in args.grid.split(",") if t.strip()]
             work = Path(args.work)
             commands = grid_commands(task.name, preset, args.variants.split(","), points, args.seed,
@@ -212,7 +215,8 @@ def main(argv=None):
     print(f"wrote {target}.{{json,md}}")
     if args.final:
         try:
-            finals = final_commands(task, chosen, args.work, run_args)
+            wanted = args.variants.split(",") if args.variants else chosen
+            finals = final_commands(task, {v: c for v, c in chosen.items() if v in wanted}, args.work, run_args)
         except ValueError as err:
             sys.exit(f"error: {err}")
         if any(subprocess.call(c) for c in finals):

@@ -115,6 +115,24 @@ def test_final_evaluates_test_once_from_the_chosen_grid_runs_own_training(tmp_pa
     assert not [k for r in grid.values() for k in r["metrics"] if k.startswith("test_")]
 
 
+def test_final_with_variants_tests_only_those_schemes_and_variants_alone_is_refused(tmp_path, monkeypatch):
+    write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0), grid_run("weightdrop", 0.2, 99.0)])
+    for variant, p in (("variational", 0.1), ("weightdrop", 0.2)):
+        checkpoint = tmp_path / "w" / "runs" / "lm" / "tiny-select" / select.run.run_name(variant, p, 1) / "best.pt"
+        checkpoint.parent.mkdir(parents=True)
+        checkpoint.write_bytes(b"")
+    launched = []
+    monkeypatch.setattr(select.subprocess, "call", lambda command: launched.append(command) or 0)
+    common = ["--task", "lm", "--preset", "tiny", "--collect", str(tmp_path / "grid"), "--work", str(tmp_path / "w"),
+              "--out", str(tmp_path / "res")]
+    select.main([*common, "--variants", "weightdrop", "--final"])
+    [command] = launched
+    assert command[command.index("--variants") + 1] == "weightdrop" and "--valid-only" not in command
+    with pytest.raises(SystemExit):
+        select.main([*common, "--variants", "weightdrop"])
+    assert len(launched) == 1
+
+
 def test_final_refuses_a_collected_run_without_its_checkpoint(tmp_path):
     write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0)])
     runs, _ = select.collect(LanguageModelTask, "tiny", [tmp_path / "grid"])

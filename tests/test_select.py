@@ -130,6 +130,8 @@ def test_final_with_variants_tests_only_those_schemes_and_variants_alone_is_refu
     assert command[command.index("--variants") + 1] == "weightdrop" and "--valid-only" not in command
     with pytest.raises(SystemExit):
         select.main([*common, "--variants", "weightdrop"])
+    with pytest.raises(SystemExit, match="no grid runs of zoneout"):
+        select.main([*common, "--variants", "zoneout", "--final"])
     assert len(launched) == 1
 
 

@@ -216,8 +216,9 @@ def main(argv=None):
     if args.final:
         try:
             wanted = args.variants.split(",") if args.variants else chosen
-            if set(wanted) - set(chosen):
-                raise ValueError(f"--final: no grid runs of {', '.join(sorted(set(wanted) - set(chosen)))} found "
+            missing = sorted(set(wanted) - set(chosen))
+            if missing:
+                raise ValueError(f"--final: no grid runs of {', '.join(missing)} found "
                                  f"(schemes with grid runs: {', '.join(chosen)})")
             finals = final_commands(task, {v: c for v, c in chosen.items() if v in wanted}, args.work, run_args)
         except ValueError as err:

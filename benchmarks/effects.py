@@ -1,7 +1,9 @@
 """The "Is the difference real?" section of a results table: every variant against the baselines (none and
 zaremba), the difference of the seed means with its 95% interval over seeds and the paired bootstrap over test
 items (benchmarks.significance), and a line in plain words per comparison."""
-from benchmarks.significance import METRICS, compare
+import statistics
+
+from benchmarks.significance import METRICS, compare, t975
 
 BASELINES = ("none", "zaremba")  # every other variant is compared with these
 LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
@@ -70,6 +72,33 @@ def effects_section(task, runs, groups):
                      f"{'significant' if r['significant'] else 'not significant'}{how} |")
         said.append(_in_words(f"{variant} p={rate}", f"{base}", names.get(r["metric"], r["metric"]), r))
     return lines + [""] + said
+
+
+def mc_dropout_line(task, groups):
+    """One line for runs evaluated with `--mc-samples`: each variant's test metric with MC dropout against its
+    standard (expectation) evaluation of the same checkpoints, and the mean per-seed difference with its t interval."""
+    m, said, samples = task.main_metric, [], set()
+    for (variant, _), group in groups.items():
+        runs = [r for r in group if f"test_mc_{m}" in r["metrics"]]
+        if not runs:
+            continue
+        samples |= {r["mc"]["samples"] for r in runs}
+        diffs = [r["metrics"][f"test_mc_{m}"] - r["metrics"][f"test_{m}"] for r in runs]
+        mean, n = statistics.mean(diffs), len(diffs)
+        half = t975(n - 1) * statistics.stdev(diffs) / n ** 0.5 if n > 1 else None
+        spread = f", 95% CI {_interval((mean - half, mean + half))}" if half is not None else "; one seed: no interval"
+        said.append(f"{variant} p={p_text(runs[0])} {_mean(runs, f'test_mc_{m}')} vs {_mean(runs, f'test_{m}')} "
+                    f"({_seeds([r['seed'] for r in runs])}; difference {mean:+.2f}{spread})")
+    if not said:
+        return []
+    return ["", f"MC-dropout evaluation (Gal & Ghahramani 2016: the best-on-valid checkpoint with its dropout on, the "
+                f"probabilities of {'/'.join(map(str, sorted(samples)))} passes averaged; `--mc-samples`), test {m} "
+                f"against the standard evaluation of the same checkpoints: " + "; ".join(said) + "."]
+
+
+def _mean(runs, key):
+    values = [r["metrics"][key] for r in runs]
+    return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
 
 
 def _in_words(a, b, metric, r):

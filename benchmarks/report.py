@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
-from benchmarks.effects import effect_metrics, effects_section, p_text  # noqa: E402
+from benchmarks.effects import effect_metrics, effects_section, mc_dropout_line, p_text  # noqa: E402
 from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
 
 
@@ -35,10 +35,14 @@ def load_runs(path):
 
 
 def merge_runs(old, new):
-    """Replace runs of the same (variant, dropout, seed), keep the others, order by variant then seed."""
+    """Replace runs of the same (variant, dropout, seed), keep the others, order by variant then seed. A run
+    re-reported with the same training history (e.g. evaluated again with --mc-samples) keeps its training record."""
     key = lambda r: (r["variant"], r["dropout"], bool(r.get("ensemble")), r["seed"] or 0)  # noqa: E731
     merged = {key(r): r for r in old}
-    merged.update({key(r): r for r in new})
+    for run in new:
+        was = merged.get(key(run), {})
+        same = bool(was.get("history")) and was["history"] == run.get("history")
+        merged[key(run)] = {**run, **{k: was[k] for k in ("provenance", "wall_s", "finished") if same and k in was}}
     return sorted(merged.values(), key=key)
 
 
@@ -173,6 +177,7 @@ def markdown(task, label, preset, runs):
     last = [f"{variant} (p={p:g}) train {m} {_fmt([r['history'][-1][f'train_{m}'] for r in group])}, valid {m} "
             f"{_fmt([r['history'][-1][f'valid_{m}'] for r in group])}" for (variant, p), group in _group(runs).items()]
     lines += ["", "At the last epoch, for comparison with the best-on-valid columns: " + "; ".join(last) + "."]
+    lines += mc_dropout_line(task, _group(runs))
     if paper:
         caveat = (" They come from the paper's own configuration, not this one: compare the direction and size "
                   "of the dropout effect, not the values." if preset in task.preset_notes else "")

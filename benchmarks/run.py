@@ -41,6 +41,10 @@ def build_parser():
                    help="train N seeds of each variant and also evaluate their ensemble (averaged probabilities), "
                         "reported as its own row (default: the preset's 'ensemble' key, if it has one and no --seeds "
                         "are given)")
+    p.add_argument("--mc-samples", type=int, metavar="K",
+                   help="also evaluate each run's best checkpoint with MC dropout (Gal & Ghahramani 2016): dropout on, "
+                        "K passes' probabilities averaged (valid_mc_*/test_mc_* beside the standard numbers); with "
+                        "--resume, finished runs are evaluated without retraining")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count (results go to <preset>-e<N>)")
     p.add_argument("--dropout", type=float, help="override the preset's dropout p (results go to <preset>-p<P>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -132,6 +136,8 @@ def validate(args, parser):
         parser.error("--valid-only trains selection runs; an ensemble would be evaluated on test: drop --ensemble")
     if args.ensemble and task_cls.logits is Task.logits:
         parser.error(f"--ensemble: task {args.task} does not support ensembles (no Task.logits)")
+    if args.mc_samples is not None and (args.mc_samples < 2 or task_cls.logits is Task.logits):
+        parser.error(f"--mc-samples needs K >= 2 and a task with Task.logits (got {args.mc_samples}, {args.task})")
     if args.epochs is not None and args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
@@ -270,6 +276,14 @@ def train_one(task_cls, args, config, run_dir, origin):
     result = trainer.fit(resume=args.resume, test=not args.valid_only)
     if result is None:  # a DDP rank other than 0
         return None
+    if args.mc_samples:
+        seed_everything(config["seed"])  # the MC masks are reproducible
+        with autocast(config["precision"], args.device):
+            model = load_best(task, run_dir, args.device)
+            for split in ("valid",) if args.valid_only else ("valid", "test"):
+                mc = task.ensemble_metrics([model] * args.mc_samples, split, args.device, mc_dropout=True)
+                result["metrics"].update({f"{split}_mc_{k}": v for k, v in mc.items()})
+        result["mc"] = {"samples": args.mc_samples, "provenance": origin}
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
           f"({time.time() - started:.0f} s)", flush=True)
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,
@@ -278,16 +292,18 @@ def train_one(task_cls, args, config, run_dir, origin):
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def load_best(task, run_dir, device):
+    model = task.build_model().to(device)
+    model.load_state_dict(torch.load(run_dir / "best.pt", map_location=device, weights_only=False)["model"])
+    return model
+
+
 def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
     """Load each seed's best checkpoint and evaluate their ensemble on valid and test; returns its entry."""
     started = time.time()
     config = run_config(task_cls, args, variant, args.seeds[0])
     task = make_task(task_cls, args, config)
-    models = []
-    for run_dir in run_dirs:
-        model = task.build_model().to(args.device)
-        model.load_state_dict(torch.load(run_dir / "best.pt", map_location=args.device, weights_only=False)["model"])
-        models.append(model)
+    models = [load_best(task, run_dir, args.device) for run_dir in run_dirs]
     with autocast(config["precision"], args.device):
         valid = task.ensemble_metrics(models, "valid", args.device)
         valid.update(task.final_metrics(models, "valid", args.device)[0])

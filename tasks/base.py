@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from core.cache import cache_root
 from core.download import data_root
@@ -267,24 +268,31 @@ class Task:
         raise NotImplementedError(f"task {self.name} does not support ensembles (it has no Task.logits)")
 
     @torch.no_grad()
-    def ensemble_metrics(self, models, split, device):
+    def ensemble_metrics(self, models, split, device, mc_dropout=False):
         """The metrics of an ensemble on `split`: every member's next-token (or frame) probabilities are averaged
-        at every position, as in the paper's model averaging; statistics as in `metrics`."""
+        at every position, as in the paper's model averaging; statistics as in `metrics`. `mc_dropout`: the
+        members keep their dropout on (MC-dropout evaluation, Gal & Ghahramani 2016: pass one model K times)."""
         for model in models:
-            model.eval()
+            if mc_dropout and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+                raise ValueError("MC-dropout evaluation runs the model in training mode, which would update its "
+                                 "BatchNorm statistics; this model has BatchNorm layers")
+            model.train(mc_dropout)
         nll, count, correct, scored_count, states = 0.0, 0, 0, 0, [None] * len(models)
         for batch in self.batches(split, device):
-            outs = [self.logits(model, batch, state) for model, state in zip(models, states)]
-            if self.stateful:
-                states = [out[2] for out in outs]
-            logp = torch.stack([F.log_softmax(out[0].float(), dim=-1) for out in outs]).logsumexp(0)
+            logp = None  # log of the summed member probabilities, accumulated so K members cost one member's memory
+            for i, model in enumerate(models):
+                logits, targets, state = self.logits(model, batch, states[i])
+                states[i] = state if self.stateful else None
+                member = F.log_softmax(logits.float(), dim=-1)
+                logp = member if logp is None else torch.logaddexp(logp, member)
             logp = logp - math.log(len(models))
-            targets = outs[0][1]
             real, scored = targets != IGNORE, targets >= 0
             nll += float(F.nll_loss(logp[scored], targets[scored], reduction="sum"))
             count += int(real.sum())
             scored_count += int(scored.sum())
             correct += int((logp.argmax(-1)[real] == targets[real]).sum())
+        for model in models:
+            model.eval()
         return self.metrics({"nll": nll, "count": count, "correct": correct, "scored": scored_count})
 
     @torch.no_grad()

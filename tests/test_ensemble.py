@@ -92,8 +92,82 @@ def test_runner_ensemble_row(tiny_ptb, tmp_path):
 @pytest.mark.parametrize("flags, message", [
     (["--ensemble", "1"], "at least 2 members"),
     (["--ensemble", "3", "--seeds", "1,2"], "--seeds gives 2"),
+    (["--mc-samples", "1"], "--mc-samples needs K >= 2"),
 ])
 def test_bad_ensemble_flags(flags, message, capsys):
     with pytest.raises(SystemExit):
         run.main(["--task", "lm", "--preset", "tiny", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_mc_dropout_averages_passes_with_fresh_masks_and_leaves_the_model_in_eval(tiny_ptb, tiny_config):
+    task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True).load_data()
+    model, _ = two_models(task)
+    before = [p.clone() for p in model.parameters()]
+    seed_everything(5)
+    nll, count, states = 0.0, 0, [None, None]
+    model.train()
+    with torch.no_grad():
+        for inputs, targets in task.batches("valid", "cpu"):
+            logits = []
+            for i in range(2):
+                out, states[i] = model(inputs, states[i])
+                logits.append(out)
+            probs = (F.softmax(logits[0], -1) + F.softmax(logits[1], -1)) / 2
+            nll -= float(probs.gather(-1, targets[..., None]).log().sum())
+            count += targets.numel()
+    seed_everything(5)
+    mc = task.ensemble_metrics([model, model], "valid", "cpu", mc_dropout=True)
+    assert mc["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+    assert abs(mc["ppl"] - task.ensemble_metrics([model], "valid", "cpu")["ppl"]) > 1e-3  # dropout was on
+    assert not model.training and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_mc_dropout_of_a_model_without_dropout_is_the_standard_evaluation(tiny_ptb, tiny_config):
+    task = LanguageModelTask({**tiny_config, "scheme": "none", "dropout": 0.0}, tiny_ptb, download=False,
+                             custom_data=True).load_data()
+    model, _ = two_models(task)
+    mc = task.ensemble_metrics([model] * 3, "valid", "cpu", mc_dropout=True)
+    assert mc["ppl"] == pytest.approx(task.ensemble_metrics([model], "valid", "cpu")["ppl"], rel=1e-5)
+
+
+def test_mc_dropout_refuses_batchnorm(tiny_ptb, tiny_config):
+    task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
+    model, _ = two_models(task)
+    model.norm = torch.nn.BatchNorm1d(4)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        task.ensemble_metrics([model, model], "valid", "cpu", mc_dropout=True)
+
+
+def test_runner_mc_samples_adds_mc_metrics_to_finished_runs_without_retraining(tiny_ptb, tmp_path):
+    common = ["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--seeds", "1,2", "--data-dir",
+              str(tiny_ptb), "--custom-data", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "runs"),
+              "--no-progress", "--device", "cpu"]
+    run.main(common)
+    table = tmp_path / "results" / "lm" / "tiny.json"
+    plain = json.loads(table.read_text())
+    run.main(common + ["--resume", "--mc-samples", "3"])
+    entries = json.loads(table.read_text())
+    assert [e["history"] for e in entries] == [e["history"] for e in plain]
+    for entry, old in zip(entries, plain):
+        assert entry["mc"]["samples"] == 3 and entry["metrics"]["test_ppl"] == old["metrics"]["test_ppl"]
+        assert entry["provenance"] == old["provenance"] and "--mc-samples 3" in entry["mc"]["provenance"]["command"]
+        assert entry["metrics"]["test_mc_ppl"] != entry["metrics"]["test_ppl"] and "valid_mc_ppl" in entry["metrics"]
+    markdown = (tmp_path / "results" / "lm" / "tiny.md").read_text()
+    assert "MC-dropout evaluation" in markdown and "probabilities of 3 passes averaged" in markdown
+    assert "zaremba p=0.3" in markdown.split("MC-dropout evaluation")[1] and "95% CI [" in markdown
+
+
+def test_merging_a_re_reported_run_keeps_its_training_record_and_a_retrained_one_replaces_it():
+    from benchmarks.report import merge_runs
+
+    def entry(history, command, metrics):
+        return {"variant": "zaremba", "dropout": 0.3, "seed": 1, "history": history, "metrics": metrics,
+                "provenance": {"command": command}, "wall_s": len(command), "finished": command}
+
+    trained = entry([{"epoch": 1, "wall_s": 3.0}], "train", {"test_ppl": 9.0})
+    [again] = merge_runs([trained], [entry(trained["history"], "evaluate", {"test_ppl": 9.0, "test_mc_ppl": 8.9})])
+    assert again["provenance"] == {"command": "train"} and again["finished"] == "train" and again["wall_s"] == 5
+    assert again["metrics"]["test_mc_ppl"] == 8.9
+    [retrained] = merge_runs([trained], [entry([{"epoch": 1, "wall_s": 4.0}], "retrain", {"test_ppl": 8.0})])
+    assert retrained["provenance"] == {"command": "retrain"} and retrained["metrics"] == {"test_ppl": 8.0}

@@ -34,8 +34,8 @@ PRESETS = {
                 batch_size=64, eval_batch_size=256, optimizer="adam", lr=0.002, epochs=12, decay_start=5,
                 lr_decay=1.5, clip=5.0, ensemble=3,
                 # scheme_dropout: each successor scheme's p, chosen on seed 1's validation perplexity
-                # (results/caption/cpu-selection.md); zoneout's is added when its grid is complete.
-                scheme_dropout={"variational": 0.35, "weightdrop": 0.3}),
+                # (results/caption/cpu-selection.md).
+                scheme_dropout={"variational": 0.35, "weightdrop": 0.3, "zoneout": 0.3}),
     # Section 4.4 / Vinyals et al. (2015): MSCOCO (Karpathy split), GoogLeNet features, one LSTM layer with
     # 512-d embeddings and memory, beam 20. p=0.3 as in the authors' im2txt release (keep prob 0.7); the paper
     # does not state its p. SGD as in im2txt (lr 2 on the per-token mean loss, halved every 8 epochs, clip 5,

@@ -46,6 +46,7 @@ class Scheme:
     fused = True  # the nn.LSTM path can run it
     eval_fused = False  # a stepwise scheme that is plain nn.LSTM in eval mode (no mask there) evaluates fused
     uses_p = True  # False: the scheme ignores p (no dropout at all)
+    row_masks = True  # every batch row draws its own masks (False: one mask per forward pass, shared by the rows)
 
     def __init__(self, p):
         self.p = float(p) if self.uses_p else 0.0
@@ -186,6 +187,7 @@ class WeightDrop(Zaremba):
     The parameters themselves are never masked: the masked copy is passed to the call (fused path via
     torch.func.functional_call), so eval mode and the optimizer always see the real weights."""
     name = "weightdrop"
+    row_masks = False
 
     def recurrent_weight(self, w_hh, training):
         return dropout(w_hh, self.p, training)

@@ -268,31 +268,52 @@ class Task:
         raise NotImplementedError(f"task {self.name} does not support ensembles (it has no Task.logits)")
 
     @torch.no_grad()
-    def ensemble_metrics(self, models, split, device, mc_dropout=False):
+    def ensemble_metrics(self, models, split, device):
         """The metrics of an ensemble on `split`: every member's next-token (or frame) probabilities are averaged
-        at every position, as in the paper's model averaging; statistics as in `metrics`. `mc_dropout`: the
-        members keep their dropout on (MC-dropout evaluation, Gal & Ghahramani 2016: pass one model K times)."""
+        at every position, as in the paper's model averaging; statistics as in `metrics`."""
         for model in models:
-            if mc_dropout and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-                raise ValueError("MC-dropout evaluation runs the model in training mode, which would update its "
-                                 "BatchNorm statistics; this model has BatchNorm layers")
-            model.train(mc_dropout)
-        nll, count, correct, scored_count, states = 0.0, 0, 0, 0, [None] * len(models)
+            model.eval()
+        return self._averaged_metrics(split, device, lambda batch, states: self.mean_log_probs(models, batch, states))
+
+    @torch.no_grad()
+    def mc_dropout_metrics(self, model, split, device, samples):
+        """MC-dropout evaluation (Gal & Ghahramani 2016): `model` with its dropout on, the probabilities of `samples`
+        passes averaged at every position, each pass with its own masks (and its own state on stateful tasks)."""
+        if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ValueError("MC-dropout evaluation runs the model in training mode, which would update its "
+                             "BatchNorm statistics; this model has BatchNorm layers")
+        model.train()
+        try:
+            return self._averaged_metrics(split, device,
+                                          lambda batch, state: self.mc_log_probs(model, batch, state, samples))
+        finally:
+            model.eval()
+
+    def mean_log_probs(self, models, batch, states):
+        """(log of the members' mean probabilities, targets, the members' states) for one batch; accumulated
+        member by member, so K members take one member's memory."""
+        logp, states = None, states or [None] * len(models)
+        for i, model in enumerate(models):
+            logits, targets, state = self.logits(model, batch, states[i])
+            states[i] = state if self.stateful else None
+            member = F.log_softmax(logits.float(), dim=-1)
+            logp = member if logp is None else torch.logaddexp(logp, member)
+        return logp - math.log(len(models)), targets, states
+
+    def mc_log_probs(self, model, batch, state, samples):
+        """mean_log_probs of `samples` dropout passes of `model` on one batch. By default the passes run one by one;
+        a task may run them as one batch of samples x rows (LanguageModelTask), which is much faster."""
+        return self.mean_log_probs([model] * samples, batch, state)
+
+    def _averaged_metrics(self, split, device, log_probs):
+        nll, count, correct, scored_count, state = 0.0, 0, 0, 0, None
         for batch in self.batches(split, device):
-            logp = None  # log of the summed member probabilities, accumulated so K members cost one member's memory
-            for i, model in enumerate(models):
-                logits, targets, state = self.logits(model, batch, states[i])
-                states[i] = state if self.stateful else None
-                member = F.log_softmax(logits.float(), dim=-1)
-                logp = member if logp is None else torch.logaddexp(logp, member)
-            logp = logp - math.log(len(models))
+            logp, targets, state = log_probs(batch, state)
             real, scored = targets != IGNORE, targets >= 0
             nll += float(F.nll_loss(logp[scored], targets[scored], reduction="sum"))
             count += int(real.sum())
             scored_count += int(scored.sum())
             correct += int((logp.argmax(-1)[real] == targets[real]).sum())
-        for model in models:
-            model.eval()
         return self.metrics({"nll": nll, "count": count, "correct": correct, "scored": scored_count})
 
     @torch.no_grad()

@@ -100,35 +100,64 @@ def test_bad_ensemble_flags(flags, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_mc_dropout_averages_passes_with_fresh_masks_and_leaves_the_model_in_eval(tiny_ptb, tiny_config):
-    task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True).load_data()
-    model, _ = two_models(task)
-    before = [p.clone() for p in model.parameters()]
-    seed_everything(5)
-    nll, count, states = 0.0, 0, [None, None]
+def manual_mc_ppl(task, model, samples, vectorized):
+    """Perplexity of `samples` dropout passes' averaged probabilities, written out: one pass after the other (each
+    with its own state) or all passes as one batch of samples x rows (pass k in rows k*B..(k+1)*B)."""
+    nll, count, states, state = 0.0, 0, [None] * samples, None
     model.train()
     with torch.no_grad():
         for inputs, targets in task.batches("valid", "cpu"):
-            logits = []
-            for i in range(2):
-                out, states[i] = model(inputs, states[i])
-                logits.append(out)
-            probs = (F.softmax(logits[0], -1) + F.softmax(logits[1], -1)) / 2
+            if vectorized:
+                out, state = model(inputs.repeat(samples, 1), state)
+                probs = F.softmax(out.view(samples, *inputs.shape, -1), -1).mean(0)
+            else:
+                probs = 0
+                for i in range(samples):
+                    out, states[i] = model(inputs, states[i])
+                    probs = probs + F.softmax(out, -1) / samples
             nll -= float(probs.gather(-1, targets[..., None]).log().sum())
             count += targets.numel()
+    model.eval()
+    return math.exp(nll / count)
+
+
+@pytest.mark.parametrize("scheme, embed_dropout, vectorized", [
+    ("zaremba", 0.0, True), ("variational", 0.0, True), ("zoneout", 0.0, True),
+    ("weightdrop", 0.0, False), ("zaremba", 0.2, False),  # a mask shared by the rows of a pass: one pass at a time
+])
+def test_mc_dropout_averages_passes_with_their_own_masks(tiny_ptb, tiny_config, scheme, embed_dropout, vectorized):
+    config = {**tiny_config, "scheme": scheme, "embed_dropout": embed_dropout, "eval_batch_size": 2}
+    task = LanguageModelTask(config, tiny_ptb, download=False, custom_data=True).load_data()
+    model, _ = two_models(task)
+    with torch.no_grad():  # larger weights than at init, so that masks move the probabilities visibly
+        for weight in model.parameters():
+            weight.mul_(10)
+    before = [p.clone() for p in model.parameters()]
     seed_everything(5)
-    mc = task.ensemble_metrics([model, model], "valid", "cpu", mc_dropout=True)
-    assert mc["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-5)
-    assert abs(mc["ppl"] - task.ensemble_metrics([model], "valid", "cpu")["ppl"]) > 1e-3  # dropout was on
+    expected = manual_mc_ppl(task, model, 3, vectorized)
+    seed_everything(5)
+    mc = task.mc_dropout_metrics(model, "valid", "cpu", 3)
+    assert mc["ppl"] == pytest.approx(expected, rel=1e-5)
+    assert mc["ppl"] != pytest.approx(task.ensemble_metrics([model], "valid", "cpu")["ppl"], rel=1e-2)  # dropout on
     assert not model.training and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def test_mc_dropout_of_a_model_without_dropout_is_the_standard_evaluation(tiny_ptb, tiny_config):
-    task = LanguageModelTask({**tiny_config, "scheme": "none", "dropout": 0.0}, tiny_ptb, download=False,
-                             custom_data=True).load_data()
+@pytest.mark.parametrize("eval_batch_size", [1, 2])
+def test_mc_dropout_of_a_model_without_dropout_is_the_standard_evaluation(tiny_ptb, tiny_config, eval_batch_size):
+    task = LanguageModelTask({**tiny_config, "scheme": "none", "dropout": 0.0, "eval_batch_size": eval_batch_size},
+                             tiny_ptb, download=False, custom_data=True).load_data()
     model, _ = two_models(task)
-    mc = task.ensemble_metrics([model] * 3, "valid", "cpu", mc_dropout=True)
+    mc = task.mc_dropout_metrics(model, "valid", "cpu", 3)
     assert mc["ppl"] == pytest.approx(task.ensemble_metrics([model], "valid", "cpu")["ppl"], rel=1e-5)
+
+
+def test_mc_dropout_one_pass_at_a_time_is_the_default_for_other_tasks(tmp_path):
+    task = tiny_task(write_tiny_fsdd(tmp_path / "data"), tmp_path / "cache")
+    model, _ = two_models(task)
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    task.mc_dropout_metrics(model, "test", "cpu", 3)
+    assert len(calls) == 3 * len(list(task.batches("test", "cpu")))
 
 
 def test_mc_dropout_refuses_batchnorm(tiny_ptb, tiny_config):
@@ -136,7 +165,7 @@ def test_mc_dropout_refuses_batchnorm(tiny_ptb, tiny_config):
     model, _ = two_models(task)
     model.norm = torch.nn.BatchNorm1d(4)
     with pytest.raises(ValueError, match="BatchNorm"):
-        task.ensemble_metrics([model, model], "valid", "cpu", mc_dropout=True)
+        task.mc_dropout_metrics(model, "valid", "cpu", 2)
 
 
 def test_runner_mc_samples_adds_mc_metrics_to_finished_runs_without_retraining(tiny_ptb, tmp_path):

@@ -2,6 +2,8 @@
 
 Sample from a trained checkpoint (the paper's Figure 4) with `python -m tasks.lm.sample`.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -134,6 +136,16 @@ class LanguageModelTask(Task):
         inputs, targets = batch
         logits, state = model(inputs, state)
         return logits, targets, state
+
+    def mc_log_probs(self, model, batch, state, samples):
+        """All `samples` passes as one batch (pass k holds rows k*B..(k+1)*B and its own state there), unless a
+        mask is shared by the rows of a forward pass (weightdrop's W_hh, word-type embedding dropout)."""
+        if not model.rnn.scheme.row_masks or model.embed_dropout > 0:
+            return super().mc_log_probs(model, batch, state, samples)
+        inputs, targets = batch
+        logits, state = model(inputs.repeat(samples, 1), state)
+        logp = F.log_softmax(logits.float().view(samples, *inputs.shape, -1), dim=-1).logsumexp(0)
+        return logp - math.log(samples), targets, state
 
     def forward(self, model, batch, state):
         inputs = batch[0]

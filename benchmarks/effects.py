@@ -3,7 +3,7 @@ zaremba), the difference of the seed means with its 95% interval over seeds and 
 items (benchmarks.significance), and a line in plain words per comparison."""
 import statistics
 
-from benchmarks.significance import METRICS, compare, t975
+from benchmarks.significance import METRICS, compare, seed_interval
 
 BASELINES = ("none", "zaremba")  # every other variant is compared with these
 LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
@@ -84,10 +84,10 @@ def mc_dropout_line(task, groups):
             continue
         samples |= {r["mc"]["samples"] for r in runs}
         diffs = [r["metrics"][f"test_mc_{m}"] - r["metrics"][f"test_{m}"] for r in runs]
-        mean, n = statistics.mean(diffs), len(diffs)
-        half = t975(n - 1) * statistics.stdev(diffs) / n ** 0.5 if n > 1 else None
-        spread = f", 95% CI {_interval((mean - half, mean + half))}" if half is not None else "; one seed: no interval"
-        said.append(f"{variant} p={p_text(runs[0])} {_mean(runs, f'test_mc_{m}')} vs {_mean(runs, f'test_{m}')} "
+        mean = statistics.mean(diffs)
+        spread = f", 95% CI {_interval(seed_interval(diffs))}" if len(diffs) > 1 else "; one seed: no interval"
+        values = lambda key: fmt([r["metrics"][key] for r in runs])  # noqa: E731
+        said.append(f"{variant} p={p_text(runs[0])} {values(f'test_mc_{m}')} vs {values(f'test_{m}')} "
                     f"({_seeds([r['seed'] for r in runs])}; difference {mean:+.2f}{spread})")
     if not said:
         return []
@@ -96,9 +96,11 @@ def mc_dropout_line(task, groups):
                 f"against the standard evaluation of the same checkpoints: " + "; ".join(said) + "."]
 
 
-def _mean(runs, key):
-    values = [r["metrics"][key] for r in runs]
-    return f"{statistics.mean(values):.2f}" + (f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else "")
+def fmt(values):
+    """Mean ± std of a list of numbers as the tables print it ("—" for none, the value alone for one)."""
+    if len(values) < 2:
+        return f"{values[0]:.2f}" if values else "—"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _in_words(a, b, metric, r):

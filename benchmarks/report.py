@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
-from benchmarks.effects import effect_metrics, effects_section, mc_dropout_line, p_text  # noqa: E402
+from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
 
 
@@ -90,14 +90,6 @@ def _group(runs):
     for run in _singles(runs):
         groups[(run["variant"], run["dropout"])].append(run)
     return groups
-
-
-def _fmt(values):
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def _duration(seconds):
@@ -211,8 +203,13 @@ def markdown(task, label, preset, runs):
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
         lines.append(f"- {run['variant']} p={p_text(run)} {who}: commit {short_commit(prov['git_commit'])}, "
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
-                     f"finished {run['finished']}; `{prov['command']}`")
+                     f"finished {run['finished']}; `{prov['command']}`" + _mc_origin(run))
     return "\n".join(lines) + "\n"
+
+
+def _mc_origin(run):
+    mc = run.get("mc", {}).get("provenance")
+    return f"; MC-dropout evaluation: commit {short_commit(mc['git_commit'])}, `{mc['command']}`" if mc else ""
 
 
 SPEED_KEYS = {"decode_sent_s": "sentences/s", "decode_image_s": "images/s"}

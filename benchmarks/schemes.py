@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.effects import LOWER_IS_BETTER, p_text  # noqa: E402
+from benchmarks.effects import LOWER_IS_BETTER, fmt, p_text  # noqa: E402
 from benchmarks.significance import compare  # noqa: E402
 from core.utils import atomic_write, write_text  # noqa: E402
 
@@ -34,18 +34,12 @@ def _by_scheme(runs):
     return groups
 
 
-def _mean_std(values):
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def _cell(group, none, metric, lower):
     key = f"test_{metric}"
     values = [r["metrics"][key] for r in group if key in r["metrics"]]
     if not values:
         return "—"
-    text = f"{_mean_std(values)} (p={p_text(group[0])}, {len(values)} seed{'s' if len(values) > 1 else ''})"
+    text = f"{fmt(values)} (p={p_text(group[0])}, {len(values)} seed{'s' if len(values) > 1 else ''})"
     if none and group is not none:
         result = compare(group, none, metric, lower)
         if result:

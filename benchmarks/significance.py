@@ -36,6 +36,12 @@ def t975(df):
     return _T975[df - 1] if df <= len(_T975) else 1.96
 
 
+def seed_interval(diffs):
+    """95% interval of the mean of per-seed differences (Student's t; at least two seeds)."""
+    mean, half = statistics.mean(diffs), t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
+    return mean - half, mean + half
+
+
 def bleu_from_stats(stats, max_order=4):
     """Corpus BLEU (x100) from summed sacreBLEU statistics [sys_len, ref_len, correct_1..4, total_1..4] along
     the last axis, with sacreBLEU's default 'exp' smoothing; works on any leading shape."""
@@ -76,8 +82,7 @@ def compare(a_runs, b_runs, metric, lower_is_better, seed=0):
     out = {"metric": metric, "seeds": seeds, "diff": statistics.mean(diffs),
            "a_better": sum(better(d) for d in diffs), "b_better": sum(better(-d) for d in diffs)}
     if len(diffs) > 1:
-        half = t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
-        out["seed_ci"] = (out["diff"] - half, out["diff"] + half)
+        out["seed_ci"] = seed_interval(diffs)
     # the bootstrap pairs the seeds whose runs both carry per-item statistics (older runs may not)
     matrices = {s: (_item_matrix(a_by_seed[s], metric), _item_matrix(b_by_seed[s], metric)) for s in seeds}
     itemized = [s for s in seeds if all(m is not None for m in matrices[s])]

@@ -82,6 +82,12 @@ MUTANTS = {
     "--final trains the chosen point again instead of reusing its grid run": ("benchmarks/select.py", [
         ("        if not target.exists():\n            shutil.copytree(source, target)\n", ""),
     ], ["tests/test_select.py"]),
+    "MC dropout batches weightdrop's passes, which then share one W_hh mask": ("core/schemes.py", [
+        ('    name = "weightdrop"\n    row_masks = False\n', '    name = "weightdrop"\n'),
+    ], ["tests/test_ensemble.py"]),
+    "MC dropout evaluates with the dropout off": ("tasks/base.py", [
+        ("        model.train()\n        try:", "        model.eval()\n        try:"),
+    ], ["tests/test_ensemble.py"]),
 }
 
 

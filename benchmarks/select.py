@@ -12,6 +12,8 @@ its best epoch is chosen (ties: the lower p). Runs that read the test split are 
 config than the preset's (another --set, epochs, precision) are left out, with a line saying so. The table
 ends with the preset's `scheme_dropout` entry to copy. Flags after `--` go to every grid run's runner (checked
 by the runner's own parser before any run starts); grid runs always `--resume`, so a stopped grid continues.
+The points already in results/<task>/<preset>-selection.json are kept (a new run of a point replaces its entry),
+so a grid can grow over several sessions or machines; `--fresh` starts the table over.
 """
 import argparse
 import shutil
@@ -67,13 +69,16 @@ def grid_commands(task, preset, variants, points, seed, out, run_dir, run_args=(
     return commands
 
 
-def collect(task, preset, folders):
+def collect(task, preset, folders, earlier=None):
     """The selection runs of `preset` under `folders` (any depth; the runner names their tables
-    <label>-select.json); (runs, notes on what was left out)."""
+    <label>-select.json) and in `earlier`, a selection table written before (read first, so that a new run of
+    the same point replaces its entry); (runs, notes on what was left out)."""
     reference = {k: v for k, v in task.presets[preset].items() if k not in IGNORED}
     runs, notes = [], []
-    for path in sorted({p for folder in folders for p in Path(folder).rglob(f"{task.name}/*-select.json")}):
-        for run in load_runs(path):
+    tables = sorted({p for folder in folders for p in Path(folder).rglob(f"{task.name}/*-select.json")})
+    for path in [earlier] * bool(earlier) + tables:
+        found = load_runs(path)
+        for run in found.get("runs", []) if isinstance(found, dict) else found:
             if not isinstance(run, dict) or run.get("preset") != preset or run.get("seed") is None:
                 continue
             if run["variant"] == "none":  # p = 0 by definition: nothing to choose
@@ -169,6 +174,9 @@ def main(argv=None):
     parser.add_argument("--collect", nargs="*", default=[], metavar="FOLDER",
                         help="also tabulate selection runs already under these folders")
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="drop the grid points of the existing selection table (default: keep them, so a "
+                             "grid grows over several sessions or machines)")
     parser.add_argument("--final", action="store_true",
                         help="then evaluate test once for each scheme's chosen point (only --variants', if given), "
                              "from its grid run's own training (results in <work>/final/; merge them with "
@@ -196,14 +204,16 @@ def main(argv=None):
         failed = [c for c, rc in zip(commands, pool.map(lambda c: subprocess.call(c), commands)) if rc]
     if failed:
         sys.exit("error: grid runs failed (their output is above): " + "; ".join(" ".join(c[2:]) for c in failed))
+    target = Path(args.out) / task.name / f"{preset}-selection"
+    earlier = None if args.fresh else target.with_suffix(".json")
     try:
-        runs, notes = collect(task, preset, [Path(args.work)] * bool(commands) + [Path(f) for f in args.collect])
+        runs, notes = collect(task, preset, [Path(args.work)] * bool(commands) + [Path(f) for f in args.collect],
+                              earlier)
     except ValueError as err:
         sys.exit(f"error: {err}")
     if not runs:
         sys.exit(f"error: no --valid-only runs of {task.name}/{preset} found; run a grid (--variants, --grid)")
     chosen = choose(task, runs)
-    target = Path(args.out) / task.name / f"{preset}-selection"
     write_json(target.with_suffix(".json"), {"rule": "best validation main metric at the best epoch, ties: lower p",
                                              "chosen": {v: {"dropout": b["dropout"],
                                                             "zoneout_cell": b["config"].get("zoneout_cell"),

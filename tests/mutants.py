@@ -82,6 +82,9 @@ MUTANTS = {
     "--final trains the chosen point again instead of reusing its grid run": ("benchmarks/select.py", [
         ("        if not target.exists():\n            shutil.copytree(source, target)\n", ""),
     ], ["tests/test_select.py"]),
+    "a grid run in a later session wipes the earlier points of the selection table": ("benchmarks/select.py", [
+        ("for path in [earlier] * bool(earlier) + tables:", "for path in tables:"),
+    ], ["tests/test_select.py"]),
     "MC dropout batches weightdrop's passes, which then share one W_hh mask": ("core/schemes.py", [
         ('    name = "weightdrop"\n    row_masks = False\n', '    name = "weightdrop"\n'),
     ], ["tests/test_ensemble.py"]),

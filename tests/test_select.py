@@ -140,3 +140,24 @@ def test_final_refuses_a_collected_run_without_its_checkpoint(tmp_path):
     runs, _ = select.collect(LanguageModelTask, "tiny", [tmp_path / "grid"])
     with pytest.raises(ValueError, match="has no checkpoint"):
         select.final_commands(LanguageModelTask, select.choose(LanguageModelTask, runs), tmp_path / "work")
+
+
+def test_a_grid_grows_on_the_existing_table_and_a_new_run_of_a_point_replaces_its_entry(tmp_path):
+    common = ["--task", "lm", "--preset", "tiny", "--out", str(tmp_path / "res")]
+    write_grid(tmp_path / "day1", [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.2, 100.0)])
+    select.main([*common, "--collect", str(tmp_path / "day1")])
+    write_grid(tmp_path / "day2", [grid_run("variational", 0.3, 99.0), grid_run("variational", 0.1, 98.0)])
+    select.main([*common, "--collect", str(tmp_path / "day2")])  # the day-1 run folders are gone
+    saved = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())
+    assert {r["dropout"]: r["metrics"]["valid_ppl"] for r in saved["runs"]} == {0.1: 98.0, 0.2: 100.0, 0.3: 99.0}
+    assert saved["chosen"]["variational"]["dropout"] == 0.1
+    select.main([*common, "--collect", str(tmp_path / "day1"), "--fresh"])
+    saved = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())
+    assert sorted(r["dropout"] for r in saved["runs"]) == [0.1, 0.2]
+
+
+def test_a_kept_point_from_a_table_with_another_config_is_left_out_with_a_note(tmp_path):
+    table = tmp_path / "res" / "lm" / "tiny-selection.json"
+    write_json(table, {"runs": [grid_run("variational", 0.1, 101.0, hidden=99), grid_run("variational", 0.2, 100.0)]})
+    runs, notes = select.collect(LanguageModelTask, "tiny", [], earlier=table)
+    assert [r["dropout"] for r in runs] == [0.2] and "differs from preset tiny in hidden" in notes[0]

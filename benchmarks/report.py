@@ -216,21 +216,22 @@ SPEED_KEYS = {"decode_sent_s": "sentences/s", "decode_image_s": "images/s"}
 
 
 def _decoding_speed(runs):
-    """One line: each variant's test decoding speed (mean over its seeds), with the beam width and threads."""
-    speeds = defaultdict(list)
-    settings = set()
+    """One line: each variant's test decoding speed (mean over its seeds), per device, beam width and threads
+    (seeds of one row may come from different machines, whose speeds must not be averaged)."""
+    speeds = defaultdict(lambda: defaultdict(list))
     for run in _singles(runs):
         details = run.get("details", {})
         for key, unit in SPEED_KEYS.items():
             if key in details and details.get("threads"):
-                speeds[(run["variant"], run["dropout"], unit)].append(details[key])
-                settings.add((details.get("decode", {}).get("beam"), details["threads"], run["provenance"]["device"]))
+                threads = details["threads"]
+                where = (f"beam {details.get('decode', {}).get('beam')}, {threads} thread{'s' * (threads != 1)} "
+                         f"on {run['provenance']['device']}")
+                speeds[where][(run["variant"], run["dropout"], unit)].append(details[key])
     if not speeds:
         return []
-    where = "; ".join(f"beam {beam}, {threads} threads on {device}" for beam, threads, device in sorted(settings, key=str))
-    return ["", "Test decoding speed (beam search alone, mean over seeds): "
-            + ", ".join(f"{v} p={p:g} {statistics.mean(x):.1f} {unit}" for (v, p, unit), x in speeds.items())
-            + f" ({where})."]
+    groups = [", ".join(f"{v} p={p:g} {statistics.mean(x):.1f} {unit}" for (v, p, unit), x in row.items())
+              + f" ({where})" for where, row in sorted(speeds.items())]
+    return ["", "Test decoding speed (beam search alone, mean over seeds): " + "; ".join(groups) + "."]
 
 
 def _examples(runs):

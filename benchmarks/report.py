@@ -198,13 +198,17 @@ def markdown(task, label, preset, runs):
             who, spent = f"ensemble of seeds {','.join(map(str, run['ensemble']))}", "evaluation"
         else:
             who, spent = f"seed {run['seed']}", "training"
-        hw = prov.get("gpu") or f"{prov['cpu_model']} ({prov['torch_threads']} threads)"
+        hw = prov.get("gpu") or f"{prov['cpu_model']} ({_threads(prov['torch_threads'])})"
         if prov.get("world_size", 1) > 1:
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
         lines.append(f"- {run['variant']} p={p_text(run)} {who}: commit {short_commit(prov['git_commit'])}, "
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`" + _mc_origin(run))
     return "\n".join(lines) + "\n"
+
+
+def _threads(n):
+    return f"{n} thread{'s' * (n != 1)}"
 
 
 def _mc_origin(run):
@@ -223,9 +227,8 @@ def _decoding_speed(runs):
         details = run.get("details", {})
         for key, unit in SPEED_KEYS.items():
             if key in details and details.get("threads"):
-                threads = details["threads"]
-                where = (f"beam {details.get('decode', {}).get('beam')}, {threads} thread{'s' * (threads != 1)} "
-                         f"on {run['provenance']['device']}")
+                beam = details.get("decode", {}).get("beam")
+                where = f"beam {beam}, {_threads(details['threads'])} on {run['provenance']['device']}"
                 speeds[where][(run["variant"], run["dropout"], unit)].append(details[key])
     if not speeds:
         return []

@@ -198,7 +198,7 @@ def markdown(task, label, preset, runs):
             who, spent = f"ensemble of seeds {','.join(map(str, run['ensemble']))}", "evaluation"
         else:
             who, spent = f"seed {run['seed']}", "training"
-        hw = prov.get("gpu") or f"{prov['cpu_model']} ({_threads(prov['torch_threads'])})"
+        hw = prov.get("gpu") or f"{prov['cpu_model']} ({threads_text(prov['torch_threads'])})"
         if prov.get("world_size", 1) > 1:
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
         lines.append(f"- {run['variant']} p={p_text(run)} {who}: commit {short_commit(prov['git_commit'])}, "
@@ -207,7 +207,7 @@ def markdown(task, label, preset, runs):
     return "\n".join(lines) + "\n"
 
 
-def _threads(n):
+def threads_text(n):
     return f"{n} thread{'s' * (n != 1)}"
 
 
@@ -228,7 +228,7 @@ def _decoding_speed(runs):
         for key, unit in SPEED_KEYS.items():
             if key in details and details.get("threads"):
                 beam = details.get("decode", {}).get("beam")
-                where = f"beam {beam}, {_threads(details['threads'])} on {run['provenance']['device']}"
+                where = f"beam {beam}, {threads_text(details['threads'])} on {run['provenance']['device']}"
                 speeds[where][(run["variant"], run["dropout"], unit)].append(details[key])
     if not speeds:
         return []

@@ -28,7 +28,7 @@ import torch
 from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
 from core.utils import pick_device, provenance, write_json, write_text
-from benchmarks.report import SPEED_KEYS, load_runs, short_commit
+from benchmarks.report import SPEED_KEYS, load_runs, short_commit, threads_text
 from benchmarks.run import add_user_dir_flag, load_task_registry
 from tasks.base import get_task, load_checkpoint, load_tasks
 
@@ -174,7 +174,7 @@ def markdown(task_cls, entries):
     trained = [e for e in entries if e.get("kind") == "trained"]
     for entry in [e for e in entries if e.get("kind") != "trained"]:
         prov, results = entry["provenance"], entry["results"]
-        hw = prov.get("gpu") or f"{prov['cpu_model']}, {prov['torch_threads']} threads"
+        hw = prov.get("gpu") or f"{prov['cpu_model']}, {threads_text(prov['torch_threads'])}"
         jobs = list(dict.fromkeys(job for r in results.values() for job in r))
         peer = next((impl for impl in results if impl not in SCHEMES), None)
         header = ["implementation"]

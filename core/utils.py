@@ -78,12 +78,17 @@ def pick_device(name="auto"):
     return device
 
 
-def git_commit():
-    root = Path(__file__).resolve().parent.parent
+# Changes that cannot alter a number: the tables the runner itself rewrites, and the docs.
+NOT_CODE = (":(exclude)results", ":(exclude)*.md")
+
+
+def git_commit(root=Path(__file__).resolve().parent.parent):
+    """HEAD, marked "-dirty" when a tracked file that can change a result (code, config, tests) differs from it;
+    a run started while the tables or the README were being edited keeps the clean commit."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
+                               cwd=root, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):  # an export without .git: its commit may be given
         return os.environ.get("RNNREG_GIT_COMMIT", "unknown")
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 from benchmarks import report, run
+from core.utils import git_commit
 from tasks.base import load_checkpoint
 from tasks.lm import sample as sample_cli
 from tasks.lm.task import sample
@@ -191,3 +192,22 @@ def test_a_stopped_run_prints_the_command_that_resumes_it(tiny_ptb, tmp_path, mo
     assert "python -m benchmarks.run --task lm --preset tiny --variants none" in err and err.rstrip().endswith(
         "--checkpoint-every 5 --resume")
     assert not (tmp_path / "out" / "lm" / "tiny.json").exists()  # nothing half-written into the results
+
+
+def test_provenance_commit_is_dirty_only_when_code_differs(tmp_path):
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+    (tmp_path / "results").mkdir()
+    for name in ("model.py", "README.md", "results/table.json"):
+        (tmp_path / name).write_text("0")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "init")
+    head = git_commit(tmp_path)
+    assert len(head) == 40
+    (tmp_path / "README.md").write_text("1")
+    (tmp_path / "results/table.json").write_text("1")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "model.py").write_text("1")
+    assert git_commit(tmp_path) == head + "-dirty"

@@ -135,6 +135,30 @@ def first_seed_details(runs, key):
 # keys every task's config has or may have: the trainer's, the variant's and the runner's
 # scheme_dropout: {scheme: p} chosen on validation for the schemes whose p is not the preset's `dropout`
 # (zoneout: p or [p for h, p for c]); zoneout_cell: zoneout's rate for the cells when it is not p
+def pass_groups(counts, group):
+    """Sizes of the groups of MC-dropout passes that reach every count in sorted `counts`, each at most `group`:
+    ([1, 2, 5, 10, 20], 10) -> [1, 1, 3, 5, 10]."""
+    sizes, done = [], 0
+    for k in counts:
+        while done < k:
+            sizes.append(min(group, k - done))
+            done += sizes[-1]
+    return sizes
+
+
+def _new_totals():
+    return {"nll": 0.0, "count": 0, "correct": 0, "scored": 0}
+
+
+def _tally(totals, logp, targets):
+    """Add one batch's log-probabilities (..., classes) against `targets` to the statistics of Task.metrics."""
+    real, scored = targets != IGNORE, targets >= 0
+    totals["nll"] += float(F.nll_loss(logp[scored], targets[scored], reduction="sum"))
+    totals["count"] += int(real.sum())
+    totals["scored"] += int(scored.sum())
+    totals["correct"] += int((logp.argmax(-1)[real] == targets[real]).sum())
+
+
 COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "scheme_dropout", "seed",
                                                                   "ensemble", "zoneout_cell"})
 
@@ -279,15 +303,35 @@ class Task:
     def mc_dropout_metrics(self, model, split, device, samples):
         """MC-dropout evaluation (Gal & Ghahramani 2016): `model` with its dropout on, the probabilities of `samples`
         passes averaged at every position, each pass with its own masks (and its own state on stateful tasks)."""
+        return self.mc_dropout_curve(model, split, device, [samples])[samples]
+
+    @torch.no_grad()
+    def mc_dropout_curve(self, model, split, device, counts, group=10):
+        """{k: MC-dropout metrics of the first k passes} for every k in `counts`, from one run of max(counts) passes,
+        so the whole curve costs what its largest point costs. Passes run in groups of at most `group` (memory);
+        each group keeps its own state on stateful tasks."""
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise ValueError("MC-dropout evaluation runs the model in training mode, which would update its "
                              "BatchNorm statistics; this model has BatchNorm layers")
+        counts = sorted(set(counts))
+        if counts[0] < 1:
+            raise ValueError(f"MC-dropout needs at least 1 pass, got {counts[0]}")
+        sizes = pass_groups(counts, group)
+        totals, states = {k: _new_totals() for k in counts}, [None] * len(sizes)
         model.train()
         try:
-            return self._averaged_metrics(split, device,
-                                          lambda batch, state: self.mc_log_probs(model, batch, state, samples))
+            for batch in self.batches(split, device):
+                summed, done = None, 0  # log of the summed probabilities of the passes so far
+                for i, size in enumerate(sizes):
+                    mean, targets, states[i] = self.mc_log_probs(model, batch, states[i], size)
+                    part = mean + math.log(size)
+                    summed = part if summed is None else torch.logaddexp(summed, part)
+                    done += size
+                    if done in totals:
+                        _tally(totals[done], summed - math.log(done), targets)
         finally:
             model.eval()
+        return {k: self.metrics(t) for k, t in totals.items()}
 
     def mean_log_probs(self, models, batch, states):
         """(log of the members' mean probabilities, targets, the members' states) for one batch; accumulated
@@ -306,15 +350,11 @@ class Task:
         return self.mean_log_probs([model] * samples, batch, state)
 
     def _averaged_metrics(self, split, device, log_probs):
-        nll, count, correct, scored_count, state = 0.0, 0, 0, 0, None
+        totals, state = _new_totals(), None
         for batch in self.batches(split, device):
             logp, targets, state = log_probs(batch, state)
-            real, scored = targets != IGNORE, targets >= 0
-            nll += float(F.nll_loss(logp[scored], targets[scored], reduction="sum"))
-            count += int(real.sum())
-            scored_count += int(scored.sum())
-            correct += int((logp.argmax(-1)[real] == targets[real]).sum())
-        return self.metrics({"nll": nll, "count": count, "correct": correct, "scored": scored_count})
+            _tally(totals, logp, targets)
+        return self.metrics(totals)
 
     @torch.no_grad()
     def item_stats(self, model, split, device):

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from benchmarks import run
 from core import Trainer, TrainConfig
 from core.utils import seed_everything
-from tasks.base import IGNORE
+from tasks.base import IGNORE, load_checkpoint, pass_groups
 from tasks.lm.task import LanguageModelTask
 from tasks.mt.task import TranslationTask
 from tasks.mt.task import PRESETS as MT_PRESETS
@@ -160,6 +160,51 @@ def test_mc_dropout_one_pass_at_a_time_is_the_default_for_other_tasks(tmp_path):
     assert len(calls) == 3 * len(list(task.batches("test", "cpu")))
 
 
+def manual_mc_curve(task, model, samples):
+    """{k: perplexity of the first k of `samples` dropout passes}, the passes run one after the other per batch,
+    each with its own state."""
+    nll, count, states = [0.0] * samples, 0, [None] * samples
+    model.train()
+    with torch.no_grad():
+        for inputs, targets in task.batches("valid", "cpu"):
+            probs = 0
+            for i in range(samples):
+                out, states[i] = model(inputs, states[i])
+                probs = probs + F.softmax(out, -1)
+                nll[i] -= float((probs / (i + 1)).gather(-1, targets[..., None]).log().sum())
+            count += targets.numel()
+    model.eval()
+    return {i + 1: math.exp(value / count) for i, value in enumerate(nll)}
+
+
+def test_pass_groups_reach_every_count_in_groups_no_larger_than_asked():
+    assert pass_groups([1, 2, 5, 10, 20], 10) == [1, 1, 3, 5, 10]
+    assert pass_groups([25], 10) == [10, 10, 5]
+    assert pass_groups([3], 10) == [3]
+
+
+@pytest.mark.parametrize("scheme", ["zaremba", "weightdrop"])
+def test_mc_dropout_curve_gives_every_prefix_of_one_run_of_passes(tiny_ptb, tiny_config, scheme):
+    task = LanguageModelTask({**tiny_config, "scheme": scheme, "eval_batch_size": 2}, tiny_ptb, download=False,
+                             custom_data=True).load_data()
+    model, _ = two_models(task)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.mul_(10)
+    seed_everything(5)
+    expected = manual_mc_curve(task, model, 4)
+    seed_everything(5)
+    curve = task.mc_dropout_curve(model, "valid", "cpu", [4, 1, 2], group=1)
+    assert sorted(curve) == [1, 2, 4]
+    for k in curve:
+        assert curve[k]["ppl"] == pytest.approx(expected[k], rel=1e-5)
+    assert curve[1]["ppl"] != pytest.approx(curve[4]["ppl"], rel=1e-3)
+    seed_everything(5)  # grouped passes (here 1 + 1 + 2, the last two as one batch) give the same kind of estimate
+    grouped = task.mc_dropout_curve(model, "valid", "cpu", [1, 2, 4], group=2)
+    assert grouped[1]["ppl"] == pytest.approx(expected[1], rel=1e-5)
+    assert not model.training
+
+
 def test_mc_dropout_refuses_batchnorm(tiny_ptb, tiny_config):
     task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
     model, _ = two_models(task)
@@ -200,3 +245,35 @@ def test_merging_a_re_reported_run_keeps_its_training_record_and_a_retrained_one
     assert again["metrics"]["test_mc_ppl"] == 8.9
     [retrained] = merge_runs([trained], [entry([{"epoch": 1, "wall_s": 4.0}], "retrain", {"test_ppl": 8.0})])
     assert retrained["provenance"] == {"command": "retrain"} and retrained["metrics"] == {"test_ppl": 8.0}
+
+
+def test_mc_benchmark_curve_matches_the_runner_and_refuses_unsuitable_checkpoints(tiny_ptb, tmp_path, capsys):
+    from benchmarks import mc
+
+    common = ["--task", "lm", "--preset", "tiny", "--seeds", "1", "--data-dir", str(tiny_ptb), "--custom-data",
+              "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "runs"), "--no-progress", "--device", "cpu"]
+    run.main(common + ["--variants", "none,zaremba", "--mc-samples", "3"])
+    [_, trained] = json.loads((tmp_path / "results" / "lm" / "tiny.json").read_text())
+    checkpoint = tmp_path / "runs" / "lm" / "tiny" / "zaremba-p0.3-seed1" / "best.pt"
+    flags = ["--data-dir", str(tiny_ptb), "--custom-data", "--out", str(tmp_path / "mc"), "--device", "cpu"]
+    mc.main([str(checkpoint), "--passes", "3"] + flags)
+    [entry] = json.loads((tmp_path / "mc" / "lm" / "mc.json").read_text())
+    task, model = load_checkpoint(checkpoint)
+    data = LanguageModelTask(task.config, tiny_ptb, download=False, custom_data=True).load_data()
+    seed_everything(1)  # the run's seed, set before each split's passes
+    assert entry["mc"]["valid"]["3"]["ppl"] == pytest.approx(data.mc_dropout_metrics(model, "valid", "cpu", 3)["ppl"])
+    assert entry["mc"]["valid"]["3"]["ppl"] != pytest.approx(entry["standard"]["valid"]["ppl"], rel=1e-6)
+    assert entry["standard"]["test"]["ppl"] == pytest.approx(trained["metrics"]["test_ppl"], rel=1e-5)
+    mc.main([str(checkpoint), "--passes", "1,2,4"] + flags)  # the same checkpoint again: its entry is replaced
+    [entry] = json.loads((tmp_path / "mc" / "lm" / "mc.json").read_text())
+    assert sorted(entry["mc"]["test"], key=int) == ["1", "2", "4"] and entry["passes"] == [1, 2, 4]
+    assert "| MC 1 | MC 2 | MC 4 |" in (tmp_path / "mc" / "lm" / "mc.md").read_text()
+    assert (tmp_path / "mc" / "lm" / "mc.png").stat().st_size > 0
+    for argv, message in [
+        ([str(checkpoint.parent.parent / "none-p0-seed1" / "best.pt")], "trained without dropout"),
+        ([str(tmp_path / "missing.pt")], "cannot read checkpoint"),
+        ([str(checkpoint), "--passes", "0,3"], "--passes needs counts >= 1"),
+    ]:
+        with pytest.raises(SystemExit):
+            mc.main(argv + flags)
+        assert message in capsys.readouterr().err

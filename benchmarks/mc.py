@@ -1,0 +1,199 @@
+"""MC-dropout evaluation (Gal & Ghahramani 2016) against the number of passes, for trained checkpoints of any task
+with Task.logits: the standard evaluation (dropout off) beside the averaged probabilities of the first K dropout
+passes, for every K asked, on valid and test. One run of the largest K gives the whole curve.
+
+    python -m benchmarks.mc runs/lm/cpu/zaremba-p0.2-seed1/best.pt runs/lm/cpu/variational-p0.1-seed1/best.pt
+    python -m benchmarks.mc CHECKPOINT ... --passes 1,2,5,10,20,50,100 --jobs 2 --threads 1
+
+Whether MC evaluation beats the standard one, and from how many passes, is read off valid; test is reported
+beside it, never used to choose. Writes results/<task>/mc.{json,md,png}: every checkpoint evaluated so far (a
+checkpoint evaluated again on the same device replaces its entry). `--mc-samples K` of benchmarks.run gives one
+point of this curve inside the results tables.
+"""
+import argparse
+import multiprocessing
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from core.download import DataError, data_root  # noqa: E402
+from core.trainer import autocast  # noqa: E402
+from core.utils import atomic_write, pick_device, provenance, seed_everything, write_json, write_text  # noqa: E402
+from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
+from benchmarks.run import add_user_dir_flag, load_task_registry  # noqa: E402
+from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
+
+SPLITS = ("valid", "test")
+
+
+def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=False, user_dirs=None):
+    """{standard: {split: metrics}, mc: {split: {K: metrics}}} of the checkpoint at `path`."""
+    load_tasks(user_dirs)  # a worker process starts with an empty registry
+    if threads:
+        torch.set_num_threads(threads)
+    started = time.time()
+    task, model = load_checkpoint(path, device)
+    data = type(task)(task.config, data_dir, download=False, custom_data=custom_data).load_data()
+    standard, mc = {}, {}
+    with autocast(task.config.get("precision", "fp32"), device):
+        for split in SPLITS:
+            standard[split] = data.ensemble_metrics([model], split, device)
+            seed_everything(task.config["seed"])  # the masks, and so the curve, are reproducible
+            mc[split] = {str(k): v for k, v in data.mc_dropout_curve(model, split, device, passes).items()}
+    config = task.config
+    return {"checkpoint": str(path), "task": task.name, "label": Path(path).parent.parent.name,
+            "variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "config": config,
+            "passes": sorted(passes), "standard": standard, "mc": mc, "wall_s": round(time.time() - started, 1)}
+
+
+def markdown(task_cls, entries):
+    m, better = task_cls.main_metric, "lower" if task_cls.lower_is_better else "higher"
+    passes = sorted({k for e in entries for k in e["passes"]})
+    lines = [f"# {task_cls.name} / MC-dropout evaluation against the number of passes", "",
+             f"Test and validation {m} ({better} is better) of trained checkpoints: `standard` is the usual evaluation "
+             "(dropout off; inverted dropout needs no weight scaling); `MC K` keeps dropout on and averages the "
+             "probabilities of K passes at every position, each pass with its own masks (and its own recurrent state "
+             "on stateful tasks), as Gal & Ghahramani (2016) evaluate. Every K of a row comes from one run of its "
+             "largest K (the first K passes), seeded with the run's seed. `Δ` is the largest K minus standard. Whether "
+             "MC evaluation helps is read off valid; test stands beside it and chooses nothing. One checkpoint per row: "
+             "the MC-versus-standard difference over seeds, with its interval, is in the task's results table "
+             "(`--mc-samples`). Produced by `python -m benchmarks.mc`.", "",
+             "| checkpoint | scheme | p | seed | split | standard | " + " | ".join(f"MC {k}" for k in passes)
+             + " | Δ |", "|" + "---|" * (len(passes) + 7)]
+    for e in entries:
+        for split in SPLITS:
+            values = e["mc"][split]
+            cells = [f"{values[str(k)][m]:.2f}" if str(k) in values else "—" for k in passes]
+            delta = values[str(max(e["passes"]))][m] - e["standard"][split][m]
+            lines.append(f"| `{e['checkpoint']}` | {e['variant']} | {e['dropout']:g} | {e['seed']} | {split} | "
+                         f"{e['standard'][split][m]:.2f} | " + " | ".join(cells) + f" | {delta:+.2f} |")
+    lines += ["", "Runs:", ""]
+    for e in entries:
+        prov = e["provenance"]
+        hw = prov.get("gpu") or f"{prov['cpu_model']}, {threads_text(prov['torch_threads'])}"
+        lines.append(f"- `{e['checkpoint']}` ({e['label']}): `{prov['command']}` — commit "
+                     f"{short_commit(prov['git_commit'])}, {prov['device']} ({hw}), torch {prov['torch']}, "
+                     f"{e['wall_s'] / 60:.1f} min, {e['finished']}")
+    return "\n".join(lines + [""])
+
+
+def plot(task_cls, entries, path):
+    m = task_cls.main_metric
+    fig, axes = plt.subplots(1, len(SPLITS), figsize=(11, 4.2))
+    for ax, split in zip(axes, SPLITS):
+        for i, e in enumerate(entries):
+            color = f"C{i % 10}"
+            ks = sorted(int(k) for k in e["mc"][split])
+            ax.plot(ks, [e["mc"][split][str(k)][m] for k in ks], "o-", color=color, markersize=3,
+                    label=f"{e['variant']} p={e['dropout']:g} seed {e['seed']}")
+            ax.axhline(e["standard"][split][m], color=color, linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("MC-dropout passes averaged")
+        ax.set_ylabel(f"{split} {m}")
+        ax.set_title(f"{split}: MC dropout (solid) vs standard (dashed)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    plt.close(fig)
+
+
+def record(out, task_cls, entry):
+    """Merge `entry` into <out>/<task>/mc.json (replacing the same checkpoint on the same device) and redraw."""
+    path = Path(out) / task_cls.name / "mc.json"
+    same = lambda e: (e["checkpoint"], e["provenance"]["device"]) == (  # noqa: E731
+        entry["checkpoint"], entry["provenance"]["device"])
+    entries = sorted([e for e in load_runs(path) if not same(e)] + [entry],
+                     key=lambda e: (e["label"], e["variant"], e["seed"], e["checkpoint"]))
+    write_json(path, entries)
+    write_text(path.with_suffix(".md"), markdown(task_cls, entries))
+    plot(task_cls, entries, path.with_suffix(".png"))
+    return path
+
+
+def parse_passes(text, parser):
+    try:
+        passes = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        parser.error(f"--passes must be a comma list of integers, got {text!r}")
+    if not passes or passes[0] < 1:
+        parser.error(f"--passes needs counts >= 1, got {text!r}")
+    return passes
+
+
+def check_checkpoints(paths, parser):
+    """The task class shared by all checkpoints; a clear error for a missing, foreign or unsuitable one."""
+    classes = set()
+    for path in paths:
+        try:
+            task, _ = load_checkpoint(path)
+        except ValueError as err:
+            parser.error(str(err))
+        if type(task).logits is Task.logits:
+            parser.error(f"{path}: task {task.name} has no Task.logits, so it cannot be evaluated with MC dropout")
+        if not task.config.get("dropout"):
+            parser.error(f"{path}: trained without dropout (p=0), so MC dropout equals the standard evaluation")
+        classes.add(type(task))
+    if len(classes) > 1:
+        parser.error(f"the checkpoints belong to different tasks ({', '.join(sorted(c.name for c in classes))}); "
+                     "evaluate one task per command")
+    return classes.pop()
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoints", nargs="+", help="best.pt files written by benchmarks.run")
+    parser.add_argument("--passes", default="1,2,5,10,20,50,100",
+                        help="comma list of pass counts K (default: 1,2,5,10,20,50,100)")
+    parser.add_argument("--jobs", type=int, default=1, help="checkpoints evaluated in parallel processes (default 1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads per process")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data-dir", help="dataset root (default: $RNNREG_DATA_DIR)")
+    parser.add_argument("--custom-data", action="store_true", help="as for benchmarks.run (your own copy of the data)")
+    parser.add_argument("--out", default="results", help="results folder (default: results/)")
+    add_user_dir_flag(parser)
+    args = parser.parse_args(argv)
+    load_task_registry(args, parser)
+    passes = parse_passes(args.passes, parser)
+    if args.jobs < 1 or (args.threads is not None and args.threads < 1):
+        parser.error("--jobs and --threads must be >= 1")
+    task_cls = check_checkpoints(args.checkpoints, parser)
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    origin = provenance(device, "python -m benchmarks.mc " + shlex.join(argv))
+    job = dict(passes=passes, device=str(device), threads=args.threads, data_dir=data_root(args.data_dir),
+               custom_data=args.custom_data, user_dirs=args.user_dir)
+    try:
+        if args.jobs == 1:
+            finished = (evaluate(path, **job) for path in args.checkpoints)
+        else:
+            pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+            finished = (f.result() for f in as_completed([pool.submit(evaluate, p, **job) for p in args.checkpoints]))
+        for entry in finished:
+            entry.update(provenance=origin, finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+            path = record(args.out, task_cls, entry)
+            print(f"{entry['checkpoint']}: " + "; ".join(
+                f"{split} standard {entry['standard'][split][task_cls.main_metric]:.2f}, MC {k} "
+                f"{entry['mc'][split][str(k)][task_cls.main_metric]:.2f}" for split in SPLITS for k in (passes[-1],)),
+                flush=True)
+    except (DataError, OSError, ValueError) as err:
+        sys.exit(f"error: {err}")
+    print(f"wrote {path.with_suffix('')}.{{json,md,png}}")
+
+
+if __name__ == "__main__":
+    main()

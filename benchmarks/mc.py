@@ -29,6 +29,7 @@ from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, pick_device, provenance, seed_everything, write_json, write_text  # noqa: E402
 from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
 from benchmarks.run import add_user_dir_flag, load_task_registry  # noqa: E402
+from benchmarks.significance import paired_bootstrap  # noqa: E402
 from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
 
 SPLITS = ("valid", "test")
@@ -42,16 +43,27 @@ def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=Fals
     started = time.time()
     task, model = load_checkpoint(path, device)
     data = type(task)(task.config, data_dir, download=False, custom_data=custom_data).load_data()
-    standard, mc = {}, {}
+    standard, mc, paired = {}, {}, {}
     with autocast(task.config.get("precision", "fp32"), device):
         for split in SPLITS:
             standard[split] = data.ensemble_metrics([model], split, device)
             seed_everything(task.config["seed"])  # the masks, and so the curve, are reproducible
-            mc[split] = {str(k): v for k, v in data.mc_dropout_curve(model, split, device, passes).items()}
+            curve = data.mc_dropout_curve(model, split, device, passes, items=True)
+            mc_items = curve[max(passes)].pop("items")
+            paired[split] = item_bootstrap(mc_items, data.item_stats(model, split, device), task.main_metric)
+            mc[split] = {str(k): v for k, v in curve.items()}
     config = task.config
     return {"checkpoint": str(path), "task": task.name, "label": Path(path).parent.parent.name,
             "variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "config": config,
-            "passes": sorted(passes), "standard": standard, "mc": mc, "wall_s": round(time.time() - started, 1)}
+            "passes": sorted(passes), "standard": standard, "mc": mc, "bootstrap": paired,
+            "wall_s": round(time.time() - started, 1)}
+
+
+def item_bootstrap(mc_items, standard_items, metric):
+    """Paired bootstrap over the split's items of MC (largest K) minus standard, or None for a metric without
+    per-item statistics."""
+    as_run = lambda items: {"details": {"items": items}}  # noqa: E731
+    return paired_bootstrap([as_run(mc_items)], [as_run(standard_items)], metric)
 
 
 def markdown(task_cls, entries):
@@ -62,19 +74,24 @@ def markdown(task_cls, entries):
              "(dropout off; inverted dropout needs no weight scaling); `MC K` keeps dropout on and averages the "
              "probabilities of K passes at every position, each pass with its own masks (and its own recurrent state "
              "on stateful tasks), as Gal & Ghahramani (2016) evaluate. Every K of a row comes from one run of its "
-             "largest K (the first K passes), seeded with the run's seed. `Δ` is the largest K minus standard. Whether "
+             "largest K (the first K passes), seeded with the run's seed. `Δ` is the largest K minus standard, with the 95% "
+             "interval and two-sided p of a paired bootstrap over the split's items (2,000 resamples; the test sample's "
+             "noise for this one model, not the seed's). Whether "
              "MC evaluation helps is read off valid; test stands beside it and chooses nothing. One checkpoint per row: "
              "the MC-versus-standard difference over seeds, with its interval, is in the task's results table "
              "(`--mc-samples`). Produced by `python -m benchmarks.mc`.", "",
              "| checkpoint | scheme | p | seed | split | standard | " + " | ".join(f"MC {k}" for k in passes)
-             + " | Δ |", "|" + "---|" * (len(passes) + 7)]
+             + " | Δ | 95% CI | p |", "|" + "---|" * (len(passes) + 9)]
     for e in entries:
         for split in SPLITS:
             values = e["mc"][split]
             cells = [f"{values[str(k)][m]:.2f}" if str(k) in values else "—" for k in passes]
             delta = values[str(max(e["passes"]))][m] - e["standard"][split][m]
+            boot = e.get("bootstrap", {}).get(split)
+            interval = (f"[{boot['boot_ci'][0]:+.2f}, {boot['boot_ci'][1]:+.2f}] | {p_value(boot['p'])}" if boot
+                        else "— | —")
             lines.append(f"| `{e['checkpoint']}` | {e['variant']} | {e['dropout']:g} | {e['seed']} | {split} | "
-                         f"{e['standard'][split][m]:.2f} | " + " | ".join(cells) + f" | {delta:+.2f} |")
+                         f"{e['standard'][split][m]:.2f} | " + " | ".join(cells) + f" | {delta:+.2f} | {interval} |")
     lines += ["", "Runs:", ""]
     for e in entries:
         prov = e["provenance"]
@@ -83,6 +100,10 @@ def markdown(task_cls, entries):
                      f"{short_commit(prov['git_commit'])}, {prov['device']} ({hw}), torch {prov['torch']}, "
                      f"{e['wall_s'] / 60:.1f} min, {e['finished']}")
     return "\n".join(lines + [""])
+
+
+def p_value(p):
+    return "< 0.001" if p <= 0.001 else f"{p:.3f}"
 
 
 def plot(task_cls, entries, path):

@@ -159,6 +159,23 @@ def _tally(totals, logp, targets):
     totals["correct"] += int((logp.argmax(-1)[real] == targets[real]).sum())
 
 
+def _new_items():
+    return {"nll": [], "acc": []}
+
+
+def _add_items(items, logp, targets):
+    """Append one batch's per-row [nll, count] and [correct, count] (rows: all but the last axis of `targets`)."""
+    targets = targets.reshape(-1, targets.size(-1))  # (rows, positions)
+    logp = logp.reshape(*targets.shape, logp.size(-1))
+    real, scored = targets != IGNORE, targets >= 0  # UNSEEN: counted (always wrong), no loss
+    nll = F.nll_loss(logp.transpose(1, 2), targets.masked_fill(~scored, 0), reduction="none") * scored
+    correct = (logp.argmax(-1) == targets) & real
+    for row_nll, row_count, row_correct in zip(nll.sum(1).tolist(), real.sum(1).tolist(), correct.sum(1).tolist()):
+        if row_count:
+            items["nll"].append([round(row_nll, 4), row_count])
+            items["acc"].append([row_correct, row_count])
+
+
 COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "scheme_dropout", "seed",
                                                                   "ensemble", "zoneout_cell"})
 
@@ -306,10 +323,11 @@ class Task:
         return self.mc_dropout_curve(model, split, device, [samples])[samples]
 
     @torch.no_grad()
-    def mc_dropout_curve(self, model, split, device, counts, group=10):
+    def mc_dropout_curve(self, model, split, device, counts, group=10, items=False):
         """{k: MC-dropout metrics of the first k passes} for every k in `counts`, from one run of max(counts) passes,
         so the whole curve costs what its largest point costs. Passes run in groups of at most `group` (memory);
-        each group keeps its own state on stateful tasks."""
+        each group keeps its own state on stateful tasks. `items`: the largest k's metrics also carry "items",
+        its per-item statistics as item_stats gives them (for a paired test against the standard evaluation)."""
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise ValueError("MC-dropout evaluation runs the model in training mode, which would update its "
                              "BatchNorm statistics; this model has BatchNorm layers")
@@ -317,7 +335,7 @@ class Task:
         if counts[0] < 1:
             raise ValueError(f"MC-dropout needs at least 1 pass, got {counts[0]}")
         sizes = pass_groups(counts, group)
-        totals, states = {k: _new_totals() for k in counts}, [None] * len(sizes)
+        totals, states, rows = {k: _new_totals() for k in counts}, [None] * len(sizes), _new_items()
         model.train()
         try:
             for batch in self.batches(split, device):
@@ -329,9 +347,14 @@ class Task:
                     done += size
                     if done in totals:
                         _tally(totals[done], summed - math.log(done), targets)
+                if items:
+                    _add_items(rows, summed - math.log(done), targets)
         finally:
             model.eval()
-        return {k: self.metrics(t) for k, t in totals.items()}
+        curve = {k: self.metrics(t) for k, t in totals.items()}
+        if items:
+            curve[counts[-1]]["items"] = self._item_keys(rows)
+        return curve
 
     def mean_log_probs(self, models, batch, states):
         """(log of the members' mean probabilities, targets, the members' states) for one batch; accumulated
@@ -365,24 +388,15 @@ class Task:
         if type(self).logits is Task.logits:
             return {}
         model.eval()
-        nll_items, acc_items, state = [], [], None
+        items, state = _new_items(), None
         for batch in self.batches(split, device):
             logits, targets, state = self.logits(model, batch, state)
             state = state if self.stateful else None
-            targets = targets.reshape(-1, targets.size(-1))  # (rows, positions)
-            logits = logits.float().reshape(*targets.shape, logits.size(-1))
-            real, scored = targets != IGNORE, targets >= 0  # UNSEEN: counted (always wrong), no loss
-            nll = F.cross_entropy(logits.transpose(1, 2), targets.masked_fill(~scored, 0), reduction="none") * scored
-            correct = (logits.argmax(-1) == targets) & real
-            for row_nll, row_count, row_correct in zip(nll.sum(1).tolist(), real.sum(1).tolist(),
-                                                         correct.sum(1).tolist()):
-                if row_count:
-                    nll_items.append([round(row_nll, 4), row_count])
-                    acc_items.append([row_correct, row_count])
-        out = {"nll": nll_items}
-        if self.main_metric == "acc":
-            out["acc"] = acc_items
-        return out
+            _add_items(items, F.log_softmax(logits.float(), dim=-1), targets)
+        return self._item_keys(items)
+
+    def _item_keys(self, items):
+        return {"nll": items["nll"], **({"acc": items["acc"]} if self.main_metric == "acc" else {})}
 
     def metrics(self, totals):
         """Turn summed statistics ({"nll", "count", ...extra}) into named metrics. The default is perplexity

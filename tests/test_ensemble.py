@@ -264,10 +264,14 @@ def test_mc_benchmark_curve_matches_the_runner_and_refuses_unsuitable_checkpoint
     assert entry["mc"]["valid"]["3"]["ppl"] == pytest.approx(data.mc_dropout_metrics(model, "valid", "cpu", 3)["ppl"])
     assert entry["mc"]["valid"]["3"]["ppl"] != pytest.approx(entry["standard"]["valid"]["ppl"], rel=1e-6)
     assert entry["standard"]["test"]["ppl"] == pytest.approx(trained["metrics"]["test_ppl"], rel=1e-5)
+    boot = entry["bootstrap"]["valid"]  # MC minus standard over the same items, from per-item statistics
+    assert boot["boot_diff"] == pytest.approx(entry["mc"]["valid"]["3"]["ppl"] - entry["standard"]["valid"]["ppl"],
+                                              abs=1e-3)
+    assert boot["boot_ci"][0] <= boot["boot_diff"] <= boot["boot_ci"][1] and "items" not in entry["mc"]["valid"]["3"]
     mc.main([str(checkpoint), "--passes", "1,2,4"] + flags)  # the same checkpoint again: its entry is replaced
     [entry] = json.loads((tmp_path / "mc" / "lm" / "mc.json").read_text())
     assert sorted(entry["mc"]["test"], key=int) == ["1", "2", "4"] and entry["passes"] == [1, 2, 4]
-    assert "| MC 1 | MC 2 | MC 4 |" in (tmp_path / "mc" / "lm" / "mc.md").read_text()
+    assert "| MC 1 | MC 2 | MC 4 | Δ | 95% CI | p |" in (tmp_path / "mc" / "lm" / "mc.md").read_text()
     assert (tmp_path / "mc" / "lm" / "mc.png").stat().st_size > 0
     for argv, message in [
         ([str(checkpoint.parent.parent / "none-p0-seed1" / "best.pt")], "trained without dropout"),

@@ -26,9 +26,9 @@ import torch  # noqa: E402
 
 from core.download import DataError, data_root  # noqa: E402
 from core.trainer import autocast  # noqa: E402
-from core.utils import atomic_write, pick_device, provenance, seed_everything, write_json, write_text  # noqa: E402
+from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
 from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
-from benchmarks.run import add_user_dir_flag, load_task_registry  # noqa: E402
+from benchmarks.run import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
 from benchmarks.significance import paired_bootstrap  # noqa: E402
 from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
 
@@ -52,6 +52,7 @@ def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=Fals
             mc_items = curve[max(passes)].pop("items")
             paired[split] = item_bootstrap(mc_items, data.item_stats(model, split, device), task.main_metric)
             mc[split] = {str(k): v for k, v in curve.items()}
+            print(f"{path}: {split} done ({(time.time() - started) / 60:.1f} min)", flush=True)
     config = task.config
     return {"checkpoint": str(path), "task": task.name, "label": Path(path).parent.parent.name,
             "variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "config": config,
@@ -189,12 +190,7 @@ def main(argv=None):
     if args.jobs < 1 or (args.threads is not None and args.threads < 1):
         parser.error("--jobs and --threads must be >= 1")
     task_cls = check_checkpoints(args.checkpoints, parser)
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = device_with_threads(args, parser)
     origin = provenance(device, "python -m benchmarks.mc " + shlex.join(argv))
     job = dict(passes=passes, device=str(device), threads=args.threads, data_dir=data_root(args.data_dir),
                custom_data=args.custom_data, user_dirs=args.user_dir)

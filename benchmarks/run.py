@@ -80,6 +80,17 @@ def add_user_dir_flag(parser):
                              f"built-in tasks (repeatable; default: ${ENV_USER_DIR}, os.pathsep-separated)")
 
 
+def device_with_threads(args, parser):
+    """The torch device of --device (a parser error if there is none such), after setting --threads."""
+    try:
+        device = pick_device(args.device)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return device
+
+
 def load_task_registry(args, parser):
     try:
         load_tasks(args.user_dir)

@@ -29,7 +29,7 @@ from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.report import SPEED_KEYS, load_runs, short_commit, threads_text
-from benchmarks.run import add_user_dir_flag, load_task_registry
+from benchmarks.run import add_user_dir_flag, device_with_threads, load_task_registry
 from tasks.base import get_task, load_checkpoint, load_tasks
 
 COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
@@ -247,12 +247,7 @@ def main(argv=None):
         parser.error(f"--variants: choose from {', '.join(SCHEMES)}, got {args.variants!r}")
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = device_with_threads(args, parser)
     config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all
     origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))

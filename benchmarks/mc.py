@@ -28,7 +28,7 @@ from core.download import DataError, data_root  # noqa: E402
 from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
 from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
-from benchmarks.run import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
+from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
 from benchmarks.significance import paired_bootstrap  # noqa: E402
 from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
 

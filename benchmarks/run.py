@@ -23,7 +23,8 @@ from core.trainer import PRECISIONS, Interrupted, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
-from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, Task, get_task, load_tasks
+from tasks.base import TASKS, UNAVAILABLE, Task, get_task
+from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 
 
@@ -72,30 +73,6 @@ def build_parser():
                    help="selection runs: train and validate (decoding metrics included) but never read the test split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-def add_user_dir_flag(parser):
-    parser.add_argument("--user-dir", action="append", metavar="DIR",
-                        help=f"a folder of your own task adapters (@register'ed Task subclasses), imported before the "
-                             f"built-in tasks (repeatable; default: ${ENV_USER_DIR}, os.pathsep-separated)")
-
-
-def device_with_threads(args, parser):
-    """The torch device of --device (a parser error if there is none such), after setting --threads."""
-    try:
-        device = pick_device(args.device)
-    except ValueError as err:
-        parser.error(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return device
-
-
-def load_task_registry(args, parser):
-    try:
-        load_tasks(args.user_dir)
-    except (ValueError, ImportError) as err:
-        parser.error(f"--user-dir: {err}")
 
 
 def _int_list(text, what, parser):

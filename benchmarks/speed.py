@@ -29,7 +29,7 @@ from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.report import SPEED_KEYS, load_runs, short_commit, threads_text
-from benchmarks.run import add_user_dir_flag, device_with_threads, load_task_registry
+from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry
 from tasks.base import get_task, load_checkpoint, load_tasks
 
 COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.cache import cache_root
+from core.scoring import IGNORE, UNSEEN, add_items, new_items, new_totals, pass_groups, tally  # noqa: F401
 from core.download import data_root
 from core.trainer import TrainConfig
 
-IGNORE = -100  # target id that counts for nothing (padding, deleted labels)
-UNSEEN = -101  # a held-out label never seen in training: no loss, but always a wrong prediction
 ENV_USER_DIR = "RNNREG_USER_DIR"
 
 TASKS = {}  # name -> Task subclass
@@ -135,47 +134,6 @@ def first_seed_details(runs, key):
 # keys every task's config has or may have: the trainer's, the variant's and the runner's
 # scheme_dropout: {scheme: p} chosen on validation for the schemes whose p is not the preset's `dropout`
 # (zoneout: p or [p for h, p for c]); zoneout_cell: zoneout's rate for the cells when it is not p
-def pass_groups(counts, group):
-    """Sizes of the groups of MC-dropout passes that reach every count in sorted `counts`, each at most `group`:
-    ([1, 2, 5, 10, 20], 10) -> [1, 1, 3, 5, 10]."""
-    sizes, done = [], 0
-    for k in counts:
-        while done < k:
-            sizes.append(min(group, k - done))
-            done += sizes[-1]
-    return sizes
-
-
-def _new_totals():
-    return {"nll": 0.0, "count": 0, "correct": 0, "scored": 0}
-
-
-def _tally(totals, logp, targets):
-    """Add one batch's log-probabilities (..., classes) against `targets` to the statistics of Task.metrics."""
-    real, scored = targets != IGNORE, targets >= 0
-    totals["nll"] += float(F.nll_loss(logp[scored], targets[scored], reduction="sum"))
-    totals["count"] += int(real.sum())
-    totals["scored"] += int(scored.sum())
-    totals["correct"] += int((logp.argmax(-1)[real] == targets[real]).sum())
-
-
-def _new_items():
-    return {"nll": [], "acc": []}
-
-
-def _add_items(items, logp, targets):
-    """Append one batch's per-row [nll, count] and [correct, count] (rows: all but the last axis of `targets`)."""
-    targets = targets.reshape(-1, targets.size(-1))  # (rows, positions)
-    logp = logp.reshape(*targets.shape, logp.size(-1))
-    real, scored = targets != IGNORE, targets >= 0  # UNSEEN: counted (always wrong), no loss
-    nll = F.nll_loss(logp.transpose(1, 2), targets.masked_fill(~scored, 0), reduction="none") * scored
-    correct = (logp.argmax(-1) == targets) & real
-    for row_nll, row_count, row_correct in zip(nll.sum(1).tolist(), real.sum(1).tolist(), correct.sum(1).tolist()):
-        if row_count:
-            items["nll"].append([round(row_nll, 4), row_count])
-            items["acc"].append([row_correct, row_count])
-
-
 COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "scheme_dropout", "seed",
                                                                   "ensemble", "zoneout_cell"})
 
@@ -335,7 +293,7 @@ class Task:
         if counts[0] < 1:
             raise ValueError(f"MC-dropout needs at least 1 pass, got {counts[0]}")
         sizes = pass_groups(counts, group)
-        totals, states, rows = {k: _new_totals() for k in counts}, [None] * len(sizes), _new_items()
+        totals, states, rows = {k: new_totals() for k in counts}, [None] * len(sizes), new_items()
         model.train()
         try:
             for batch in self.batches(split, device):
@@ -346,9 +304,9 @@ class Task:
                     summed = part if summed is None else torch.logaddexp(summed, part)
                     done += size
                     if done in totals:
-                        _tally(totals[done], summed - math.log(done), targets)
+                        tally(totals[done], summed - math.log(done), targets)
                 if items:
-                    _add_items(rows, summed - math.log(done), targets)
+                    add_items(rows, summed - math.log(done), targets)
         finally:
             model.eval()
         curve = {k: self.metrics(t) for k, t in totals.items()}
@@ -373,10 +331,10 @@ class Task:
         return self.mean_log_probs([model] * samples, batch, state)
 
     def _averaged_metrics(self, split, device, log_probs):
-        totals, state = _new_totals(), None
+        totals, state = new_totals(), None
         for batch in self.batches(split, device):
             logp, targets, state = log_probs(batch, state)
-            _tally(totals, logp, targets)
+            tally(totals, logp, targets)
         return self.metrics(totals)
 
     @torch.no_grad()
@@ -388,11 +346,11 @@ class Task:
         if type(self).logits is Task.logits:
             return {}
         model.eval()
-        items, state = _new_items(), None
+        items, state = new_items(), None
         for batch in self.batches(split, device):
             logits, targets, state = self.logits(model, batch, state)
             state = state if self.stateful else None
-            _add_items(items, F.log_softmax(logits.float(), dim=-1), targets)
+            add_items(items, F.log_softmax(logits.float(), dim=-1), targets)
         return self._item_keys(items)
 
     def _item_keys(self, items):

@@ -21,8 +21,13 @@ def _seeds(seeds):
     return ("seeds " if len(seeds) > 1 else "seed ") + ",".join(map(str, seeds))
 
 
-def _interval(pair):
+def interval_text(pair):
     return f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
+
+
+def p_value_text(p):
+    """A bootstrap p-value as the tables print it (the smallest p of 2,000 resamples reads "< 0.001")."""
+    return "< 0.001" if p <= 0.001 else f"{p:.3f}"
 
 
 def effects(task, runs, groups):
@@ -63,11 +68,11 @@ def effects_section(task, runs, groups):
         how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
         if r.get("boot_seeds"):
             how = f" (bootstrap over {_seeds(r['boot_seeds'])}: the others have no per-item statistics)"
-        p_value = "—" if boot_ci is None else ("< 0.001" if r["p"] <= 0.001 else f"{r['p']:.3f}")
+        p_value = "—" if boot_ci is None else p_value_text(r["p"])
         rate, base_rate = p_text(groups[(variant, p)][0]), p_text(groups[(base, base_p)][0])
         lines.append(f"| {variant} p={rate} − {base} p={base_rate} | test {names.get(r['metric'], r['metric'])} | "
                      f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
-                     f"{_interval(seed_ci) if seed_ci else '— (one seed)'} | {_interval(boot_ci) if boot_ci else '—'} | "
+                     f"{interval_text(seed_ci) if seed_ci else '— (one seed)'} | {interval_text(boot_ci) if boot_ci else '—'} | "
                      f"{p_value} | {r['a_better']} / {r['b_better']} | "
                      f"{'significant' if r['significant'] else 'not significant'}{how} |")
         said.append(_in_words(f"{variant} p={rate}", f"{base}", names.get(r["metric"], r["metric"]), r))
@@ -85,7 +90,7 @@ def mc_dropout_line(task, groups):
         samples |= {r["mc"]["samples"] for r in runs}
         diffs = [r["metrics"][f"test_mc_{m}"] - r["metrics"][f"test_{m}"] for r in runs]
         mean = statistics.mean(diffs)
-        spread = f", 95% CI {_interval(seed_interval(diffs))}" if len(diffs) > 1 else "; one seed: no interval"
+        spread = f", 95% CI {interval_text(seed_interval(diffs))}" if len(diffs) > 1 else "; one seed: no interval"
         values = lambda key: fmt([r["metrics"][key] for r in runs])  # noqa: E731
         said.append(f"{variant} p={p_text(runs[0])} {values(f'test_mc_{m}')} vs {values(f'test_{m}')} "
                     f"({_seeds([r['seed'] for r in runs])}; difference {mean:+.2f}{spread})")

@@ -29,6 +29,7 @@ from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
 from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
+from benchmarks.effects import interval_text, p_value_text  # noqa: E402
 from benchmarks.significance import paired_bootstrap  # noqa: E402
 from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
 
@@ -89,8 +90,7 @@ def markdown(task_cls, entries):
             cells = [f"{values[str(k)][m]:.2f}" if str(k) in values else "—" for k in passes]
             delta = values[str(max(e["passes"]))][m] - e["standard"][split][m]
             boot = e.get("bootstrap", {}).get(split)
-            interval = (f"[{boot['boot_ci'][0]:+.2f}, {boot['boot_ci'][1]:+.2f}] | {p_value(boot['p'])}" if boot
-                        else "— | —")
+            interval = f"{interval_text(boot['boot_ci'])} | {p_value_text(boot['p'])}" if boot else "— | —"
             lines.append(f"| `{e['checkpoint']}` | {e['variant']} | {e['dropout']:g} | {e['seed']} | {split} | "
                          f"{e['standard'][split][m]:.2f} | " + " | ".join(cells) + f" | {delta:+.2f} | {interval} |")
     lines += ["", "Runs:", ""]
@@ -101,10 +101,6 @@ def markdown(task_cls, entries):
                      f"{short_commit(prov['git_commit'])}, {prov['device']} ({hw}), torch {prov['torch']}, "
                      f"{e['wall_s'] / 60:.1f} min, {e['finished']}")
     return "\n".join(lines + [""])
-
-
-def p_value(p):
-    return "< 0.001" if p <= 0.001 else f"{p:.3f}"
 
 
 def plot(task_cls, entries, path):
@@ -203,10 +199,9 @@ def main(argv=None):
         for entry in finished:
             entry.update(provenance=origin, finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
             path = record(args.out, task_cls, entry)
-            print(f"{entry['checkpoint']}: " + "; ".join(
-                f"{split} standard {entry['standard'][split][task_cls.main_metric]:.2f}, MC {k} "
-                f"{entry['mc'][split][str(k)][task_cls.main_metric]:.2f}" for split in SPLITS for k in (passes[-1],)),
-                flush=True)
+            m, k = task_cls.main_metric, str(passes[-1])
+            print(f"{entry['checkpoint']}: " + "; ".join(f"{split} standard {entry['standard'][split][m]:.2f}, MC {k} "
+                                                        f"{entry['mc'][split][k][m]:.2f}" for split in SPLITS), flush=True)
     except (DataError, OSError, ValueError) as err:
         sys.exit(f"error: {err}")
     print(f"wrote {path.with_suffix('')}.{{json,md,png}}")

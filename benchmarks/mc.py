@@ -12,6 +12,7 @@ point of this curve inside the results tables.
 """
 import argparse
 import multiprocessing
+import os
 import shlex
 import sys
 import time
@@ -25,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from core.download import DataError, data_root  # noqa: E402
+from core.interrupt import stop_with_parent  # noqa: E402
 from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
 from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
@@ -194,7 +196,8 @@ def main(argv=None):
         if args.jobs == 1:
             finished = (evaluate(path, **job) for path in args.checkpoints)
         else:
-            pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=stop_with_parent, initargs=(os.getpid(),))
             finished = (f.result() for f in as_completed([pool.submit(evaluate, p, **job) for p in args.checkpoints]))
         for entry in finished:
             entry.update(provenance=origin, finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))

@@ -21,6 +21,7 @@ import torch
 from core import SCHEMES, Trainer, TrainConfig, distributed
 from core.trainer import PRECISIONS, Interrupted, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
+from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, UNAVAILABLE, Task, get_task
@@ -342,6 +343,8 @@ def main(argv=None):
         load_task_registry(args, parser)
         return list_tasks()
     task_cls = validate(args, parser)
+    if os.environ.get(ENV_STOP_WITH_PARENT):  # a run of benchmarks.select; popped: not for processes it starts
+        stop_with_parent(int(os.environ.pop(ENV_STOP_WITH_PARENT)))
     if args.threads:
         torch.set_num_threads(args.threads)
     if distributed.launched_by_torchrun():  # torchrun --nproc_per_node N [--nnodes M ...] -m benchmarks.run ...

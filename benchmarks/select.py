@@ -16,6 +16,7 @@ The points already in results/<task>/<preset>-selection.json are kept (a new run
 so a grid can grow over several sessions or machines; `--fresh` starts the table over.
 """
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pathlib import Path
 from benchmarks import run
 from benchmarks.effects import LOWER_IS_BETTER, p_text
 from benchmarks.report import SEED_KEYS, load_runs, short_commit
+from core.interrupt import ENV_STOP_WITH_PARENT
 from core.utils import write_json, write_text
 from tasks.base import get_task, load_tasks
 
@@ -43,6 +45,12 @@ def parse_point(text):
     if not all(0 <= v < 1 for v in point if v is not None):
         raise ValueError(f"bad grid point {text!r}: rates must be in [0, 1)")
     return point
+
+
+def call_run(command):
+    """Run one benchmarks.run command and return its exit status; it stops (saving its checkpoint) if this
+    command is killed, instead of training on as an orphan."""
+    return subprocess.call(command, env={**os.environ, ENV_STOP_WITH_PARENT: str(os.getpid())})
 
 
 def run_command(task, preset, variant, p, cell, seed, out, run_dir, run_args=(), valid_only=True):
@@ -201,7 +209,7 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        failed = [c for c, rc in zip(commands, pool.map(lambda c: subprocess.call(c), commands)) if rc]
+        failed = [c for c, rc in zip(commands, pool.map(call_run, commands)) if rc]
     if failed:
         sys.exit("error: grid runs failed (their output is above): " + "; ".join(" ".join(c[2:]) for c in failed))
     target = Path(args.out) / task.name / f"{preset}-selection"
@@ -233,7 +241,7 @@ def main(argv=None):
             finals = final_commands(task, {v: c for v, c in chosen.items() if v in wanted}, args.work, run_args)
         except ValueError as err:
             sys.exit(f"error: {err}")
-        if any(subprocess.call(c) for c in finals):
+        if any(call_run(c) for c in finals):
             sys.exit("error: evaluating a chosen point failed (its output is above)")
         print(f"test results of the chosen points: {Path(args.work) / 'final' / task.name}/ (merge: python -m "
               f"benchmarks.report --into results/{task.name}/{preset}.json <that json>)")

@@ -15,6 +15,7 @@ Writes results/<task>/speed.json (all measurements so far) and results/<task>/sp
 import argparse
 import itertools
 import multiprocessing
+import os
 import resource
 import shlex
 import statistics
@@ -27,6 +28,7 @@ import torch
 
 from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
+from core.interrupt import stop_with_parent
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.report import SPEED_KEYS, load_runs, short_commit, threads_text
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry
@@ -115,7 +117,7 @@ def peak_memory_mb(task_cls, config, variant, device, steps, user_dirs=None):
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     context = multiprocessing.get_context("spawn")
-    with context.Pool(1) as pool:
+    with context.Pool(1, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
         return pool.apply(_train_in_child, (task_cls.name, user_dirs, config, variant, steps, torch.get_num_threads()))
 
 

@@ -1,7 +1,10 @@
-"""Stopping a run cleanly: SIGTERM/SIGINT ask the trainer to checkpoint and stop; a second signal stops at once."""
+"""Stopping a run cleanly: SIGTERM/SIGINT ask the trainer to checkpoint and stop; a second signal stops at once.
+A worker or grid run started by another command stops with it (`stop_with_parent`)."""
 import contextlib
+import os
 import signal
 import threading
+import time
 
 from tqdm.auto import tqdm
 
@@ -34,3 +37,21 @@ def stop_on_signals(trainer):
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+ENV_STOP_WITH_PARENT = "RNNREG_STOP_WITH_PARENT"  # set by benchmarks.select for its runs: the pid to outlive none
+
+
+def stop_with_parent(parent=None, poll=1.0):
+    """Send this process SIGTERM once `parent` (a pid; default: its parent now) is gone, so a worker or grid run
+    whose launching command was killed stops (a training run after saving its checkpoint, see stop_on_signals)
+    instead of running on as an orphan. A watcher thread polls the parent pid; Linux's PR_SET_PDEATHSIG is no
+    substitute, as it fires when the launching *thread* ends (benchmarks.select launches from a thread pool)."""
+    parent = os.getppid() if parent is None else parent
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(poll)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()

@@ -92,7 +92,7 @@ def test_runner_flags_after_the_double_dash_reach_every_grid_run_and_bad_ones_st
     with pytest.raises(ValueError, match="--dropout after --"):
         select.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path, ["--dropout=0.5"])
     launched = []
-    monkeypatch.setattr(select.subprocess, "call", lambda c: launched.append(c) or 0)
+    monkeypatch.setattr(select.subprocess, "call", lambda c, **_: launched.append(c) or 0)
     with pytest.raises(SystemExit):  # the runner's parser refuses the flag: nothing is launched
         select.main(["--task", "lm", "--preset", "tiny", "--variants", "variational", "--grid", "0.1",
                      "--work", str(tmp_path), "--", "--threads", "many"])
@@ -122,7 +122,7 @@ def test_final_with_variants_tests_only_those_schemes_and_variants_alone_is_refu
         checkpoint.parent.mkdir(parents=True)
         checkpoint.write_bytes(b"")
     launched = []
-    monkeypatch.setattr(select.subprocess, "call", lambda command: launched.append(command) or 0)
+    monkeypatch.setattr(select.subprocess, "call", lambda command, **_: launched.append(command) or 0)
     common = ["--task", "lm", "--preset", "tiny", "--collect", str(tmp_path / "grid"), "--work", str(tmp_path / "w"),
               "--out", str(tmp_path / "res")]
     select.main([*common, "--variants", "weightdrop", "--final"])

@@ -49,11 +49,11 @@ def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=Fals
     standard, mc, paired = {}, {}, {}
     with autocast(task.config.get("precision", "fp32"), device):
         for split in SPLITS:
-            standard[split] = data.ensemble_metrics([model], split, device)
+            standard[split] = data.ensemble_metrics([model], split, device, items=True)
             seed_everything(task.config["seed"])  # the masks, and so the curve, are reproducible
             curve = data.mc_dropout_curve(model, split, device, passes, items=True)
-            mc_items = curve[max(passes)].pop("items")
-            paired[split] = item_bootstrap(mc_items, data.item_stats(model, split, device), task.main_metric)
+            paired[split] = item_bootstrap(curve[max(passes)].pop("items"), standard[split].pop("items"),
+                                           task.main_metric)
             mc[split] = {str(k): v for k, v in curve.items()}
             print(f"{path}: {split} done ({(time.time() - started) / 60:.1f} min)", flush=True)
     config = task.config

@@ -267,12 +267,14 @@ class Task:
         raise NotImplementedError(f"task {self.name} does not support ensembles (it has no Task.logits)")
 
     @torch.no_grad()
-    def ensemble_metrics(self, models, split, device):
+    def ensemble_metrics(self, models, split, device, items=False):
         """The metrics of an ensemble on `split`: every member's next-token (or frame) probabilities are averaged
-        at every position, as in the paper's model averaging; statistics as in `metrics`."""
+        at every position, as in the paper's model averaging; statistics as in `metrics`. `items`: they also carry
+        "items", the per-item statistics of item_stats."""
         for model in models:
             model.eval()
-        return self._averaged_metrics(split, device, lambda batch, states: self.mean_log_probs(models, batch, states))
+        log_probs = lambda batch, states: self.mean_log_probs(models, batch, states)  # noqa: E731
+        return self._averaged_metrics(split, device, log_probs, items)
 
     @torch.no_grad()
     def mc_dropout_metrics(self, model, split, device, samples):
@@ -330,12 +332,14 @@ class Task:
         a task may run them as one batch of samples x rows (LanguageModelTask: 2.5x less CPU time at K = 10)."""
         return self.mean_log_probs([model] * samples, batch, state)
 
-    def _averaged_metrics(self, split, device, log_probs):
-        totals, state = new_totals(), None
+    def _averaged_metrics(self, split, device, log_probs, items=False):
+        totals, rows, state = new_totals(), new_items(), None
         for batch in self.batches(split, device):
             logp, targets, state = log_probs(batch, state)
             tally(totals, logp, targets)
-        return self.metrics(totals)
+            if items:
+                add_items(rows, logp, targets)
+        return {**self.metrics(totals), **({"items": self._item_keys(rows)} if items else {})}
 
     @torch.no_grad()
     def item_stats(self, model, split, device):
@@ -345,13 +349,7 @@ class Task:
         batches come in a fixed order, so item i is the same data in every run of a config."""
         if type(self).logits is Task.logits:
             return {}
-        model.eval()
-        items, state = new_items(), None
-        for batch in self.batches(split, device):
-            logits, targets, state = self.logits(model, batch, state)
-            state = state if self.stateful else None
-            add_items(items, F.log_softmax(logits.float(), dim=-1), targets)
-        return self._item_keys(items)
+        return self.ensemble_metrics([model], split, device, items=True)["items"]
 
     def _item_keys(self, items):
         return {"nll": items["nll"], **({"acc": items["acc"]} if self.main_metric == "acc" else {})}

@@ -51,6 +51,24 @@ def test_ensemble_averages_the_members_probabilities(tiny_ptb, tiny_config):
     assert task.ensemble_metrics([a, b], "valid", "cpu")["ppl"] == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
+def test_item_rows_of_an_evaluation_are_its_rows_losses_and_add_up_to_its_metrics(tiny_ptb, tiny_config):
+    task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True).load_data()
+    model, other = two_models(task)
+    model.eval()
+    rows, state = [], None
+    with torch.no_grad():
+        for inputs, targets in task.batches("valid", "cpu"):
+            logits, state = model(inputs, state)
+            rows += [[float(r.sum()), r.numel()] for r in F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")]
+    items = task.item_stats(model, "valid", "cpu")["nll"]
+    assert [c for _, c in items] == [c for _, c in rows]
+    assert [n for n, _ in items] == pytest.approx([n for n, _ in rows], abs=1e-3)
+    pair = task.ensemble_metrics([model, other], "valid", "cpu", items=True)
+    summed = pair.pop("items")["nll"]
+    assert pair == task.ensemble_metrics([model, other], "valid", "cpu")  # the rows change nothing else
+    assert sum(n for n, _ in summed) / sum(c for _, c in summed) == pytest.approx(pair["loss"], rel=1e-5)
+
+
 def test_ensemble_of_identical_mt_members_equals_one_member_in_ppl_and_translations(tmp_path):
     data = write_tiny_multi30k(tmp_path / "data", sizes=(60, 12, 12))
     task = TranslationTask({**MT_PRESETS["tiny"], "scheme": "zaremba", "seed": 1}, data, download=False,

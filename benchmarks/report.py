@@ -363,8 +363,8 @@ def overview(out_dir):
     for name, task in sorted(tasks.items()):
         for path in sorted((out_dir / name).glob("*.json")):
             runs = load_runs(path)
-            if not runs or not isinstance(runs, list) or "variant" not in runs[0]:
-                continue  # e.g. speed.json
+            if not runs or not isinstance(runs, list) or "metrics" not in runs[0]:
+                continue  # not a results table: speed.json, mc.json, <preset>-selection.json
             headline = task.extra_test_metrics[:1]  # the main metric and the first extra one (the table has all)
             keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in headline]
             metric = "test " + " / ".join([task.main_metric] + [label for _, label in headline])

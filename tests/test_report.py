@@ -14,3 +14,17 @@ def test_decoding_speeds_of_different_machines_are_never_averaged():
     assert "naive p=0.2 40.0 sentences/s (beam 12, 2 threads on cpu)" in line
     assert "naive p=0.2 1000.0 sentences/s" in line and "520.0" not in line
     assert "1 thread on cuda" in line
+
+
+def test_overview_lists_results_tables_only(tmp_path):
+    """mc.json (benchmarks.mc), speed.json and selection tables sit beside the results tables; the overview, which
+    every benchmarks.run rewrites, must skip them (an mc.json once made it fail with KeyError: 'metrics')."""
+    import json
+
+    (tmp_path / "lm").mkdir()
+    mc_entry = {"checkpoint": "runs/lm/cpu/zaremba-p0.2-seed1/best.pt", "task": "lm", "variant": "zaremba",
+                "dropout": 0.2, "seed": 1, "standard": {}, "mc": {}}
+    (tmp_path / "lm" / "mc.json").write_text(json.dumps([mc_entry]))
+    (tmp_path / "lm" / "cpu-selection.json").write_text(json.dumps({"rule": "best validation", "runs": []}))
+    text = report.overview(tmp_path)
+    assert "mc.md" not in text and "selection" not in text and "| lm |" not in text

@@ -1,20 +1,15 @@
-"""The task-adapter interface and the task registry.
+"""The task-adapter interface.
 
 A task is one package under tasks/ (or a module in a folder given with --user-dir) whose adapter class is
-decorated with @register: its data, model, loss/metrics, presets and its own tools live in that package.
+decorated with @register (tasks/registry.py, re-exported here): its data, model, loss/metrics, presets and its
+own tools live in that package.
 """
 import difflib
-import importlib
 import importlib.util
 import math
-import os
-import pickle
-import pkgutil
 import shutil
-import sys
 import time
 from dataclasses import fields
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,101 +19,8 @@ from core.cache import cache_root
 from core.scoring import IGNORE, UNSEEN, add_items, new_items, new_totals, pass_groups, tally  # noqa: F401
 from core.download import data_root
 from core.trainer import TrainConfig
-
-ENV_USER_DIR = "RNNREG_USER_DIR"
-
-TASKS = {}  # name -> Task subclass
-UNAVAILABLE = {}  # built-in task package -> why it cannot be imported here (a missing optional dependency)
-_IMPORTED_DIRS = set()
-
-
-def register(cls):
-    """Class decorator: make a Task subclass runnable as `benchmarks.run --task NAME`."""
-    if TASKS.get(cls.name, cls) is not cls:
-        raise ValueError(f"task {cls.name!r} is registered twice ({TASKS[cls.name].__module__} and {cls.__module__})")
-    TASKS[cls.name] = cls
-    return cls
-
-
-def load_tasks(user_dirs=None):
-    """Register the adapters of each user folder (`user_dirs`, else $RNNREG_USER_DIR, os.pathsep-separated),
-    then every built-in task package under tasks/. A built-in task whose optional dependency is missing is
-    recorded in UNAVAILABLE with the reason instead of breaking the others. Returns TASKS."""
-    if user_dirs is None:
-        user_dirs = [d for d in os.environ.get(ENV_USER_DIR, "").split(os.pathsep) if d]
-    for folder in user_dirs:
-        import_user_dir(folder)
-    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if module.ispkg and module.name not in UNAVAILABLE:
-            try:
-                importlib.import_module(f"tasks.{module.name}")
-            except ImportError as err:
-                if (err.name or "").split(".")[0] in ("tasks", "core", "benchmarks"):
-                    raise  # our own code is broken: say so, do not hide it as "unavailable"
-                UNAVAILABLE[module.name] = f"needs the Python package {err.name!r} ({err}); pip install it"
-    return TASKS
-
-
-def import_user_dir(folder):
-    """Import a user's adapters: a package folder (with __init__.py) as that package, else every *.py in it."""
-    path = Path(folder).expanduser().resolve()
-    if path in _IMPORTED_DIRS:
-        return
-    if not path.is_dir():
-        raise ValueError(f"user dir {folder} is not a folder: give --user-dir (or ${ENV_USER_DIR}) a folder of "
-                         "task adapters")
-    _IMPORTED_DIRS.add(path)
-    if (path / "__init__.py").exists():
-        sys.path.insert(0, str(path.parent))
-        importlib.import_module(path.name)
-        return
-    sys.path.insert(0, str(path))
-    for file in sorted(path.glob("*.py")):
-        importlib.import_module(file.stem)
-
-
-def get_task(name, user_dirs=None):
-    load_tasks(user_dirs)
-    if name in TASKS:
-        return TASKS[name]
-    if name in UNAVAILABLE:
-        raise ValueError(f"task {name!r} is unavailable here: it {UNAVAILABLE[name]}")
-    raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}"
-                     + (f" (unavailable here: {', '.join(sorted(UNAVAILABLE))})" if UNAVAILABLE else "")
-                     + f". A task of your own: --user-dir FOLDER (or ${ENV_USER_DIR}) with its @register'ed adapter")
-
-
-def load_checkpoint(path, device="cpu", task=None):
-    """A best.pt of any task -> (task, model in eval mode). The task object holds what decoding needs
-    (config, vocabularies, feature statistics) but no data. `task`: the task name the caller expects."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"cannot read checkpoint {path}: {err}") from None
-    if not isinstance(ckpt, dict) or not {"model", "task", "config"} <= set(ckpt):
-        raise ValueError(f"{path} is not a checkpoint of this suite (use a best.pt written by benchmarks.run)")
-    if task is not None and ckpt["task"] != task:
-        raise ValueError(f"{path} is a {ckpt['task']} checkpoint, not {task} (use a best.pt written by --task {task})")
-    owner = get_task(ckpt["task"])(ckpt["config"])
-    # checkpoints written before the data_state key kept the same entries at the top level
-    state = ckpt.get("data_state") or {k: v for k, v in ckpt.items() if k not in ("model", "epoch", "task", "config")}
-    owner.load_data_state(state)
-    model = owner.build_model().to(device)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
-    return owner, model
-
-
-def load_members(paths, device, task, same_config=()):
-    """(the first member's task object, [models]) of one or several checkpoints of `task`; the members must share
-    their data state (vocabularies) and the config keys `same_config` (e.g. the image encoder)."""
-    loaded = [load_checkpoint(path, device, task=task) for path in paths]
-    first = loaded[0][0]
-    for path, (other, _) in zip(paths[1:], loaded[1:]):
-        if other.data_state() != first.data_state() or any(other.config[k] != first.config[k] for k in same_config):
-            raise ValueError(f"ensemble members must share their vocabularies{' and ' + ', '.join(same_config) if same_config else ''} "
-                             f"(train them on one preset): {path} differs from {paths[0]}")
-    return first, [model for _, model in loaded]
+from tasks.registry import (  # noqa: F401 (the registry's names, re-exported)
+    ENV_USER_DIR, TASKS, UNAVAILABLE, get_task, import_user_dir, load_checkpoint, load_members, load_tasks, register)
 
 
 def first_seed_details(runs, key):

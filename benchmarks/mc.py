@@ -38,8 +38,10 @@ from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
 SPLITS = ("valid", "test")
 
 
-def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=False, user_dirs=None):
-    """{standard: {split: metrics}, mc: {split: {K: metrics}}} of the checkpoint at `path`."""
+def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=False, user_dirs=None, progress=True,
+             position=0):
+    """{standard: {split: metrics}, mc: {split: {K: metrics}}} of the checkpoint at `path`; `position`: the line of
+    its progress bar (one per process)."""
     load_tasks(user_dirs)  # a worker process starts with an empty registry
     if threads:
         torch.set_num_threads(threads)
@@ -51,7 +53,9 @@ def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=Fals
         for split in SPLITS:
             standard[split] = data.ensemble_metrics([model], split, device, items=True)
             seed_everything(task.config["seed"])  # the masks, and so the curve, are reproducible
-            curve = data.mc_dropout_curve(model, split, device, passes, items=True)
+            bar = dict(desc=f"{Path(path).parent.name} {split} MC {max(passes)}", position=position,
+                       leave=False) if progress else None
+            curve = data.mc_dropout_curve(model, split, device, passes, items=True, progress=bar)
             paired[split] = item_bootstrap(curve[max(passes)].pop("items"), standard[split].pop("items"),
                                            task.main_metric)
             mc[split] = {str(k): v for k, v in curve.items()}
@@ -181,6 +185,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", help="dataset root (default: $RNNREG_DATA_DIR)")
     parser.add_argument("--custom-data", action="store_true", help="as for benchmarks.run (your own copy of the data)")
     parser.add_argument("--out", default="results", help="results folder (default: results/)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_user_dir_flag(parser)
     args = parser.parse_args(argv)
     load_task_registry(args, parser)
@@ -191,14 +196,15 @@ def main(argv=None):
     device = device_with_threads(args, parser)
     origin = provenance(device, "python -m benchmarks.mc " + shlex.join(argv))
     job = dict(passes=passes, device=str(device), threads=args.threads, data_dir=data_root(args.data_dir),
-               custom_data=args.custom_data, user_dirs=args.user_dir)
+               custom_data=args.custom_data, user_dirs=args.user_dir, progress=not args.no_progress)
     try:
         if args.jobs == 1:
             finished = (evaluate(path, **job) for path in args.checkpoints)
         else:
             pool = ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=stop_with_parent, initargs=(os.getpid(),))
-            finished = (f.result() for f in as_completed([pool.submit(evaluate, p, **job) for p in args.checkpoints]))
+            finished = (f.result() for f in as_completed([pool.submit(evaluate, p, **job, position=i % args.jobs)
+                                                           for i, p in enumerate(args.checkpoints)]))
         for entry in finished:
             entry.update(provenance=origin, finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
             path = record(args.out, task_cls, entry)

@@ -14,6 +14,7 @@ from dataclasses import fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from core.cache import cache_root
 from core.scoring import IGNORE, UNSEEN, add_items, new_items, new_totals, pass_groups, tally  # noqa: F401
@@ -179,17 +180,18 @@ class Task:
         return self._averaged_metrics(split, device, log_probs, items)
 
     @torch.no_grad()
-    def mc_dropout_metrics(self, model, split, device, samples):
+    def mc_dropout_metrics(self, model, split, device, samples, progress=None):
         """MC-dropout evaluation (Gal & Ghahramani 2016): `model` with its dropout on, the probabilities of `samples`
         passes averaged at every position, each pass with its own masks (and its own state on stateful tasks)."""
-        return self.mc_dropout_curve(model, split, device, [samples])[samples]
+        return self.mc_dropout_curve(model, split, device, [samples], progress=progress)[samples]
 
     @torch.no_grad()
-    def mc_dropout_curve(self, model, split, device, counts, group=10, items=False):
+    def mc_dropout_curve(self, model, split, device, counts, group=10, items=False, progress=None):
         """{k: MC-dropout metrics of the first k passes} for every k in `counts`, from one run of max(counts) passes,
         so the whole curve costs what its largest point costs. Passes run in groups of at most `group` (memory);
         each group keeps its own state on stateful tasks. `items`: the largest k's metrics also carry "items",
-        its per-item statistics as item_stats gives them (for a paired test against the standard evaluation)."""
+        its per-item statistics as item_stats gives them (for a paired test against the standard evaluation).
+        `progress`: tqdm options (desc, position, ...) for a progress bar over the split's batches."""
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise ValueError("MC-dropout evaluation runs the model in training mode, which would update its "
                              "BatchNorm statistics; this model has BatchNorm layers")
@@ -200,7 +202,10 @@ class Task:
         totals, states, rows = {k: new_totals() for k in counts}, [None] * len(sizes), new_items()
         model.train()
         try:
-            for batch in self.batches(split, device):
+            batches = self.batches(split, device)
+            if progress is not None:
+                batches = tqdm(batches, total=self.num_batches(split), unit="batch", **progress)
+            for batch in batches:
                 summed, done = None, 0  # log of the summed probabilities of the passes so far
                 for i, size in enumerate(sizes):
                     mean, targets, states[i] = self.mc_log_probs(model, batch, states[i], size)

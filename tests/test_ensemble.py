@@ -274,7 +274,9 @@ def test_mc_benchmark_curve_matches_the_runner_and_refuses_unsuitable_checkpoint
     [_, trained] = json.loads((tmp_path / "results" / "lm" / "tiny.json").read_text())
     checkpoint = tmp_path / "runs" / "lm" / "tiny" / "zaremba-p0.3-seed1" / "best.pt"
     flags = ["--data-dir", str(tiny_ptb), "--custom-data", "--out", str(tmp_path / "mc"), "--device", "cpu"]
+    capsys.readouterr()
     mc.main([str(checkpoint), "--passes", "3"] + flags)
+    assert "zaremba-p0.3-seed1 valid MC 3" in capsys.readouterr().err  # its progress bar
     [entry] = json.loads((tmp_path / "mc" / "lm" / "mc.json").read_text())
     task, model = load_checkpoint(checkpoint)
     data = LanguageModelTask(task.config, tiny_ptb, download=False, custom_data=True).load_data()
@@ -286,7 +288,8 @@ def test_mc_benchmark_curve_matches_the_runner_and_refuses_unsuitable_checkpoint
     assert boot["boot_diff"] == pytest.approx(entry["mc"]["valid"]["3"]["ppl"] - entry["standard"]["valid"]["ppl"],
                                               abs=1e-3)
     assert boot["boot_ci"][0] <= boot["boot_diff"] <= boot["boot_ci"][1] and "items" not in entry["mc"]["valid"]["3"]
-    mc.main([str(checkpoint), "--passes", "1,2,4"] + flags)  # the same checkpoint again: its entry is replaced
+    mc.main([str(checkpoint), "--passes", "1,2,4", "--no-progress"] + flags)  # the same again: replaces its entry
+    assert "MC 4" not in capsys.readouterr().err
     [entry] = json.loads((tmp_path / "mc" / "lm" / "mc.json").read_text())
     assert sorted(entry["mc"]["test"], key=int) == ["1", "2", "4"] and entry["passes"] == [1, 2, 4]
     assert "| MC 1 | MC 2 | MC 4 | Δ | 95% CI | p |" in (tmp_path / "mc" / "lm" / "mc.md").read_text()

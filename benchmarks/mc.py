@@ -14,6 +14,7 @@ import argparse
 import multiprocessing
 import os
 import shlex
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,8 +32,8 @@ from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
 from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
-from benchmarks.effects import interval_text, p_value_text  # noqa: E402
-from benchmarks.significance import paired_bootstrap  # noqa: E402
+from benchmarks.effects import fmt, interval_text, p_value_text  # noqa: E402
+from benchmarks.significance import paired_bootstrap, seed_interval  # noqa: E402
 from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
 
 SPLITS = ("valid", "test")
@@ -99,6 +100,7 @@ def markdown(task_cls, entries):
             interval = f"{interval_text(boot['boot_ci'])} | {p_value_text(boot['p'])}" if boot else "— | —"
             lines.append(f"| `{e['checkpoint']}` | {e['variant']} | {e['dropout']:g} | {e['seed']} | {split} | "
                          f"{e['standard'][split][m]:.2f} | " + " | ".join(cells) + f" | {delta:+.2f} | {interval} |")
+    lines += over_seeds(task_cls, entries)
     lines += ["", "Runs:", ""]
     for e in entries:
         prov = e["provenance"]
@@ -107,6 +109,40 @@ def markdown(task_cls, entries):
                      f"{short_commit(prov['git_commit'])}, {prov['device']} ({hw}), torch {prov['torch']}, "
                      f"{e['wall_s'] / 60:.1f} min, {e['finished']}")
     return "\n".join(lines + [""])
+
+
+def over_seeds(task_cls, entries):
+    """The "over seeds" section: for every scheme with two or more evaluated seeds, at the largest K they all
+    reached, the mean MC-minus-standard difference with its 95% t interval over seeds, and the smallest K whose
+    seed mean beats the standard's (where MC starts to pay)."""
+    groups = {}
+    for e in entries:
+        groups.setdefault((e["label"], e["variant"], e["dropout"]), []).append(e)
+    m, sign = task_cls.main_metric, -1 if task_cls.lower_is_better else 1
+    rows = []
+    for (label, variant, p), group in groups.items():
+        if len({e["seed"] for e in group}) < 2:
+            continue
+        common = sorted(set.intersection(*(set(e["passes"]) for e in group)))
+        for split in SPLITS:
+            standard = [e["standard"][split][m] for e in group]
+            mean_mc = {k: statistics.mean(e["mc"][split][str(k)][m] for e in group) for k in common}
+            top = common[-1]
+            diffs = [e["mc"][split][str(top)][m] - e["standard"][split][m] for e in group]
+            pays = [k for k in common if sign * (mean_mc[k] - statistics.mean(standard)) > 0]
+            rows.append(f"| {label} | {variant} | {p:g} | {','.join(str(e['seed']) for e in group)} | {split} | "
+                        f"{fmt(standard)} | {top} | {fmt([e['mc'][split][str(top)][m] for e in group])} | "
+                        f"{statistics.mean(diffs):+.2f} | {interval_text(seed_interval(diffs))} | "
+                        f"{sum(sign * d > 0 for d in diffs)} / {len(diffs)} | {pays[0] if pays else '—'} |")
+    if not rows:
+        return []
+    return ["", "## Over seeds", "",
+            "Schemes with two or more evaluated seeds: at the largest K all of them reached, the seed means "
+            "(± std), the mean difference MC minus standard with its 95% interval over seeds (Student's t over the "
+            "per-seed differences), the seeds on which MC is better, and the smallest K at which the mean MC "
+            "metric beats the mean standard one.", "",
+            "| preset | scheme | p | seeds | split | standard | K | MC K | Δ | 95% CI over seeds | seeds MC better | "
+            "MC better from K |", "|" + "---|" * 12] + rows
 
 
 def plot(task_cls, entries, path):

@@ -302,3 +302,21 @@ def test_mc_benchmark_curve_matches_the_runner_and_refuses_unsuitable_checkpoint
         with pytest.raises(SystemExit):
             mc.main(argv + flags)
         assert message in capsys.readouterr().err
+
+
+def test_mc_over_seeds_row_uses_the_largest_common_pass_count_and_a_t_interval():
+    from benchmarks import mc
+
+    def entry(seed, standard, curve, variant="zaremba"):
+        return {"label": "cpu", "variant": variant, "dropout": 0.2, "seed": seed, "passes": sorted(curve),
+                "standard": {s: {"ppl": standard} for s in mc.SPLITS},
+                "mc": {s: {str(k): {"ppl": v} for k, v in curve.items()} for s in mc.SPLITS}}
+
+    entries = [entry(1, 100.0, {1: 110.0, 10: 99.0, 20: 98.0}), entry(2, 102.0, {1: 112.0, 10: 100.0}),
+               entry(3, 90.0, {1: 95.0, 10: 89.0}, variant="naive")]  # one seed: no row
+    lines = mc.over_seeds(LanguageModelTask, entries)
+    rows = [line for line in lines if line.startswith("| cpu |")]
+    assert len(rows) == 2 and all("naive" not in row for row in rows)
+    # K = 10, the largest both seeds reached; differences -1 and -2: t(1) = 12.706 * 0.7071 / sqrt(2) = 6.35
+    assert rows[0] == ("| cpu | zaremba | 0.2 | 1,2 | valid | 101.00 ± 1.41 | 10 | 99.50 ± 0.71 | -1.50 | "
+                       "[-7.85, +4.85] | 2 / 2 | 10 |")

@@ -57,7 +57,8 @@ def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=Fals
             seed_everything(task.config["seed"])  # the masks, and so the curve, are reproducible
             bar = dict(desc=f"{Path(path).parent.name} {split} MC {max(passes)}", position=position,
                        leave=False) if progress else None
-            curve = data.mc_dropout_curve(model, split, device, passes, items=True, progress=bar)
+            curve = data.mc_dropout_curve(model, split, device, passes, items=True, progress=bar,
+                                          resume=progress_file(path, split))
             paired[split] = item_bootstrap(curve[max(passes)].pop("items"), standard[split].pop("items"),
                                            task.main_metric)
             mc[split] = {str(k): v for k, v in curve.items()}
@@ -67,6 +68,19 @@ def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=Fals
             "variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "config": config,
             "passes": sorted(passes), "standard": standard, "mc": mc, "bootstrap": paired,
             "wall_s": round(time.time() - started, 1)}
+
+
+def progress_file(checkpoint, split):
+    """Where the evaluation of `split` keeps its progress (beside the checkpoint, so an interrupted command run
+    again continues it), or None if that folder cannot be written."""
+    folder = Path(checkpoint).parent
+    if not os.access(folder, os.W_OK):
+        print(f"{folder} is read-only: an interrupted evaluation of {checkpoint} will start afresh", flush=True)
+        return None
+    path = folder / f"mc-{split}.partial.pt"
+    if path.exists():
+        print(f"{checkpoint}: continuing the {split} evaluation saved in {path}", flush=True)
+    return path
 
 
 def item_bootstrap(mc_items, standard_items, metric):

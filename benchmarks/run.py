@@ -271,7 +271,8 @@ def train_one(task_cls, args, config, run_dir, origin):
             model = load_best(task, run_dir, args.device)
             for split in ("valid",) if args.valid_only else ("valid", "test"):
                 bar = None if args.no_progress else dict(desc=f"{split} MC {args.mc_samples}", leave=False)
-                mc = task.mc_dropout_metrics(model, split, args.device, args.mc_samples, progress=bar)
+                mc = task.mc_dropout_metrics(model, split, args.device, args.mc_samples, progress=bar,
+                                             resume=run_dir / f"mc-{split}.partial.pt")
                 result["metrics"].update({f"{split}_mc_{k}": v for k, v in mc.items()})
         result["mc"] = {"samples": args.mc_samples, "provenance": origin}
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "

@@ -9,7 +9,9 @@ import importlib.util
 import math
 import shutil
 import time
+import warnings
 from dataclasses import fields
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +22,7 @@ from core.cache import cache_root
 from core.scoring import IGNORE, UNSEEN, add_items, new_items, new_totals, pass_groups, tally  # noqa: F401
 from core.download import data_root
 from core.trainer import TrainConfig
+from core.utils import rng_states_on_cpu, save_torch
 from tasks.registry import (  # noqa: F401 (the registry's names, re-exported)
     ENV_USER_DIR, TASKS, UNAVAILABLE, get_task, import_user_dir, load_checkpoint, load_members, load_tasks, register)
 
@@ -180,18 +183,20 @@ class Task:
         return self._averaged_metrics(split, device, log_probs, items)
 
     @torch.no_grad()
-    def mc_dropout_metrics(self, model, split, device, samples, progress=None):
+    def mc_dropout_metrics(self, model, split, device, samples, progress=None, resume=None):
         """MC-dropout evaluation (Gal & Ghahramani 2016): `model` with its dropout on, the probabilities of `samples`
         passes averaged at every position, each pass with its own masks (and its own state on stateful tasks)."""
-        return self.mc_dropout_curve(model, split, device, [samples], progress=progress)[samples]
+        return self.mc_dropout_curve(model, split, device, [samples], progress=progress, resume=resume)[samples]
 
     @torch.no_grad()
-    def mc_dropout_curve(self, model, split, device, counts, group=10, items=False, progress=None):
+    def mc_dropout_curve(self, model, split, device, counts, group=10, items=False, progress=None, resume=None):
         """{k: MC-dropout metrics of the first k passes} for every k in `counts`, from one run of max(counts) passes,
         so the whole curve costs what its largest point costs. Passes run in groups of at most `group` (memory);
         each group keeps its own state on stateful tasks. `items`: the largest k's metrics also carry "items",
         its per-item statistics as item_stats gives them (for a paired test against the standard evaluation).
-        `progress`: tqdm options (desc, position, ...) for a progress bar over the split's batches."""
+        `progress`: tqdm options (desc, position, ...) for a progress bar over the split's batches. `resume`: a file
+        that keeps the evaluation so far (written atomically every `mc_save_every_s` seconds, removed at the end):
+        a later call with the same file, model and arguments continues from it, to the uninterrupted result."""
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
             raise ValueError("MC-dropout evaluation runs the model in training mode, which would update its "
                              "BatchNorm statistics; this model has BatchNorm layers")
@@ -199,13 +204,22 @@ class Task:
         if counts[0] < 1:
             raise ValueError(f"MC-dropout needs at least 1 pass, got {counts[0]}")
         sizes = pass_groups(counts, group)
-        totals, states, rows = {k: new_totals() for k in counts}, [None] * len(sizes), new_items()
+        key = {"split": split, "counts": counts, "group": group, "items": items, "device": str(device),
+               "weights": float(sum(p.double().sum() for p in model.parameters()))}  # a retrained model differs
+        saved = _load_mc_progress(resume, key, device)
+        totals, states, rows, skip = saved["so_far"] if saved else (
+            {k: new_totals() for k in counts}, [None] * len(sizes), new_items(), 0)
+        saved_at = time.time()
         model.train()
         try:
             batches = self.batches(split, device)
             if progress is not None:
                 batches = tqdm(batches, total=self.num_batches(split), unit="batch", **progress)
-            for batch in batches:
+            for b, batch in enumerate(batches):
+                if b < skip:
+                    continue
+                if b == skip and saved:
+                    _set_rng_states(saved["rng"], device)  # the masks continue as if never interrupted
                 summed, done = None, 0  # log of the summed probabilities of the passes so far
                 for i, size in enumerate(sizes):
                     mean, targets, states[i] = self.mc_log_probs(model, batch, states[i], size)
@@ -216,12 +230,20 @@ class Task:
                         tally(totals[done], summed - math.log(done), targets)
                 if items:
                     add_items(rows, summed - math.log(done), targets)
+                if resume is not None and time.time() - saved_at >= self.mc_save_every_s:
+                    save_torch({"key": key, "so_far": (totals, states, rows, b + 1), "rng": _rng_states(device)},
+                               resume)
+                    saved_at = time.time()
         finally:
             model.eval()
+        if resume is not None:
+            Path(resume).unlink(missing_ok=True)
         curve = {k: self.metrics(t) for k, t in totals.items()}
         if items:
             curve[counts[-1]]["items"] = self._item_keys(rows)
         return curve
+
+    mc_save_every_s = 60  # how often mc_dropout_curve(resume=...) saves its progress
 
     def mean_log_probs(self, models, batch, states):
         """(log of the members' mean probabilities, targets, the members' states) for one batch; accumulated
@@ -303,3 +325,26 @@ class Task:
     def checkpoint_extras(self):
         """What besides the weights every checkpoint holds: the one format tasks.base.load_checkpoint reads."""
         return {"task": self.name, "config": self.config, "data_state": self.data_state()}
+
+
+def _load_mc_progress(path, key, device):
+    """The saved progress of an MC-dropout evaluation at `path` if it belongs to this one (`key`), else None."""
+    if path is None or not Path(path).exists():
+        return None
+    saved = torch.load(path, map_location=device, weights_only=False)
+    if saved.get("key") != key:
+        warnings.warn(f"{path} holds another MC-dropout evaluation (another model, split, pass counts or device): "
+                      "starting afresh")
+        return None
+    return rng_states_on_cpu(saved)
+
+
+def _rng_states(device):
+    device = torch.device(device)
+    return [torch.get_rng_state()] + ([torch.cuda.get_rng_state(device)] if device.type == "cuda" else [])
+
+
+def _set_rng_states(states, device):
+    torch.set_rng_state(states[0])
+    if len(states) > 1:
+        torch.cuda.set_rng_state(states[1], torch.device(device))

@@ -223,6 +223,43 @@ def test_mc_dropout_curve_gives_every_prefix_of_one_run_of_passes(tiny_ptb, tiny
     assert not model.training
 
 
+def test_an_interrupted_mc_curve_resumes_to_exactly_the_uninterrupted_result(tiny_ptb, tiny_config, tmp_path,
+                                                                          monkeypatch):
+    task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True).load_data()
+    model, _ = two_models(task)
+    ask = dict(split="valid", device="cpu", counts=[1, 3], group=2, items=True)
+    seed_everything(5)
+    whole = task.mc_dropout_curve(model, **ask)
+    batches, cut_at = task.batches, task.num_batches("valid") // 2
+    assert cut_at >= 1
+
+    def interrupted(split, device):
+        for i, batch in enumerate(batches(split, device)):
+            if i == cut_at:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(LanguageModelTask, "mc_save_every_s", 0)  # save after every batch
+    saved = tmp_path / "mc-valid.partial.pt"
+    monkeypatch.setattr(task, "batches", interrupted)
+    seed_everything(5)
+    with pytest.raises(KeyboardInterrupt):
+        task.mc_dropout_curve(model, **ask, resume=saved)
+    assert torch.load(saved, weights_only=False)["so_far"][3] == cut_at
+    monkeypatch.setattr(task, "batches", batches)
+    seed_everything(99)  # the saved RNG state, not this seed, draws the remaining masks
+    assert task.mc_dropout_curve(model, **ask, resume=saved) == whole and not saved.exists()
+    monkeypatch.setattr(task, "batches", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        task.mc_dropout_curve(model, **ask, resume=saved)
+    monkeypatch.setattr(task, "batches", batches)
+    seed_everything(5)
+    with pytest.warns(UserWarning, match="another MC-dropout evaluation"):  # other pass counts: starts afresh
+        fresh = task.mc_dropout_curve(model, **{**ask, "counts": [1, 2]}, resume=saved)
+    seed_everything(5)
+    assert fresh == task.mc_dropout_curve(model, **{**ask, "counts": [1, 2]})
+
+
 def test_mc_dropout_refuses_batchnorm(tiny_ptb, tiny_config):
     task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
     model, _ = two_models(task)
@@ -277,6 +314,7 @@ def test_mc_benchmark_curve_matches_the_runner_and_refuses_unsuitable_checkpoint
     capsys.readouterr()
     mc.main([str(checkpoint), "--passes", "3"] + flags)
     assert "zaremba-p0.3-seed1 valid MC 3" in capsys.readouterr().err  # its progress bar
+    assert not list(checkpoint.parent.glob("mc-*.partial.pt"))  # the saved progress is gone once done
     [entry] = json.loads((tmp_path / "mc" / "lm" / "mc.json").read_text())
     task, model = load_checkpoint(checkpoint)
     data = LanguageModelTask(task.config, tiny_ptb, download=False, custom_data=True).load_data()

@@ -101,9 +101,10 @@ def markdown(task_cls, entries):
              "largest K (the first K passes), seeded with the run's seed. `Δ` is the largest K minus standard, with the 95% "
              "interval and two-sided p of a paired bootstrap over the split's items (2,000 resamples; the test sample's "
              "noise for this one model, not the seed's). Whether "
-             "MC evaluation helps is read off valid; test stands beside it and chooses nothing. One checkpoint per row: "
-             "the MC-versus-standard difference over seeds, with its interval, is in the task's results table "
-             "(`--mc-samples`). Produced by `python -m benchmarks.mc`.", "",
+             "MC evaluation helps is read off valid; test stands beside it and chooses nothing. One checkpoint per row; "
+             "the difference over seeds, with its interval, is under \"Over seeds\" for schemes with two or more "
+             "evaluated seeds (and, at one K, in the task's results table with `--mc-samples`). Produced by "
+             "`python -m benchmarks.mc`.", "",
              "| checkpoint | scheme | p | seed | split | standard | " + " | ".join(f"MC {k}" for k in passes)
              + " | Δ | 95% CI | p |", "|" + "---|" * (len(passes) + 9)]
     for e in entries:

@@ -38,6 +38,7 @@ from benchmarks.significance import paired_bootstrap, seed_interval  # noqa: E40
 from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
 
 SPLITS = ("valid", "test")
+NICE = (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)  # the y ticks of the plot
 
 
 def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=False, user_dirs=None, progress=True,
@@ -163,10 +164,13 @@ def over_seeds(task_cls, entries):
 
 def plot(task_cls, entries, path):
     """MC minus standard against K, per split: below 0 MC pays (for a lower-is-better metric). One colour per
-    scheme, one line style per seed; the y axis is linear within ±2 and logarithmic beyond (K = 1 is far off)."""
+    scheme, one line style per seed."""
     m = task_cls.main_metric
     colors = {v: f"C{i % 10}" for i, v in enumerate(sorted({e["variant"] for e in entries}))}
     styles = ["-", "--", ":", "-."]
+    late = [abs(e["mc"][split][k][m] - e["standard"][split][m]) for e in entries for split in SPLITS
+            for k in e["mc"][split] if int(k) >= 10]
+    linear = 1.5 * max(late + [0.05])  # the y axis is linear where the curves cross 0, logarithmic beyond
     fig, axes = plt.subplots(1, len(SPLITS), figsize=(11, 4.2))
     for ax, split in zip(axes, SPLITS):
         for e in entries:
@@ -176,8 +180,8 @@ def plot(task_cls, entries, path):
                     label=f"{e['variant']} p={e['dropout']:g} seed {e['seed']}")
         ax.axhline(0, color="black", linewidth=1)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=2)
-        ax.yaxis.set_major_locator(FixedLocator([-20, -10, -5, -2, -1, 0, 1, 2, 5, 10, 20, 50]))
+        ax.set_yscale("symlog", linthresh=linear)
+        ax.yaxis.set_major_locator(FixedLocator([0] + [s * v for v in NICE if v >= linear / 4 for s in (1, -1)]))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}" if v else "0"))
         ax.set_xlabel("MC-dropout passes averaged (K)")
         ax.set_ylabel(f"{split} {m}: MC K minus standard")

@@ -78,10 +78,7 @@ def progress_file(checkpoint, split):
     if not os.access(folder, os.W_OK):
         print(f"{folder} is read-only: an interrupted evaluation of {checkpoint} will start afresh", flush=True)
         return None
-    path = folder / f"mc-{split}.partial.pt"
-    if path.exists():
-        print(f"{checkpoint}: continuing the {split} evaluation saved in {path}", flush=True)
-    return path
+    return folder / f"mc-{split}.partial.pt"
 
 
 def item_bootstrap(mc_items, standard_items, metric):

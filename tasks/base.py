@@ -336,6 +336,7 @@ def _load_mc_progress(path, key, device):
         warnings.warn(f"{path} holds another MC-dropout evaluation (another model, split, pass counts or device): "
                       "starting afresh")
         return None
+    print(f"continuing the MC-dropout evaluation saved in {path} at batch {saved['so_far'][3]}", flush=True)
     return rng_states_on_cpu(saved)
 
 

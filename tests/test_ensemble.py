@@ -224,7 +224,7 @@ def test_mc_dropout_curve_gives_every_prefix_of_one_run_of_passes(tiny_ptb, tiny
 
 
 def test_an_interrupted_mc_curve_resumes_to_exactly_the_uninterrupted_result(tiny_ptb, tiny_config, tmp_path,
-                                                                          monkeypatch):
+                                                                          monkeypatch, capsys):
     task = LanguageModelTask({**tiny_config, "eval_batch_size": 2}, tiny_ptb, download=False, custom_data=True).load_data()
     model, _ = two_models(task)
     ask = dict(split="valid", device="cpu", counts=[1, 3], group=2, items=True)
@@ -249,6 +249,7 @@ def test_an_interrupted_mc_curve_resumes_to_exactly_the_uninterrupted_result(tin
     monkeypatch.setattr(task, "batches", batches)
     seed_everything(99)  # the saved RNG state, not this seed, draws the remaining masks
     assert task.mc_dropout_curve(model, **ask, resume=saved) == whole and not saved.exists()
+    assert f"continuing the MC-dropout evaluation saved in {saved} at batch {cut_at}" in capsys.readouterr().out
     monkeypatch.setattr(task, "batches", interrupted)
     with pytest.raises(KeyboardInterrupt):
         task.mc_dropout_curve(model, **ask, resume=saved)

@@ -141,10 +141,13 @@ def validate(args, parser):
                      f"{unregularized} would equal 'none'; pass --dropout P or --variants none")
     for variant in args.variants:
         for seed in args.seeds:
+            config = run_config(task_cls, args, variant, seed)
             try:
-                task_cls.check_config(run_config(task_cls, args, variant, seed), args.ensemble)
+                task_cls.check_config(config, args.ensemble)
             except (ValueError, DataError) as err:
                 parser.error(str(err))
+            if not args.valid_only and task_cls.selection_only(config):
+                parser.error(task_cls.selection_only(config))
     unwritable = _unwritable(args.out) or _unwritable(args.run_dir)
     if unwritable:
         parser.error(unwritable)

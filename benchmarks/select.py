@@ -176,7 +176,8 @@ def main(argv=None):
     parser.add_argument("--preset", help="default: the task's default preset")
     parser.add_argument("--variants", help="comma list of schemes to run the grid for")
     parser.add_argument("--grid", help="comma list of grid points: p, or P/PC for zoneout")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, help="the seed of every grid run (default: the task's selection seed, "
+                                                  "1; the speech cpu preset's is 0, its dev fold)")
     parser.add_argument("--jobs", type=int, default=1, help="grid points trained at once (default 1)")
     parser.add_argument("--work", default="runs/selection", help="--out and --run-dir of the grid runs")
     parser.add_argument("--collect", nargs="*", default=[], metavar="FOLDER",
@@ -203,6 +204,8 @@ def main(argv=None):
             if not args.variants:
                 parser.error("--grid needs --variants (the schemes to train it for)")
             points = [parse_point(t) for t in args.grid.split(",") if t.strip()]
+            if args.seed is None:
+                args.seed = task.selection_seed(task.presets[preset])
             work = Path(args.work)
             commands = grid_commands(task.name, preset, args.variants.split(","), points, args.seed,
                                      work / "out", work / "runs", run_args)

@@ -130,6 +130,16 @@ class Task:
         return None
 
     @classmethod
+    def selection_seed(cls, config):
+        """The seed benchmarks.select trains its grid on by default (a task with folds may keep one for selection)."""
+        return 1
+
+    @classmethod
+    def selection_only(cls, config):
+        """A message when `config` (with its seed) may only train selection runs (--valid-only), else None."""
+        return None
+
+    @classmethod
     def check_config(cls, config, ensemble=None):
         """Called by the runner before any data is loaded: raise ValueError (or DataError) naming a bad setting.
         `ensemble`: the number of members whose ensemble will be evaluated, if any."""

@@ -248,7 +248,8 @@ def test_tiny_speech_run_end_to_end(tiny_fsdd, tmp_path):
         assert r["data"]["canonical"] is False
     assert (out / "speech" / "tiny-frames.png").stat().st_size > 0
     table = (out / "speech" / "tiny.md").read_text()
-    assert "train acc | valid acc | test acc | train ce" in table and "eval mode" in table
+    assert "train acc | valid acc | test acc | train speech_acc | valid speech_acc | test speech_acc | train ce" in table
+    assert "eval mode" in table
 
 
 def test_fsdd_downloads_the_pinned_release_and_verifies_it(tiny_fsdd, tmp_path, served, monkeypatch):
@@ -296,7 +297,7 @@ def test_label_delay_scores_every_frame_once_and_predictions_line_up(tiny_fsdd, 
 def test_speaker_folds_hold_every_speaker_out_once(tiny_fsdd, tmp_path):
     from tasks.speech.task import fold_speakers
 
-    base = {**PRESETS["cpu"], "scheme": "none", "dropout": 0.0}
+    base = {**PRESETS["fsdd"], "scheme": "none", "dropout": 0.0}
     folds = [fold_speakers({**base, "seed": seed}) for seed in range(1, 7)]
     assert sorted(f["test_speakers"] for f in folds) == sorted(FSDD_SPEAKERS)
     assert sorted(f["valid_speakers"] for f in folds) == sorted(FSDD_SPEAKERS)
@@ -322,7 +323,8 @@ def test_a_held_out_speaker_in_training_is_an_error_naming_the_speaker(tiny_fsdd
 
 def test_folds_refuse_an_ensemble(tiny_fsdd, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        run.main(["--task", "speech", "--ensemble", "2", "--data-dir", str(tiny_fsdd), "--out", str(tmp_path / "r")])
+        run.main(["--task", "speech", "--preset", "fsdd", "--ensemble", "2", "--data-dir", str(tiny_fsdd), "--out",
+                  str(tmp_path / "r")])
     assert "members would be tested on their own training speakers" in capsys.readouterr().err
 
 
@@ -351,8 +353,8 @@ def test_held_out_phones_unseen_in_training_count_as_errors(tmp_path):
     assert task.metrics({"nll": 0.0, "count": out.count, "correct": correct, "scored": correct})["acc"] < 100
 
 
-def test_the_speech_preset_trains_all_six_folds_by_default():
-    args = run.build_parser().parse_args(["--task", "speech"])
+def test_the_fsdd_preset_trains_all_six_folds_by_default():
+    args = run.build_parser().parse_args(["--task", "speech", "--preset", "fsdd"])
     run.validate(args, run.build_parser())
     assert args.seeds == [1, 2, 3, 4, 5, 6]
     args = run.build_parser().parse_args(["--task", "speech", "--preset", "tiny"])

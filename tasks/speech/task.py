@@ -1,9 +1,10 @@
 """Frame-level acoustic modeling (paper section 4.2, Table 2): a unidirectional dropout-LSTM labels every
-10 ms frame; frame accuracy on train (measured without dropout, as in the paper) and held-out speakers.
+10 ms frame with its phone; frame accuracy on train (measured without dropout, as in the paper) and held-out
+speakers.
 
-The paper's Icelandic data is private; the default is connected digits built from the Free Spoken Digit
-Dataset with speaker-disjoint splits (tasks/speech/data.py), and CMU ARCTIC and TIMIT presets serve users
-who have those corpora.
+The paper's Icelandic data is private; the default is the TIMIT sample NLTK distributes (real speech with
+hand-verified phone alignments, folds by dialect region: tasks/speech/timit_sample.py). FSDD connected digits
+(`fsdd`), CMU ARCTIC and full TIMIT presets serve the earlier table and users who have those corpora.
 """
 import base64
 from pathlib import Path
@@ -11,55 +12,15 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchaudio
 
 from core import DropoutLSTM, StepOutput, bucket_batches, init_uniform
 from core.cache import cached, files_fingerprint
-from core.download import DataError
 from tasks.base import UNSEEN, Task, first_seed_details, register
-from tasks.speech.data import (DIGIT_CLASSES, FSDD_SPEAKERS, IGNORE, TIMIT_39, LogMel, arctic_split, ensure_fsdd, fold_timit,
-                               fsdd_split, label_samples, normalizer, timit_split)
-
-SPLITS = ("train", "valid", "test")
-CACHE_VERSION = 1  # bump when feature or label code changes, so old cache entries are not reused
-_FEATURES = dict(n_mels=40, win_ms=25, hop_ms=10, deltas=False)
-_FSDD = dict(corpus="fsdd", **_FEATURES, sample_rate=8000, train_speakers="george,jackson,lucas,yweweler",
-             valid_speakers="nicolas", test_speakers="theo", per_digit=50, data_seed=1, min_digits=3, max_digits=7,
-             gap_min_s=0.05, gap_max_s=0.3, snr_db=30.0, silence_db=-30.0)
-_TRAIN = dict(cmn=True, label_delay=0, init=0.1, batch_size=16, eval_batch_size=64, optimizer="adam", lr=0.002,
-              decay_start=10, lr_decay=1.5, clip=5.0)
-PRESETS = {
-    # Scaled down for a 2-core CPU; size and p chosen by measurement (see the README).
-    # Seed s holds FSDD speaker s out for test (the next one for validation): seeds 1-6 are the six folds.
-    # The 10-frame output delay and p were chosen on fold 1's validation speaker (see the README).
-    "cpu": dict(_FSDD, speaker_folds=True, train_speakers="", valid_speakers="", test_speakers="",
-                **{**_TRAIN, "label_delay": 10}, hidden=256, layers=2, dropout=0.3, epochs=20,
-                # chosen on fold 1's validation speaker (README, "Dropout schemes"); zoneout: [hiddens, cells]
-                scheme_dropout={"variational": 0.1, "weightdrop": 0.3, "zoneout": [0.05, 0.5]}),
-    # The paper does not state its acoustic model's size; 4 layers (as in its other deep LSTMs) of 1000 units
-    # with p=0.5, on the same connected digits. For a GPU.
-    "paper": dict(_FSDD, **_TRAIN, hidden=1000, layers=4, dropout=0.5, epochs=30),
-    # Corpora for users who have them (phone classes; 16 kHz, features with deltas).
-    "arctic": dict(_FEATURES, corpus="arctic", sample_rate=16000, deltas=True, train_speakers="bdl,clb,rms,slt",
-                   valid_speakers="jmk", test_speakers="awb", **_TRAIN, hidden=512, layers=2, dropout=0.5, epochs=20),
-    "timit": dict(_FEATURES, corpus="timit", sample_rate=16000, deltas=True, **_TRAIN, hidden=512, layers=2,
-                  dropout=0.5, epochs=20),
-    # Seconds on a few recordings; a smoke test of the machinery, not a result.
-    "tiny": dict(_FSDD, cmn=True, label_delay=2, init=0.1, batch_size=4, eval_batch_size=8, optimizer="adam",
-                 lr=0.01, decay_start=1, lr_decay=2.0, clip=5.0, per_digit=2, n_mels=8, hidden=16, layers=2,
-                 dropout=0.3, epochs=2),
-}
-PRESET_NOTES = {
-    "cpu": "Scaled down for a 2-core CPU (FSDD connected digits, six speaker folds, 2x256, p=0.3, 10-frame output "
-           "delay, Adam, 20 epochs): not the paper's data or configuration.",
-    "paper": "The paper's data is private and its network size is not stated: a larger network on the same "
-             "connected digits, not a reproduction of Table 2's setting.",
-    "tiny": "Smoke-test preset (seconds on a few recordings): not a result.",
-}
-_TABLE2 = {"none": {"train_acc": 71.6, "valid_acc": 68.9}, "zaremba": {"train_acc": 69.4, "valid_acc": 70.5}}
-# Table 2 of the paper (frame accuracy on an Icelandic speech corpus, train / validation). Beside the FSDD
-# presets for the direction and size of the effect only: different data, labels and model.
-PAPER_RESULTS = {"cpu": _TABLE2, "paper": _TABLE2}
+from tasks.speech.corpora import (  # noqa: F401 (fold_speakers: re-exported)
+    CACHE_VERSION, DATA_KEYS, SPLITS, _speakers, corpus_folders, featurize, fold_speakers)
+from tasks.speech.data import DIGIT_CLASSES, FSDD_SPEAKERS, IGNORE, TIMIT_39, ensure_fsdd, normalizer
+from tasks.speech.presets import FSDD, PAPER_RESULTS, PRESET_NOTES, PRESETS, TIMIT_SAMPLE, TRAIN
+from tasks.speech.timit_sample import REGIONS, ensure_timit_sample
 
 
 class FrameClassifier(nn.Module):
@@ -77,101 +38,6 @@ class FrameClassifier(nn.Module):
         return self.out(output)
 
 
-def _speakers(text):
-    return [s.strip() for s in text.split(",") if s.strip()]
-
-
-def fold_speakers(cfg):
-    """The config with its train/valid/test speakers filled in and checked.
-
-    With `speaker_folds` (FSDD), seed s is fold s: test speaker = the ((s - 1) mod 6)-th FSDD speaker, validation
-    speaker = the next one, training = the other four, so seeds 1-6 hold every speaker out once and a table's
-    mean over seeds is a mean over folds. Any overlap between splits is an error naming the speaker."""
-    cfg = dict(cfg)
-    if cfg.get("speaker_folds"):
-        if cfg["corpus"] != "fsdd":
-            raise DataError(f"speaker_folds works for corpus fsdd, not {cfg['corpus']!r}; name the speakers instead")
-        named = [f"{s}_speakers" for s in SPLITS if cfg.get(f"{s}_speakers")]
-        if named:
-            raise DataError(f"speaker_folds picks the speakers from the seed, but {', '.join(named)} are set too: "
-                            "unset them or pass --set speaker_folds=false")
-        n = len(FSDD_SPEAKERS)
-        fold = (cfg["seed"] - 1) % n
-        test, valid = FSDD_SPEAKERS[fold], FSDD_SPEAKERS[(fold + 1) % n]
-        cfg.update(test_speakers=test, valid_speakers=valid,
-                   train_speakers=",".join(s for s in FSDD_SPEAKERS if s not in (test, valid)))
-    if cfg["corpus"] != "timit":  # TIMIT's own train/test split is speaker-disjoint
-        seen = {}
-        for split in SPLITS:
-            for speaker in _speakers(cfg[f"{split}_speakers"]):
-                if speaker in seen:
-                    raise DataError(f"speaker {speaker!r} is in both {seen[speaker]}_speakers and {split}_speakers: "
-                                    "held-out speakers must never occur in training or in the other held-out set; "
-                                    "fix the --set speaker lists")
-                seen[speaker] = split
-    return cfg
-
-
-def corpus_folders(cfg, data_dir):
-    """The folders whose files a preset reads (their identity is part of the feature cache key)."""
-    root = Path(data_dir)
-    if cfg["corpus"] == "fsdd":
-        return [root / "fsdd" / "recordings"]
-    if cfg["corpus"] == "arctic":
-        speakers = [s for split in SPLITS for s in _speakers(cfg[f"{split}_speakers"])]
-        return [root / "arctic" / f"cmu_us_{s}_arctic" for s in speakers]
-    if cfg["corpus"] == "timit":
-        return [root / "timit"]
-    raise DataError(f"unknown corpus {cfg['corpus']!r}; use fsdd, arctic or timit")
-
-
-def load_utterances(cfg, data_dir):
-    """({split: utterances with "audio" at cfg's sample rate and per-sample "labels"}, class names)."""
-    corpus = cfg["corpus"]
-    if corpus == "fsdd":
-        folder = Path(data_dir) / "fsdd"
-        return {s: fsdd_split(folder, _speakers(cfg[f"{s}_speakers"]), cfg) for s in SPLITS}, DIGIT_CLASSES
-    if corpus == "arctic":
-        splits = {s: arctic_split(data_dir, _speakers(cfg[f"{s}_speakers"])) for s in SPLITS}
-        classes = sorted({p for u in splits["train"] for _, _, p in u["segments"]})
-    else:
-        splits = {s: timit_split(data_dir, s) for s in SPLITS}
-        classes = TIMIT_39
-    index = {c: i for i, c in enumerate(classes)}
-    fold = fold_timit if corpus == "timit" else (lambda p: p)
-    for utts in splits.values():
-        for u in utts:
-            scale = cfg["sample_rate"] / u["rate"]
-            segments = [(int(a * scale), int(b * scale), p) for a, b, p in u["segments"]]
-            if u["rate"] != cfg["sample_rate"]:
-                u["audio"] = torchaudio.functional.resample(u["audio"], u["rate"], cfg["sample_rate"])
-            # a held-out phone never seen in training (ARCTIC) is a frame the model cannot get right: UNSEEN
-            u["labels"] = label_samples(len(u["audio"]), segments, lambda p: _class_id(index, fold(p)))
-    return splits, classes
-
-
-def _class_id(index, phone):
-    return IGNORE if phone is None else index.get(phone, UNSEEN)  # None: deleted by the folding (TIMIT's q)
-
-
-def featurize(cfg, data_dir):
-    """{"classes", split: {"feats": [(T, D)], "labels": [(T,)], "speakers", "files"}}, features unnormalised."""
-    splits, classes = load_utterances(cfg, data_dir)
-    logmel = LogMel(cfg["sample_rate"], cfg["n_mels"], cfg["win_ms"], cfg["hop_ms"], cfg["deltas"])
-    out = {"classes": classes}
-    for split, utts in splits.items():
-        feats = [logmel(u["audio"]) for u in utts]
-        labels = [logmel.frame_labels(u["labels"]) for u in utts]
-        out[split] = {"feats": feats, "labels": labels, "speakers": [u["speaker"] for u in utts],
-                      "files": [u["files"] for u in utts]}
-    return out
-
-
-DATA_KEYS = ("corpus", "n_mels", "win_ms", "hop_ms", "deltas", "sample_rate", "train_speakers", "valid_speakers",
-             "test_speakers", "per_digit", "data_seed", "min_digits", "max_digits", "gap_min_s", "gap_max_s",
-             "snr_db", "silence_db")
-
-
 @register
 class SpeechTask(Task):
     name = "speech"
@@ -182,17 +48,21 @@ class SpeechTask(Task):
     paper_source = "Table 2 (Icelandic speech, frame accuracy)"
     main_metric = "acc"
     lower_is_better = False
-    split_metrics = ("ce",)
+    split_metrics = ("speech_acc", "ce")
     eval_train = True
-    results_notes = ("acc: frame accuracy in % (every 10 ms frame, silence included); ce: frame cross-entropy in "
-                     "nats. Held-out speakers never occur in training (an overlap is an error); with speaker_folds "
+    results_notes = ("acc: frame accuracy in % (every 10 ms frame, silence included); speech_acc: the same over the "
+                     "frames whose reference is not silence; ce: frame cross-entropy in nats. TIMIT sample: 39 "
+                     "folded phones (closures, pauses and h# are silence; q frames are not scored); frames after a "
+                     "label file's end are not scored and counted in the JSON (unlabelled_frames). Held-out speakers "
+                     "never occur in training (an overlap is an error); with speaker_folds "
                      "(the cpu preset) seed s holds FSDD speaker s out for test and the next one for validation, so "
                      "the mean over seeds 1-6 is the mean over six folds, each speaker tested once. A held-out "
                      "label never seen in training (ARCTIC phones) counts as an error in the accuracy and is left "
                      "out of the cross-entropy; the JSON counts such frames (unseen_frames) and has the test "
                      "confusion matrix, per-class accuracy and the silence/speech confusion.")
 
-    config_keys = (*_FSDD, "speaker_folds", *_TRAIN, "hidden", "layers")
+    config_keys = (*FSDD, *TIMIT_SAMPLE, "speaker_folds", "train_regions", "valid_regions", "test_regions", *TRAIN,
+                   "hidden", "layers")
     synthetic_frames = (150, 300)  # utterance lengths in frames (FSDD's connected digits: 1.5-3 s)
 
     def __init__(self, config, data_dir=None, download=True, custom_data=False, cache_dir=None):
@@ -203,6 +73,8 @@ class SpeechTask(Task):
         cfg, data_dir = self.config, self.data_dir
         if cfg["corpus"] == "fsdd":
             _, self.noncanonical = ensure_fsdd(data_dir, cfg["per_digit"], self.download, self.custom_data)
+        elif cfg["corpus"] == "timit_sample":
+            _, self.noncanonical = ensure_timit_sample(data_dir, self.download, self.custom_data)
         folders = corpus_folders(cfg, data_dir)
         files = sorted(p for folder in folders if folder.is_dir() for p in folder.rglob("*") if p.is_file())
         key = {"version": CACHE_VERSION, "data": {k: cfg.get(k) for k in DATA_KEYS}, "files": files_fingerprint(files)}
@@ -219,7 +91,7 @@ class SpeechTask(Task):
     def synthetic_data(self, batches=20, seed=0):
         generator = torch.Generator().manual_seed(seed)
         dims = self.config["n_mels"] * (3 if self.config["deltas"] else 1)
-        self.classes = list(DIGIT_CLASSES)
+        self.classes = list(TIMIT_39 if self.config["corpus"].startswith("timit") else DIGIT_CLASSES)
         lengths = torch.randint(*self.synthetic_frames, (batches * self.config["batch_size"],), generator=generator)
         split = {"feats": [torch.randn(int(n), dims, generator=generator) for n in lengths],
                  "labels": [torch.randint(len(self.classes), (int(n),), generator=generator) for n in lengths]}
@@ -233,18 +105,38 @@ class SpeechTask(Task):
 
     @classmethod
     def default_seeds(cls, config):
+        if config.get("region_folds"):
+            return list(range(1, len(REGIONS)))  # every test fold (seed 0 is the dev fold)
         return list(range(1, len(FSDD_SPEAKERS) + 1)) if config.get("speaker_folds") else None  # every fold
+
+    @classmethod
+    def selection_seed(cls, config):
+        return 0 if config.get("region_folds") else 1
+
+    @classmethod
+    def selection_only(cls, config):
+        if config.get("region_folds") and config.get("seed") == 0:
+            return ("seed 0 is the dev fold (its validation set is the dev region; it has no test set): it is for "
+                    "selection runs only. Add --valid-only (or use benchmarks.select), or give seeds 1-7 to test")
+        return None
 
     @classmethod
     def check_config(cls, config, ensemble=None):
         super().check_config(config, ensemble)
-        if config.get("speaker_folds") and ensemble:
-            raise ValueError("--ensemble with speaker_folds: each seed trains on other speakers, so members would be "
-                             "tested on their own training speakers; drop --ensemble or --set speaker_folds=false")
+        folds = next((k for k in ("speaker_folds", "region_folds") if config.get(k)), None)
+        if folds and ensemble:
+            raise ValueError(f"--ensemble with {folds}: each seed trains on other speakers, so members would be "
+                             f"tested on their own training speakers; drop --ensemble or --set {folds}=false")
         fold_speakers(config)
 
     def data_info(self):
-        return {**super().data_info(), "speakers": {s: _speakers(self.config[f"{s}_speakers"]) for s in SPLITS}}
+        info = {**super().data_info(), "speakers": {s: _speakers(self.config.get(f"{s}_speakers", "")) for s in SPLITS}}
+        if self.config["corpus"] == "timit_sample":
+            info["regions"] = {s: _speakers(self.config[f"{s}_regions"]) for s in SPLITS}
+            info["speakers"] = {s: sorted(set(self.data[s]["speakers"])) for s in SPLITS}
+            info["utterances"] = {s: len(self.data[s]["feats"]) for s in SPLITS}
+            info["unlabelled_frames"] = {s: self.data[s].get("unlabelled_frames", 0) for s in SPLITS}
+        return info
 
     def build_model(self):
         cfg = self.config
@@ -286,13 +178,22 @@ class SpeechTask(Task):
         nll = F.cross_entropy(logits.float().flatten(0, 1), labels.masked_fill(~scored, IGNORE).flatten(), ignore_index=IGNORE,
                               reduction="sum")
         count, scored_count = int(real.sum()), int(scored.sum())
-        correct = (logits.argmax(-1) == labels)[real].sum()
+        hits = logits.argmax(-1) == labels
+        speech = real & (labels != self.silence_id())
         return StepOutput(loss=nll / max(scored_count, 1), nll=nll.detach(), count=count, norm=scored_count,
-                          extra={"correct": correct, "scored": scored_count})
+                          extra={"correct": hits[real].sum(), "scored": scored_count,
+                                 "speech_correct": hits[speech].sum(), "speech_count": int(speech.sum())})
+
+    def silence_id(self):
+        """The class id of silence ("sil", ARCTIC's "pau"), or -1 when the classes have none."""
+        return next((i for i, c in enumerate(self.classes) if c in ("sil", "pau")), -1)
 
     def metrics(self, totals):
-        return {"acc": 100.0 * totals["correct"] / totals["count"],
-                "ce": totals["nll"] / max(totals.get("scored", totals["count"]), 1)}
+        metrics = {"acc": 100.0 * totals["correct"] / totals["count"],
+                   "ce": totals["nll"] / max(totals.get("scored", totals["count"]), 1)}
+        if totals.get("speech_count"):  # ensembles and MC passes score through core.scoring, without it
+            metrics["speech_acc"] = 100.0 * totals["speech_correct"] / totals["speech_count"]
+        return metrics
 
     @torch.no_grad()
     def predict(self, model, split, device):
@@ -325,9 +226,8 @@ class SpeechTask(Task):
         details = {"classes": self.classes, "confusion": confusion.tolist(), "per_class_acc": per_class,
                    "unseen_frames": unseen,  # labels never seen in training: counted as errors in the accuracy
                    "frames": self._example(predictions, split)}
-        silence = next((i for i, c in enumerate(self.classes) if c in ("sil", "pau")), None)
-        if silence is not None:
-            details["silence_speech_confusion"] = silence_confusion(confusion, silence)
+        if self.silence_id() >= 0:
+            details["silence_speech_confusion"] = silence_confusion(confusion, self.silence_id())
         return {}, details
 
     def _example(self, predictions, split):

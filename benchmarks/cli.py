@@ -1,8 +1,11 @@
-"""Command-line pieces shared by the benchmark commands (run, speed, mc)."""
+"""Command-line pieces shared by the benchmark commands (run, speed, mc), and the run-dir guard of run."""
+from datetime import datetime, timezone
+from pathlib import Path
+
 import torch
 
 from core.utils import pick_device
-from tasks.base import ENV_USER_DIR, load_tasks
+from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, load_tasks
 
 
 def add_user_dir_flag(parser):
@@ -27,3 +30,50 @@ def load_task_registry(args, parser):
         load_tasks(args.user_dir)
     except (ValueError, ImportError) as err:
         parser.error(f"--user-dir: {err}")
+
+
+def list_tasks():
+    for name, reason in sorted(UNAVAILABLE.items()):
+        print(f"{name}: unavailable here: it {reason}")
+    for name, cls in sorted(TASKS.items()):
+        print(f"{name}: {cls.description}")
+        for preset, config in cls.presets.items():
+            default = " (default)" if preset == cls.default_preset else ""
+            note = f"  [{cls.preset_notes[preset]}]" if preset in cls.preset_notes else ""
+            print(f"  {preset}{default}: " + ", ".join(f"{k}={v}" for k, v in config.items()) + note)
+
+
+# ---- never lose a run: what a run dir holds, and moving one aside ------------------------------------------------
+
+RUN_FILES = ("result.json", "checkpoint.pt", "best.pt", "log.jsonl")
+
+
+def run_dir_state(run_dir):
+    """What `run_dir` holds of an earlier run ("a finished run", "progress (checkpoint.pt, ...)"), or None."""
+    if (Path(run_dir) / "result.json").exists():
+        return "a finished run (result.json)"
+    held = [name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+    return f"progress ({', '.join(held)})" if held else None
+
+
+def runs_in_the_way(run_dirs, resume, overwrite):
+    """The run dirs that `--overwrite` moves aside; a ValueError naming them and the two ways on when they hold
+    an earlier run and neither --resume nor --overwrite was given."""
+    taken = [(d, state) for d in run_dirs if (state := run_dir_state(d))]
+    if resume or not taken:
+        return []
+    if overwrite:
+        return [d for d, _ in taken]
+    listed = "; ".join(f"{d} holds {state}" for d, state in taken)
+    raise ValueError(f"{listed}. Pass --resume to continue it (a finished run is reused, not retrained) or "
+                     f"--overwrite to start again (the old run dir is moved aside to <dir>.old-<time>, not deleted)")
+
+
+def move_aside(run_dir):
+    """Rename `run_dir` to <name>.old-<UTC time>[-N]; returns the new path."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    target, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}"), 1
+    while target.exists():
+        target, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}"), n + 1
+    run_dir.rename(target)
+    return target

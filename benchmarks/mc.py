@@ -31,7 +31,8 @@ from core.download import DataError, data_root  # noqa: E402
 from core.interrupt import stop_with_parent  # noqa: E402
 from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
-from benchmarks.report import load_runs, short_commit, threads_text  # noqa: E402
+from benchmarks.report import load_runs, threads_text  # noqa: E402
+from core.provenance import code_version  # noqa: E402
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
 from benchmarks.effects import fmt, interval_text, p_value_text  # noqa: E402
 from benchmarks.significance import paired_bootstrap, seed_interval  # noqa: E402
@@ -119,8 +120,8 @@ def markdown(task_cls, entries):
     for e in entries:
         prov = e["provenance"]
         hw = prov.get("gpu") or f"{prov['cpu_model']}, {threads_text(prov['torch_threads'])}"
-        lines.append(f"- `{e['checkpoint']}` ({e['label']}): `{prov['command']}` — commit "
-                     f"{short_commit(prov['git_commit'])}, {prov['device']} ({hw}), torch {prov['torch']}, "
+        lines.append(f"- `{e['checkpoint']}` ({e['label']}): `{prov['command']}` — "
+                     f"{code_version(prov)}, {prov['device']} ({hw}), torch {prov['torch']}, "
                      f"{e['wall_s'] / 60:.1f} min, {e['finished']}")
     return "\n".join(lines + [""])
 

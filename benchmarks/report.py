@@ -3,8 +3,8 @@
     python -m benchmarks.report results/lm/cpu.json   # re-render the .md and .png from recorded runs
 """
 import argparse
-import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,65 +14,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from core.provenance import code_version  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
+from benchmarks.merge import (  # noqa: E402,F401 (re-exported: the merge rules live in benchmarks/merge.py)
+    CONFIG_DEFAULTS, SEED_KEYS, check_consistent, load_runs, merge_runs, merge_log)
 from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
-
-
-def short_commit(commit):
-    """12 hex digits, keeping the "-dirty" mark of a run whose working tree had uncommitted changes."""
-    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
-
-
-def load_runs(path):
-    path = Path(path)
-    if not path.exists():
-        return []
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix or delete it") from None
-
-
-def merge_runs(old, new):
-    """Replace runs of the same (variant, dropout, seed), keep the others, order by variant then seed. A run
-    re-reported with the same training history (e.g. evaluated again with --mc-samples) keeps its training record."""
-    key = lambda r: (r["variant"], r["dropout"], bool(r.get("ensemble")), r["seed"] or 0)  # noqa: E731
-    merged = {key(r): r for r in old}
-    for run in new:
-        was = merged.get(key(run), {})
-        same = bool(was.get("history")) and was["history"] == run.get("history")
-        merged[key(run)] = {**run, **{k: was[k] for k in ("provenance", "wall_s", "finished") if same and k in was}}
-    return sorted(merged.values(), key=key)
-
-
-SEED_KEYS = ("scheme", "dropout", "seed", "zoneout_cell")  # what may differ between the runs of one table
-CONFIG_DEFAULTS = {"precision": "fp32", "embed_dropout": 0.0}  # settings added later: runs recorded before them had these values
-
-
-def check_consistent(runs, where="this table"):
-    """Runs of one table must share their config except variant, p and seed; raise a ValueError naming the keys
-    that differ otherwise (e.g. a bf16 seed merged into fp32 runs, or a preset edited between commands)."""
-    base, rates = None, {}
-    for run in runs:
-        rate = rates.setdefault((run["variant"], run.get("dropout", run["config"].get("dropout"))), p_text(run))
-        if rate != p_text(run):
-            raise ValueError(f"cannot merge runs with different configs into {where}: {run['variant']} with "
-                             f"{rate} and with {p_text(run)}. Put them in separate tables (--set gives a new label)")
-        config = {k: v for k, v in {**CONFIG_DEFAULTS, **run["config"]}.items() if k not in SEED_KEYS}
-        if base is None:
-            base, first = config, run
-            continue
-        differ = sorted(k for k in set(base) | set(config) if base.get(k, "<unset>") != config.get(k, "<unset>"))
-        if differ:
-            what = "; ".join(f"{k}: {base.get(k, '<unset>')!r} ({_who(first)}) vs {config.get(k, '<unset>')!r} "
-                             f"({_who(run)})" for k in differ)
-            raise ValueError(f"cannot merge runs with different configs into {where}: {what}. Put them in separate "
-                             f"tables (--set / --epochs give a new label) or re-run them with one config")
-
-
-def _who(run):
-    return f"{run['variant']} seed {run['seed']}" if not run.get("ensemble") else f"{run['variant']} ensemble"
 
 
 def _singles(runs):
@@ -188,9 +135,9 @@ def markdown(task, label, preset, runs):
     lines += effects_section(task, runs, _group(runs))
     lines += _examples(runs)
     lines += ["", "## Provenance", ""]
-    commits = sorted({short_commit(r["provenance"]["git_commit"]) for r in runs})
+    commits = sorted({code_version(r["provenance"]) for r in runs})
     if len(commits) > 1:
-        lines += [f"The runs come from {len(commits)} commits ({', '.join(commits)}); their configs are identical "
+        lines += [f"The runs come from {len(commits)} code versions ({', '.join(commits)}); their configs are identical "
                   "apart from variant, p and seed (checked when they were merged).", ""]
     for run in runs:
         prov = run["provenance"]
@@ -201,7 +148,7 @@ def markdown(task, label, preset, runs):
         hw = prov.get("gpu") or f"{prov['cpu_model']} ({threads_text(prov['torch_threads'])})"
         if prov.get("world_size", 1) > 1:
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
-        lines.append(f"- {run['variant']} p={p_text(run)} {who}: commit {short_commit(prov['git_commit'])}, "
+        lines.append(f"- {run['variant']} p={p_text(run)} {who}: {code_version(prov)}, "
                      f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`" + _mc_origin(run))
     return "\n".join(lines) + "\n"
@@ -213,7 +160,7 @@ def threads_text(n):
 
 def _mc_origin(run):
     mc = run.get("mc", {}).get("provenance")
-    return f"; MC-dropout evaluation: commit {short_commit(mc['git_commit'])}, `{mc['command']}`" if mc else ""
+    return f"; MC-dropout evaluation: {code_version(mc)}, `{mc['command']}`" if mc else ""
 
 
 SPEED_KEYS = {"decode_sent_s": "sentences/s", "decode_image_s": "images/s"}
@@ -284,15 +231,23 @@ def plot(task, label, runs, path):
     plt.close(fig)
 
 
-def write_results(out_dir, task, label, preset, new_runs):
+def write_results(out_dir, task, label, preset, new_runs, sources=None, refuse=True):
+    """Merge `new_runs` into results/<task>/<label>.json (see benchmarks/merge.py), print what was replaced, and
+    render the table and plots. A run that clashes with the table (same key, other config) raises a ValueError,
+    or with `refuse=False` is left out. Returns the merge log."""
     folder = Path(out_dir) / task.name
-    runs = merge_runs(load_runs(folder / f"{label}.json"), new_runs)
-    check_consistent(runs, folder / f"{label}.json")
-    write_json(folder / f"{label}.json", runs)
+    table = folder / f"{label}.json"
+    runs, log = merge_log(load_runs(table), new_runs, str(table), sources)
+    if log["refused"] and refuse:
+        raise ValueError("refused (nothing written): " + "; ".join(log["refused"]))
+    check_consistent(runs, table)
+    for line in log["replaced"]:
+        print(f"replaced in {table}: {line}")
+    write_json(table, runs)
     write_text(folder / f"{label}.md", markdown(task, label, preset, runs))
     plot(task, label, runs, folder / f"{label}.png")
     task.figures(runs, folder, label)
-    return runs
+    return log
 
 
 def main(argv=None):
@@ -311,16 +266,24 @@ def main(argv=None):
         parser.error(f"--user-dir: {err}")
     if args.into:
         into = Path(args.into)
-        runs = [run for path in args.json for run in load_runs(path)]
-        if not runs:
+        pairs = [(run, str(path)) for path in args.json for run in load_runs(path)]
+        if not pairs:
             parser.error(f"no runs in {', '.join(args.json)}")
+        runs, sources = [r for r, _ in pairs], [s for _, s in pairs]
         try:
-            write_results(into.parent.parent, get_task(into.parent.name), into.stem,
-                          runs[0].get("preset", into.stem.split("-")[0]), runs)
+            log = write_results(into.parent.parent, get_task(into.parent.name), into.stem,
+                                runs[0].get("preset", into.stem.split("-")[0]), runs, sources, refuse=False)
         except ValueError as err:
             parser.error(str(err))
         write_overview(into.parent.parent)
-        print(f"merged {len(runs)} runs into {into}")
+        for line in log["added"]:
+            print(f"added to {into}: {line}")
+        for line in log["refused"]:
+            print(f"refused: {line}", file=sys.stderr)
+        print(f"{into}: {len(log['added'])} added, {len(log['replaced'])} replaced, {len(log['refused'])} refused "
+              f"(of {len(runs)} runs given)")
+        if log["refused"]:
+            sys.exit(1)
         return
     for path in map(Path, args.json):
         runs = load_runs(path)

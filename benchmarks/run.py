@@ -24,8 +24,8 @@ from core.cache import ENV_CACHE_DIR
 from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
-from tasks.base import TASKS, UNAVAILABLE, Task, get_task
-from benchmarks.cli import add_user_dir_flag, load_task_registry
+from tasks.base import TASKS, Task, get_task
+from benchmarks.cli import add_user_dir_flag, list_tasks, load_task_registry, move_aside, runs_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 
 
@@ -69,7 +69,10 @@ def build_parser():
                         "SIGTERM/SIGINT always save one before stopping, and --resume continues exactly")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--run-dir", default="runs", help="checkpoints and logs (default: runs/)")
-    p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue unfinished runs from their last checkpoint (and "
+                                                          "reuse finished ones)")
+    p.add_argument("--overwrite", action="store_true", help="start runs again whose run dir holds an earlier run; the "
+                                                             "old run dir is moved aside to <dir>.old-<time>")
     p.add_argument("--valid-only", action="store_true",
                    help="selection runs: train and validate (decoding metrics included) but never read the test split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -121,6 +124,8 @@ def validate(args, parser):
     if args.ensemble and len(args.seeds) != args.ensemble:
         parser.error(f"--ensemble {args.ensemble} averages {args.ensemble} seeds but --seeds gives {len(args.seeds)}; "
                      f"drop --seeds (it then defaults to 1..{args.ensemble}) or give that many")
+    if args.resume and args.overwrite:
+        parser.error("--resume continues the runs there, --overwrite starts them again: choose one")
     if args.ensemble and args.valid_only:
         parser.error("--valid-only trains selection runs; an ensemble would be evaluated on test: drop --ensemble")
     if args.ensemble and task_cls.logits is Task.logits:
@@ -328,17 +333,6 @@ def check_mergeable(task_cls, args, label):
         sys.exit(f"error: {err}")
 
 
-def list_tasks():
-    for name, reason in sorted(UNAVAILABLE.items()):
-        print(f"{name}: unavailable here: it {reason}")
-    for name, cls in sorted(TASKS.items()):
-        print(f"{name}: {cls.description}")
-        for preset, config in cls.presets.items():
-            default = " (default)" if preset == cls.default_preset else ""
-            note = f"  [{cls.preset_notes[preset]}]" if preset in cls.preset_notes else ""
-            print(f"  {preset}{default}: " + ", ".join(f"{k}={v}" for k, v in config.items()) + note)
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"  # one line, no source echo
@@ -360,12 +354,20 @@ def main(argv=None):
               "world_size": distributed.world_size()}
     label = run_label(args)
     check_mergeable(task_cls, args, label)
+    planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)
+                   for s in args.seeds] for v in args.variants}
+    try:
+        in_the_way = runs_in_the_way([d for dirs in planned.values() for d in dirs], args.resume, args.overwrite)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if main_rank:
+        for run_dir in in_the_way:
+            print(f"--overwrite: moved {run_dir} aside to {move_aside(run_dir)}", flush=True)
+    distributed.barrier()
     for variant in args.variants:
-        run_dirs = []
-        for seed in args.seeds:
+        run_dirs = planned[variant]
+        for seed, run_dir in zip(args.seeds, run_dirs):
             config = run_config(task_cls, args, variant, seed)
-            run_dir = Path(args.run_dir) / args.task / label / run_name(variant, config["dropout"], seed)
-            run_dirs.append(run_dir)
             try:
                 entry = train_one(task_cls, args, config, run_dir, origin)
             except (DataError, FloatingPointError, ValueError, OSError) as err:

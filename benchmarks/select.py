@@ -25,7 +25,8 @@ from pathlib import Path
 
 from benchmarks import run
 from benchmarks.effects import LOWER_IS_BETTER, p_text
-from benchmarks.report import SEED_KEYS, load_runs, short_commit
+from benchmarks.report import SEED_KEYS, load_runs
+from core.provenance import code_version
 from core.interrupt import ENV_STOP_WITH_PARENT
 from core.utils import write_json, write_text
 from tasks.base import get_task, load_tasks
@@ -164,7 +165,7 @@ def markdown(task, preset, chosen, notes):
         for r in grid:
             prov = r["provenance"]
             where = prov.get("gpu") or prov.get("cpu_model", "")
-            lines.append(f"- {variant} p={p_text(r)} seed {r['seed']}: commit {short_commit(prov['git_commit'])}, "
+            lines.append(f"- {variant} p={p_text(r)} seed {r['seed']}: {code_version(prov)}, "
                          f"{prov['device']} {where}, finished {r.get('finished', '?')}; `{prov['command']}`")
     return "\n".join(lines + ([""] + [f"- {n}" for n in notes] if notes else [])) + "\n"
 

@@ -30,7 +30,8 @@ from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
 from core.interrupt import stop_with_parent
 from core.utils import pick_device, provenance, write_json, write_text
-from benchmarks.report import SPEED_KEYS, load_runs, short_commit, threads_text
+from benchmarks.report import SPEED_KEYS, load_runs, threads_text
+from core.provenance import code_version
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry
 from tasks.base import get_task, load_checkpoint, load_tasks
 
@@ -193,7 +194,7 @@ def markdown(task_cls, entries):
                 if peer and job in results[peer]:
                     cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"`{prov['command']}` — commit {short_commit(prov['git_commit'])}, torch {prov['torch']}, "
+        lines += ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}, "
                       f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
     if trained:
         lines += ["## Decoding a trained model", "",
@@ -206,7 +207,7 @@ def markdown(task_cls, entries):
             speed = ", ".join(f"{value:,.1f} {SPEED_KEYS[key]}" for key, value in entry["results"].items())
             lines.append(f"| `{entry['checkpoint']}` | {entry['split']} | {entry['config'].get('beam', '—')} | "
                          f"{speed} | {prov['device']} ({prov.get('gpu') or prov['cpu_model']}) | "
-                         f"{prov['torch_threads']} | {short_commit(prov['git_commit'])} |")
+                         f"{prov['torch_threads']} | {code_version(prov)} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -1,13 +1,9 @@
 """Small helpers shared by the trainer, the tasks and the benchmarks: atomic writes, seeds,
-device choice, run provenance and the command line of the decoding tools."""
+device choice and the command line of the decoding tools (run provenance: core/provenance.py, re-exported)."""
 import argparse
 import json
 import os
-import platform
 import random
-import shlex
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -78,50 +74,7 @@ def pick_device(name="auto"):
     return device
 
 
-# Changes that cannot alter a number: the tables the runner itself rewrites, and the docs.
-NOT_CODE = (":(exclude)results", ":(exclude)*.md")
-
-
-def git_commit(root=Path(__file__).resolve().parent.parent):
-    """HEAD, marked "-dirty" when a tracked file that can change a result (code, config, tests) differs from it;
-    a run started while the tables or the README were being edited keeps the clean commit."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE],
-                               cwd=root, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):  # an export without .git: its commit may be given
-        return os.environ.get("RNNREG_GIT_COMMIT", "unknown")
-    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hardware(device):
-    device = torch.device(device)
-    desc = {"device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        desc["gpu"] = torch.cuda.get_device_name(device)
-    return desc
-
-
-def provenance(device, command=None):
-    """Where a number came from: the command, the code, the software and the machine."""
-    return {
-        "command": command or shlex.join([sys.executable] + sys.argv),
-        "git_commit": git_commit(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        **hardware(device),
-    }
+from core.provenance import cpu_model, git_commit, hardware, provenance, source_hash  # noqa: E402,F401 (re-exported)
 
 
 # ---- the command line of the decoding tools (tasks.mt.translate, tasks.caption.describe) ----

@@ -1,6 +1,9 @@
 """The task registry: @register, the import of the built-in task packages and of user folders, and loading
 checkpoints of any registered task (fairseq-style extension by registration: a new task needs no edit elsewhere)."""
+import hashlib
 import importlib
+import importlib.machinery
+import importlib.util
 import os
 import pickle
 import pkgutil
@@ -14,14 +17,21 @@ ENV_USER_DIR = "RNNREG_USER_DIR"
 TASKS = {}  # name -> Task subclass
 UNAVAILABLE = {}  # built-in task package -> why it cannot be imported here (a missing optional dependency)
 _IMPORTED_DIRS = set()
+USER_FILES = {}  # a user-dir file -> {"tasks": [...], "schemes": [...]} it registered
 
 
 def register(cls):
     """Class decorator: make a Task subclass runnable as `benchmarks.run --task NAME`."""
     if TASKS.get(cls.name, cls) is not cls:
-        raise ValueError(f"task {cls.name!r} is registered twice ({TASKS[cls.name].__module__} and {cls.__module__})")
+        first, second = (_source(c) for c in (TASKS[cls.name], cls))
+        raise ValueError(f"task {cls.name!r} is registered twice ({first} and {second}): rename one of them")
     TASKS[cls.name] = cls
     return cls
+
+
+def _source(cls):
+    """The file a class was defined in (else its module's name)."""
+    return getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
 
 
 def load_tasks(user_dirs=None):
@@ -44,7 +54,11 @@ def load_tasks(user_dirs=None):
 
 
 def import_user_dir(folder):
-    """Import a user's adapters: a package folder (with __init__.py) as that package, else every *.py in it."""
+    """Import a user's adapters under a private package namespace (rnnreg_user_<hash of the folder>), so that no
+    file name can shadow, or be shadowed by, the standard library or an installed package (a `copy.py` is
+    `rnnreg_user_<hash>.copy`, not Python's copy). A package folder (with __init__.py) is imported as that package;
+    otherwise every *.py in it is imported, in name order (siblings import each other relatively:
+    `from .helpers import x`). USER_FILES records what each file registered."""
     path = Path(folder).expanduser().resolve()
     if path in _IMPORTED_DIRS:
         return
@@ -52,13 +66,49 @@ def import_user_dir(folder):
         raise ValueError(f"user dir {folder} is not a folder: give --user-dir (or ${ENV_USER_DIR}) a folder of "
                          "task adapters")
     _IMPORTED_DIRS.add(path)
-    if (path / "__init__.py").exists():
-        sys.path.insert(0, str(path.parent))
-        importlib.import_module(path.name)
-        return
-    sys.path.insert(0, str(path))
+    namespace = "rnnreg_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    init = path / "__init__.py"
+    package = _import_file(namespace, init if init.exists() else None, path)
+    if init.exists():
+        return package
     for file in sorted(path.glob("*.py")):
-        importlib.import_module(file.stem)
+        _import_file(f"{namespace}.{file.stem}", file, path)
+    return package
+
+
+def _import_file(name, file, folder):
+    """Import `file` as module `name` (a namespace package for `folder` when `file` is None) and record in
+    USER_FILES the tasks and schemes it registered."""
+    from core.schemes import SCHEMES
+
+    is_package = file is None or file.name == "__init__.py"
+    spec = (importlib.util.spec_from_file_location(name, file, submodule_search_locations=[str(folder)])
+            if is_package and file else importlib.util.spec_from_file_location(name, file) if file
+            else importlib.machinery.ModuleSpec(name, None, is_package=True))
+    module = importlib.util.module_from_spec(spec)
+    if file is None:
+        module.__path__ = [str(folder)]
+    sys.modules[name] = module
+    tasks_before, schemes_before = set(TASKS), set(SCHEMES)
+    try:
+        if file is not None:
+            spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    if file is not None:
+        USER_FILES[str(file)] = {"tasks": sorted(set(TASKS) - tasks_before),
+                                 "schemes": sorted(set(SCHEMES) - schemes_before)}
+    return module
+
+
+def _user_files_text():
+    if not USER_FILES:
+        return ""
+    return " User-dir files imported: " + "; ".join(
+        f"{file} registered " + (", ".join([f"task {t}" for t in got["tasks"]] + [f"scheme {s}" for s in got["schemes"]])
+                                 or "nothing (no @register'ed Task subclass)")
+        for file, got in USER_FILES.items()) + "."
 
 
 def get_task(name, user_dirs=None):
@@ -69,7 +119,8 @@ def get_task(name, user_dirs=None):
         raise ValueError(f"task {name!r} is unavailable here: it {UNAVAILABLE[name]}")
     raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}"
                      + (f" (unavailable here: {', '.join(sorted(UNAVAILABLE))})" if UNAVAILABLE else "")
-                     + f". A task of your own: --user-dir FOLDER (or ${ENV_USER_DIR}) with its @register'ed adapter")
+                     + f". A task of your own: --user-dir FOLDER (or ${ENV_USER_DIR}) with its @register'ed adapter."
+                     + _user_files_text())
 
 
 def load_checkpoint(path, device="cpu", task=None):

@@ -1,0 +1,100 @@
+"""How runs join a results table: nothing is dropped or replaced without a line saying so.
+
+A table holds one run per (variant, p, seed) (ensembles: one per variant and p). A new run of the same key
+replaces the old one, and the replacement is reported; a run whose config differs from the table's (beyond
+variant, p and seed) is refused with both configs named, so two different experiments never share a row.
+"""
+import json
+from pathlib import Path
+
+from benchmarks.effects import p_text
+
+SEED_KEYS = ("scheme", "dropout", "seed", "zoneout_cell")  # what may differ between the runs of one table
+CONFIG_DEFAULTS = {"precision": "fp32", "embed_dropout": 0.0}  # settings added later: runs recorded before them had these values
+
+
+def load_runs(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); fix or delete it") from None
+
+
+def run_key(run):
+    return run["variant"], run["dropout"], bool(run.get("ensemble")), run["seed"] or 0
+
+
+def who(run):
+    """'zaremba p=0.3 seed 2' (or '... ensemble')."""
+    return f"{run['variant']} p={p_text(run)} " + ("ensemble" if run.get("ensemble") else f"seed {run['seed']}")
+
+
+def _config(run):
+    return {k: v for k, v in {**CONFIG_DEFAULTS, **run["config"]}.items() if k != "seed"}
+
+
+def config_difference(a, b):
+    """'key: A vs B; ...' for the config keys two runs disagree on (seed aside), or ''."""
+    ca, cb = _config(a), _config(b)
+    return "; ".join(f"{k}: {ca.get(k, '<unset>')!r} vs {cb.get(k, '<unset>')!r}"
+                     for k in sorted(set(ca) | set(cb)) if ca.get(k, "<unset>") != cb.get(k, "<unset>"))
+
+
+def merge_log(old, new, old_source="the table", sources=None):
+    """Merge `new` runs (from `sources`, one name per run) into `old` (from `old_source`).
+
+    Returns (runs ordered by variant then seed, {"added", "replaced", "refused": [lines]}). A run of an existing
+    key replaces it (a run re-reported with the same training history, e.g. evaluated again with --mc-samples,
+    keeps its training record); a run of an existing key but another config is refused, naming both."""
+    merged = {run_key(r): (r, old_source) for r in old}
+    log = {"added": [], "replaced": [], "refused": []}
+    for run, source in zip(new, sources or ["the new runs"] * len(new)):
+        was, was_source = merged.get(run_key(run), (None, None))
+        if was is not None and config_difference(was, run):
+            log["refused"].append(f"{who(run)} from {source}: its config differs from the same run in {was_source} "
+                                  f"({config_difference(was, run)}); give it its own table (--set ... gives a new "
+                                  f"label) or remove one of them")
+            continue
+        if was is None:
+            log["added"].append(f"{who(run)} from {source}")
+        else:
+            same = bool(was.get("history")) and was["history"] == run.get("history")
+            run = {**run, **{k: was[k] for k in ("provenance", "wall_s", "finished") if same and k in was}}
+            if not same:
+                log["replaced"].append(f"{who(run)}: the run in {was_source} (finished {was.get('finished', '?')}) "
+                                       f"by the one from {source} (finished {run.get('finished', '?')})")
+        merged[run_key(run)] = (run, source)
+    return sorted((r for r, _ in merged.values()), key=run_key), log
+
+
+def merge_runs(old, new):
+    """merge_log without the log (clashing runs are left out: check them first with merge_log)."""
+    return merge_log(old, new)[0]
+
+
+def check_consistent(runs, where="this table"):
+    """Runs of one table must share their config except variant, p and seed; raise a ValueError naming the keys
+    that differ otherwise (e.g. a bf16 seed merged into fp32 runs, or a preset edited between commands)."""
+    base, rates = None, {}
+    for run in runs:
+        rate = rates.setdefault((run["variant"], run.get("dropout", run["config"].get("dropout"))), p_text(run))
+        if rate != p_text(run):
+            raise ValueError(f"cannot merge runs with different configs into {where}: {run['variant']} with "
+                             f"{rate} and with {p_text(run)}. Put them in separate tables (--set gives a new label)")
+        config = {k: v for k, v in {**CONFIG_DEFAULTS, **run["config"]}.items() if k not in SEED_KEYS}
+        if base is None:
+            base, first = config, run
+            continue
+        differ = sorted(k for k in set(base) | set(config) if base.get(k, "<unset>") != config.get(k, "<unset>"))
+        if differ:
+            what = "; ".join(f"{k}: {base.get(k, '<unset>')!r} ({_who(first)}) vs {config.get(k, '<unset>')!r} "
+                             f"({_who(run)})" for k in differ)
+            raise ValueError(f"cannot merge runs with different configs into {where}: {what}. Put them in separate "
+                             f"tables (--set / --epochs give a new label) or re-run them with one config")
+
+
+def _who(run):
+    return f"{run['variant']} seed {run['seed']}" if not run.get("ensemble") else f"{run['variant']} ensemble"

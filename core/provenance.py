@@ -1,0 +1,112 @@
+"""Where a number came from: the command, the code version, the software and the machine.
+
+The code version is a git commit only when the project root is the top level of its git repository (an
+exported tree that sits inside another repository must not record that repository's HEAD) and every source
+file that ran is tracked there; it is marked "-dirty" when a tracked file that can change a result differs
+from HEAD or a source file is untracked. Otherwise it is "not a git checkout" (or what $RNNREG_GIT_COMMIT
+says the export came from). Every run also records `source_hash`, a content hash of the source tree that
+anyone can recompute, in the project root, with
+
+    (find core tasks benchmarks -type f ! -path '*/__pycache__/*' ! -name '*.pyc'; echo pyproject.toml) \\
+        | LC_ALL=C sort | xargs sha256sum | sha256sum
+
+or `python -c "import core.provenance as p; print(p.source_hash(), p.git_commit())"` (the same hash, and the
+commit a run would record).
+"""
+import hashlib
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE_DIRS = ("core", "tasks", "benchmarks")
+SOURCE_FILES = ("pyproject.toml",)
+ENV_GIT_COMMIT = "RNNREG_GIT_COMMIT"  # an export without .git may say which commit it came from
+NOT_A_CHECKOUT = "not a git checkout"
+DECLARED = f" (declared by ${ENV_GIT_COMMIT})"
+# Changes that cannot alter a number: the tables the runner itself rewrites, and the docs.
+NOT_CODE = (":(exclude)results", ":(exclude)*.md")
+
+
+def source_files(root=ROOT):
+    """The files whose contents make `source_hash`: relative POSIX paths, in C-locale (byte) order."""
+    root = Path(root)
+    paths = [p.relative_to(root).as_posix() for d in SOURCE_DIRS if (root / d).is_dir()
+             for p in (root / d).rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"]
+    paths += [name for name in SOURCE_FILES if (root / name).is_file()]
+    return sorted(paths, key=lambda p: p.encode())
+
+
+def source_hash(root=ROOT):
+    """sha256 of the `sha256sum` listing of source_files (the documented shell command's value)."""
+    listing = "".join(f"{hashlib.sha256((Path(root) / p).read_bytes()).hexdigest()}  {p}\n" for p in source_files(root))
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def _git(root, *args):
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+
+def git_commit(root=ROOT):
+    """HEAD (with "-dirty", see the module docstring), or $RNNREG_GIT_COMMIT / "not a git checkout"."""
+    root = Path(root).resolve()
+    try:
+        top = Path(_git(root, "rev-parse", "--show-toplevel").strip()).resolve()
+        if top != root:
+            raise LookupError
+        commit = _git(root, "rev-parse", "HEAD").strip()
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE).strip()
+        tracked = set(_git(root, "ls-files", "--", *SOURCE_DIRS, *SOURCE_FILES).splitlines())
+    except (OSError, subprocess.CalledProcessError, LookupError):
+        declared = os.environ.get(ENV_GIT_COMMIT)
+        return declared + DECLARED if declared else NOT_A_CHECKOUT
+    untracked = [p for p in source_files(root) if p not in tracked]
+    return commit + ("-dirty" if dirty or untracked else "")
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(device):
+    device = torch.device(device)
+    desc = {"device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        desc["gpu"] = torch.cuda.get_device_name(device)
+    return desc
+
+
+def provenance(device, command=None):
+    """Where a number came from: the command, the code, the software and the machine."""
+    return {
+        "command": command or shlex.join([sys.executable] + sys.argv),
+        "git_commit": git_commit(),
+        "source_hash": source_hash(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        **hardware(device),
+    }
+
+
+def code_version(prov):
+    """How a table names the code of a run: its commit (12 digits, "-dirty" kept), or the source hash when it
+    ran outside a git checkout."""
+    commit = prov.get("git_commit", "unknown")
+    if commit == NOT_A_CHECKOUT or commit == "unknown":
+        digest = prov.get("source_hash")
+        return f"{commit}, source sha256 {digest[:12]}" if digest else commit
+    if commit.endswith(DECLARED):
+        return f"commit {commit}"
+    return "commit " + commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")

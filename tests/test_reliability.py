@@ -1,0 +1,128 @@
+"""Never lose or silently replace a result: run dirs that hold a run, tables that merge runs."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import report, run
+from benchmarks.cli import move_aside, run_dir_state, runs_in_the_way
+from core.utils import write_json
+
+PROV = {"git_commit": "abc", "torch": "2", "device": "cpu", "cpu_model": "x", "torch_threads": 1, "command": "c"}
+
+
+def entry(variant, seed, ppl, finished="2026-12-01 10:00 UTC", history=1.0, **config):
+    return {"variant": variant, "dropout": 0.0 if variant == "none" else 0.5, "seed": seed, "preset": "tiny",
+            "config": {"hidden": 8, "scheme": variant, "dropout": 0.5, "seed": seed, **config},
+            "metrics": {"test_ppl": ppl, "valid_ppl": ppl}, "details": {}, "best_epoch": 1, "epochs": 1,
+            "wall_s": 1.0, "finished": finished, "history": [{"train_ppl": history, "valid_ppl": ppl}],
+            "provenance": PROV}
+
+
+def lm_tiny(tiny_ptb, tmp_path, *extra):
+    return ["--task", "lm", "--preset", "tiny", "--variants", "none", "--epochs", "1", "--data-dir", str(tiny_ptb),
+            "--custom-data", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path / "runs"), "--no-progress",
+            "--device", "cpu", *extra]
+
+
+def test_a_second_run_into_a_finished_run_dir_stops_and_names_resume_and_overwrite(tiny_ptb, tmp_path, capsys):
+    run.main(lm_tiny(tiny_ptb, tmp_path))
+    run_dir = tmp_path / "runs" / "lm" / "tiny-e1" / "none-p0-seed1"
+    finished = (run_dir / "result.json").read_text()
+    with pytest.raises(SystemExit, match=r"none-p0-seed1 holds a finished run \(result.json\)\. Pass --resume .*"
+                                         r"--overwrite to start again \(the old run dir is moved aside"):
+        run.main(lm_tiny(tiny_ptb, tmp_path))
+    assert (run_dir / "result.json").read_text() == finished  # untouched
+    capsys.readouterr()
+    run.main(lm_tiny(tiny_ptb, tmp_path, "--resume"))  # reuses the finished run
+    assert (run_dir / "result.json").read_text() == finished
+    run.main(lm_tiny(tiny_ptb, tmp_path, "--overwrite"))
+    moved = [p for p in run_dir.parent.iterdir() if p.name.startswith("none-p0-seed1.old-")]
+    assert len(moved) == 1 and (moved[0] / "result.json").read_text() == finished  # kept, not deleted
+    assert f"moved {run_dir} aside to {moved[0]}" in capsys.readouterr().out
+    assert (run_dir / "result.json").exists()
+    with pytest.raises(SystemExit):
+        run.main(lm_tiny(tiny_ptb, tmp_path, "--overwrite", "--resume"))
+    assert "choose one" in capsys.readouterr().err
+
+
+def test_progress_without_a_result_also_counts(tmp_path):
+    run_dir = tmp_path / "r"
+    assert run_dir_state(run_dir) is None and runs_in_the_way([run_dir], False, False) == []
+    run_dir.mkdir()
+    (run_dir / "checkpoint.pt").write_bytes(b"x")
+    assert run_dir_state(run_dir) == "progress (checkpoint.pt)"
+    with pytest.raises(ValueError, match="holds progress"):
+        runs_in_the_way([run_dir], resume=False, overwrite=False)
+    assert runs_in_the_way([run_dir], resume=True, overwrite=False) == []
+    assert runs_in_the_way([run_dir], resume=False, overwrite=True) == [run_dir]
+    first = move_aside(run_dir)
+    run_dir.mkdir()
+    second = move_aside(run_dir)
+    assert first != second and first.exists() and second.exists() and not run_dir.exists()
+
+
+def test_report_into_refuses_a_clashing_run_and_says_what_it_merged(tmp_path, capsys):
+    a, b, c = (tmp_path / x / "lm" / "tiny.json" for x in "abc")
+    write_json(a, [entry("none", 1, 9.0), entry("zaremba", 1, 8.0)])
+    write_json(b, [entry("zaremba", 2, 8.1), entry("none", 1, 9.5, epochs=3)])  # none seed 1 again, other config
+    into = tmp_path / "results" / "lm" / "tiny.json"
+    with pytest.raises(SystemExit) as stop:
+        report.main([str(a), str(b), "--into", str(into)])
+    assert stop.value.code == 1
+    out, err = capsys.readouterr()
+    assert f"refused: none p=0 seed 1 from {b}: its config differs from the same run in {a} (epochs: '<unset>' vs 3)" \
+        in err
+    assert "3 added, 0 replaced, 1 refused (of 4 runs given)" in out
+    kept = json.loads(into.read_text())
+    assert [(r["variant"], r["seed"], r["metrics"]["test_ppl"]) for r in kept] == [
+        ("none", 1, 9.0), ("zaremba", 1, 8.0), ("zaremba", 2, 8.1)]
+    write_json(c, [entry("zaremba", 2, 7.9, finished="2026-12-02 10:00 UTC", history=2.0)])  # a rerun: replaces
+    report.main([str(c), "--into", str(into)])
+    out = capsys.readouterr().out
+    assert "replaced in" in out and "zaremba p=0.5 seed 2: the run in" in out and "0 added, 1 replaced, 0 refused" in out
+    assert [r["metrics"]["test_ppl"] for r in json.loads(into.read_text())] == [9.0, 8.0, 7.9]
+
+
+def test_a_runner_merge_never_drops_rows_it_does_not_replace(tmp_path, capsys):
+    from tasks.lm.task import LanguageModelTask
+
+    report.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 1, 9.0), entry("none", 2, 9.1)])
+    report.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 2, 9.3, history=3.0)])
+    assert "replaced in" in capsys.readouterr().out
+    kept = json.loads((tmp_path / "lm" / "tiny.json").read_text())
+    assert [(r["seed"], r["metrics"]["test_ppl"]) for r in kept] == [(1, 9.0), (2, 9.3)]
+    with pytest.raises(ValueError, match="refused"):
+        report.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 1, 9.0, hidden=99)])
+    assert len(json.loads((tmp_path / "lm" / "tiny.json").read_text())) == 2
+
+
+COPY_TASK = '''
+from tasks.base import register
+from tasks.lm.task import LanguageModelTask
+from .helpers import NAME
+
+
+@register
+class Shadowed(LanguageModelTask):
+    name = NAME
+'''
+
+
+def test_user_files_live_in_a_private_namespace_and_the_unknown_task_error_lists_them(tmp_path):
+    from tests.test_registry import ROOT
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "copy.py").write_text(COPY_TASK)  # shares its name with Python's copy module
+    (user / "helpers.py").write_text("NAME = 'copytask'\n")
+    (user / "json.py").write_text("X = 1\n")  # registers nothing, shares its name with Python's json
+    probe = ("import copy, json, sys; from tasks.registry import get_task, load_tasks, USER_FILES; "
+             f"load_tasks([{str(user)!r}]); assert hasattr(copy, 'deepcopy') and hasattr(json, 'dumps'); "
+             "print(get_task('copytask').__module__); get_task('nope')")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.stdout.startswith("rnnreg_user_") and result.stdout.strip().endswith(".copy")
+    assert "unknown task 'nope'" in result.stderr
+    assert f"{user / 'copy.py'} registered task copytask" in result.stderr
+    assert f"{user / 'json.py'} registered nothing" in result.stderr

@@ -3,7 +3,7 @@ zaremba), the difference of the seed means with its 95% interval over seeds and 
 items (benchmarks.significance), and a line in plain words per comparison."""
 import statistics
 
-from benchmarks.significance import METRICS, compare, seed_interval
+from benchmarks.significance import METRICS, compare, holm, seed_interval
 
 BASELINES = ("none", "zaremba")  # every other variant is compared with these
 LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
@@ -47,20 +47,35 @@ def effects(task, runs, groups):
     return out
 
 
+def adjust_for_family(rows):
+    """Holm-adjust the bootstrap p of every row that has one (the family: the rows given), and make "significant"
+    require the adjusted p < 0.05."""
+    tested = [r for _, _, r in rows if r.get("boot_ci") is not None]
+    for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
+        r["p_holm"] = adjusted
+        r["significant"] = r["seeds_agree"] and adjusted < 0.05
+    return len(tested)
+
+
 def effects_section(task, runs, groups):
     """The table's "Is the difference real?" section: one row per comparison, then a line in plain words each."""
     rows = effects(task, runs, groups)
     if not rows:
         return []
+    family = adjust_for_family(rows)
     names = dict(task.extra_test_metrics)
     lines = ["", "## Is the difference real? (test set)", "",
              "Difference of the seed means (first variant minus second). 95% CI over seeds: Student's t over the "
              "per-seed differences (seeds paired by number). Paired bootstrap: 2,000 resamples of the test items "
              "(sentences, images, utterances or bptt chunks), the same draw for both variants of a seed (and for all "
-             "seeds that share a test set); its 95% percentile interval and two-sided p. Significant here means p < 0.05 *and* the seed interval "
-             "excludes 0 (both sources of noise: the test sample and the training seed).", "",
-             "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | seeds better / worse | verdict |",
-             "|" + "---|" * 9]
+             "seeds that share a test set); its 95% percentile interval and two-sided p. Holm p: the bootstrap p "
+             f"adjusted (Holm 1979) over the family of the {family} comparisons of this table (every variant against "
+             "none and zaremba, every metric). Significant here means Holm p < 0.05 *and* the seed interval "
+             "excludes 0 (both sources of noise: the test sample and the training seed); with one seed there is no "
+             "verdict.", "",
+             "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | Holm p | "
+             "seeds better / worse | verdict |",
+             "|" + "---|" * 10]
     said = []
     for (variant, p), (base, base_p), r in rows:
         seed_ci = r.get("seed_ci")
@@ -69,12 +84,13 @@ def effects_section(task, runs, groups):
         if r.get("boot_seeds"):
             how = f" (bootstrap over {_seeds(r['boot_seeds'])}: the others have no per-item statistics)"
         p_value = "—" if boot_ci is None else p_value_text(r["p"])
+        p_holm = "—" if boot_ci is None else p_value_text(r["p_holm"])
+        verdict = ("— (one seed)" if seed_ci is None else "significant" if r["significant"] else "not significant")
         rate, base_rate = p_text(groups[(variant, p)][0]), p_text(groups[(base, base_p)][0])
         lines.append(f"| {variant} p={rate} − {base} p={base_rate} | test {names.get(r['metric'], r['metric'])} | "
                      f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
                      f"{interval_text(seed_ci) if seed_ci else '— (one seed)'} | {interval_text(boot_ci) if boot_ci else '—'} | "
-                     f"{p_value} | {r['a_better']} / {r['b_better']} | "
-                     f"{'significant' if r['significant'] else 'not significant'}{how} |")
+                     f"{p_value} | {p_holm} | {r['a_better']} / {r['b_better']} | {verdict}{how} |")
         said.append(_in_words(f"{variant} p={rate}", f"{base}", names.get(r["metric"], r["metric"]), r))
     return lines + [""] + said
 
@@ -115,14 +131,15 @@ def _in_words(a, b, metric, r):
     why = []
     if r.get("boot_ci") is not None:
         over = f" ({_seeds(r['boot_seeds'])})" if r.get("boot_seeds") else ""
-        why.append(f"paired bootstrap{over} p = {r['p']:.3f}" if r["p"] > 0.001 else f"paired bootstrap{over} p < 0.001")
+        holm_text = f", Holm-adjusted {p_value_text(r['p_holm'])}" if "p_holm" in r else ""
+        why.append(f"paired bootstrap{over} p {'= ' if r['p'] > 0.001 else ''}{p_value_text(r['p'])}{holm_text}")
     if r.get("seed_ci") is None:
         why.append("one seed only: no interval over seeds")
     elif not r["seeds_agree"]:
         why.append("the interval over seeds includes 0")
     why.append(f"{r['a_better']} of {len(r['seeds'])} seeds better")
-    verdict = ("a significant difference" if r["significant"]
-               else "**not a significant difference** (it could be noise)")
+    verdict = ("no verdict on one seed" if r.get("seed_ci") is None else "a significant difference"
+               if r["significant"] else "**not a significant difference** (it could be noise)")
     return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {verdict}: {'; '.join(why)}."
 
 

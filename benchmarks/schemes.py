@@ -50,19 +50,26 @@ def _cell(group, none, metric, lower):
 
 
 def _verdict(task_name, groups, metric, lower, shown):
-    scored = {v: statistics.mean(r["metrics"][f"test_{metric}"] for r in g) for v, g in groups.items()
-              if all(f"test_{metric}" in r["metrics"] for r in g)}
-    if len(scored) < 2:
+    """The best scheme on validation (ranked by the mean valid metric of the best-on-valid epochs) and whether its
+    lead over the validation runner-up holds on test: validation ranks, test only tests."""
+    both = [f"valid_{metric}", f"test_{metric}"]
+    valid = {v: statistics.mean(r["metrics"][both[0]] for r in g) for v, g in groups.items()
+             if all(k in r["metrics"] for r in g for k in both)}
+    if len(valid) < 2:
         return f"- {task_name}: fewer than two schemes have runs yet."
-    ranked = sorted(scored, key=scored.get, reverse=not lower)
+    ranked = sorted(valid, key=valid.get, reverse=not lower)
     best, second = ranked[:2]
+    test = {v: statistics.mean(r["metrics"][both[1]] for r in groups[v]) for v in (best, second)}
     result = compare(groups[best], groups[second], metric, lower)
     seeds = len(result["seeds"]) if result else 0
-    sure = ("significantly" if result and result["significant"] else
-            "**not significantly** (the lead could be noise)")
-    missing = [s for s in shown if s not in scored]
-    return (f"- {task_name}: **{best}** has the best test {metric} ({scored[best]:.2f}); it beats the runner-up "
-            f"{second} ({scored[second]:.2f}) {sure}, over {seeds} paired seed{'s' if seeds != 1 else ''}."
+    ahead = (test[best] < test[second]) == lower
+    sure = ("and the lead holds significantly on test" if result and result["significant"] and ahead else
+            "and on test it is ahead, **not significantly** (the lead could be noise)" if ahead else
+            "but on test it is **behind** it")
+    missing = [s for s in shown if s not in valid]
+    return (f"- {task_name}: **{best}** ranks first on validation {metric} ({valid[best]:.2f}, runner-up {second} "
+            f"{valid[second]:.2f}), {sure}: test {test[best]:.2f} vs {test[second]:.2f}, over {seeds} paired "
+            f"seed{'s' if seeds != 1 else ''}."
             + (f" Not run yet on {task_name}, so not in the ranking: {', '.join(missing)}." if missing else ""))
 
 
@@ -99,7 +106,7 @@ def schemes_markdown(columns):
             cells.append(_cell(groups[scheme], groups.get("none"), m, m in LOWER_IS_BETTER)
                          if scheme in groups else "not run yet")
         lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
-    lines += ["", "Which scheme wins:", ""]
+    lines += ["", "Which scheme wins (ranked on validation, the lead then tested on test: test data never ranks):", ""]
     lines += [_verdict(name, groups, task.main_metric, task.main_metric in LOWER_IS_BETTER, shown)
               for name, task, groups in grouped]
     return "\n".join(lines) + "\n"

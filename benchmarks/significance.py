@@ -9,19 +9,18 @@ Item i is the same data in every run of one config, so two variants can be compa
 
 `compare(a_runs, b_runs, metric)` gives, for the seed-mean metric of a minus that of b:
   - the mean of the per-seed differences (seeds paired by number) with a 95% t interval over seeds;
-  - a paired bootstrap over test items (the same resampled items for every run of both variants, as in
-    Koehn 2004 and sacreBLEU's paired bootstrap), its 95% percentile interval and two-sided p-value;
+  - a paired bootstrap over test items (the same resampled items for every run of both variants and for every
+    run on the same test set, as in Koehn 2004 and sacreBLEU's paired bootstrap), its 95% percentile interval
+    and two-sided p-value (the tables add Holm's adjustment over their family of comparisons);
   - how many seed pairs go each way.
 """
+import hashlib
 import math
 import statistics
 
 import numpy as np
 
 RESAMPLES = 2000
-# two-sided 95% quantiles of Student's t for 1..30 degrees of freedom
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
 
 # metric key (as in the tables) -> (items key, how summed item columns become the metric)
 METRICS = {
@@ -32,8 +31,61 @@ METRICS = {
 }
 
 
+def _betainc(a, b, x):
+    """The regularized incomplete beta function I_x(a, b) (Lentz's continued fraction, Numerical Recipes 6.4)."""
+    if x <= 0.0 or x >= 1.0:
+        return max(0.0, min(1.0, x))
+    if x > (a + 1) / (a + b + 2):
+        return 1.0 - _betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return front * f
+
+
+def t_cdf(t, df):
+    """P(T <= t) for Student's t with `df` degrees of freedom."""
+    tail = 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+    return 1.0 - tail if t > 0 else tail
+
+
+def t_quantile(q, df):
+    """The q-quantile (0.5 < q < 1) of Student's t with `df` degrees of freedom, exact to ~1e-10 (bisection)."""
+    low, high = 0.0, 1.0
+    while t_cdf(high, df) < q:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if t_cdf(mid, df) < q else (low, mid)
+        if high - low < 1e-12:
+            break
+    return (low + high) / 2.0
+
+
 def t975(df):
-    return _T975[df - 1] if df <= len(_T975) else 1.96
+    """The two-sided 95% quantile of Student's t, for any df (not 1.96 above 30)."""
+    return t_quantile(0.975, df)
+
+
+def holm(p_values):
+    """Holm's step-down adjustment of a family of p-values (same order); controls the family-wise error rate."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def seed_interval(diffs):
@@ -104,22 +156,31 @@ def paired_bootstrap(a_runs, b_runs, metric, seed=0, resamples=RESAMPLES):
     return _bootstrap_pairs(pairs, metric, seed, resamples)
 
 
+def test_set_key(matrix):
+    """What identifies the test set of an item matrix: its items' sizes (tokens, frames, reference lengths: the
+    second column) in order, a fingerprint of the data itself; two test sets of equal item count but other
+    items (speech folds) never share a bootstrap draw. Matrices without sizes (CIDEr) fall back to the count."""
+    sizes = matrix[:, 1] if matrix.shape[1] > 1 else np.zeros(0)
+    return len(matrix), hashlib.sha256(np.ascontiguousarray(sizes).tobytes()).hexdigest()
+
+
 def _bootstrap_pairs(pairs, metric, seed=0, resamples=RESAMPLES):
     """paired_bootstrap on item matrices already read: [(a's, b's) per seed]."""
     if not pairs or any(a is None or b is None or a.shape != b.shape for a, b in pairs):
         return None
     to_metric = METRICS[metric][1]
     rng = np.random.default_rng(seed)
-    draws = {}  # item count -> (resamples, items) counts of how often each item is drawn
+    draws = {}  # test set -> (resamples, items) counts of how often each item is drawn
 
-    def counts(n):
-        if n not in draws:
-            draws[n] = np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
-                                 for _ in range(resamples)]).astype(np.float64)
-        return draws[n]
+    def counts(matrix):
+        n, key = len(matrix), test_set_key(matrix)
+        if key not in draws:
+            draws[key] = np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
+                                   for _ in range(resamples)]).astype(np.float64)
+        return draws[key]
 
     observed = np.mean([to_metric(a.sum(0)) - to_metric(b.sum(0)) for a, b in pairs])
-    samples = np.mean([to_metric(counts(len(a)) @ a) - to_metric(counts(len(a)) @ b) for a, b in pairs], axis=0)
+    samples = np.mean([to_metric(counts(a) @ a) - to_metric(counts(a) @ b) for a, b in pairs], axis=0)
     low, high = np.percentile(samples, [2.5, 97.5])
     # two-sided: how often the resampled difference falls on the other side of zero
     p = min(1.0, 2 * min(np.mean(samples <= 0), np.mean(samples >= 0)))

@@ -126,3 +126,60 @@ def test_user_files_live_in_a_private_namespace_and_the_unknown_task_error_lists
     assert "unknown task 'nope'" in result.stderr
     assert f"{user / 'copy.py'} registered task copytask" in result.stderr
     assert f"{user / 'json.py'} registered nothing" in result.stderr
+
+
+# ---- statistics: exact t quantiles, Holm, a bootstrap draw per test set ---------------------------------------
+
+def test_t_quantiles_are_exact_for_every_df():
+    from benchmarks.significance import t975
+
+    published = {1: 12.706, 2: 4.303, 5: 2.571, 10: 2.228, 30: 2.042, 31: 2.040, 40: 2.021, 60: 2.000, 120: 1.980}
+    for df, value in published.items():
+        assert t975(df) == pytest.approx(value, abs=5e-4)
+    assert t975(10**6) == pytest.approx(1.95996, abs=1e-4)
+
+
+def test_holm_adjusts_a_family_of_p_values():
+    from benchmarks.significance import holm
+
+    assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert holm([0.2]) == [0.2] and holm([]) == []
+
+
+def test_the_bootstrap_shares_its_draw_by_test_set_not_by_item_count():
+    import numpy as np
+
+    from benchmarks.significance import _bootstrap_pairs, test_set_key
+
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(5, 50, 300).astype(float)
+    a = np.stack([rng.binomial(sizes.astype(int), 0.6), sizes], 1).astype(float)
+    b = np.stack([rng.binomial(sizes.astype(int), 0.55), sizes], 1).astype(float)
+    other = sizes.copy()
+    other[0] += 1  # another test set with the same number of items
+    a2, b2 = a.copy(), b.copy()
+    a2[:, 1] = b2[:, 1] = other
+    assert test_set_key(a) == test_set_key(b) != test_set_key(a2)
+    width = lambda r: r["boot_ci"][1] - r["boot_ci"][0]  # noqa: E731
+    one = _bootstrap_pairs([(a, b)], "acc")
+    shared = _bootstrap_pairs([(a, b), (a.copy(), b.copy())], "acc")  # one test set: one draw for both seeds
+    assert width(shared) == pytest.approx(width(one))
+    own = _bootstrap_pairs([(a, b), (a2, b2)], "acc")  # two test sets: independent draws average out
+    assert width(own) < 0.85 * width(one)
+
+
+def test_tables_state_the_holm_family_and_give_no_verdict_on_one_seed():
+    from benchmarks.report import markdown
+    from tasks.lm.task import LanguageModelTask
+    from tests.test_significance import items, run as sig_run
+
+    runs = [sig_run(v, s, p, items(m, seed=s)) for v, m, p in (("none", 2.1, 8.2), ("zaremba", 2.0, 7.4),
+                                                                ("naive", 2.05, 7.8)) for s in (1, 2, 3)]
+    for r in runs:
+        r.update(preset="tiny", best_epoch=1, epochs=1, wall_s=1.0, finished="now", provenance=PROV,
+                 history=[{"train_ppl": 1.0, "valid_ppl": 1.0}])
+    text = markdown(LanguageModelTask, "tiny", "tiny", runs)
+    assert "over the family of the 3 comparisons of this table" in text and "| Holm p |" in text
+    one = markdown(LanguageModelTask, "tiny", "tiny", [r for r in runs if r["seed"] == 1])
+    row = next(line for line in one.splitlines() if line.startswith("| zaremba p=0.5 − none p=0 | test ppl"))
+    assert row.endswith("| — (one seed) |") and "not significant" not in row

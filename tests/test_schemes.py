@@ -180,9 +180,12 @@ def test_embedding_dropout_drops_word_types():
     assert torch.equal(embedding_dropout(weight, ids, 0.5, training=False), weight[ids])
 
 
-def _fake_runs(variants, base, spread, metric="test_acc"):
+def _fake_runs(variants, base, spread, metric="test_acc", valid_spread=None):
+    valid = metric.replace("test_", "valid_")
     return [{"variant": v, "dropout": 0.0 if v == "none" else 0.3, "seed": s, "config": {},
-             "metrics": {metric: base + i * spread + 0.1 * s}} for i, v in enumerate(variants) for s in (1, 2, 3)]
+             "metrics": {metric: base + i * spread + 0.1 * s,
+                         valid: base + i * (spread if valid_spread is None else valid_spread) + 0.1 * s}}
+            for i, v in enumerate(variants) for s in (1, 2, 3)]
 
 
 def test_cross_task_schemes_table_and_figure(tmp_path):
@@ -205,7 +208,14 @@ def test_cross_task_schemes_table_and_figure(tmp_path):
     assert rows["zoneout"].split(" | ")[1:] == ["not run yet", "84.20 ± 0.10 (p=0.3, 3 seeds); Δ none +4.00 "
                                                "[+4.00, +4.00] * |"]  # columns by task name: caption, speech
     assert "lm" not in rows["scheme"]  # a task without a table gets no column
-    assert "- speech: **zoneout** has the best test acc (84.20); it beats the runner-up zaremba (82.20) " \
-           "significantly, over 3 paired seeds.\n" in text
+    assert "- speech: **zoneout** ranks first on validation acc (84.20, runner-up zaremba 82.20), and the lead holds " \
+           "significantly on test: test 84.20 vs 82.20, over 3 paired seeds.\n" in text
     assert "over 3 paired seeds. Not run yet on caption, so not in the ranking: zoneout.\n" in text
     assert (tmp_path / "schemes.png").stat().st_size > 1000
+    # validation ranks, test only tests: a scheme best on test but not on validation is not named the winner
+    (tmp_path / "speech" / "cpu.json").write_text(json.dumps(_fake_runs(["none", "zaremba", "zoneout"], 80.0, 2.0,
+                                                                        valid_spread=-2.0)))
+    write_schemes({"speech": speech}, tmp_path)
+    text = (tmp_path / "schemes.md").read_text()
+    assert "- speech: **none** ranks first on validation acc (80.20, runner-up zaremba 78.20), but on test it is " \
+           "**behind** it: test 80.20 vs 82.20" in text

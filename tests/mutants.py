@@ -59,6 +59,9 @@ MUTANTS = {
     "DDP ranks do not weight their losses": ("core/trainer.py", [
         ("(out.loss * (norm / total)).backward()", "out.loss.backward()"),
     ], ["tests/test_distributed.py"]),
+    "DDP ranks average their losses plainly (unequal shards weighted alike)": ("core/trainer.py", [
+        ("(out.loss * (norm / total)).backward()", "(out.loss / distributed.world_size()).backward()"),
+    ], ["tests/test_distributed.py"]),
     "variational redraws its input mask at every step": ("core/schemes.py", [
         ('return x if masks is None else x * masks["input"]', "return dropout(x, self.p, training)"),
     ], ["tests/test_schemes.py"]),

@@ -13,6 +13,7 @@ import torch.multiprocessing as mp
 
 from conftest import write_tiny_ptb
 from test_mt import tiny_config as mt_config, write_tiny_multi30k
+from test_speech import write_tiny_fsdd
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,11 +26,15 @@ def free_port():
 
 def configs(name, scheme):
     from tasks.lm.task import LanguageModelTask
+    from tasks.speech.task import SpeechTask
 
-    if name == "lm":  # batch 4: the stateful streams split 2 + 2
-        return dict(LanguageModelTask.presets["tiny"], seed=2, epochs=2, scheme=scheme,
-                    dropout=0.0 if scheme == "none" else 0.3)
-    return mt_config(epochs=2, scheme=scheme, dropout=0.0 if scheme == "none" else 0.3)
+    p = 0.0 if scheme == "none" else 0.3
+    if name in ("lm", "lm5"):  # batch 4: the stateful streams split 2 + 2; batch 5: 3 + 2 (unequal shards)
+        return dict(LanguageModelTask.presets["tiny"], seed=2, epochs=2, scheme=scheme, dropout=p,
+                    **({"batch_size": 5} if name == "lm5" else {}))
+    if name == "speech":  # 5 utterances a batch, 3 + 2, of different frame counts
+        return dict(SpeechTask.presets["tiny"], seed=1, epochs=2, scheme=scheme, dropout=p, batch_size=5)
+    return mt_config(epochs=2, scheme=scheme, dropout=p)
 
 
 def train(name, data, config, run_dir, resume=False, stop_at=None):
@@ -38,10 +43,11 @@ def train(name, data, config, run_dir, resume=False, stop_at=None):
     from core.utils import seed_everything
     from tasks.lm.task import LanguageModelTask
     from tasks.mt.task import TranslationTask
+    from tasks.speech.task import SpeechTask
 
     torch.set_num_threads(1)
-    task = (LanguageModelTask if name == "lm" else TranslationTask)(config, data, download=False,
-                                                                    custom_data=True).load_data()
+    cls = {"lm": LanguageModelTask, "lm5": LanguageModelTask, "speech": SpeechTask}.get(name, TranslationTask)
+    task = cls(config, data, download=False, custom_data=True, cache_dir=Path(data) / "cache").load_data()
     seed_everything(config["seed"])
     trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(config), run_dir, "cpu", progress=False)
     rows, forward = {"train": 0}, task.forward
@@ -88,11 +94,15 @@ def run_parallel(world, args, tmp_path):
 
 
 def data_for(name, tmp_path):
-    return write_tiny_ptb(tmp_path / "ptb") if name == "lm" else write_tiny_multi30k(tmp_path / "m30k")
+    if name == "speech":
+        return write_tiny_fsdd(tmp_path / "fsdd")
+    return write_tiny_ptb(tmp_path / "ptb") if name.startswith("lm") else write_tiny_multi30k(tmp_path / "m30k")
 
 
-@pytest.mark.parametrize("name", ["lm", "mt"])
+@pytest.mark.parametrize("name", ["lm", "mt", "lm5", "speech"])
 def test_two_processes_train_like_one_on_the_same_global_batches(name, tmp_path):
+    """lm5 and speech shard unequally (3 + 2 rows; frame counts differ), so ranks that average their losses
+    plainly instead of weighting them by their share of the global batch fail here."""
     data, config = data_for(name, tmp_path), configs(name, "none")
     single = train(name, data, config, tmp_path / "one")
     double = run_parallel(2, (name, data, config, tmp_path / "two"), tmp_path)
@@ -102,7 +112,10 @@ def test_two_processes_train_like_one_on_the_same_global_batches(name, tmp_path)
                 assert b[key] == pytest.approx(a[key], rel=1e-4), key
     for key, value in single["metrics"].items():
         assert double["metrics"][key] == pytest.approx(value, rel=1e-4), key
-    assert double["rows_trained"] == single["rows_trained"] // 2  # rank 0 trained on its half of every batch
+    if name in ("lm", "mt"):
+        assert double["rows_trained"] == single["rows_trained"] // 2  # rank 0 trained on its half of every batch
+    else:  # rank 0 trained on the larger part (3 of 5 rows) of every batch
+        assert single["rows_trained"] / 2 < double["rows_trained"] < single["rows_trained"]
 
 
 def test_resume_under_two_processes_repeats_the_uninterrupted_run(tmp_path):

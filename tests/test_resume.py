@@ -206,3 +206,55 @@ def test_rng_states_come_back_to_cpu_whatever_the_map_location():
     assert out["model"]["w"] is weights and out["within"]["state"][0] is weights  # model and carried state stay
     assert len(moved) == 5 and out["optimizer"] == {"state": {0: {"m": 1}}}  # int keys (optimizer state) pass
     torch.set_rng_state(out["within"]["epoch_rng"])
+
+
+KILL_FROM_ENV = """
+import os, signal, sys
+from core.trainer import Trainer
+original, calls = Trainer.train_step, {"n": 0}
+def train_step(self, batch, state=None):
+    calls["n"] += 1
+    if calls["n"] == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no handler runs: only what was already on disk survives
+    return original(self, batch, state)
+Trainer.train_step = train_step
+from benchmarks import run
+run.main(sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("name, preset, step", [("lm", "tiny", 14), ("mt", "tiny", 13)])
+def test_a_run_killed_with_sigkill_mid_epoch_resumes_to_the_uninterrupted_result(name, preset, step, tmp_path):
+    """A real process killed with SIGKILL (after mid-epoch checkpoints) and `--resume`d: the same result."""
+    import json
+    import subprocess
+    import sys
+
+    from test_mt import write_tiny_multi30k as write_mt
+
+    data = write_tiny_ptb(tmp_path / "data") if name == "lm" else write_mt(tmp_path / "data")
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+    def command(out, *extra, kill=None):
+        argv = ["--task", name, "--preset", preset, "--variants", "zaremba", "--epochs", "2", "--data-dir", str(data),
+                "--custom-data", "--no-download", "--out", str(tmp_path / out), "--run-dir", str(tmp_path / out),
+                "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--device", "cpu", "--threads", "1", *extra]
+        env = {**os.environ, "KILL_AT_STEP": str(kill or 10**9)}
+        return subprocess.run([sys.executable, "-c", KILL_FROM_ENV, *argv], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=600)
+
+    full = command("full")
+    assert full.returncode == 0, full.stderr
+    killed = command("cut", "--checkpoint-every", "1e-9", kill=step)
+    assert killed.returncode == -signal.SIGKILL
+    run_dir = next((tmp_path / "cut" / name).glob("*/zaremba-*"))
+    saved = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert saved["within"] is not None and not (run_dir / "result.json").exists()  # killed within an epoch
+    resumed = command("cut", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    strip = lambda r: {**r, "wall_s": 0, "history": [{k: v for k, v in h.items() if k != "wall_s"}  # noqa: E731
+                                                     for h in r["history"]]}
+    full_result = json.loads(next((tmp_path / "full" / name).glob("*/zaremba-*/result.json")).read_text())
+    resumed_result = json.loads((run_dir / "result.json").read_text())
+    assert strip(resumed_result)["metrics"] == strip(full_result)["metrics"]
+    assert strip(resumed_result)["history"] == strip(full_result)["history"]

@@ -17,9 +17,17 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from core.provenance import code_version  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
+from benchmarks.significance import mean_interval  # noqa: E402
 from benchmarks.merge import (  # noqa: E402,F401 (re-exported: the merge rules live in benchmarks/merge.py)
     CONFIG_DEFAULTS, SEED_KEYS, check_consistent, load_runs, merge_runs, merge_log)
 from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
+
+
+def write_overview(out_dir):
+    """results/README.md and results/schemes.{md,png} (benchmarks/overview.py)."""
+    from benchmarks.overview import write_overview as write
+
+    write(out_dir)
 
 
 def _singles(runs):
@@ -31,12 +39,55 @@ def _ensembles(runs):
     return [run for run in runs if run.get("ensemble")]
 
 
+PAPER_ORDER = ("none", "zaremba", "naive", "variational", "weightdrop", "zoneout")  # the paper's comparison first
+
+
+def _order(variant):
+    return (PAPER_ORDER.index(variant) if variant in PAPER_ORDER else len(PAPER_ORDER), variant)
+
+
 def _group(runs):
-    """{(variant, p): single-model runs}; see _ensembles for the others."""
+    """{(variant, p): single-model runs}, none and zaremba first; see _ensembles for the others."""
     groups = defaultdict(list)
-    for run in _singles(runs):
+    for run in sorted(_singles(runs), key=lambda r: (_order(r["variant"]), r["dropout"], r["seed"] or 0)):
         groups[(run["variant"], run["dropout"])].append(run)
     return groups
+
+
+def device_of(run):
+    """'cpu', or the GPU's name: what a wall time was measured on."""
+    prov = run.get("provenance", {})
+    return prov.get("gpu") or str(prov.get("device", "?")).split(":")[0]
+
+
+def _wall_times(group):
+    """Mean wall time per device, labelled: '9.8 min (cpu)', or '1.3 min (NVIDIA H200) / 67.0 min (cpu)'."""
+    by_device = defaultdict(list)
+    for run in group:
+        by_device[device_of(run)].append(run["wall_s"])
+    return " / ".join(f"{_duration(statistics.mean(v))} ({d})" for d, v in sorted(by_device.items()))
+
+
+def summary(task, runs):
+    """The compact table at the top: per variant the held-out headline metrics, mean [95% interval over seeds]."""
+    m = task.main_metric
+    keys = [(f"test_{m}", f"test {m}"), (f"valid_{m}", f"valid {m}")]
+    keys += [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics[:1]]
+    lines = ["## Summary", "", "| variant | p | " + " | ".join(name for _, name in keys) + " | seeds | device |",
+             "|" + "---|" * (len(keys) + 4)]
+    for (variant, _), group in _group(runs).items():
+        cells = []
+        for key, _ in keys:
+            values = [r["metrics"][key] for r in group if key in r["metrics"]]
+            if len(values) > 1:
+                low, high = mean_interval(values)
+                cells.append(f"{statistics.mean(values):.2f} [{low:.2f}, {high:.2f}]")
+            else:
+                cells.append(_fmt(values))
+        devices = ", ".join(sorted({device_of(r) for r in group}))
+        lines.append(f"| {variant} | {p_text(group[0])} | " + " | ".join(cells) + f" | {len(group)} | {devices} |")
+    return lines + ["", "Mean over seeds [95% t interval of the mean]; the full table, the paired tests and the "
+                        "provenance follow.", ""]
 
 
 def _duration(seconds):
@@ -78,8 +129,10 @@ def markdown(task, label, preset, runs):
                  f"the JSON also has the running average over the training pass as train_running_{m}"
                  if task.eval_train else
                  "the running average over that epoch's training pass (dropout on, as in the paper's code)")
-    lines += [f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid epoch; "
-              f"train {m} is {train_how}. The plot and the JSON have every epoch.", ""]
+    lines += summary(task, runs) if _singles(runs) else []
+    lines += ["## Details", "", f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid "
+              f"epoch; train {m} is {train_how}. Wall time: training, per device. The plot and the JSON have every "
+              "epoch.", ""]
     split_keys = [f"{split}_{metric}" for metric in (m, *task.split_metrics) for split in ("train", "valid", "test")]
     names = dict(task.extra_test_metrics)
     # decoding metrics on validation (reported, never used to choose anything) before the test ones
@@ -98,7 +151,7 @@ def markdown(task, label, preset, runs):
             [variant, p_text(group[0])] + [_fmt(col(key)) for key in split_keys]
             + [_fmt(col(key)) for key, _ in extras]
             + [", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in group),
-               _duration(statistics.mean(r["wall_s"] for r in group)),
+               _wall_times(group),
                ",".join(str(r["seed"]) for r in group)]
             + [f"{ref[k]:g}" if k in ref else "—" for k in paper_keys]) + " |")
     for run in _ensembles(runs):
@@ -300,63 +353,6 @@ def main(argv=None):
         task.figures(runs, path.parent, label)
         print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")
         write_overview(path.parent.parent)
-
-
-def _cell(runs, variant, keys):
-    values = [[r["metrics"][k] for r in _singles(runs) if r["variant"] == variant and k in r["metrics"]] for k in keys]
-    if not values[0]:
-        return "—"
-    return " / ".join(_fmt(v) for v in values)
-
-
-def overview(out_dir):
-    """results/README.md: one row per task and preset, the main held-out metric of each variant side by side."""
-    from core import SCHEMES
-
-    tasks = load_tasks()
-    out_dir = Path(out_dir)
-    lines = ["# Results", "",
-             "Regenerated by `python -m benchmarks.run` after every run. One row per task and preset: the test "
-             "metric of the best-on-valid epoch for each dropout variant (mean ± std over seeds when there are "
-             "several), the paper's numbers in their own column, and links to the full table and plot. "
-             "Presets that are not the paper's configuration (scaled down for a CPU, or smoke tests) are marked; "
-             "their numbers are not comparable with the paper's.",
-             "", "| task | preset | metric | " + " | ".join(SCHEMES) + " | paper | table | plot |",
-             "|" + "---|" * (len(SCHEMES) + 6)]
-    for name, task in sorted(tasks.items()):
-        for path in sorted((out_dir / name).glob("*.json")):
-            runs = load_runs(path)
-            if not runs or not isinstance(runs, list) or "metrics" not in runs[0]:
-                continue  # not a results table: speed.json, mc.json, <preset>-selection.json
-            headline = task.extra_test_metrics[:1]  # the main metric and the first extra one (the table has all)
-            keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in headline]
-            metric = "test " + " / ".join([task.main_metric] + [label for _, label in headline])
-            paper = task.paper_results.get(path.stem, {})
-            if paper and not any(k in ref for ref in paper.values() for k in keys):
-                keys = [f"valid_{task.main_metric}"] + keys  # the paper reports held-out numbers on validation
-                metric = f"valid {task.main_metric} / {metric}"
-            paper_cell = "; ".join(f"{v}: " + " / ".join(f"{ref[k]:g}" for k in keys if k in ref)
-                                   for v, ref in paper.items() if any(k in ref for k in keys)) or "—"
-            note = " (not a paper config)" if path.stem.split("-")[0] in task.preset_notes else ""
-            if any(r.get("stale") for r in runs):
-                note += " **(stale: see the table)**"
-            lines.append(f"| {name} | {path.stem}{note} | {metric} | "
-                         + " | ".join(_cell(runs, v, keys) for v in SCHEMES)
-                         + f" | {paper_cell} | [{path.stem}.md]({name}/{path.stem}.md) | "
-                           f"[{path.stem}.png]({name}/{path.stem}.png) |")
-    lines += ["", "Every scheme on every task, side by side: [schemes.md](schemes.md) ([schemes.png](schemes.png))."]
-    speed = sorted(out_dir.glob("*/speed.md"))
-    if speed:
-        lines += ["", "Speed: " + ", ".join(f"[{p.parent.name}]({p.parent.name}/speed.md)" for p in speed)]
-    return "\n".join(lines) + "\n"
-
-
-def write_overview(out_dir):
-    """results/README.md and the cross-task schemes table results/schemes.{md,png}."""
-    from benchmarks.schemes import write_schemes
-
-    write_text(Path(out_dir) / "README.md", overview(out_dir))
-    write_schemes(load_tasks(), out_dir)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ def build_parser():
     p.add_argument("--valid-only", action="store_true",
                    help="selection runs: train and validate (decoding metrics included) but never read the test split")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard event files in the run dirs")
     return p
 
 
@@ -268,8 +269,9 @@ def train_one(task_cls, args, config, run_dir, origin):
     seed_everything(config["seed"])
     model = task.build_model()
     every = None if args.checkpoint_every is None else args.checkpoint_every * 60
+    label = f"{args.task}/{args.preset} {config['scheme']} p={config['dropout']:g} seed {config['seed']}"
     trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress,
-                      checkpoint_every=every)
+                      checkpoint_every=every, label=label, tensorboard=not args.no_tensorboard)
     result = trainer.fit(resume=args.resume, test=not args.valid_only)
     if result is None:  # a DDP rank other than 0
         return None

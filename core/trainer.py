@@ -13,7 +13,7 @@ A task supplies (see tasks/base.py): `batches(split, device)`, `num_batches(spli
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,62 +21,21 @@ from tqdm.auto import tqdm
 
 from core import distributed
 from core.interrupt import Interrupted, stop_on_signals  # noqa: F401 (Interrupted re-exported)
+from core.monitor import Monitor, progress_bar, rounded
 from core.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (re-exported)
+from core.step import (  # noqa: F401 (re-exported: the step's types live in core/step.py)
+    OPTIMIZERS, StepOutput, TrainConfig, Totals as _Totals, detach_state, make_optimizer)
 from core.utils import rng_states_on_cpu, save_torch, seed_everything, write_json, write_text
 
 
-@dataclass
-class StepOutput:
-    loss: torch.Tensor  # what is back-propagated (its scaling is the task's choice)
-    nll: torch.Tensor  # summed negative log-likelihood over the counted targets, detached
-    count: int  # number of targets (tokens, frames) in the batch
-    state: object = None  # recurrent state to carry to the next batch (stateful tasks)
-    extra: dict = field(default_factory=dict)  # other summed statistics, e.g. correct frames
-    norm: float = None  # the loss's denominator (sentences, streams, scored frames): weights ranks under DDP
-
-
-@dataclass
-class TrainConfig:
-    epochs: int
-    lr: float = 1.0
-    decay_start: int = 0  # lr stays constant for this many epochs
-    lr_decay: float = 1.0  # then is divided by this every epoch
-    clip: float = 5.0  # max global gradient norm
-    seed: int = 1
-    optimizer: str = "sgd"  # "sgd" (the paper) or "adam"
-    precision: str = "fp32"  # "bf16": forward passes under bf16 autocast; loss, softmax and metrics in fp32
-    log_interval: int = 50  # steps between progress updates (and NaN checks)
-
-    @classmethod
-    def from_dict(cls, cfg, **overrides):
-        names = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in cfg.items() if k in names}, **overrides})
-
-    def lr_at(self, epoch):
-        """Learning rate for 1-based `epoch`."""
-        return self.lr / self.lr_decay ** max(epoch - self.decay_start, 0)
-
-
-OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
-
-
-def make_optimizer(name, params, lr):
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr=lr)
-
-
-def detach_state(state):
-    if state is None:
-        return None
-    if isinstance(state, torch.Tensor):
-        return state.detach()
-    return type(state)(detach_state(s) for s in state)
-
-
 class Trainer:
-    def __init__(self, task, model, config, run_dir, device, progress=True, checkpoint_every=None):
+    def __init__(self, task, model, config, run_dir, device, progress=True, checkpoint_every=None, label=None,
+                 tensorboard=True):
         self.task, self.model, self.config = task, model.to(device), config
+        cfg = getattr(task, "config", {})
+        # what the progress bar calls this run, e.g. "speech/cpu zaremba p=0.3 seed 2"
+        self.label = label or f"{task.name} {cfg.get('scheme', '')} p={cfg.get('dropout', 0):g} seed {config.seed}"
+        self.tensorboard, self._monitor, self._grad_norm = tensorboard, None, None
         # run_dir None: no checkpoints (speed benchmarks drive train_step only)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.device, self.progress = torch.device(device), progress
@@ -109,8 +68,8 @@ class Trainer:
                 out = StepOutput(loss=None, nll=torch.zeros((), device=self.device), count=0, state=state)
         else:
             out.loss.backward()
-        if self.config.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        if self.config.clip > 0:  # the norm stays on the device; it is read once per log interval
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
         self.optimizer.step()
         out.state = detach_state(out.state) if self.task.stateful else None
         return out
@@ -129,9 +88,10 @@ class Trainer:
             totals.restore(within["totals"])
             torch.set_rng_state(epoch_rng)
         parallel, shared_after = distributed.world_size() > 1, None
-        started, last_save = time.time(), time.time()
-        bar = self._bar("train", epoch)
+        started, last_save, counted_before = time.time(), time.time(), totals.count  # rates: this process's steps
+        bar = self._bar("train", epoch, initial=done)
         batches = self.task.batches("train", self.device)
+        per_epoch = self.task.num_batches("train")
         for step, batch in enumerate(batches, 1):
             if parallel and step == 1:  # the batch order is drawn (shared): dropout uses this rank's own stream
                 shared_after = torch.get_rng_state()
@@ -139,16 +99,16 @@ class Trainer:
             if step <= done:  # already trained before the checkpoint this run resumed from
                 if step == done:
                     torch.set_rng_state(within["rng_ranks"][distributed.rank()] if parallel else within["rng"])
-                bar.update()
                 continue
             out = self.train_step(batch, state)
             state = out.state
             totals.add(out)
             if step % self.config.log_interval == 0:
                 self._check_finite(totals, epoch, step)
-                elapsed = max(time.time() - started, 1e-9)
-                bar.set_postfix(loss=f"{totals.mean_nll():.3f}", tok_s=f"{totals.count / elapsed:.0f}",
+                tok_s = (totals.count - counted_before) / max(time.time() - started, 1e-9)
+                bar.set_postfix(loss=f"{totals.mean_nll():.3f}", tok_s=f"{tok_s:.0f}",
                                 lr=f"{self.config.lr_at(epoch):.3g}")
+                self._log_step(epoch, step, per_epoch, totals, tok_s)
             bar.update()
             due = self.checkpoint_every is not None and time.time() - last_save >= self.checkpoint_every
             if parallel:  # every rank must take the same decisions (they meet in collectives)
@@ -202,10 +162,18 @@ class Trainer:
         start = self._load_checkpoint() + 1 if resume else 1
         if start > self.config.epochs and (done := self._finished_result(test)) is not None:
             return done  # resuming a command: this run is complete, its test split is not evaluated again
-        with stop_on_signals(self):
-            for epoch in range(start, self.config.epochs + 1):
-                self._run_epoch(epoch)
-            return self._finish(test)
+        if resume and (start > 1 or self._resume_within):
+            self.monitor.note({"kind": "resumed", "epoch": start,
+                               "step": (self._resume_within or {}).get("step", 0)})
+        try:
+            with stop_on_signals(self):
+                for epoch in range(start, self.config.epochs + 1):
+                    self._run_epoch(epoch)
+                return self._finish(test)
+        finally:
+            if self._monitor is not None:
+                self._monitor.close()
+                self._monitor = None
 
     def _run_epoch(self, epoch):
         t0 = time.time()
@@ -223,8 +191,9 @@ class Trainer:
                 save_torch({"model": self.model.state_dict(), "epoch": epoch, **self.task.checkpoint_extras()},
                            self.run_dir / "best.pt")
         self._save_checkpoint(epoch)
+        self.monitor.epoch(record, self.task.epoch_examples(self.model, self.device))
         if distributed.is_main():
-            tqdm.write(json.dumps(record))
+            tqdm.write(json.dumps(rounded(record)))
         if distributed.world_size() > 1:
             self.stop_requested = distributed.all_reduce_sum(self.stop_requested, self.device) > 0
         if self.stop_requested:
@@ -318,7 +287,6 @@ class Trainer:
             raise OSError(f"could not write the checkpoint {self.run_dir / 'checkpoint.pt'} ({err}); the previous "
                           "checkpoint is intact. Free disk space (or fix the folder's permissions) and resume "
                           "with --resume") from err
-        write_text(self.run_dir / "log.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
 
     def _load_checkpoint(self):
         """Restore the last finished epoch; returns its number (0 when there is nothing to resume)."""
@@ -347,10 +315,24 @@ class Trainer:
         return ckpt["epoch"]
 
     # ---- helpers -----------------------------------------------------------------------------------
-    def _bar(self, split, epoch):
-        return tqdm(total=self.task.num_batches(split), desc=f"epoch {epoch}/{self.config.epochs} {split}",
-                    disable=not self.progress or not distributed.is_main(), leave=False, dynamic_ncols=True,
-                    mininterval=1.0)
+    def _bar(self, split, epoch, initial=0):
+        return progress_bar(self.task.num_batches(split), f"{self.label} epoch {epoch}/{self.config.epochs} {split}",
+                            initial, enabled=self.progress and distributed.is_main())
+
+    @property
+    def monitor(self):
+        """log.jsonl and TensorBoard (rank 0 of a run with a run dir), opened at first use."""
+        if self._monitor is None:
+            self._monitor = Monitor(self.run_dir, enabled=distributed.is_main(), tensorboard=self.tensorboard)
+            self._monitor.config({**getattr(self.task, "config", {}), **asdict(self.config)}, self.label)
+        return self._monitor
+
+    def _log_step(self, epoch, step, per_epoch, totals, tok_s):
+        record = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in self.task.metrics(totals.as_dict()).items()},
+                  "lr": self.config.lr_at(epoch), "tok_s": tok_s}
+        if self._grad_norm is not None:
+            record["grad_norm"] = float(self._grad_norm)  # before clipping
+        self.monitor.step((epoch - 1) * per_epoch + step, record)
 
     def _check_finite(self, totals, epoch, step):
         loss = totals.mean_nll()
@@ -359,32 +341,3 @@ class Trainer:
                 f"training loss became {loss} at epoch {epoch}, step {step}: the run diverged. "
                 f"Lower the learning rate (lr={self.config.lr_at(epoch):g}) or the clip norm (clip={self.config.clip:g}); "
                 f"the last good checkpoint is {self.run_dir / 'checkpoint.pt'}")
-
-
-class _Totals:
-    """Sums step statistics on the device; syncs only when read."""
-
-    def __init__(self):
-        self.nll, self.count, self.extra = 0.0, 0, {}
-
-    @classmethod
-    def from_dict(cls, saved):
-        totals = cls()
-        totals.restore(saved)
-        return totals
-
-    def restore(self, saved):
-        self.nll, self.count = saved["nll"], saved["count"]
-        self.extra = {k: v for k, v in saved.items() if k not in ("nll", "count")}
-
-    def add(self, out):
-        self.nll = self.nll + out.nll
-        self.count += out.count
-        for k, v in out.extra.items():
-            self.extra[k] = self.extra.get(k, 0) + v
-
-    def mean_nll(self):
-        return float(self.nll) / max(self.count, 1)
-
-    def as_dict(self):
-        return {"nll": float(self.nll), "count": self.count, **{k: float(v) for k, v in self.extra.items()}}

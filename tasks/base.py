@@ -106,6 +106,11 @@ class Task:
         benchmarks.speed times. Tasks that want a speed row implement it."""
         raise NotImplementedError(f"task {self.name} has no synthetic_data(), so benchmarks.speed cannot time it")
 
+    def epoch_examples(self, model, device):
+        """A few lines of the model's output on validation after each epoch, for TensorBoard's text tab (MT and
+        captioning: source, reference and greedy output); () when the task has none."""
+        return ()
+
     def data_state(self):
         """What a checkpoint needs besides the weights and the config to rebuild the model and decode with it
         (vocabularies, feature statistics); JSON-like values or small tensors."""

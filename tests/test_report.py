@@ -1,4 +1,5 @@
 from benchmarks import report
+from benchmarks.overview import overview
 
 
 def _run(variant, seed, device, speed, threads=1):
@@ -26,5 +27,5 @@ def test_overview_lists_results_tables_only(tmp_path):
                 "dropout": 0.2, "seed": 1, "standard": {}, "mc": {}}
     (tmp_path / "lm" / "mc.json").write_text(json.dumps([mc_entry]))
     (tmp_path / "lm" / "cpu-selection.json").write_text(json.dumps({"rule": "best validation", "runs": []}))
-    text = report.overview(tmp_path)
+    text = overview(tmp_path)
     assert "mc.md" not in text and "selection" not in text and "| lm |" not in text

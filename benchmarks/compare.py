@@ -1,0 +1,169 @@
+"""Set two or more results side by side: results JSONs of one task (or run dirs), per variant and metric.
+
+    python -m benchmarks.compare results/lm/cpu.json results/lm/cpu-bf16.json
+    python -m benchmarks.compare results/speech/cpu.json runs/speech/cpu/zaremba-p0.3-seed1 --out cmp.md --plot cmp.png
+
+The first input is the reference: every other one gets its difference to it (seed means), and where the runs
+pair (the same seeds on the same test set, per-item statistics recorded) the 95% interval over seeds and the
+paired bootstrap's interval and p (benchmarks.significance). Runs of different test sets are never paired.
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+from benchmarks.cli import add_user_dir_flag, load_task_registry
+from benchmarks.effects import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
+from benchmarks.merge import load_runs
+from benchmarks.significance import compare
+from core.utils import atomic_write, write_text
+from tasks.base import get_task
+
+RUN_DIR = re.compile(r"^(?P<variant>[\w-]+?)-p(?P<p>[0-9.e-]+)-seed(?P<seed>-?\d+)$")
+
+
+def load_source(path):
+    """(task name, label, runs) of a results JSON (results/<task>/<label>.json) or a run dir
+    (<run-dir>/<task>/<label>/<variant>-p<P>-seed<S>, its result.json)."""
+    path = Path(path)
+    if path.is_dir():
+        match = RUN_DIR.match(path.name)
+        if not match or not (path / "result.json").exists():
+            raise ValueError(f"{path} is not a finished run dir (<variant>-p<P>-seed<S> with a result.json)")
+        result = json.loads((path / "result.json").read_text())
+        run = {**result, "variant": match["variant"], "dropout": float(match["p"]), "seed": int(match["seed"]),
+               "config": {"dropout": float(match["p"])}}
+        return path.parent.parent.name, f"{path.parent.name}/{path.name}", [run]
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: give results/<task>/<label>.json files or run dirs")
+    runs = load_runs(path)
+    if not isinstance(runs, list) or not runs or "metrics" not in runs[0]:
+        raise ValueError(f"{path} is not a results table (a list of runs written by benchmarks.run)")
+    return path.parent.name, path.stem, [r for r in runs if not r.get("ensemble")]
+
+
+def _by_variant(runs):
+    groups = {}
+    for run in runs:
+        groups.setdefault((run["variant"], p_text(run)), []).append(run)
+    return groups
+
+
+def metrics_of(task):
+    m = task.main_metric
+    return [m] + [k for k, _ in task.extra_test_metrics[:1]]
+
+
+def comparison(task, sources):
+    """Markdown lines: one table per metric, a row per variant, a column per source and per difference."""
+    (_, ref_label, ref_runs), others = sources[0], sources[1:]
+    groups = [_by_variant(runs) for _, _, runs in sources]
+    variants = sorted({v for g in groups for v in g}, key=lambda v: (v[0] != "none", v[0] != "zaremba", v))
+    lines = [f"# {task.name}: " + " vs ".join(f"`{label}`" for _, label, _ in sources), "",
+             f"Reference: `{ref_label}`. Cells: mean ± std over seeds (n). Δ: the other minus the reference, seed "
+             "means; where both have the same seeds on the same test set: the 95% interval over seeds (paired by "
+             "seed) and the paired bootstrap's interval and p.", ""]
+    for metric in metrics_of(task):
+        for split in ("test", "valid"):
+            key = f"{split}_{metric}"
+            if not any(key in r["metrics"] for _, _, runs in sources for r in runs):
+                continue
+            header = ["variant", "p"] + [f"`{label}`" for _, label, _ in sources] + [
+                f"Δ `{label}`" for _, label, _ in others]
+            lines += [f"## {split} {metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)", "",
+                      "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            for variant in variants:
+                cells = []
+                for g in groups:
+                    values = [r["metrics"][key] for r in g.get(variant, []) if key in r["metrics"]]
+                    cells.append(f"{fmt(values)} ({len(values)})" if values else "—")
+                for g in groups[1:]:
+                    cells.append(_difference(groups[0].get(variant, []), g.get(variant, []), key, split, metric))
+                lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return lines
+
+
+def _difference(ref, other, key, split, metric):
+    a = [r["metrics"][key] for r in other if key in r["metrics"]]
+    b = [r["metrics"][key] for r in ref if key in r["metrics"]]
+    if not a or not b:
+        return "—"
+    text = f"{statistics.mean(a) - statistics.mean(b):+.2f}"
+    if split != "test":
+        return text
+    result = compare(other, ref, metric, metric in LOWER_IS_BETTER)
+    if result is None:
+        return text + " (no common seeds)"
+    if len(result["seeds"]) < max(len(a), len(b)):
+        text += f"; paired over seeds {','.join(map(str, result['seeds']))}: {result['diff']:+.2f}"
+    if result.get("seed_ci"):
+        text += f", seeds {interval_text(result['seed_ci'])}"
+    if result.get("boot_ci"):
+        text += f", bootstrap {interval_text(result['boot_ci'])} p {p_value_text(result['p'])}"
+    return text
+
+
+def plot(task, sources, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = f"test_{task.main_metric}"
+    groups = [_by_variant(runs) for _, _, runs in sources]
+    variants = sorted({v for g in groups for v in g}, key=lambda v: (v[0] != "none", v[0] != "zaremba", v))
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(variants) * len(sources) / 2, 3.6))
+    width = 0.8 / len(sources)
+    for i, g in enumerate(groups):
+        for j, variant in enumerate(variants):
+            values = [r["metrics"][key] for r in g.get(variant, []) if key in r["metrics"]]
+            if values:
+                ax.bar(j + i * width, statistics.mean(values), width, color=f"C{i}",
+                       yerr=statistics.stdev(values) if len(values) > 1 else 0, capsize=2)
+                ax.plot([j + i * width] * len(values), values, "k.", markersize=3)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=f"C{i}") for i in range(len(sources))]
+    ax.legend(handles, [label for _, label, _ in sources], fontsize=8)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(variants))], [f"{v} p={p}" for v, p in variants],
+                  rotation=30, ha="right")
+    values = [r["metrics"][key] for _, _, runs in sources for r in runs if key in r["metrics"]]
+    pad = (max(values) - min(values)) * 0.3 or 1.0
+    ax.set_ylim(min(values) - pad, max(values) + pad)
+    ax.set_ylabel(key)
+    ax.set_title(f"{task.name}: {key} (mean ± std, dots: seeds)")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", help="results/<task>/<label>.json files or run dirs (the first: reference)")
+    parser.add_argument("--out", help="also write the comparison as Markdown here")
+    parser.add_argument("--plot", help="also draw the test main metric per variant and input (PNG)")
+    add_user_dir_flag(parser)
+    args = parser.parse_args(argv)
+    if len(args.inputs) < 2:
+        parser.error("give at least two inputs to compare")
+    load_task_registry(args, parser)
+    try:
+        sources = [load_source(p) for p in args.inputs]
+        names = sorted({name for name, _, _ in sources})
+        if len(names) > 1:
+            raise ValueError(f"the inputs belong to different tasks ({', '.join(names)}): compare one task at a time")
+        task = get_task(names[0])
+    except ValueError as err:
+        parser.error(str(err))
+    text = "\n".join(comparison(task, sources)) + "\n"
+    sys.stdout.write(text)
+    if args.out:
+        write_text(args.out, text)
+    if args.plot:
+        plot(task, sources, args.plot)
+
+
+if __name__ == "__main__":
+    main()

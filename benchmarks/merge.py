@@ -33,7 +33,7 @@ def who(run):
 
 
 def _config(run):
-    return {k: v for k, v in {**CONFIG_DEFAULTS, **run["config"]}.items() if k != "seed"}
+    return {k: v for k, v in {**CONFIG_DEFAULTS, **run.get("config", {})}.items() if k != "seed"}
 
 
 def config_difference(a, b):

@@ -25,7 +25,7 @@ from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.utils import pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
-from benchmarks.cli import add_user_dir_flag, list_tasks, load_task_registry, move_aside, runs_in_the_way
+from benchmarks.cli import add_user_dir_flag, did_you_mean, list_tasks, load_task_registry, move_aside, runs_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 
 
@@ -107,7 +107,8 @@ def validate(args, parser):
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in SCHEMES]
     if bad or not args.variants:
-        parser.error(f"--variants: unknown {bad or 'empty list'}; choose from {', '.join(SCHEMES)}")
+        parser.error(f"--variants: unknown {bad or 'empty list'}{did_you_mean(bad[:1], SCHEMES)}; choose from "
+                     f"{', '.join(SCHEMES)} (schemes of your own: --user-dir)")
     try:
         task_cls.check_keys(task_cls.presets[args.preset])
     except ValueError as err:
@@ -188,7 +189,8 @@ def parse_overrides(items, preset, name, parser):
         if not sep or not key:
             parser.error(f"--set takes KEY=VALUE, got {item!r}")
         if key not in preset:
-            parser.error(f"--set {key}: preset {name} has no key {key!r}; its keys: {', '.join(preset)}")
+            parser.error(f"--set {key}: preset {name} has no key {key!r}{did_you_mean([key], preset)}; its keys: "
+                         f"{', '.join(preset)}")
         if key in ("epochs", "dropout"):
             parser.error(f"--set {key}: use --{key}")
         current = preset[key]

@@ -24,12 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks import run
+from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.effects import LOWER_IS_BETTER, p_text
 from benchmarks.report import SEED_KEYS, load_runs
 from core.provenance import code_version
 from core.interrupt import ENV_STOP_WITH_PARENT
 from core.utils import write_json, write_text
-from tasks.base import get_task, load_tasks
+from tasks.base import get_task
 
 IGNORED = set(SEED_KEYS) | {"precision", "scheme_dropout"}  # may differ between the points of one grid
 OWN_FLAGS = {"--task", "--preset", "--variants", "--dropout", "--seeds", "--ensemble", "--valid-only", "--out",
@@ -174,6 +175,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.select", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
+    add_user_dir_flag(parser)
     parser.add_argument("--preset", help="default: the task's default preset")
     parser.add_argument("--variants", help="comma list of schemes to run the grid for")
     parser.add_argument("--grid", help="comma list of grid points: p, or P/PC for zoneout")
@@ -194,7 +196,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args, run_args = parser.parse_args(argv[:cut]), argv[cut + 1:]
-    load_tasks()
+    load_task_registry(args, parser)
+    run_args = [a for d in args.user_dir or [] for a in ("--user-dir", d)] + run_args  # the grid runs need them too
     try:
         task = get_task(args.task)
         preset = args.preset or task.default_preset

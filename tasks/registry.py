@@ -1,5 +1,6 @@
 """The task registry: @register, the import of the built-in task packages and of user folders, and loading
 checkpoints of any registered task (fairseq-style extension by registration: a new task needs no edit elsewhere)."""
+import difflib
 import hashlib
 import importlib
 import importlib.machinery
@@ -117,7 +118,9 @@ def get_task(name, user_dirs=None):
         return TASKS[name]
     if name in UNAVAILABLE:
         raise ValueError(f"task {name!r} is unavailable here: it {UNAVAILABLE[name]}")
-    raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}"
+    near = difflib.get_close_matches(name, sorted(TASKS) + sorted(UNAVAILABLE), n=1)
+    raise ValueError(f"unknown task {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                     + f"; available: {', '.join(sorted(TASKS))}"
                      + (f" (unavailable here: {', '.join(sorted(UNAVAILABLE))})" if UNAVAILABLE else "")
                      + f". A task of your own: --user-dir FOLDER (or ${ENV_USER_DIR}) with its @register'ed adapter."
                      + _user_files_text())

@@ -191,7 +191,8 @@ class Trainer:
                 save_torch({"model": self.model.state_dict(), "epoch": epoch, **self.task.checkpoint_extras()},
                            self.run_dir / "best.pt")
         self._save_checkpoint(epoch)
-        self.monitor.epoch(record, self.task.epoch_examples(self.model, self.device))
+        watched = self.tensorboard and self.run_dir is not None and distributed.is_main()
+        self.monitor.epoch(record, self.task.epoch_examples(self.model, self.device) if watched else ())
         if distributed.is_main():
             tqdm.write(json.dumps(rounded(record)))
         if distributed.world_size() > 1:

@@ -106,10 +106,22 @@ class Task:
         benchmarks.speed times. Tasks that want a speed row implement it."""
         raise NotImplementedError(f"task {self.name} has no synthetic_data(), so benchmarks.speed cannot time it")
 
+    examples_per_epoch = 3  # validation items a decoding task decodes after each epoch for TensorBoard
+
+    @torch.no_grad()
     def epoch_examples(self, model, device):
-        """A few lines of the model's output on validation after each epoch, for TensorBoard's text tab (MT and
-        captioning: source, reference and greedy output); () when the task has none."""
-        return ()
+        """A few outputs on validation after each epoch, for TensorBoard's text tab: a decoding task (MT,
+        captioning) decodes its first `examples_per_epoch` validation items; () for the others."""
+        if not getattr(self, "decodes", False) or not self.examples_per_epoch:
+            return ()
+        was_training = model.training
+        model.eval()
+        try:
+            items = list(range(min(self.examples_per_epoch, self.num_items("valid"))))
+            outputs = self.decode_items(model, "valid", device, items)
+        finally:
+            model.train(was_training)
+        return [f"valid item {i}: {' '.join(o) if isinstance(o, list) else o}" for i, o in zip(items, outputs)]
 
     def data_state(self):
         """What a checkpoint needs besides the weights and the config to rebuild the model and decode with it

@@ -65,3 +65,21 @@ def test_a_resumed_run_notes_where_it_continued(tmp_path):
     assert lm_trainer(tmp_path, tmp_path / "run").fit(resume=True)["metrics"] == pytest.approx(config)
     lines = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert {"kind": "resumed", "epoch": 3, "step": 0} in lines
+
+
+def test_a_decoding_task_logs_example_outputs_each_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from test_mt import tiny_config, write_tiny_multi30k
+    from tasks.mt.task import TranslationTask
+
+    data = write_tiny_multi30k(tmp_path / "data")
+    config = tiny_config(epochs=1)
+    task = TranslationTask(config, data, download=False, custom_data=True).load_data()
+    seed_everything(1)
+    Trainer(task, task.build_model(), TrainConfig.from_dict(config), tmp_path / "run", "cpu", progress=False).fit()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert "examples/valid/text_summary" in events.Tags()["tensors"]
+    text = events.Tensors("examples/valid/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert text.count("valid item") == 3

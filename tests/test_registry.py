@@ -179,3 +179,51 @@ def test_a_new_dropout_scheme_is_one_class(monkeypatch):
     assert not torch.allclose(out_plain[:, 1:], out_halved[:, 1:])
     with pytest.raises(ValueError, match="acts inside the recurrence and needs stepwise=True"):
         DropoutLSTM(3, 5, 1, 0.0, "halve", stepwise=False)
+
+
+GAUSS = """import torch
+from core import Scheme, register_scheme
+
+@register_scheme
+class GaussianDropout(Scheme):
+    '''Multiplicative Gaussian noise (mean 1, variance p / (1 - p)) on the non-recurrent connections.'''
+    name = "gauss"
+    fused = False  # the per-layer path: the one-call nn.LSTM path would put its own Bernoulli dropout between layers
+
+    def _noise(self, x, training):
+        if not training or self.p == 0:
+            return x
+        return x * (1 + torch.randn_like(x) * (self.p / (1 - self.p)) ** 0.5)
+
+    def begin(self, x, num_layers, hidden_size, training):  # once per forward pass -> `masks` (or None)
+        return None
+    def drop_input(self, x, training, masks):             # input -> layer 1, x (B, T, D)
+        return self._noise(x, training)
+    def drop_between(self, x, training, masks, layer):    # layer l-1 -> layer l
+        return self._noise(x, training)
+    def drop_output(self, x, training, masks):            # top layer -> output
+        return self._noise(x, training)
+    # recurrent_weight(w_hh, training): W_hh for this pass (DropConnect, as weightdrop);
+    # recurrent_mask(h, steps, training, masks, layer): a (T, B, H) mask on h_{t-1}, or None;
+    # zoneout_masks(h, steps, training): keep probabilities of c and h. Either of the last two needs fused = False."""
+
+
+def test_a_scheme_of_ones_own_through_user_dir_trains_lists_and_clashes_clearly(tmp_path, tiny_ptb):
+    """The example of docs/extending.md, verbatim: a --user-dir scheme trains, reports and is listed; a second
+    file registering the same name is an error naming both files."""
+    user = tmp_path / "my_schemes"
+    user.mkdir()
+    (user / "gauss.py").write_text(GAUSS)
+    out = tmp_path / "out"
+    result = run_cli("--user-dir", str(user), "--task", "lm", "--preset", "tiny", "--variants", "none,gauss",
+                     "--data-dir", str(tiny_ptb), "--custom-data", "--out", str(out), "--run-dir", str(tmp_path / "r"),
+                     "--no-progress", "--device", "cpu", "--no-tensorboard")
+    assert result.returncode == 0, result.stderr
+    assert [e["variant"] for e in json.loads((out / "lm" / "tiny.json").read_text())] == ["gauss", "none"]
+    listing = run_cli("--user-dir", str(user), "--list").stdout
+    assert f"gauss (from {user / 'gauss.py'})" in listing
+    (user / "copy_of_gauss.py").write_text(GAUSS)
+    clash = run_cli("--user-dir", str(user), "--list")
+    assert clash.returncode != 0
+    assert "dropout scheme 'gauss' is registered twice" in clash.stderr and "rename one of them" in clash.stderr
+    assert str(user / "gauss.py") in clash.stderr and str(user / "copy_of_gauss.py") in clash.stderr

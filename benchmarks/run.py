@@ -36,7 +36,8 @@ def build_parser():
     p.add_argument("--task", help="a registered task: lm, mt, speech, caption or one of --user-dir (see --list)")
     add_user_dir_flag(p)
     p.add_argument("--preset", help="a preset of the task (default: the task's default, see --list)")
-    p.add_argument("--variants", default="none,zaremba", help=f"comma list of dropout schemes: {', '.join(SCHEMES)}")
+    p.add_argument("--variants", default="none,zaremba", help=f"comma list of dropout schemes: {', '.join(SCHEMES)}, "
+                                                               "or one of --user-dir (`--user-dir D --list` shows them)")
     p.add_argument("--seeds", help="comma list of integer seeds (default: 1, or 1..N with --ensemble N, or what the "
                                    "task's preset asks for, e.g. speech's six speaker folds)")
     p.add_argument("--ensemble", type=int, metavar="N",

@@ -40,10 +40,13 @@ class TrainConfig:
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
-def make_optimizer(name, params, lr):
+def make_optimizer(name, params, lr, device="cpu"):
+    """The optimizer; on CUDA its fused kernel (one launch for all parameters: the small-batch LM is bound by
+    kernel launches there)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, lr=lr)
+    fused = {"fused": True} if torch.device(device).type == "cuda" else {}
+    return OPTIMIZERS[name](params, lr=lr, **fused)
 
 
 def detach_state(state):

@@ -39,7 +39,7 @@ class Trainer:
         # run_dir None: no checkpoints (speed benchmarks drive train_step only)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.device, self.progress = torch.device(device), progress
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, device)
         self.history = []  # one dict per finished epoch
         self.best = None  # (metric, epoch)
         self.checkpoint_every = checkpoint_every  # seconds between checkpoints within an epoch (None: epoch ends)
@@ -69,7 +69,7 @@ class Trainer:
         else:
             out.loss.backward()
         if self.config.clip > 0:  # the norm stays on the device; it is read once per log interval
-            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+            self._grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip, foreach=True)
         self.optimizer.step()
         out.state = detach_state(out.state) if self.task.stateful else None
         return out

@@ -41,3 +41,33 @@ def _with_custom_data(job_command):
         command, table, label = job_command(*a, **k)
         return command + ["--custom-data"], table, label
     return wrapped
+
+
+def test_an_lm_training_step_never_reads_a_value_back_to_the_host(tmp_path, monkeypatch):
+    """Losses, token counts and the gradient norm stay on the device between log intervals, so a GPU step is
+    never stalled by a host synchronisation (what CUDA graphs and a launch-bound LM need)."""
+    import torch
+
+    from core import Trainer, TrainConfig
+    from tasks.lm.task import LanguageModelTask
+    from conftest import write_tiny_ptb
+
+    data = write_tiny_ptb(tmp_path / "data")
+    config = dict(LanguageModelTask.presets["tiny"], seed=1, epochs=1, scheme="zaremba", dropout=0.3)
+    task = LanguageModelTask(config, data, download=False, custom_data=True).load_data()
+    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict({**config, "log_interval": 10**6}), None,
+                      "cpu", progress=False)
+    reads = {"n": 0}
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, **k):
+            reads["n"] += 1
+            return _original(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    steps, state = 0, None
+    for batch in task.batches("train", "cpu"):
+        out = trainer.train_step(batch, state)
+        state = out.state
+        steps += 1
+    assert steps > 10 and reads["n"] == 0

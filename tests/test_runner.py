@@ -73,8 +73,9 @@ def test_list_shows_tasks_and_presets():
     result = run_cli("--list")
     assert result.returncode == 0
     tasks = [line.split(":")[0] for line in result.stdout.splitlines() if line and not line.startswith(" ")]
-    assert tasks == ["caption", "lm", "mt", "speech"]
+    assert tasks == ["caption", "lm", "mt", "speech", "dropout schemes (--variants)"]
     assert "  small: " in result.stdout and "hidden=1500" in result.stdout
+    assert "dropout schemes (--variants): none, zaremba, naive, variational, weightdrop, zoneout" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

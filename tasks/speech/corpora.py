@@ -30,21 +30,11 @@ def fold_speakers(cfg):
     mean over seeds is a mean over folds. Any overlap between splits is an error naming the speaker."""
     cfg = dict(cfg)
     if cfg.get("region_folds"):
-        if cfg["corpus"] != "timit_sample":
-            raise DataError(f"region_folds works for corpus timit_sample, not {cfg['corpus']!r}")
-        named = [f"{s}_regions" for s in SPLITS if cfg.get(f"{s}_regions")]
-        if named:
-            raise DataError(f"region_folds picks the regions from the seed, but {', '.join(named)} are set too: "
-                            "unset them or pass --set region_folds=false")
+        _check_folds(cfg, "region_folds", "timit_sample", "regions")
         folds = region_folds(cfg["seed"], cfg.get("dev_region", "dr1"))
         cfg.update({f"{s}_regions": ",".join(folds[s]) for s in SPLITS})
     if cfg.get("speaker_folds"):
-        if cfg["corpus"] != "fsdd":
-            raise DataError(f"speaker_folds works for corpus fsdd, not {cfg['corpus']!r}; name the speakers instead")
-        named = [f"{s}_speakers" for s in SPLITS if cfg.get(f"{s}_speakers")]
-        if named:
-            raise DataError(f"speaker_folds picks the speakers from the seed, but {', '.join(named)} are set too: "
-                            "unset them or pass --set speaker_folds=false")
+        _check_folds(cfg, "speaker_folds", "fsdd", "speakers")
         n = len(FSDD_SPEAKERS)
         fold = (cfg["seed"] - 1) % n
         test, valid = FSDD_SPEAKERS[fold], FSDD_SPEAKERS[(fold + 1) % n]
@@ -63,6 +53,16 @@ def fold_speakers(cfg):
                                     f"fix the --set {unit[:-1]} lists")
                 seen[speaker] = split
     return cfg
+
+
+def _check_folds(cfg, flag, corpus, unit):
+    """What speaker_folds and region_folds both need: their own corpus, and no split named by hand."""
+    if cfg["corpus"] != corpus:
+        raise DataError(f"{flag} works for corpus {corpus}, not {cfg['corpus']!r}; name the {unit} instead")
+    named = [f"{s}_{unit}" for s in SPLITS if cfg.get(f"{s}_{unit}")]
+    if named:
+        raise DataError(f"{flag} picks the {unit} from the seed, but {', '.join(named)} are set too: "
+                        f"unset them or pass --set {flag}=false")
 
 
 def corpus_folders(cfg, data_dir):

@@ -23,6 +23,7 @@ from core.trainer import PRECISIONS, Interrupted, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
 from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
+from core.monitor import rounded
 from core.utils import pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
 from benchmarks.cli import add_user_dir_flag, did_you_mean, list_tasks, load_task_registry, move_aside, runs_in_the_way
@@ -288,7 +289,7 @@ def train_one(task_cls, args, config, run_dir, origin):
                                              resume=run_dir / f"mc-{split}.partial.pt")
                 result["metrics"].update({f"{split}_mc_{k}": v for k, v in mc.items()})
         result["mc"] = {"samples": args.mc_samples, "provenance": origin}
-    print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {result['metrics']} "
+    print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {rounded(result['metrics'])} "
           f"({time.time() - started:.0f} s)", flush=True)
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,
             **result,
@@ -319,7 +320,7 @@ def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
         folder = run_dirs[0].parent / f"{variant}-p{config['dropout']:g}-ensemble"
         write_text(folder / "test_outputs.txt", "".join(line + "\n" for line in details.pop("outputs")))
     metrics = {**{f"valid_{k}": v for k, v in valid.items()}, **{f"test_{k}": v for k, v in test.items()}}
-    print(f"{variant} p={config['dropout']:g} ensemble of seeds {args.seeds}: {metrics}", flush=True)
+    print(f"{variant} p={config['dropout']:g} ensemble of seeds {args.seeds}: {rounded(metrics)}", flush=True)
     return {"variant": variant, "dropout": config["dropout"], "seed": None, "ensemble": list(args.seeds),
             "preset": args.preset, "metrics": metrics, "best_epoch": None, "epochs": None, "history": [],
             "wall_s": round(time.time() - started, 1), "details": details, "config": {**config, "seed": None},

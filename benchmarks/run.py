@@ -5,7 +5,7 @@ and the overview results/README.md.
     python -m benchmarks.run --task lm --preset cpu                  # none vs zaremba
     python -m benchmarks.run --task lm --preset small --variants none
     python -m benchmarks.run --list
-    python -m benchmarks.run --user-dir my_tasks --task charlm     # a task of your own (see the README)
+    python -m benchmarks.run --user-dir my_tasks --task charlm     # a task of your own (see docs/extending.md)
 """
 import argparse
 import os

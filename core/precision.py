@@ -11,7 +11,7 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 def resolve_precision(precision, device):
     """The precision a run on `device` will really use: bf16 needs native support (a CPU with avx512_bf16 or
     AMX, a GPU with bf16); otherwise fp32, with one warning. "auto" is bf16 on a GPU that has it and fp32
-    elsewhere: the default chosen by evidence per device (README "Performance"; PTB `cpu` in bf16 on an H200
+    elsewhere: the default chosen by evidence per device (docs/performance.md; PTB `cpu` in bf16 on an H200
     was within 1% of fp32; no CPU with native bf16 was measured). "tf32": fp32 storage and TF32 matmuls and cuDNN
     on CUDA (sets torch's TF32 switches); plain fp32 elsewhere. Raises ValueError for an unknown name."""
     if precision not in PRECISIONS:

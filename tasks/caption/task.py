@@ -28,7 +28,7 @@ _DATA = dict(corpus="flickr8k", encoder="efficientnet-lite0", encoder_weights=No
              hub_caption_columns="caption_0,caption_1,caption_2,caption_3,caption_4")
 _DECODE = dict(beam=3, max_caption_len=20, length_penalty=0.0, decode_batch_size=100)
 PRESETS = {
-    # Scaled down for a 2-core CPU (NOT the paper's configuration); sized by measurement, see the README.
+    # Scaled down for a 2-core CPU (NOT the paper's configuration); sized by measurement, see docs/tasks.md.
     # Three seeds of each variant and their ensembles (the paper's Table 4 has an ensemble row): ~50 minutes.
     "cpu": dict(_DATA, **_DECODE, emb=512, hidden=512, layers=1, init=0.08, dropout=0.5, min_freq=5, max_vocab=None,
                 batch_size=64, eval_batch_size=256, optimizer="adam", lr=0.002, epochs=12, decay_start=5,

@@ -21,7 +21,7 @@ PRESETS = {
     "large": dict(_PAPER, hidden=1500, init=0.04, dropout=0.65, epochs=55, decay_start=14, lr_decay=1.15, bptt=35,
                   clip=10.0),
     # Scaled down for a 2-core CPU (NOT a paper config): both variants finish in about an hour in total.
-    # scheme_dropout: each successor scheme's p, chosen on seed 1's validation perplexity (README "Dropout schemes").
+    # scheme_dropout: each successor scheme's p, chosen on seed 1's validation perplexity (docs/schemes.md).
     "cpu": dict(_PAPER, hidden=256, init=0.1, dropout=0.2, epochs=6, decay_start=3, lr_decay=2.0, bptt=35, clip=5.0,
                 scheme_dropout={"variational": 0.1, "weightdrop": 0.2, "zoneout": 0.1}),
     # Seconds on a tiny corpus; a smoke test of the machinery, not a result.

@@ -19,10 +19,10 @@ SPLITS = ("train", "valid", "test")
 _DATA = dict(corpus="multi30k", src="en", tgt="fr", valid_set="val", test_set="test_2016_flickr")
 _DECODE = dict(beam=12, max_len_a=1.5, max_len_b=10, length_penalty=0.0, decode_batch_size=64)
 PRESETS = {
-    # Scaled down for a 2-core CPU (NOT the paper's configuration); sized by measurement, see the README.
-    # p = 0.2 chosen over 0.3 on validation perplexity (seed 1, --valid-only; see the README).
+    # Scaled down for a 2-core CPU (NOT the paper's configuration); sized by measurement, see docs/tasks.md.
+    # p = 0.2 chosen over 0.3 on validation perplexity (seed 1, --valid-only; see docs/tasks.md).
     # scheme_dropout: each successor scheme's p, chosen on seed 1's validation perplexity, each inside its grid
-    # (README "Dropout schemes", results/mt/cpu-selection.md).
+    # (docs/schemes.md, results/mt/cpu-selection.md).
     "cpu": dict(_DATA, **_DECODE, emb=256, hidden=256, layers=2, init=0.1, dropout=0.2, min_freq=2, max_vocab=None,
                 max_train_len=50, batch_size=64, eval_batch_size=128, optimizer="adam", lr=0.002, epochs=15,
                 decay_start=10, lr_decay=1.5, clip=5.0,

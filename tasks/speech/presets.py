@@ -14,7 +14,7 @@ TRAIN = dict(cmn=True, label_delay=0, init=0.1, batch_size=16, eval_batch_size=6
 PRESETS = {
     # The default: phone-level frame accuracy on real speech (TIMIT sample, 39 folded phones, region folds).
     # Scaled for a 2-core CPU; size, output delay, epochs and every scheme's p chosen on the dev region alone
-    # (seed 0 runs, results/speech/cpu-selection.md; README "Speech").
+    # (seed 0 runs, results/speech/cpu-selection.md; docs/tasks.md "Speech").
     "cpu": dict(TIMIT_SAMPLE, **{**TRAIN, "label_delay": 5, "batch_size": 8, "decay_start": 20}, hidden=256,
                 layers=2, dropout=0.2, epochs=30,
                 scheme_dropout={"variational": 0.1, "weightdrop": 0.2, "zoneout": [0.05, 0.5]}),

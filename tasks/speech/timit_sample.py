@@ -5,7 +5,7 @@ The default speech corpus (paper section 4.2: the phonetic state of every 10 ms 
 Layout: <root>/timit-sample/dr<N>-<speaker>/<utt>.{wav,phn}; .phn lines are `start_sample end_sample phone`
 over the 61 TIMIT symbols. Every wav and phn file is checked against tasks/speech/timit_sample.sha256.
 
-Protocol (region folds, decided before any run; README "Speech"): one dev region (both speakers) makes every
+Protocol (region folds, decided before any run; docs/tasks.md): one dev region (both speakers) makes every
 global choice and is never a test fold; seed s = 1..7 holds out the s-th other region for test and the next
 one (cyclically) for the best epoch; seed 0 is the dev fold, for selection runs only (--valid-only): the dev
 region is its validation set and it has no test set. SA1/SA2, read by all 16 speakers, are left out everywhere.

@@ -49,9 +49,10 @@ def progress_bar(total, desc, initial=0, enabled=True, plain_every=0.1):
     return PlainBar(total, desc, initial, every=plain_every)
 
 
-def rounded(record, digits=4):
-    """A log record with its floats rounded (console and log.jsonl stay readable)."""
-    return {k: (round(v, digits) if isinstance(v, float) else v) for k, v in record.items()}
+def rounded(record, digits=6):
+    """A log record with its floats cut to `digits` significant digits (console and log.jsonl stay readable;
+    a small learning rate keeps its value)."""
+    return {k: (float(f"{v:.{digits}g}") if isinstance(v, float) else v) for k, v in record.items()}
 
 
 class Monitor:

@@ -72,7 +72,9 @@ def summary(task, runs):
     """The compact table at the top: per variant the held-out headline metrics, mean [95% interval over seeds]."""
     m = task.main_metric
     keys = [(f"test_{m}", f"test {m}"), (f"valid_{m}", f"valid {m}")]
+    keys += [(f"train_{m}", f"train {m} (eval mode)")] if task.eval_train else []  # the paper's Table 2 pair
     keys += [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics[:1]]
+    keys += [(f"test_{k}", f"test {k}") for k in task.split_metrics[:1]]
     lines = ["## Summary", "", "| variant | p | " + " | ".join(name for _, name in keys) + " | seeds | device |",
              "|" + "---|" * (len(keys) + 4)]
     for (variant, _), group in _group(runs).items():

@@ -26,7 +26,7 @@ def plot_frames(reference, predictions, path, title):
     fig, axes = plt.subplots(1 + len(rows), 1, figsize=(12, 2.6 + 0.7 * len(rows)), sharex=True,
                              gridspec_kw={"height_ratios": [4] + [1] * len(rows)})
     axes[0].imshow(image.T, origin="lower", aspect="auto", cmap="magma", extent=(0, seconds, 0, image.shape[1]))
-    axes[0].set_ylabel("log-mel band")
+    axes[0].set_ylabel("feature (log-mel,\nthen deltas)" if image.shape[1] > 80 else "log-mel band")
     axes[0].set_title(f"{title}: test utterance {example['index']} (speaker {example['speaker']}, "
                       f"{' '.join(f.split('_')[0] for f in example['files'])})")
     cmap = plt.get_cmap("tab20", max(len(classes), 2))

@@ -26,7 +26,8 @@ def test_schedule_is_constant_then_divided_every_epoch():
 
 def test_training_lowers_the_loss_on_a_tiny_corpus(tiny_config, tmp_path):
     data = write_tiny_ptb(tmp_path / "data", lines=(1500, 40, 40))
-    trainer = make_trainer(data, tiny_config, tmp_path / "run", epochs=3, hidden=32, decay_start=3, dropout=0.1)
+    trainer = make_trainer(data, tiny_config, tmp_path / "run", epochs=3, hidden=32, decay_start=3, dropout=0.1,
+                           max_tokens=None)  # the whole corpus, not the smoke test's first 2,000 tokens
     before = trainer.evaluate("valid")["ppl"]
     result = trainer.fit()
     after = result["metrics"]["valid_ppl"]

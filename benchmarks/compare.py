@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.effects import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
-from benchmarks.merge import load_runs
+from benchmarks.merge import load_runs, variant_order
 from benchmarks.significance import compare
 from core.utils import atomic_write, write_text
 from tasks.base import get_task
@@ -44,11 +44,15 @@ def load_source(path):
     return path.parent.name, path.stem, [r for r in runs if not r.get("ensemble")]
 
 
-def _by_variant(runs):
-    groups = {}
-    for run in runs:
-        groups.setdefault((run["variant"], p_text(run)), []).append(run)
-    return groups
+def _by_variant(sources):
+    """({(variant, p): runs} per source, the (variant, p) of any source in the tables' order)."""
+    groups = []
+    for _, _, runs in sources:
+        groups.append({})
+        for run in runs:
+            groups[-1].setdefault((run["variant"], p_text(run)), []).append(run)
+    variants = sorted({v for g in groups for v in g}, key=lambda v: (variant_order(v[0]), v[1]))
+    return groups, variants
 
 
 def metrics_of(task):
@@ -58,9 +62,8 @@ def metrics_of(task):
 
 def comparison(task, sources):
     """Markdown lines: one table per metric, a row per variant, a column per source and per difference."""
-    (_, ref_label, ref_runs), others = sources[0], sources[1:]
-    groups = [_by_variant(runs) for _, _, runs in sources]
-    variants = sorted({v for g in groups for v in g}, key=lambda v: (v[0] != "none", v[0] != "zaremba", v))
+    (_, ref_label, _), others = sources[0], sources[1:]
+    groups, variants = _by_variant(sources)
     lines = [f"# {task.name}: " + " vs ".join(f"`{label}`" for _, label, _ in sources), "",
              f"Reference: `{ref_label}`. Cells: mean ± std over seeds (n). Δ: the other minus the reference, seed "
              "means; where both have the same seeds on the same test set: the 95% interval over seeds (paired by "
@@ -113,8 +116,7 @@ def plot(task, sources, path):
     import matplotlib.pyplot as plt
 
     key = f"test_{task.main_metric}"
-    groups = [_by_variant(runs) for _, _, runs in sources]
-    variants = sorted({v for g in groups for v in g}, key=lambda v: (v[0] != "none", v[0] != "zaremba", v))
+    groups, variants = _by_variant(sources)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(variants) * len(sources) / 2, 3.6))
     width = 0.8 / len(sources)
     for i, g in enumerate(groups):

@@ -23,6 +23,19 @@ def load_runs(path):
         raise ValueError(f"{path} is not valid JSON ({err}); fix or delete it") from None
 
 
+PAPER_ORDER = ("none", "zaremba", "naive", "variational", "weightdrop", "zoneout")  # the paper's comparison first
+
+
+def variant_order(variant):
+    """Sort key of a variant: the paper's comparison (none, zaremba) first, then its successors, then others."""
+    return (PAPER_ORDER.index(variant) if variant in PAPER_ORDER else len(PAPER_ORDER), variant)
+
+
+def singles(runs):
+    """The single-model runs: ensembles (`--ensemble N`) have no training history nor examples of their own."""
+    return [run for run in runs if not run.get("ensemble")]
+
+
 def run_key(run):
     return run["variant"], run["dropout"], bool(run.get("ensemble")), run["seed"] or 0
 
@@ -32,15 +45,20 @@ def who(run):
     return f"{run['variant']} p={p_text(run)} " + ("ensemble" if run.get("ensemble") else f"seed {run['seed']}")
 
 
-def _config(run):
-    return {k: v for k, v in {**CONFIG_DEFAULTS, **run.get("config", {})}.items() if k != "seed"}
+def _config(run, leave_out=("seed",)):
+    """The run's config, with the defaults of settings added later, without the keys `leave_out`."""
+    return {k: v for k, v in {**CONFIG_DEFAULTS, **run.get("config", {})}.items() if k not in leave_out}
+
+
+def _differing(a, b):
+    """The keys two configs disagree on (a key one of them lacks counts as "<unset>")."""
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
 
 def config_difference(a, b):
     """'key: A vs B; ...' for the config keys two runs disagree on (seed aside), or ''."""
     ca, cb = _config(a), _config(b)
-    return "; ".join(f"{k}: {ca.get(k, '<unset>')!r} vs {cb.get(k, '<unset>')!r}"
-                     for k in sorted(set(ca) | set(cb)) if ca.get(k, "<unset>") != cb.get(k, "<unset>"))
+    return "; ".join(f"{k}: {ca.get(k, '<unset>')!r} vs {cb.get(k, '<unset>')!r}" for k in _differing(ca, cb))
 
 
 def merge_log(old, new, old_source="the table", sources=None):
@@ -84,11 +102,11 @@ def check_consistent(runs, where="this table"):
         if rate != p_text(run):
             raise ValueError(f"cannot merge runs with different configs into {where}: {run['variant']} with "
                              f"{rate} and with {p_text(run)}. Put them in separate tables (--set gives a new label)")
-        config = {k: v for k, v in {**CONFIG_DEFAULTS, **run["config"]}.items() if k not in SEED_KEYS}
+        config = _config(run, SEED_KEYS)
         if base is None:
             base, first = config, run
             continue
-        differ = sorted(k for k in set(base) | set(config) if base.get(k, "<unset>") != config.get(k, "<unset>"))
+        differ = _differing(base, config)
         if differ:
             what = "; ".join(f"{k}: {base.get(k, '<unset>')!r} ({_who(first)}) vs {config.get(k, '<unset>')!r} "
                              f"({_who(run)})" for k in differ)

@@ -3,17 +3,13 @@ cross-task schemes table (benchmarks/schemes.py). Rewritten by every benchmarks.
 from pathlib import Path
 
 from benchmarks.effects import fmt as _fmt
-from benchmarks.merge import load_runs
+from benchmarks.merge import load_runs, singles
 from core.utils import write_text
 from tasks.base import load_tasks
 
 
-def _singles(runs):
-    return [run for run in runs if not run.get("ensemble")]
-
-
 def _cell(runs, variant, keys):
-    values = [[r["metrics"][k] for r in _singles(runs) if r["variant"] == variant and k in r["metrics"]] for k in keys]
+    values = [[r["metrics"][k] for r in singles(runs) if r["variant"] == variant and k in r["metrics"]] for k in keys]
     if not values[0]:
         return "—"
     return " / ".join(_fmt(v) for v in values)

@@ -17,39 +17,21 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from core.provenance import code_version  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
-from benchmarks.significance import mean_interval  # noqa: E402
+from benchmarks.significance import seed_interval  # noqa: E402
 from benchmarks.merge import (  # noqa: E402,F401 (re-exported: the merge rules live in benchmarks/merge.py)
-    CONFIG_DEFAULTS, SEED_KEYS, check_consistent, load_runs, merge_runs, merge_log)
+    CONFIG_DEFAULTS, SEED_KEYS, check_consistent, load_runs, merge_runs, merge_log, singles as _singles, variant_order)
+from benchmarks.overview import write_overview  # noqa: E402,F401 (re-exported: benchmarks.run calls it from here)
 from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
-
-
-def write_overview(out_dir):
-    """results/README.md and results/schemes.{md,png} (benchmarks/overview.py)."""
-    from benchmarks.overview import write_overview as write
-
-    write(out_dir)
-
-
-def _singles(runs):
-    """The single-model runs: ensembles (`--ensemble N`) have no training history nor examples of their own."""
-    return [run for run in runs if not run.get("ensemble")]
 
 
 def _ensembles(runs):
     return [run for run in runs if run.get("ensemble")]
 
 
-PAPER_ORDER = ("none", "zaremba", "naive", "variational", "weightdrop", "zoneout")  # the paper's comparison first
-
-
-def _order(variant):
-    return (PAPER_ORDER.index(variant) if variant in PAPER_ORDER else len(PAPER_ORDER), variant)
-
-
 def _group(runs):
     """{(variant, p): single-model runs}, none and zaremba first; see _ensembles for the others."""
     groups = defaultdict(list)
-    for run in sorted(_singles(runs), key=lambda r: (_order(r["variant"]), r["dropout"], r["seed"] or 0)):
+    for run in sorted(_singles(runs), key=lambda r: (variant_order(r["variant"]), r["dropout"], r["seed"] or 0)):
         groups[(run["variant"], run["dropout"])].append(run)
     return groups
 
@@ -82,7 +64,7 @@ def summary(task, runs):
         for key, _ in keys:
             values = [r["metrics"][key] for r in group if key in r["metrics"]]
             if len(values) > 1:
-                low, high = mean_interval(values)
+                low, high = seed_interval(values)
                 cells.append(f"{statistics.mean(values):.2f} [{low:.2f}, {high:.2f}]")
             else:
                 cells.append(_fmt(values))

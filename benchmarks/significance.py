@@ -88,14 +88,8 @@ def holm(p_values):
     return adjusted
 
 
-def mean_interval(values):
-    """95% t interval of the mean of `values` (at least two)."""
-    mean, half = statistics.mean(values), t975(len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-    return mean - half, mean + half
-
-
 def seed_interval(diffs):
-    """95% interval of the mean of per-seed differences (Student's t; at least two seeds)."""
+    """95% interval of the mean of per-seed values or differences (Student's t; at least two seeds)."""
     mean, half = statistics.mean(diffs), t975(len(diffs) - 1) * statistics.stdev(diffs) / math.sqrt(len(diffs))
     return mean - half, mean + half
 

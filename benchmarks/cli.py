@@ -1,12 +1,10 @@
 """Command-line pieces shared by the benchmark commands (run, speed, mc), and the run-dir guard of run."""
-import difflib
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from core.utils import pick_device
+from core.utils import defined_in, pick_device
 from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, load_tasks
 
 
@@ -14,15 +12,6 @@ def add_user_dir_flag(parser):
     parser.add_argument("--user-dir", action="append", metavar="DIR",
                         help=f"a folder of your own task adapters (@register'ed Task subclasses), imported before the "
                              f"built-in tasks (repeatable; default: ${ENV_USER_DIR}, os.pathsep-separated)")
-
-
-def did_you_mean(names, known):
-    """' (did you mean 'x'?)' for the first of `names` close to one of `known`, else ''."""
-    for name in names:
-        near = difflib.get_close_matches(name, list(known), n=1)
-        if near:
-            return f" (did you mean {near[0]!r}?)"
-    return ""
 
 
 def device_with_threads(args, parser):
@@ -55,7 +44,7 @@ def list_tasks():
             note = f"  [{cls.preset_notes[preset]}]" if preset in cls.preset_notes else ""
             print(f"  {preset}{default}: " + ", ".join(f"{k}={v}" for k, v in config.items()) + note)
     print("dropout schemes (--variants): " + ", ".join(
-        name + ("" if cls.__module__.startswith("core.") else f" (from {sys.modules[cls.__module__].__file__})")
+        name + ("" if cls.__module__.startswith("core.") else f" (from {defined_in(cls)})")
         for name, cls in SCHEMES.items()))
 
 

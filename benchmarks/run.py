@@ -24,9 +24,9 @@ from core.cache import ENV_CACHE_DIR
 from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.monitor import rounded
-from core.utils import pick_device, provenance, seed_everything, write_text
+from core.utils import did_you_mean, pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
-from benchmarks.cli import add_user_dir_flag, did_you_mean, list_tasks, load_task_registry, move_aside, runs_in_the_way
+from benchmarks.cli import add_user_dir_flag, list_tasks, load_task_registry, move_aside, runs_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 
 

@@ -41,11 +41,10 @@ class PlainBar:
 
 
 def progress_bar(total, desc, initial=0, enabled=True, plain_every=0.1):
-    """tqdm on a terminal, PlainBar otherwise (None: no progress at all)."""
-    if not enabled:
-        return PlainBar(total, desc, initial, every=2.0)  # never prints: every > 100%
-    if sys.stderr.isatty():
-        return tqdm(total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True, mininterval=1.0)
+    """tqdm on a terminal, PlainBar otherwise; a disabled tqdm when not `enabled`."""
+    if not enabled or sys.stderr.isatty():
+        return tqdm(total=total, desc=desc, initial=initial, leave=False, dynamic_ncols=True, mininterval=1.0,
+                    disable=not enabled)
     return PlainBar(total, desc, initial, every=plain_every)
 
 

@@ -16,18 +16,17 @@ only schemes that leave recurrent_mask and zoneout_masks alone can use it.
 Add a scheme by subclassing Scheme and decorating it with @register_scheme; the runner's --variants then
 accepts its name.
 """
-import sys
-
 import torch
 import torch.nn.functional as F
+
+from core.utils import defined_in
 
 SCHEMES = {}  # name -> Scheme subclass
 
 
 def register_scheme(cls):
     if cls.name in SCHEMES and SCHEMES[cls.name] is not cls:
-        first, second = (getattr(sys.modules.get(c.__module__), "__file__", None) or c.__module__
-                         for c in (SCHEMES[cls.name], cls))
+        first, second = defined_in(SCHEMES[cls.name]), defined_in(cls)
         raise ValueError(f"dropout scheme {cls.name!r} is registered twice ({first} and {second}): rename one of them")
     SCHEMES[cls.name] = cls
     return cls

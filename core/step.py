@@ -57,7 +57,6 @@ def detach_state(state):
     return type(state)(detach_state(s) for s in state)
 
 
-
 class Totals:
     """Sums step statistics on the device; syncs only when read."""
 

@@ -329,6 +329,8 @@ class Trainer:
         return self._monitor
 
     def _log_step(self, epoch, step, per_epoch, totals, tok_s):
+        if not self.monitor.enabled:  # other DDP ranks, runs without a run dir: no reads back from the device
+            return
         record = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in self.task.metrics(totals.as_dict()).items()},
                   "lr": self.config.lr_at(epoch), "tok_s": tok_s}
         if self._grad_norm is not None:

@@ -1,9 +1,11 @@
 """Small helpers shared by the trainer, the tasks and the benchmarks: atomic writes, seeds,
 device choice and the command line of the decoding tools (run provenance: core/provenance.py, re-exported)."""
 import argparse
+import difflib
 import json
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -50,6 +52,20 @@ def _on_cpu(value):
     if isinstance(value, (list, tuple)):
         return type(value)(_on_cpu(v) for v in value)
     return value
+
+
+def did_you_mean(names, known):
+    """' (did you mean 'x'?)' for the first of `names` close to one of `known`, else '' (for error messages)."""
+    for name in names:
+        near = difflib.get_close_matches(name, sorted(known), n=1)
+        if near:
+            return f" (did you mean {near[0]!r}?)"
+    return ""
+
+
+def defined_in(cls):
+    """The file a class was defined in (else its module's name): what a registration clash names."""
+    return getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
 
 
 def seed_everything(seed):

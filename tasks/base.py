@@ -4,7 +4,6 @@ A task is one package under tasks/ (or a module in a folder given with --user-di
 decorated with @register (tasks/registry.py, re-exported here): its data, model, loss/metrics, presets and its
 own tools live in that package.
 """
-import difflib
 import importlib.util
 import math
 import shutil
@@ -22,7 +21,7 @@ from core.cache import cache_root
 from core.scoring import IGNORE, UNSEEN, add_items, new_items, new_totals, pass_groups, tally  # noqa: F401
 from core.download import data_root
 from core.trainer import TrainConfig
-from core.utils import rng_states_on_cpu, save_torch
+from core.utils import did_you_mean, rng_states_on_cpu, save_torch
 from tasks.registry import (  # noqa: F401 (the registry's names, re-exported)
     ENV_USER_DIR, TASKS, UNAVAILABLE, get_task, import_user_dir, load_checkpoint, load_members, load_tasks, register)
 
@@ -91,10 +90,8 @@ class Task:
         known = COMMON_KEYS | set(cls.config_keys)
         for key in config:
             if key not in known:
-                near = difflib.get_close_matches(key, sorted(known), n=1)
-                raise ValueError(f"task {cls.name}: unknown config key {key!r}"
-                                 + (f" (did you mean {near[0]!r}?)" if near else "")
-                                 + f"; its keys: {', '.join(sorted(known))}")
+                raise ValueError(f"task {cls.name}: unknown config key {key!r}{did_you_mean([key], known)}"
+                                 f"; its keys: {', '.join(sorted(known))}")
 
     def load_data(self):
         """Read (download, check, featurize) the corpus; afterwards build_model and batches work. Returns self."""

@@ -1,6 +1,5 @@
 """The task registry: @register, the import of the built-in task packages and of user folders, and loading
 checkpoints of any registered task (fairseq-style extension by registration: a new task needs no edit elsewhere)."""
-import difflib
 import hashlib
 import importlib
 import importlib.machinery
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from core.utils import defined_in, did_you_mean
+
 ENV_USER_DIR = "RNNREG_USER_DIR"
 
 TASKS = {}  # name -> Task subclass
@@ -24,15 +25,10 @@ USER_FILES = {}  # a user-dir file -> {"tasks": [...], "schemes": [...]} it regi
 def register(cls):
     """Class decorator: make a Task subclass runnable as `benchmarks.run --task NAME`."""
     if TASKS.get(cls.name, cls) is not cls:
-        first, second = (_source(c) for c in (TASKS[cls.name], cls))
+        first, second = defined_in(TASKS[cls.name]), defined_in(cls)
         raise ValueError(f"task {cls.name!r} is registered twice ({first} and {second}): rename one of them")
     TASKS[cls.name] = cls
     return cls
-
-
-def _source(cls):
-    """The file a class was defined in (else its module's name)."""
-    return getattr(sys.modules.get(cls.__module__), "__file__", None) or cls.__module__
 
 
 def load_tasks(user_dirs=None):
@@ -82,24 +78,21 @@ def _import_file(name, file, folder):
     USER_FILES the tasks and schemes it registered."""
     from core.schemes import SCHEMES
 
-    is_package = file is None or file.name == "__init__.py"
-    spec = (importlib.util.spec_from_file_location(name, file, submodule_search_locations=[str(folder)])
-            if is_package and file else importlib.util.spec_from_file_location(name, file) if file
-            else importlib.machinery.ModuleSpec(name, None, is_package=True))
-    module = importlib.util.module_from_spec(spec)
-    if file is None:
-        module.__path__ = [str(folder)]
-    sys.modules[name] = module
+    if file is None:  # a folder of plain files: an empty package whose submodules are those files
+        spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+        spec.submodule_search_locations = [str(folder)]
+        sys.modules[name] = module = importlib.util.module_from_spec(spec)
+        return module
+    package = {"submodule_search_locations": [str(folder)]} if file.name == "__init__.py" else {}
+    spec = importlib.util.spec_from_file_location(name, file, **package)
+    sys.modules[name] = module = importlib.util.module_from_spec(spec)
     tasks_before, schemes_before = set(TASKS), set(SCHEMES)
     try:
-        if file is not None:
-            spec.loader.exec_module(module)
+        spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[name]
         raise
-    if file is not None:
-        USER_FILES[str(file)] = {"tasks": sorted(set(TASKS) - tasks_before),
-                                 "schemes": sorted(set(SCHEMES) - schemes_before)}
+    USER_FILES[str(file)] = {"tasks": sorted(set(TASKS) - tasks_before), "schemes": sorted(set(SCHEMES) - schemes_before)}
     return module
 
 
@@ -118,9 +111,7 @@ def get_task(name, user_dirs=None):
         return TASKS[name]
     if name in UNAVAILABLE:
         raise ValueError(f"task {name!r} is unavailable here: it {UNAVAILABLE[name]}")
-    near = difflib.get_close_matches(name, sorted(TASKS) + sorted(UNAVAILABLE), n=1)
-    raise ValueError(f"unknown task {name!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
-                     + f"; available: {', '.join(sorted(TASKS))}"
+    raise ValueError(f"unknown task {name!r}{did_you_mean([name], [*TASKS, *UNAVAILABLE])}; available: {', '.join(sorted(TASKS))}"
                      + (f" (unavailable here: {', '.join(sorted(UNAVAILABLE))})" if UNAVAILABLE else "")
                      + f". A task of your own: --user-dir FOLDER (or ${ENV_USER_DIR}) with its @register'ed adapter."
                      + _user_files_text())

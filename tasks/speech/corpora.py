@@ -2,6 +2,7 @@
 utterances of each split with per-sample labels, and their log-mel features (what the feature cache stores)."""
 from pathlib import Path
 
+import torch
 import torchaudio
 
 from core.download import DataError
@@ -124,17 +125,20 @@ def featurize(cfg, data_dir):
         out[split] = {"feats": feats, "labels": labels, "speakers": [u["speaker"] for u in utts],
                       "files": [u["files"] for u in utts],
                       # frames after a label file's end (it ended before its audio): not scored, counted here
-                      "unlabelled_frames": sum(_frames_after(len(f), u.get("label_end"), logmel.hop, len(u["audio"]))
-                                               for f, u in zip(feats, utts))}
+                      "unlabelled_frames": sum(_frames_after(logmel, len(u["audio"]), u.get("label_end"))
+                                               for u in utts)}
     return out
 
 
-def _frames_after(n_frames, label_end, hop, n_samples):
-    """How many frames take their label (LogMel.frame_labels: the centre sample, the last one for a centre past the
-    end) from at or after sample `label_end` (None: labelled to the end)."""
-    return 0 if label_end is None else sum(1 for t in range(n_frames) if min(t * hop, n_samples - 1) >= label_end)
+def _frames_after(logmel, n_samples, label_end):
+    """How many frames take their label from at or after sample `label_end` (None: labelled to the end): the
+    frames LogMel.frame_labels labels from the unlabelled tail."""
+    if label_end is None:
+        return 0
+    tail = torch.arange(n_samples) >= label_end
+    return int(logmel.frame_labels(tail).sum())
 
 
 DATA_KEYS = ("corpus", "n_mels", "win_ms", "hop_ms", "deltas", "sample_rate", "train_speakers", "valid_speakers",
-             "test_speakers", "train_regions", "valid_regions", "test_regions", "per_digit", "data_seed", "min_digits", "max_digits", "gap_min_s", "gap_max_s",
-             "snr_db", "silence_db")
+             "test_speakers", "train_regions", "valid_regions", "test_regions", "per_digit", "data_seed", "min_digits",
+             "max_digits", "gap_min_s", "gap_max_s", "snr_db", "silence_db")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from core.precision import PRECISIONS
 from core.utils import defined_in, pick_device
 from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, load_tasks
 
@@ -12,6 +13,19 @@ def add_user_dir_flag(parser):
     parser.add_argument("--user-dir", action="append", metavar="DIR",
                         help=f"a folder of your own task adapters (@register'ed Task subclasses), imported before the "
                              f"built-in tasks (repeatable; default: ${ENV_USER_DIR}, os.pathsep-separated)")
+
+
+def add_device_flags(parser):
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="bf16: forward passes under bf16 autocast (loss, softmax and metrics stay fp32); needs "
+                             "native bf16 (GPU, or a CPU with avx512_bf16/AMX), else fp32 with a warning. Results go "
+                             "to <preset>-bf16. tf32: TF32 matmuls on CUDA. auto (default): bf16 on a GPU with bf16, "
+                             "fp32 on CPUs")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each training and evaluation step from a CUDA graph (core.graphs): no launch "
+                             "overhead; for tasks with static shapes (lm), one process on CUDA")
 
 
 def device_with_threads(args, parser):

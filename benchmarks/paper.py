@@ -2,6 +2,7 @@
 
     python -m benchmarks.paper --device cuda                  # the whole table, jobs side by side on one GPU
     python -m benchmarks.paper --device cuda --precision tf32 # TF32 matmuls (results/lm/<preset>-tf32.*)
+    python -m benchmarks.paper --device cuda --cuda-graphs    # steps replayed from CUDA graphs (no launch overhead)
     python -m benchmarks.paper --dry-run                      # the plan, nothing run
 
 Each (preset, variant, seed) is one `benchmarks.run --resume` process with a checkpoint every few minutes, so a
@@ -44,6 +45,8 @@ def job_command(preset, variant, seed, args):
                "--run-dir", str(Path(args.work) / "runs"), "--no-progress"]
     if args.threads:
         command += ["--threads", str(args.threads)]
+    if args.cuda_graphs:
+        command.append("--cuda-graphs")
     return command, out / "lm" / f"{label}.json", label
 
 
@@ -67,6 +70,8 @@ def main(argv=None):
                         help="PRESET:VARIANT:SEED list (default: Table 1: small none, medium zaremba x2, large zaremba)")
     parser.add_argument("--parallel", type=int, help="jobs at once (default: all on a GPU, 1 on a CPU)")
     parser.add_argument("--threads", type=int, help="torch CPU threads per job")
+    parser.add_argument("--cuda-graphs", action="store_true", help="each job replays its steps from CUDA graphs "
+                        "(core.graphs; recorded in the tables' config)")
     parser.add_argument("--checkpoint-every", type=float, default=3.0, metavar="MINUTES",
                         help="checkpoint within an epoch every MINUTES (default 3), so a cut run resumes")
     parser.add_argument("--work", default="runs/paper", help="run dirs, logs and per-job tables (default runs/paper)")

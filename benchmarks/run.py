@@ -19,14 +19,15 @@ from pathlib import Path
 import torch
 
 from core import SCHEMES, Trainer, TrainConfig, distributed
-from core.trainer import PRECISIONS, Interrupted, autocast, resolve_precision
+from core.graphs import CudaCapture, check_graphable
+from core.trainer import Interrupted, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
 from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.monitor import rounded
 from core.utils import did_you_mean, pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
-from benchmarks.cli import add_user_dir_flag, list_tasks, load_task_registry, move_aside, runs_in_the_way
+from benchmarks.cli import add_device_flags, add_user_dir_flag, list_tasks, load_task_registry, move_aside, runs_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 
 
@@ -60,12 +61,7 @@ def build_parser():
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--custom-data", action="store_true",
                    help="train on data files that fail the canonical checksums (your own copy); the results say so")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="bf16: forward passes under bf16 autocast (loss, softmax and metrics stay fp32); needs native "
-                        "bf16 (GPU, or a CPU with avx512_bf16/AMX), else fp32 with a warning. Results go to "
-                        "<preset>-bf16. auto (default): bf16 on a GPU with bf16, fp32 on CPUs")
+    add_device_flags(p)
     p.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
                    help="also checkpoint within an epoch every MINUTES (default: at the end of each epoch only); "
                         "SIGTERM/SIGINT always save one before stopping, and --resume continues exactly")
@@ -165,6 +161,8 @@ def validate(args, parser):
         args.precision = resolve_precision(args.precision, args.device)
     except ValueError as err:
         parser.error(str(err))
+    if args.cuda_graphs and (problem := check_graphable(task_cls, args.device, 1, CudaCapture)):
+        parser.error(problem)
     return task_cls
 
 
@@ -256,7 +254,8 @@ def run_config(task_cls, args, variant, seed):
         config["dropout"] = 0.0
     if variant != "zoneout":
         config.pop("zoneout_cell", None)  # zoneout's own setting: the other variants' configs stay as they were
-    return {**config, "scheme": variant, "seed": seed, "precision": args.precision}
+    graphs = {"cuda_graphs": True} if args.cuda_graphs else {}  # recorded: a table's runs share one config
+    return {**config, "scheme": variant, "seed": seed, "precision": args.precision, **graphs}
 
 
 def make_task(task_cls, args, config):
@@ -275,7 +274,8 @@ def train_one(task_cls, args, config, run_dir, origin):
     every = None if args.checkpoint_every is None else args.checkpoint_every * 60
     label = f"{args.task}/{args.preset} {config['scheme']} p={config['dropout']:g} seed {config['seed']}"
     trainer = Trainer(task, model, TrainConfig.from_dict(config), run_dir, args.device, progress=not args.no_progress,
-                      checkpoint_every=every, label=label, tensorboard=not args.no_tensorboard)
+                      checkpoint_every=every, label=label, tensorboard=not args.no_tensorboard,
+                      cuda_graphs=config.get("cuda_graphs", False))
     result = trainer.fit(resume=args.resume, test=not args.valid_only)
     if result is None:  # a DDP rank other than 0
         return None

@@ -3,6 +3,7 @@ Trainer, on random data of the preset's shape (Task.synthetic_data), so no corpu
 
     python -m benchmarks.speed --task lm --preset small
     python -m benchmarks.speed --task lm --preset medium --device cuda
+    python -m benchmarks.speed --task lm --preset medium --device cuda --cuda-graphs   # + rows replayed from graphs
     python -m benchmarks.speed --task mt                 # the cpu preset's shape; beam 12 and beam 1 decoding too
     python -m benchmarks.speed --user-dir my_tasks --task charlm
     python -m benchmarks.speed --checkpoint runs/mt/cpu/zaremba-p0.2-seed1/best.pt   # decoding a trained model
@@ -28,6 +29,7 @@ import torch
 
 from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
+from core.graphs import CudaCapture, check_graphable
 from core.interrupt import stop_with_parent
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.report import SPEED_KEYS, load_runs, threads_text
@@ -50,14 +52,15 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def scheme_jobs(task_cls, config, variant, device, steps):
+def scheme_jobs(task_cls, config, variant, device, steps, graphs=False):
     """{job: (fn, items)} for one scheme: training and evaluation passes over `steps` synthetic batches, and the
-    task's extra jobs; plus the task object (for its peers)."""
+    task's extra jobs (not with `graphs`: steps replayed from CUDA graphs); plus the task object (its peers)."""
     cfg = {**config, "scheme": variant, "dropout": 0.0 if variant == "none" else config["dropout"], "seed": 1}
     task = task_cls(cfg)
     task.synthetic_data(batches=steps, seed=0)
     torch.manual_seed(0)
-    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(cfg), None, device, progress=False)
+    trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(cfg), None, device, progress=False,
+                      cuda_graphs=graphs)
     batches = list(itertools.islice(task.batches("train", device), steps))
     with torch.no_grad():
         tokens = sum(task.forward(trainer.model, batch, None).count for batch in batches)
@@ -72,10 +75,11 @@ def scheme_jobs(task_cls, config, variant, device, steps):
     def evaluate():
         trainer.model.eval()
         for batch in batches:
-            task.forward(trainer.model, batch, None)
+            trainer.eval_step(batch, None)
 
     jobs = {"train_tok_s": (train, tokens), "eval_tok_s": (evaluate, tokens)}
-    jobs.update(task.speed_jobs(trainer.model, device))
+    if not graphs:
+        jobs.update(task.speed_jobs(trainer.model, device))
     return jobs, task, batches, tokens
 
 
@@ -87,14 +91,17 @@ def peer_jobs(task, batches, tokens, device):
     return jobs
 
 
-def measure(task_cls, config, variants, device, steps, warmup, repeats):
-    """{implementation: {job: items per second}}: the task's peers first, then each scheme."""
+def measure(task_cls, config, variants, device, steps, warmup, repeats, graphs=False):
+    """{implementation: {job: items per second}}: the task's peers first, then each scheme (and with `graphs`
+    each scheme replayed from CUDA graphs, as "<scheme>+graphs")."""
     impls = {}
     for variant in variants:
         jobs, task, batches, tokens = scheme_jobs(task_cls, config, variant, device, steps)
         if not impls:
             impls.update(peer_jobs(task, batches, tokens, device))
         impls[variant] = jobs
+        if graphs:
+            impls[f"{variant}+graphs"] = scheme_jobs(task_cls, config, variant, device, steps, graphs=True)[0]
     for jobs in impls.values():  # warm-up: allocations and kernel choice
         for fn, _ in jobs.values():
             for _ in range(warmup):
@@ -179,7 +186,7 @@ def markdown(task_cls, entries):
         prov, results = entry["provenance"], entry["results"]
         hw = prov.get("gpu") or f"{prov['cpu_model']}, {threads_text(prov['torch_threads'])}"
         jobs = list(dict.fromkeys(job for r in results.values() for job in r))
-        peer = next((impl for impl in results if impl not in SCHEMES), None)
+        peer = next((impl for impl in results if impl.split("+")[0] not in SCHEMES), None)
         header = ["implementation"]
         for job in jobs:
             header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if peer and job in results[peer] else [])
@@ -227,6 +234,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int)
     parser.add_argument("--out", default="results")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
+    parser.add_argument("--cuda-graphs", action="store_true", help="also time each scheme's steps replayed from "
+                        "CUDA graphs (rows <scheme>+graphs; tasks with static shapes, on CUDA)")
     parser.add_argument("--checkpoint", help="instead: time the decoding of this trained best.pt on --split")
     parser.add_argument("--split", default="valid", choices=("valid", "test"),
                         help="the split --checkpoint decodes (default: valid; only the speed is recorded)")
@@ -251,11 +260,13 @@ def main(argv=None):
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     device = device_with_threads(args, parser)
+    if args.cuda_graphs and (problem := check_graphable(task_cls, device, 1, CudaCapture)):
+        parser.error(problem)
     config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all
     origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))
     try:
-        results = measure(task_cls, config, variants, device, args.steps, args.warmup, args.repeats)
+        results = measure(task_cls, config, variants, device, args.steps, args.warmup, args.repeats, args.cuda_graphs)
         if not args.no_memory:
             for variant in variants:
                 results[variant]["peak_mb"] = peak_memory_mb(task_cls, config, variant, device, args.steps,

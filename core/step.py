@@ -40,13 +40,16 @@ class TrainConfig:
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}
 
 
-def make_optimizer(name, params, lr, device="cpu"):
+def make_optimizer(name, params, lr, device="cpu", capturable=False):
     """The optimizer; on CUDA its fused kernel (one launch for all parameters: the small-batch LM is bound by
-    kernel launches there)."""
+    kernel launches there). `capturable`: its step may be captured in a CUDA graph (Adam keeps its step count on
+    the device then; SGD needs nothing)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
-    fused = {"fused": True} if torch.device(device).type == "cuda" else {}
-    return OPTIMIZERS[name](params, lr=lr, **fused)
+    options = {"fused": True} if torch.device(device).type == "cuda" else {}
+    if capturable and name == "adam" and torch.device(device).type == "cuda":
+        options["capturable"] = True
+    return OPTIMIZERS[name](params, lr=lr, **options)
 
 
 def detach_state(state):

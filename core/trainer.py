@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from core import distributed
+from core.graphs import StepGraphs
 from core.interrupt import Interrupted, stop_on_signals  # noqa: F401 (Interrupted re-exported)
 from core.monitor import Monitor, progress_bar, rounded
 from core.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (re-exported)
@@ -30,7 +31,7 @@ from core.utils import rng_states_on_cpu, save_torch, seed_everything, write_jso
 
 class Trainer:
     def __init__(self, task, model, config, run_dir, device, progress=True, checkpoint_every=None, label=None,
-                 tensorboard=True):
+                 tensorboard=True, cuda_graphs=False, graph_capture=None):
         self.task, self.model, self.config = task, model.to(device), config
         cfg = getattr(task, "config", {})
         # what the progress bar calls this run, e.g. "speech/cpu zaremba p=0.3 seed 2"
@@ -39,7 +40,13 @@ class Trainer:
         # run_dir None: no checkpoints (speed benchmarks drive train_step only)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.device, self.progress = torch.device(device), progress
-        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, device)
+        self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, device,
+                                        capturable=cuda_graphs)
+        # cuda_graphs: steps replayed from CUDA graphs (core.graphs; graph_capture replaces the capture in tests)
+        self.graphs = None
+        if cuda_graphs:
+            capture = {} if graph_capture is None else {"capture": graph_capture}
+            self.graphs = StepGraphs(self, self._train_step, self._eval_step, **capture)
         self.history = []  # one dict per finished epoch
         self.best = None  # (metric, epoch)
         self.checkpoint_every = checkpoint_every  # seconds between checkpoints within an epoch (None: epoch ends)
@@ -48,6 +55,23 @@ class Trainer:
 
     # ---- one step and one pass -------------------------------------------------------------------
     def train_step(self, batch, state=None):
+        if self.graphs is not None:
+            return self.graphs.train_step(batch, state)
+        return self._train_step(batch, state)
+
+    def eval_step(self, batch, state=None):
+        """One evaluation forward pass (call under torch.no_grad, the model in eval mode)."""
+        if self.graphs is not None:
+            return self.graphs.eval_step(batch, state)
+        return self._eval_step(batch, state)
+
+    def _eval_step(self, batch, state):
+        with autocast(self.config.precision, self.device):
+            out = self.task.forward(self.model, batch, state)
+        out.state = out.state if self.task.stateful else None
+        return out
+
+    def _train_step(self, batch, state):
         parallel = distributed.world_size() > 1
         if parallel:
             batch = distributed.shard(batch)
@@ -142,9 +166,8 @@ class Trainer:
                 batch = distributed.shard(batch)
                 if not distributed.rows(batch):
                     continue
-            with autocast(self.config.precision, self.device):
-                out = self.task.forward(self.model, batch, state)
-            state = out.state if self.task.stateful else None
+            out = self.eval_step(batch, state)
+            state = out.state
             totals.add(out)
         summed = distributed.all_reduce_totals(totals.as_dict(), self.device) if parallel else totals.as_dict()
         return self.task.metrics(summed)

@@ -40,7 +40,7 @@ def first_seed_details(runs, key):
 # scheme_dropout: {scheme: p} chosen on validation for the schemes whose p is not the preset's `dropout`
 # (zoneout: p or [p for h, p for c]); zoneout_cell: zoneout's rate for the cells when it is not p
 COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "dropout", "scheme_dropout", "seed",
-                                                                  "ensemble", "zoneout_cell"})
+                                                                  "ensemble", "zoneout_cell", "cuda_graphs"})
 
 
 # (key, bound, strict): a value of a config key must be above (strict) or at least its bound
@@ -67,6 +67,9 @@ class Task:
     extra_test_metrics = ()  # (key, label) of test metrics shown beside the main one, e.g. ("bleu", "BLEU")
     split_metrics = ()  # metrics besides the main one shown for train, valid and test, e.g. ("ce",)
     stateful = False  # carry the recurrent state across consecutive batches (truncated BPTT)
+    # forward has one shape per batch size and reads nothing back to the host (no .item(), int(tensor)), so
+    # --cuda-graphs may capture its steps (core.graphs)
+    graph_safe = False
     speed_notes = ""  # what benchmarks.speed's table should say about this task's rows (peers, worst cases)
     # Measure the train split again in eval mode (no dropout) after every epoch and report that as train_*,
     # as the paper does for frame accuracy; otherwise train_* is the running average of the training pass.

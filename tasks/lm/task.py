@@ -76,6 +76,7 @@ class LanguageModelTask(Task):
     main_metric = "ppl"
     lower_is_better = True
     stateful = True
+    graph_safe = True  # every full bptt chunk has one shape; tests/test_paper.py: no reads back to the host
 
     paper_source = "Table 1"
     published_anchors = {  # test perplexity as printed, for the schemes of core.schemes on the same presets

@@ -144,3 +144,58 @@ def test_ensemble_averages_probabilities_not_log_probabilities():
     _, scores = beam_search([table_model(sure), table_model(torn)], [start(1), start(1)], 1, BOS, EOS,
                             beam_size=2, max_len=5)
     assert math.isclose(scores[0], math.log((0.1 + 0.99) / 2), rel_tol=1e-6)
+
+
+def test_top_candidates_ranks_like_topk_over_every_candidate():
+    """The chunked selection returns what topk over all W x V candidates returns: values and indices, with
+    -inf candidates (an <eos> ruled out at the length limit) and for vocabularies that do not tile (fallback)."""
+    from core.beam import top_candidates
+
+    torch.manual_seed(0)
+    for trial in range(120):
+        A, W = int(torch.randint(1, 6, ())), int(torch.randint(1, 13, ()))
+        V = (6482, 1000, 97, 64)[trial % 4]
+        log_probs = torch.randn(A, W, V).log_softmax(-1)
+        if trial % 3 == 0:
+            log_probs[..., EOS] = -math.inf
+        scores = torch.randn(A, W) * 3
+        k = min(24, W * V)
+        expected = (scores[..., None] + log_probs).view(A, -1).topk(k, dim=1)
+        values, indices = top_candidates(scores, log_probs, k)
+        assert torch.equal(values, expected.values) and torch.equal(indices, expected.indices), trial
+
+
+def test_decoding_logits_through_the_padded_layer_are_the_layers_own():
+    from core.beam import output_logits
+
+    layer = torch.nn.Linear(32, 6482)
+    x = torch.randn(96, 32)
+    with torch.no_grad():
+        assert torch.equal(output_logits(layer, x), layer(x))
+        layer.weight[5] += 1.0  # the cached copy follows the weights
+        assert torch.equal(output_logits(layer, x), layer(x))
+    assert output_logits(layer, x).requires_grad  # training and gradients: the layer itself
+
+
+def test_the_fast_decoding_path_translates_exactly_like_the_plain_one(monkeypatch):
+    """Beam 12 over a 6,482-word output layer (chunked ranking, padded projection) against topk over every
+    candidate and the plain layer: the same tokens and scores."""
+    import core.beam as beam
+    import tasks.mt.task as mt
+
+    torch.manual_seed(3)
+    model = Seq2Seq(src_vocab=50, tgt_vocab=6482, emb=16, hidden=32, layers=2).eval()
+    with torch.no_grad():
+        model.out.bias[EOS] += 2.0  # some hypotheses end early
+    src = torch.randint(4, 50, (70, 8))
+    lengths = torch.randint(3, 9, (70,))
+
+    def decode():
+        return beam_search(model.step, model.encode(src, lengths), 70, BOS, EOS, beam_size=12, max_len=lengths + 4)
+
+    fast = decode()
+    monkeypatch.setattr(beam, "top_candidates", lambda s, lp, k: (s[..., None] + lp).view(lp.size(0), -1).topk(k, dim=1))
+    monkeypatch.setattr(mt, "output_logits", lambda layer, x: layer(x))
+    plain = decode()
+    assert fast[0] == plain[0] and fast[1] == plain[1]
+    assert any(len(t) < int(n) + 4 for t, n in zip(fast[0], lengths))

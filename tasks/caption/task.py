@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
+from core.beam import output_logits
 from core.download import data_root
 from core.vocab import SPECIALS
 from tasks.base import IGNORE, Task, first_seed_details, register
@@ -86,7 +87,7 @@ class CaptionModel(nn.Module):
     def step(self, tokens, state):
         """One decoding step for core.beam_search: tokens (N,) -> (logits (N, V), state)."""
         output, state = self.rnn.step(self.embed(tokens), state)
-        return self.out(output), state
+        return output_logits(self.out, output), state
 
 
 @register

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from core import DropoutLSTM, StepOutput, Vocab, beam_search, bucket_batches, init_uniform, pad_sequences, sequence_nll
+from core.beam import output_logits
 from core.download import DataError
 from core.vocab import SPECIALS
 from tasks.base import IGNORE, Task, register
@@ -76,7 +77,7 @@ class Seq2Seq(nn.Module):
     def step(self, tokens, state):
         """One decoding step: tokens (N,) -> (logits (N, V), state)."""
         output, state = self.decoder.step(self.tgt_embed(tokens), state)
-        return self.out(output), state
+        return output_logits(self.out, output), state
 
 
 def build_seq2seq(config, src_size, tgt_size):

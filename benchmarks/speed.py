@@ -207,7 +207,8 @@ def markdown(task_cls, entries):
         lines += ["## Decoding a trained model", "",
                   "The task's own decoding (beam search as in the results, its preset's width and batch) of a trained "
                   "checkpoint over a real split: real lengths and early stops, unlike the worst case above. "
-                  "`python -m benchmarks.speed --checkpoint ...`; median of the repeats.", "",
+                  "`python -m benchmarks.speed --checkpoint ...`; median of the repeats. One row per checkpoint, "
+                  "split, machine, threads and commit, so a row timed with older code stays beside the new one.", "",
                   "| checkpoint | split | beam | speed | device | threads | commit |", "|---|---|---|---|---|---|---|"]
         for entry in trained:
             prov = entry["provenance"]
@@ -297,8 +298,10 @@ def time_checkpoint(args, argv, parser):
              "results": results, "repeats": args.repeats, "provenance": origin,
              "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = Path(args.out) / task.name / "speed.json"
-    same = lambda e: (e.get("checkpoint"), e.get("split"), e["provenance"]["device"]) == (  # noqa: E731
-        args.checkpoint, args.split, origin["device"])
+    # one row per checkpoint, split, device, threads and code version: timing new code keeps the old row beside it
+    key = lambda e: (e.get("checkpoint"), e.get("split"), e["provenance"]["device"],  # noqa: E731
+                     e["provenance"].get("torch_threads"), code_version(e["provenance"]))
+    same = lambda e: key(e) == key(entry)  # noqa: E731
     entries = [e for e in load_runs(path) if not same(e)] + [entry]
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(type(task), entries))

@@ -35,6 +35,18 @@ MUTANTS = {
     "finished hypotheses dropped by the beam": ("core/beam.py", [
         ("finished.add(alive[a], float(top_scores[a, r]), prefixes[a, top_parent[a, r]].tolist())", "pass"),
     ], ["tests/test_beam.py"]),
+    "beam ranks chunks without their hypothesis' score": ("core/beam.py", [
+        ("best = chunks.amax(-1) + scores.repeat_interleave(per_row, dim=1)", "best = chunks.amax(-1)"),
+    ], ["tests/test_beam.py"]),
+    "decoding keeps the padded output layer of old weights": ("core/beam.py", [
+        ("if cached is None or cached[0] != key:", "if cached is None:"),
+    ], ["tests/test_beam.py"]),
+    "a replayed step reads the batch it was captured with": ("core/graphs.py", [
+        ("        for static, new in zip(tree_flatten(static_batch)[0], leaves):\n            static.copy_(new)\n", ""),
+    ], ["tests/test_graphs.py"]),
+    "a replayed step restarts from its captured state": ("core/graphs.py", [
+        ("            if static_state is not None:  # the next replay starts where this one ended\n", "            if False:\n"),
+    ], ["tests/test_graphs.py"]),
     "the image step scored in captioning": ("tasks/caption/task.py", [
         ("return self.out(output[:, 1:])", "return self.out(output)"),
         ("targets = tokens[:, 1:].masked_fill(tokens[:, 1:] == self.vocab.pad, IGNORE)",

@@ -213,9 +213,10 @@ def markdown(task_cls, entries):
         for entry in trained:
             prov = entry["provenance"]
             speed = ", ".join(f"{value:,.1f} {SPEED_KEYS[key]}" for key, value in entry["results"].items())
+            machine = prov.get("gpu") or ", ".join(filter(None, (prov["cpu_model"], prov.get("cpu_capability"))))
+            note = f" ({prov['note']})" if prov.get("note") else ""
             lines.append(f"| `{entry['checkpoint']}` | {entry['split']} | {entry['config'].get('beam', '—')} | "
-                         f"{speed} | {prov['device']} ({prov.get('gpu') or prov['cpu_model']}) | "
-                         f"{prov['torch_threads']} | {code_version(prov)} |")
+                         f"{speed} | {prov['device']} ({machine}) | {prov['torch_threads']} | {code_version(prov)}{note} |")
         lines.append("")
     return "\n".join(lines)
 

@@ -82,7 +82,8 @@ def cpu_model():
 def hardware(device):
     device = torch.device(device)
     desc = {"device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # AVX2, AVX512: one CPU name, two speeds
     if device.type == "cuda":
         desc["gpu"] = torch.cuda.get_device_name(device)
     return desc

@@ -43,10 +43,7 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self.model.parameters(), config.lr, device,
                                         capturable=cuda_graphs)
         # cuda_graphs: steps replayed from CUDA graphs (core.graphs; graph_capture replaces the capture in tests)
-        self.graphs = None
-        if cuda_graphs:
-            capture = {} if graph_capture is None else {"capture": graph_capture}
-            self.graphs = StepGraphs(self, self._train_step, self._eval_step, **capture)
+        self.graphs = StepGraphs(self, self._train_step, self._eval_step, capture=graph_capture) if cuda_graphs else None
         self.history = []  # one dict per finished epoch
         self.best = None  # (metric, epoch)
         self.checkpoint_every = checkpoint_every  # seconds between checkpoints within an epoch (None: epoch ends)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from core import SCHEMES, Trainer, TrainConfig, distributed
-from core.graphs import CudaCapture, check_graphable
+from core.graphs import check_graphable
 from core.trainer import Interrupted, autocast, resolve_precision
 from core.cache import ENV_CACHE_DIR
 from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
@@ -161,7 +161,7 @@ def validate(args, parser):
         args.precision = resolve_precision(args.precision, args.device)
     except ValueError as err:
         parser.error(str(err))
-    if args.cuda_graphs and (problem := check_graphable(task_cls, args.device, 1, CudaCapture)):
+    if args.cuda_graphs and (problem := check_graphable(task_cls, args.device)):
         parser.error(problem)
     return task_cls
 

@@ -29,7 +29,7 @@ import torch
 
 from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
-from core.graphs import CudaCapture, check_graphable
+from core.graphs import check_graphable
 from core.interrupt import stop_with_parent
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.report import SPEED_KEYS, load_runs, threads_text
@@ -262,7 +262,7 @@ def main(argv=None):
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     device = device_with_threads(args, parser)
-    if args.cuda_graphs and (problem := check_graphable(task_cls, device, 1, CudaCapture)):
+    if args.cuda_graphs and (problem := check_graphable(task_cls, device)):
         parser.error(problem)
     config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all

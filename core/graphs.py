@@ -77,8 +77,9 @@ class EagerCapture:
         return contextlib.nullcontext()
 
 
-def check_graphable(task, device, world_size, capture):
-    """Why graphs cannot run here (a message naming the fix), or None."""
+def check_graphable(task, device, world_size=1, capture=None):
+    """Why graphs cannot run here (a message naming the fix), or None. `capture`: None is CudaCapture."""
+    capture = capture or CudaCapture
     if not getattr(task, "graph_safe", False):
         return (f"--cuda-graphs: task {task.name!r} does not declare graph_safe (static shapes, no reads back to the "
                 "host in forward); drop --cuda-graphs")
@@ -94,13 +95,12 @@ class StepGraphs:
     `eager_eval(batch, state)` are the trainer's own steps, captured as they are."""
 
     def __init__(self, trainer, eager_train, eager_eval, warmup=2, capture=None):
-        capture = capture or CudaCapture
         problem = check_graphable(trainer.task, trainer.device, distributed.world_size(), capture)
         if problem:
             raise ValueError(problem)
-        self.trainer, self.capture, self.warmup = trainer, capture, warmup
+        self.trainer, self.capture, self.warmup = trainer, capture or CudaCapture, warmup
         self.eager = {"train": eager_train, "eval": eager_eval}
-        self.graphs = {}  # key -> (capture, static batch, static state, template)
+        self.graphs = {}  # key -> (capture, static batch, static state)
         self.seen = {}  # key -> eager steps run so far
         self.captures = self.replays = 0  # how many graphs were captured and replayed (tests, logs)
 
@@ -121,7 +121,7 @@ class StepGraphs:
                 self.seen[key] = self.seen.get(key, 0) + 1
                 with self.capture.side_stream(self.trainer.device):
                     return self.eager[mode](batch, state)
-        graph, static_batch, static_state, template = self.graphs[key]
+        graph, static_batch, static_state = self.graphs[key]
         if not _carry(static_state, state):
             return self.eager[mode](batch, state)  # a state of another shape than the captured one
         for static, new in zip(tree_flatten(static_batch)[0], leaves):
@@ -130,8 +130,8 @@ class StepGraphs:
         self.replays += 1
         if mode == "train":
             self.trainer._grad_norm = out["grad_norm"]
-        return StepOutput(loss=out["loss"], nll=out["nll"], count=template.count, state=static_state,
-                          extra=out["extra"], norm=template.norm)
+        return StepOutput(loss=out["loss"], nll=out["nll"], count=out["count"], state=static_state,
+                          extra=out["extra"], norm=out["norm"])
 
     def _capture(self, key, batch, state):
         """Capture the step of `key`; False when a stateful task has no state yet to shape the static one."""
@@ -149,19 +149,13 @@ class StepGraphs:
             if static_state is not None:  # the next replay starts where this one ended
                 for static, new in zip(tree_flatten(static_state)[0], tree_flatten(out.state)[0]):
                     static.copy_(new)
-            template.count, template.norm = out.count, out.norm
-            return {"loss": out.loss, "nll": out.nll, "extra": dict(out.extra),
+            # count and norm are host numbers fixed by the shapes: the capture's stand for every replay
+            return {"loss": out.loss, "nll": out.nll, "extra": dict(out.extra), "count": out.count, "norm": out.norm,
                     "grad_norm": self.trainer._grad_norm if mode == "train" else None}
 
-        template = _Template()
-        self.graphs[key] = (self.capture(step), static_batch, static_state, template)
+        self.graphs[key] = (self.capture(step), static_batch, static_state)
         self.captures += 1
         return True
-
-
-class _Template:
-    """count and norm of the captured step: host numbers fixed by the shapes."""
-    count, norm = 0, None
 
 
 def _static_like(state):

@@ -143,8 +143,7 @@ def test_the_commands_take_cuda_graphs_and_refuse_them_with_the_fix(tiny_ptb, tm
         run.main(["--task", "mt", "--preset", "tiny", "--cuda-graphs"])
     assert "graph_safe" in capsys.readouterr().err
     # the CPU stand-in for the capture: the flag goes through to the trainer and into the recorded config
-    for module in (core.graphs, run, speed):
-        monkeypatch.setattr(module, "CudaCapture", EagerCapture)
+    monkeypatch.setattr(core.graphs, "CudaCapture", EagerCapture)
     run.main(common + ["--cuda-graphs", "--variants", "zaremba"])
     import json
     [entry] = json.loads((tmp_path / "results" / "lm" / "tiny.json").read_text())

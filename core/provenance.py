@@ -1,11 +1,12 @@
 """Where a number came from: the command, the code version, the software and the machine.
 
 The code version is a git commit only when the project root is the top level of its git repository (an
-exported tree that sits inside another repository must not record that repository's HEAD) and every source
-file that ran is tracked there; it is marked "-dirty" when a tracked file that can change a result differs
-from HEAD or a source file is untracked. Otherwise it is "not a git checkout" (or what $RNNREG_GIT_COMMIT
-says the export came from). Every run also records `source_hash`, a content hash of the source tree that
-anyone can recompute, in the project root, with
+exported tree that sits inside another repository must not record that repository's HEAD) and that repository
+tracks the source (an unpacked release in which a user ran `git init` tracks none of it: its HEAD says nothing
+about the code); it is marked "-dirty" when a tracked file that can change a result differs from HEAD or a
+source file is untracked. Otherwise it is "not a git checkout" (or what $RNNREG_GIT_COMMIT says the export
+came from), and the source hash alone names the code. Every run also records `source_hash`, a content hash
+of the source tree that anyone can recompute, in the project root, with
 
     (find core tasks benchmarks -type f ! -path '*/__pycache__/*' ! -name '*.pyc'; echo pyproject.toml) \\
         | LC_ALL=C sort | xargs sha256sum | sha256sum
@@ -62,10 +63,12 @@ def git_commit(root=ROOT):
         commit = _git(root, "rev-parse", "HEAD").strip()
         dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_CODE).strip()
         tracked = set(_git(root, "ls-files", "--", *SOURCE_DIRS, *SOURCE_FILES).splitlines())
+        if not any(path.startswith(SOURCE_DIRS) for path in tracked):
+            raise LookupError  # the user's own repository around an unpacked release: HEAD is not our code
+        untracked = [p for p in source_files(root) if p not in tracked]
     except (OSError, subprocess.CalledProcessError, LookupError):
         declared = os.environ.get(ENV_GIT_COMMIT)
         return declared + DECLARED if declared else NOT_A_CHECKOUT
-    untracked = [p for p in source_files(root) if p not in tracked]
     return commit + ("-dirty" if dirty or untracked else "")
 
 

@@ -49,6 +49,26 @@ def test_untracked_source_files_make_the_commit_dirty(tmp_path):
     assert git_commit(root) == head + "-dirty"
 
 
+def test_a_repository_that_tracks_none_of_the_source_records_no_commit(tmp_path, monkeypatch):
+    """A user who unpacks a release and runs `git init` there for their own notes: HEAD names none of the code,
+    so no commit (not even "-dirty") is recorded; the source hash alone names it."""
+    monkeypatch.delenv("RNNREG_GIT_COMMIT", raising=False)
+    root = tmp_path / "release"
+    for folder in ("core", "tasks", "benchmarks"):
+        shutil.copytree(ROOT / folder, root / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", root)
+    (root / "notes.md").write_text("my notes")
+    git(root, "init", "-q")
+    git(root, "add", "notes.md")
+    git(root, "commit", "-qm", "my notes")
+    assert git_commit(root) == NOT_A_CHECKOUT
+    assert code_version({"git_commit": git_commit(root), "source_hash": source_hash(root)}) == \
+        f"{NOT_A_CHECKOUT}, source sha256 {source_hash(root)[:12]}"
+    git(root, "add", "core", "tasks", "benchmarks", "pyproject.toml")  # now the repository tracks the source
+    git(root, "commit", "-qm", "the release")
+    assert git_commit(root) == git(root, "rev-parse", "HEAD").strip()
+
+
 def test_source_hash_is_the_documented_shell_command(tmp_path):
     root = project(tmp_path / "p")
     (root / "core" / "__pycache__").mkdir()

@@ -97,7 +97,9 @@ def test_labels_ending_before_the_audio_leave_unscored_frames_counted(tmp_path):
     ("gap", "0 1600 h#\n1700 8000 s\n", "a gap: the segment starts at sample 1700 but the previous one ends at 1600"),
     ("overlap", "0 1600 h#\n1500 8000 s\n", "an overlap: the segment starts at sample 1500"),
     ("unknown", "0 1600 h#\n1600 8000 xx\n", "unknown phone 'xx'"),
-    ("past the end", "0 1600 h#\n1600 8400 s\n", "25 ms past its end, more than 10 ms"),
+    ("past the end", "0 1600 h#\n1600 8400 s\n", r"400 samples \(25.00 ms\) past its end where at most 160 "
+                                                   r"samples \(10 ms\) are allowed"),
+    ("just past", "0 1600 h#\n1600 8161 s\n", r"161 samples \(10.06 ms\) past its end where at most 160 samples"),
 ])
 def test_bad_label_files_are_one_clear_error_naming_the_file(tmp_path, name, phn, message):
     folder = write_speaker(tmp_path / "timit-sample" / "dr1-fx0", utterances=("si1",), phn=phn)

@@ -107,9 +107,10 @@ def check_segments(path, segments, n_samples, rate):
         expected = end
     slack = rate * LABEL_SLACK_MS // 1000
     if expected > n_samples + slack:
-        raise DataError(f"{path}: the labels run to sample {expected} but the audio has {n_samples} samples "
-                        f"({(expected - n_samples) / rate * 1000:.0f} ms past its end, more than {LABEL_SLACK_MS} ms): "
-                        f"the label file does not belong to this audio")
+        over = expected - n_samples
+        raise DataError(f"{path}: the labels run to sample {expected} but the audio has {n_samples} samples, "
+                        f"{over} samples ({over / rate * 1000:.2f} ms) past its end where at most {slack} samples "
+                        f"({LABEL_SLACK_MS} ms) are allowed: the label file does not belong to this audio")
 
 
 def read_utterance(wav, phn):

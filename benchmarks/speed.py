@@ -3,7 +3,8 @@ Trainer, on random data of the preset's shape (Task.synthetic_data), so no corpu
 
     python -m benchmarks.speed --task lm --preset small
     python -m benchmarks.speed --task lm --preset medium --device cuda
-    python -m benchmarks.speed --task lm --preset medium --device cuda --cuda-graphs   # + rows replayed from graphs
+    python -m benchmarks.speed --task lm --preset medium --device cuda --cuda-graphs --variants none,zaremba
+                                                        # + rows replayed from CUDA graphs (not weightdrop)
     python -m benchmarks.speed --task mt                 # the cpu preset's shape; beam 12 and beam 1 decoding too
     python -m benchmarks.speed --user-dir my_tasks --task charlm
     python -m benchmarks.speed --checkpoint runs/mt/cpu/zaremba-p0.2-seed1/best.pt   # decoding a trained model
@@ -74,8 +75,9 @@ def scheme_jobs(task_cls, config, variant, device, steps, graphs=False):
     @torch.no_grad()
     def evaluate():
         trainer.model.eval()
+        eval_state = None  # carried from batch to batch as Trainer.evaluate does (graphs need a state to replay)
         for batch in batches:
-            trainer.eval_step(batch, None)
+            eval_state = trainer.eval_step(batch, eval_state).state
 
     jobs = {"train_tok_s": (train, tokens), "eval_tok_s": (evaluate, tokens)}
     if not graphs:
@@ -174,6 +176,14 @@ def _shape(cfg):
     return ", ".join(parts + [f"p={cfg['dropout']:g} for the dropout schemes"])
 
 
+def _math_text(prov):
+    """How fp32 matmuls and cuDNN ran on a GPU ("ieee" or "tf32"); nothing for CPUs and older entries."""
+    math = prov.get("fp32_math")
+    if not math or "cudnn" not in math:
+        return ""
+    return f", fp32 matmul {math['matmul']}, cuDNN {math['cudnn']}"
+
+
 def markdown(task_cls, entries):
     lines = [f"# {task_cls.name} / speed", "",
              "Items per second (tokens for training and evaluation, sentences for decoding) on random data of the "
@@ -201,7 +211,7 @@ def markdown(task_cls, entries):
                 if peer and job in results[peer]:
                     cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}, "
+        lines += ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}{_math_text(prov)}, "
                       f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
     if trained:
         lines += ["## Decoding a trained model", "",
@@ -262,7 +272,7 @@ def main(argv=None):
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
     device = device_with_threads(args, parser)
-    if args.cuda_graphs and (problem := check_graphable(task_cls, device)):
+    if args.cuda_graphs and (problem := check_graphable(task_cls, device, schemes=variants)):
         parser.error(problem)
     config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all

@@ -8,10 +8,12 @@ batch is copied in, the recurrent state is carried inside the graph (the step en
 over its initial one), and the outputs (summed NLL, extras, gradient norm) are overwritten by the next replay,
 so the trainer adds them to its device-side totals at once and reads them only at log intervals.
 
-A step is captured per key: the shapes of the batch, the mode (train / eval) and the learning rate, which the
-optimizer bakes into the graph (the LM's schedule changes it once per epoch: one capture per epoch). The first
-`warmup` steps of a key run eagerly (on a side stream, as torch.cuda.graphs asks), then the capture, then
-replays. A batch of another shape (the LM's shorter last chunk) runs eagerly. Dropout masks are drawn afresh
+A step is captured per key: the mode (train / eval step), the learning rate, which the optimizer bakes into
+the graph (the LM's schedule changes it once per epoch: one capture per epoch), the shapes of the batch and
+`model.training` (dropout on or off is baked in too). The first `warmup` steps of a key (at least one) run
+eagerly (on a side stream, as torch.cuda.graphs asks), then the capture, then replays: the first dropout step
+after a seed re-seeds cuDNN's dropout state with a read back to the host, which must happen in a warm-up,
+never inside a capture. A batch of another shape (the LM's shorter last chunk) runs eagerly. Dropout masks are drawn afresh
 at every replay (torch's generator is graph-aware, cuDNN's dropout state too), so a captured run equals the
 eager one in distribution, and exactly where nothing is random (tests/test_graphs.py).
 
@@ -24,6 +26,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from core import distributed
+from core.schemes import SCHEMES
 from core.step import StepOutput
 
 
@@ -77,8 +80,9 @@ class EagerCapture:
         return contextlib.nullcontext()
 
 
-def check_graphable(task, device, world_size=1, capture=None):
-    """Why graphs cannot run here (a message naming the fix), or None. `capture`: None is CudaCapture."""
+def check_graphable(task, device, world_size=1, capture=None, schemes=()):
+    """Why graphs cannot run here (a message naming the fix), or None. `capture`: None is CudaCapture; `schemes`:
+    the dropout schemes (names or Scheme objects) the steps will run."""
     capture = capture or CudaCapture
     if not getattr(task, "graph_safe", False):
         return (f"--cuda-graphs: task {task.name!r} does not declare graph_safe (static shapes, no reads back to the "
@@ -87,7 +91,19 @@ def check_graphable(task, device, world_size=1, capture=None):
         return "--cuda-graphs runs one process (a graph cannot hold DDP's collectives); drop it or run one process"
     if capture.needs_cuda and torch.device(device).type != "cuda":
         return f"--cuda-graphs needs a CUDA device, not {device}; drop --cuda-graphs or pass --device cuda"
+    for scheme in schemes:
+        scheme = SCHEMES.get(scheme) if isinstance(scheme, str) else scheme
+        if getattr(scheme, "swaps_parameters", False):
+            return (f"--cuda-graphs: scheme {scheme.name!r} swaps parameters for each forward pass (a masked W_hh "
+                    "through functional_call; nn.LSTM then re-flattens its weights into memory allocated inside the "
+                    "capture, which replays would read after it is freed); drop it from --variants or drop "
+                    "--cuda-graphs")
     return None
+
+
+def model_schemes(model):
+    """The dropout schemes `model` runs (every module with a `scheme`: core.lstm.DropoutLSTM)."""
+    return [m.scheme for m in model.modules() if getattr(m, "scheme", None) is not None]
 
 
 class StepGraphs:
@@ -95,7 +111,8 @@ class StepGraphs:
     `eager_eval(batch, state)` are the trainer's own steps, captured as they are."""
 
     def __init__(self, trainer, eager_train, eager_eval, warmup=2, capture=None):
-        problem = check_graphable(trainer.task, trainer.device, distributed.world_size(), capture)
+        problem = check_graphable(trainer.task, trainer.device, distributed.world_size(), capture,
+                                  model_schemes(trainer.model))
         if problem:
             raise ValueError(problem)
         self.trainer, self.capture, self.warmup = trainer, capture or CudaCapture, warmup
@@ -103,6 +120,18 @@ class StepGraphs:
         self.graphs = {}  # key -> (capture, static batch, static state)
         self.seen = {}  # key -> eager steps run so far
         self.captures = self.replays = 0  # how many graphs were captured and replayed (tests, logs)
+
+    @property
+    def warmup(self):
+        return self._warmup
+
+    @warmup.setter
+    def warmup(self, steps):
+        if steps < 1:
+            raise ValueError(f"StepGraphs warmup must be at least 1 eager step per graph, got {steps}: the first "
+                             "dropout step after a seed re-seeds cuDNN's dropout state with a read back to the host "
+                             "(.item()), which must run eagerly, never inside a capture")
+        self._warmup = steps
 
     def train_step(self, batch, state):
         return self._step("train", batch, state)
@@ -115,7 +144,7 @@ class StepGraphs:
         if not all(isinstance(x, torch.Tensor) for x in leaves):
             return self.eager[mode](batch, state)
         lr = self.trainer.optimizer.param_groups[0]["lr"] if mode == "train" else None
-        key = (mode, lr, tuple((tuple(x.shape), x.dtype) for x in leaves))
+        key = (mode, lr, tuple((tuple(x.shape), x.dtype) for x in leaves), self.trainer.model.training)
         if key not in self.graphs:
             if self.seen.get(key, 0) < self.warmup or not self._capture(key, batch, state):
                 self.seen[key] = self.seen.get(key, 0) + 1
@@ -136,6 +165,8 @@ class StepGraphs:
     def _capture(self, key, batch, state):
         """Capture the step of `key`; False when a stateful task has no state yet to shape the static one."""
         mode, lr = key[0], key[1]
+        if self.seen.get(key, 0) < 1:  # see `warmup`: cuDNN's dropout re-seed must never be captured
+            raise RuntimeError(f"StepGraphs: capture of {mode} step without an eager warm-up step before it")
         static_state = _static_like(state)
         if static_state is None and self.trainer.task.stateful:
             return False

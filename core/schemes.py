@@ -11,7 +11,9 @@ A scheme says what it does to each kind of connection of core.lstm.DropoutLSTM, 
 The last two act inside the recurrence, as masks of core.recurrence (whose hand-written backward pass makes the
 per-step path fast). `fused` says whether the scheme can run as one nn.LSTM call (cuDNN on GPU): nn.LSTM's own
 inter-layer dropout is then the layer l-1 -> l mask, and W_hh may be swapped for a masked copy for the call, so
-only schemes that leave recurrent_mask and zoneout_masks alone can use it.
+only schemes that leave recurrent_mask and zoneout_masks alone can use it. `swaps_parameters` says that a scheme
+swaps a masked W_hh into that call (torch.func.functional_call), which CUDA graphs cannot capture (core.graphs
+refuses it); it defaults to True for a fused scheme that overrides recurrent_weight.
 
 Add a scheme by subclassing Scheme and decorating it with @register_scheme; the runner's --variants then
 accepts its name.
@@ -50,6 +52,12 @@ class Scheme:
     eval_fused = False  # a stepwise scheme that is plain nn.LSTM in eval mode (no mask there) evaluates fused
     uses_p = True  # False: the scheme ignores p (no dropout at all)
     row_masks = True  # every batch row draws its own masks (False: one mask per forward pass, shared by the rows)
+    swaps_parameters = False  # the fused call runs with a masked copy of W_hh swapped in (see the module docstring)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "swaps_parameters" not in cls.__dict__:  # a new scheme that masks W_hh on the fused path swaps it
+            cls.swaps_parameters = cls.fused and cls.recurrent_weight is not Scheme.recurrent_weight
 
     def __init__(self, p):
         self.p = float(p) if self.uses_p else 0.0
@@ -191,6 +199,7 @@ class WeightDrop(Zaremba):
     torch.func.functional_call), so eval mode and the optimizer always see the real weights."""
     name = "weightdrop"
     row_masks = False
+    swaps_parameters = True
 
     def recurrent_weight(self, w_hh, training):
         return dropout(w_hh, self.p, training)

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from core import Trainer, TrainConfig
-from core.graphs import EagerCapture, StepGraphs
+from core.graphs import EagerCapture, StepGraphs, check_graphable
+from core.precision import set_fp32_math
+from core.schemes import Scheme
 from tasks.lm.task import LanguageModelTask
 from tasks.mt.task import TranslationTask
 from conftest import write_tiny_ptb
@@ -48,10 +50,10 @@ def test_a_replay_overwrites_the_outputs_of_the_last_one(tmp_path):
     equality above proves it does; here the emulation itself is held to it."""
     data = write_tiny_ptb(tmp_path / "data")
     trainer = lm_trainer(data, tmp_path, "g", cuda_graphs=True, graph_capture=EagerCapture)
-    trainer.graphs.warmup = 0
+    trainer.graphs.warmup = 1
     batches = list(trainer.task.batches("train", "cpu"))
     trainer.model.train()
-    first = trainer.train_step(batches[0], None)  # no state yet: eager
+    first = trainer.train_step(batches[0], None)  # the warm-up (and no state yet): eager
     second = trainer.train_step(batches[1], first.state)
     saved = second.nll.clone()
     third = trainer.train_step(batches[2], second.state)
@@ -75,7 +77,7 @@ def test_the_learning_rate_is_part_of_what_a_graph_captures(tmp_path):
 def test_a_state_of_another_shape_runs_eagerly(tmp_path):
     data = write_tiny_ptb(tmp_path / "data")
     trainer = lm_trainer(data, tmp_path, "g", cuda_graphs=True, graph_capture=EagerCapture)
-    trainer.graphs.warmup = 0
+    trainer.graphs.warmup = 1
     batch = next(iter(trainer.task.batches("train", "cpu")))
     trainer.model.train()
     state = trainer.train_step(batch, None).state
@@ -95,16 +97,98 @@ def test_graphs_are_refused_with_a_reason(tmp_path):
     mt.synthetic_data(batches=2)
 
     class Stub:
-        task, device = mt, torch.device("cpu")
+        task, device, model = mt, torch.device("cpu"), torch.nn.Module()
     with pytest.raises(ValueError, match="graph_safe"):
         StepGraphs(Stub(), None, None, capture=EagerCapture)
+
+
+def test_a_capture_always_follows_an_eager_warm_up_step(tmp_path):
+    """cuDNN re-seeds its dropout state at the first dropout step after a seed, with a read back to the host that
+    must never fall inside a capture: a warm-up of 0 steps is refused, at construction and later."""
+    data = write_tiny_ptb(tmp_path / "data")
+    trainer = lm_trainer(data, tmp_path, "g", cuda_graphs=True, graph_capture=EagerCapture)
+    with pytest.raises(ValueError, match="at least 1 eager step"):
+        trainer.graphs.warmup = 0
+    with pytest.raises(ValueError, match="at least 1 eager step"):
+        StepGraphs(trainer, trainer._train_step, trainer._eval_step, warmup=0, capture=EagerCapture)
+    assert trainer.graphs.warmup == 2
+
+
+def test_the_model_mode_is_part_of_what_a_graph_captures(tmp_path):
+    """An evaluation step captured with dropout off is never replayed with the model in training mode (MC
+    dropout evaluates so): each mode gets its own graph."""
+    data = write_tiny_ptb(tmp_path / "data")
+    trainer = lm_trainer(data, tmp_path, "g", cuda_graphs=True, graph_capture=EagerCapture)
+    batches = list(trainer.task.batches("valid", "cpu"))[:4]
+    with torch.no_grad():
+        for training in (False, True):
+            trainer.model.train(training)
+            state = None
+            for batch in batches:
+                state = trainer.eval_step(batch, state).state
+    assert trainer.graphs.captures == 2
+    assert sorted(key[-1] for key in trainer.graphs.graphs) == [False, True]
+
+
+class MaskedRecurrentWeight(Scheme):
+    """A fused scheme that masks W_hh and does not say that it swaps it: swaps_parameters is derived."""
+    name = "masked-w-hh"
+
+    def recurrent_weight(self, w_hh, training):
+        return w_hh * 0.5
+
+
+def test_graphs_refuse_schemes_that_swap_parameters(tmp_path):
+    """weightdrop swaps a masked W_hh into nn.LSTM's call (functional_call), and nn.LSTM re-flattens its weights
+    into memory allocated inside the capture: replays would read freed memory. Refused by name, by scheme object
+    and through the trainer, with the fix."""
+    task = LanguageModelTask
+    assert check_graphable(task, "cpu", capture=EagerCapture, schemes=["zaremba", "none"]) is None
+    problem = check_graphable(task, "cpu", capture=EagerCapture, schemes=["zaremba", "weightdrop"])
+    assert "'weightdrop' swaps parameters" in problem and "drop it from --variants" in problem
+    assert "swaps parameters" in check_graphable(task, "cpu", capture=EagerCapture,
+                                                 schemes=[MaskedRecurrentWeight(0.3)])
+    data = write_tiny_ptb(tmp_path / "data")
+    with pytest.raises(ValueError, match="'weightdrop' swaps parameters"):
+        lm_trainer(data, tmp_path, "wd", scheme="weightdrop", cuda_graphs=True, graph_capture=EagerCapture)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
+@pytest.fixture
+def ieee_fp32(fp32_switches):
+    """The CUDA tests compare steps in IEEE fp32 (torch's default for cuDNN's LSTM is TF32)."""
+    set_fp32_math(tf32=False)
+
+
+def between_layer_losses(tmp_path, device, capture, p):
+    """The loss of 4 replays of one training step from one fixed state with lr 0, where the only dropout is the
+    mask between the LSTM's two layers (nn.LSTM's own, cuDNN's on a GPU): scheme none, that mask set by hand."""
+    data = write_tiny_ptb(tmp_path / "data")
+    trainer = lm_trainer(data, tmp_path, f"between-{p}", scheme="none", device=device, cuda_graphs=True,
+                         graph_capture=capture)
+    assert trainer.model.rnn.lstm.num_layers == 2
+    trainer.model.rnn.lstm.dropout = p
+    trainer.graphs.warmup = 1
+    batch = next(iter(trainer.task.batches("train", device)))
+    trainer.model.train()
+    trainer.optimizer.param_groups[0]["lr"] = 0.0
+    fixed = tuple(s.clone() for s in trainer.train_step(batch, None).state)
+    losses = [float(trainer.train_step(batch, fixed).nll) for _ in range(4)]
+    assert trainer.graphs.replays == 4
+    return losses
+
+
+def test_the_between_layer_mask_alone_changes_the_loss_of_a_replay(tmp_path):
+    """The CUDA test below, with the eager stand-in: with p=0 every replay gives one loss, so a change comes from
+    the mask between the layers alone."""
+    assert len(set(between_layer_losses(tmp_path, "cpu", EagerCapture, 0.0))) == 1
+    assert len(set(between_layer_losses(tmp_path, "cpu", EagerCapture, 0.5))) == 4
+
+
 @cuda
-def test_cuda_graphs_equal_eager_without_dropout(tmp_path):
+def test_cuda_graphs_equal_eager_without_dropout(tmp_path, ieee_fp32):
     data = write_tiny_ptb(tmp_path / "data")
     a = lm_trainer(data, tmp_path, "eager", scheme="none", device="cuda").fit()
     graphed = lm_trainer(data, tmp_path, "graphed", scheme="none", device="cuda", cuda_graphs=True)
@@ -116,7 +200,7 @@ def test_cuda_graphs_equal_eager_without_dropout(tmp_path):
 
 
 @cuda
-def test_cuda_graphs_draw_fresh_dropout_masks_and_learn(tmp_path):
+def test_cuda_graphs_draw_fresh_dropout_masks_and_learn(tmp_path, ieee_fp32):
     data = write_tiny_ptb(tmp_path / "data")
     trainer = lm_trainer(data, tmp_path, "graphed", device="cuda", cuda_graphs=True)
     trainer.graphs.warmup = 1
@@ -128,6 +212,14 @@ def test_cuda_graphs_draw_fresh_dropout_masks_and_learn(tmp_path):
     assert trainer.graphs.replays == 4 and len(set(losses)) == 4
     result = lm_trainer(data, tmp_path, "fit", device="cuda", cuda_graphs=True).fit()
     assert result["history"][-1]["valid_ppl"] < result["history"][0]["valid_ppl"]
+
+
+@cuda
+def test_cuda_graphs_draw_a_fresh_cudnn_between_layer_mask_on_every_replay(tmp_path, ieee_fp32):
+    """cuDNN's inter-layer dropout, isolated (the input and output masks would make the losses differ anyway)."""
+    assert len(set(between_layer_losses(tmp_path, "cuda", None, 0.0))) == 1
+    assert len(set(between_layer_losses(tmp_path, "cuda", None, 0.5))) == 4
+
 
 def test_the_commands_take_cuda_graphs_and_refuse_them_with_the_fix(tiny_ptb, tmp_path, monkeypatch, capsys):
     from benchmarks import run, speed

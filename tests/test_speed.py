@@ -76,3 +76,41 @@ def test_lm_speed_compares_like_with_like_and_reports_tokens_over_median_time(mo
             train[impl].append(next(calls))
             next(calls)
     assert all(results[impl]["train_tok_s"] == pytest.approx(tokens / statistics.median(train[impl])) for impl in impls)
+
+
+def test_graphed_evaluation_is_timed_from_replays_with_a_carried_state(monkeypatch):
+    """Evaluation carries the recurrent state from batch to batch as Trainer.evaluate does: a stateful task's step
+    is captured only once it has a state, so with None at every batch a "+graphs" row would time eager steps."""
+    import core.graphs
+    from core import Trainer
+    from core.graphs import EagerCapture
+    from tasks.lm.task import PRESETS, LanguageModelTask
+
+    monkeypatch.setattr(core.graphs, "CudaCapture", EagerCapture)  # the capture's CPU stand-in
+    made = []
+
+    class Recorded(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(speed, "Trainer", Recorded)
+    config = {**PRESETS["tiny"], "dropout": 0.3}
+    jobs = speed.scheme_jobs(LanguageModelTask, config, "zaremba", torch.device("cpu"), steps=4, graphs=True)[0]
+    evaluate = jobs["eval_tok_s"][0]
+    evaluate()  # warm-up: 2 eager steps, the capture and a replay
+    graphs = made[0].graphs
+    before = graphs.replays
+    evaluate()
+    assert [key[0] for key in graphs.graphs] == ["eval"] and graphs.replays - before == 4
+
+
+def test_graphed_rows_refuse_schemes_that_swap_parameters(tmp_path, monkeypatch, capsys):
+    import core.graphs
+    from core.graphs import EagerCapture
+
+    monkeypatch.setattr(core.graphs, "CudaCapture", EagerCapture)  # past the CUDA check: the scheme is refused
+    with pytest.raises(SystemExit):
+        speed.main(["--task", "lm", "--preset", "tiny", "--device", "cpu", "--cuda-graphs", "--variants",
+                    "zaremba,weightdrop", "--out", str(tmp_path)])
+    assert "'weightdrop' swaps parameters" in capsys.readouterr().err

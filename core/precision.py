@@ -23,7 +23,7 @@ def resolve_precision(precision, device):
         # TF32 exists on CUDA only (Ampere and later): elsewhere "tf32" is plain fp32, and recorded as such
         resolved = "tf32" if precision == "tf32" and device.type == "cuda" else "fp32"
         if device.type == "cuda":  # the switches are global: set them for this process's run
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = resolved == "tf32"
+            set_fp32_math(tf32=resolved == "tf32")
         return resolved
     native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
               else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -32,6 +32,41 @@ def resolve_precision(precision, device):
                       "emulated, slower than fp32): running in fp32", stacklevel=2)
         return "fp32"
     return precision
+
+
+def set_fp32_math(tf32):
+    """IEEE fp32 (tf32=False) or TF32 for CUDA's fp32 matmuls and cuDNN, its LSTM included. Through the
+    `fp32_precision` switches where torch has them (2.9+, what its kernels read; allow_tf32 elsewhere). There
+    cuDNN's RNN and convolution have switches of their own, "tf32" by default, which the cuDNN-wide switch does not
+    override: all three are set (tests/test_precision.py)."""
+    value = "tf32" if tf32 else "ieee"
+    if has_fp32_precision_api():
+        torch.backends.cuda.matmul.fp32_precision = value
+        for switch in (torch.backends.cudnn, torch.backends.cudnn.rnn, torch.backends.cudnn.conv):
+            switch.fp32_precision = value
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+
+
+def fp32_math(device):
+    """The precision fp32 math runs at now on `device`: on CUDA {"matmul": "ieee" | "tf32", "cudnn": ...} (cuDNN's
+    LSTM), on a CPU {"matmul": oneDNN's setting}. Recorded in every run's provenance (the switches are global)."""
+    api = has_fp32_precision_api()
+    if torch.device(device).type != "cuda":
+        return {"matmul": _effective(torch.backends.mkldnn.matmul.fp32_precision if api else "ieee")}
+    if api:  # the values as resolved through their parents
+        return {"matmul": _effective(torch.backends.cuda.matmul.fp32_precision),
+                "cudnn": _effective(torch.backends.cudnn.rnn.fp32_precision)}
+    return {"matmul": "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
+            "cudnn": "tf32" if torch.backends.cudnn.allow_tf32 else "ieee"}
+
+
+def _effective(value):
+    return "ieee" if value == "none" else value  # "none": nothing set anywhere, which torch runs as IEEE
+
+
+def has_fp32_precision_api():
+    return hasattr(torch.backends.cudnn, "rnn") and hasattr(torch.backends.cuda.matmul, "fp32_precision")
 
 
 def autocast(precision, device):

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from core.precision import fp32_math
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("core", "tasks", "benchmarks")
 SOURCE_FILES = ("pyproject.toml",)
@@ -86,7 +88,8 @@ def hardware(device):
     device = torch.device(device)
     desc = {"device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # AVX2, AVX512: one CPU name, two speeds
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512: one CPU name, two speeds
+            "fp32_math": fp32_math(device)}  # IEEE or TF32 (bf16 on some CPUs): set by --precision, global
     if device.type == "cuda":
         desc["gpu"] = torch.cuda.get_device_name(device)
     return desc

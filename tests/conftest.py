@@ -51,3 +51,23 @@ def served(tmp_path):
     yield root, f"http://127.0.0.1:{server.server_address[1]}/"
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def fp32_switches():
+    """Restores torch's process-wide TF32 switches after a test that sets them (core.precision.set_fp32_math)."""
+    import torch
+
+    from core.precision import has_fp32_precision_api
+
+    if has_fp32_precision_api():
+        switches = (torch.backends.cuda.matmul, torch.backends.cudnn, torch.backends.cudnn.rnn,
+                    torch.backends.cudnn.conv)
+        saved = [switch.fp32_precision for switch in switches]
+        yield
+        for switch, value in zip(switches, saved):
+            switch.fp32_precision = value
+    else:
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        yield
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

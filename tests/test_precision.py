@@ -1,0 +1,24 @@
+"""core.precision: what fp32 means on a GPU (IEEE or TF32 for matmuls and cuDNN's LSTM) and its record in every run's
+provenance. torch's switches are process-wide flags, so these run without a GPU."""
+import pytest
+
+from benchmarks.speed import _math_text
+from core.precision import fp32_math, resolve_precision, set_fp32_math
+from core.provenance import provenance
+
+
+@pytest.mark.parametrize("precision, math", [("fp32", "ieee"), ("tf32", "tf32")])
+def test_a_cuda_run_sets_matmuls_and_the_cudnn_lstm_alike(precision, math, fp32_switches):
+    """torch 2.9+: cuDNN's RNN has a switch of its own ("tf32" at start) that the cuDNN-wide one does not override;
+    fp32_math reads the LSTM's."""
+    set_fp32_math(tf32=math != "tf32")  # start from the other setting
+    assert resolve_precision(precision, "cuda") == precision
+    assert fp32_math("cuda") == {"matmul": math, "cudnn": math}
+
+
+def test_every_run_records_the_precision_of_its_fp32_math(fp32_switches):
+    assert provenance("cpu")["fp32_math"] == {"matmul": "ieee"}
+    set_fp32_math(tf32=True)
+    recorded = {"fp32_math": fp32_math("cuda")}
+    assert _math_text(recorded) == ", fp32 matmul tf32, cuDNN tf32"
+    assert _math_text({}) == "" and _math_text(provenance("cpu")) == ""  # older entries; CPUs have no cuDNN

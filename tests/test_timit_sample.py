@@ -1,5 +1,6 @@
 """The TIMIT-sample corpus (the default speech preset): loader, its errors, the region folds, labels."""
 import json
+import re
 
 import pytest
 import soundfile
@@ -201,3 +202,17 @@ def test_a_tiny_timit_sample_run_reports_speech_accuracy_and_the_confusion(tiny_
     assert metrics["test_speech_acc"] == pytest.approx(100.0 * float(correct_speech) / float(speech))
     assert metrics["test_acc"] == pytest.approx(100.0 * float(confusion.diagonal().sum()) / float(confusion.sum()))
     assert result["data"]["regions"]["test"] == ["dr3"]
+    table = next((out / "speech").glob("cpu*.md")).read_text()  # its notes: this corpus only
+    assert "TIMIT sample" in table and not {"FSDD", "ARCTIC", "speaker_folds"} & set(table.replace(",", " ").split())
+
+
+def test_each_speech_presets_notes_describe_its_own_corpus_and_no_setting_a_run_can_override():
+    notes, general = SpeechTask.preset_notes, SpeechTask.results_notes
+    assert set(notes) == set(PRESETS)
+    assert not re.search(r"FSDD|ARCTIC|TIMIT|speaker_folds", general)  # under every table, whatever its corpus
+    assert "TIMIT sample" in notes["cpu"] and not re.search(r"FSDD|ARCTIC", notes["cpu"])
+    assert "FSDD" in notes["fsdd"] and not re.search(r"TIMIT|ARCTIC|dr1", notes["fsdd"])
+    assert "not chosen on dr1" in notes["paper"] and "made on it" not in notes["paper"]  # no selection run exists
+    assert "fixed before any run" in notes["cpu"] and "model size" in notes["cpu"]
+    for preset, note in notes.items():  # sizes, delays, epochs: the Config line of the table, not the note
+        assert not re.search(r"\d+x\d+|\d+ epochs|\d+-frame|p ?= ?0\.\d", note), (preset, note)

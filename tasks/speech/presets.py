@@ -13,8 +13,8 @@ TRAIN = dict(cmn=True, label_delay=0, init=0.1, batch_size=16, eval_batch_size=6
 
 PRESETS = {
     # The default: phone-level frame accuracy on real speech (TIMIT sample, 39 folded phones, region folds).
-    # Scaled for a 2-core CPU; size, output delay, epochs and every scheme's p chosen on the dev region alone
-    # (seed 0 runs, results/speech/cpu-selection.md; docs/tasks.md "Speech").
+    # Scaled for a 2-core CPU. Features, size and epochs fixed before any run; the output delay and every
+    # scheme's p chosen on the dev region alone (seed 0 runs: results/speech/cpu-design/, cpu-selection.md).
     "cpu": dict(TIMIT_SAMPLE, **{**TRAIN, "label_delay": 5, "batch_size": 8, "decay_start": 20}, hidden=256,
                 layers=2, dropout=0.2, epochs=30,
                 scheme_dropout={"variational": 0.1, "weightdrop": 0.2, "zoneout": [0.05, 0.5]}),
@@ -25,7 +25,7 @@ PRESETS = {
                  **{**TRAIN, "label_delay": 10}, hidden=256, layers=2, dropout=0.3, epochs=20,
                  scheme_dropout={"variational": 0.1, "weightdrop": 0.3, "zoneout": [0.05, 0.5]}),
     # The paper does not state its acoustic model's size; 4 layers (as in its other deep LSTMs) of 1000 units
-    # with p=0.5, on the TIMIT sample's region folds. For a GPU.
+    # with p=0.5, on the TIMIT sample's region folds, set by hand (no selection run on dr1). For a GPU.
     "paper": dict(TIMIT_SAMPLE, **{**TRAIN, "label_delay": 5, "batch_size": 8, "decay_start": 20}, hidden=1000,
                   layers=4, dropout=0.5, epochs=30),
     # Corpora for users who have them (phone classes; 16 kHz, features with deltas).
@@ -39,22 +39,34 @@ PRESETS = {
                  dropout=0.3, epochs=2),
 }
 
-PROTOCOL = ("Protocol (fixed before any run): TIMIT sample (NLTK), 16 speakers in 8 dialect regions, SA1/SA2 left "
-            "out; speaker-independent folds by region. dr1 is the dev region: every global choice (features, "
-            "output delay, model size, epochs, each scheme's p) was made on it (seed 0, results/speech/"
-            "cpu-selection.md) and it is never a test set. Seed s = 1..7 tests the s-th other region (dr2..dr8) "
-            "and picks its best epoch on the next one; the mean over the seven folds tests every non-dev "
-            "utterance once. Trained on the 39 folded phones (Lee & Hon), q deleted.")
+# The notes printed above each preset's tables. They name no setting that --set can change (the table's Config
+# line has those), so a table of overridden runs (results/speech/cpu-design/) says only what its runs did.
+CPU = "Scaled down for a 2-core CPU (model and schedule: the Config line below)"
+REGION_FOLDS = ("TIMIT sample (NLTK): 16 speakers in 8 dialect regions, SA1/SA2 left out, trained and scored on "
+                "the 39 folded phones (Lee & Hon; closures, pauses and h# are silence; q frames are not scored; "
+                "frames after a label file's end are not scored and counted in the JSON, unlabelled_frames). "
+                "Speaker-independent folds by region, fixed before any run: dr1 is the dev region and never a test "
+                "set; seed s = 1..7 tests the s-th other region (dr2..dr8) and picks its best epoch on the next "
+                "one, so the mean over the seven folds tests every non-dev utterance once.")
 PRESET_NOTES = {
-    "cpu": "Scaled down for a 2-core CPU (2x256, 40 log-mel + deltas, 5-frame output delay, Adam, 30 epochs): not "
-           "the paper's data (private Icelandic speech) or configuration. " + PROTOCOL,
-    "fsdd": "Scaled down for a 2-core CPU (FSDD connected digits, six speaker folds, 2x256, p=0.3, 10-frame output "
-            "delay, Adam, 20 epochs): not the paper's data or configuration. Its global choices (output delay, "
-            "p of each scheme, cmn) were made on fold 1's validation speaker, which is fold 6's test speaker; its "
-            "train/held-out gap is mostly speaker mismatch (six speakers), not overfitting.",
-    "paper": "The paper's data is private and its network size is not stated: a larger network on the TIMIT "
-             "sample's region folds, not a reproduction of Table 2's setting. " + PROTOCOL,
-    "tiny": "Smoke-test preset (seconds on a few recordings): not a result.",
+    "cpu": f"{CPU}: not the paper's data (private Icelandic speech) or configuration. {REGION_FOLDS} Chosen on "
+           "dr1 with seed 0 runs (--valid-only: dr1 validates, the seven test regions train): the output delay "
+           "(results/speech/cpu-design/) and each scheme's p (results/speech/cpu-selection.md). Features, model "
+           "size and epochs were fixed before any run (no dev comparison is recorded).",
+    "fsdd": f"{CPU}: not the paper's data or configuration. FSDD connected digits in six speaker folds: seed s "
+            "holds FSDD speaker s out for test and the next one for validation, so the mean over seeds 1-6 is the "
+            "mean over six folds, each speaker tested once. Its global choices (output delay, p of each scheme, "
+            "cmn) were made on fold 1's validation speaker, which is fold 6's test speaker; its train/held-out gap "
+            "is mostly speaker mismatch (six speakers), not overfitting.",
+    "paper": "The paper's data is private and its network size is not stated: a larger network (size and p set by "
+             "hand, not chosen on dr1: no selection run was made for this preset; features and output delay as "
+             f"in cpu), not a reproduction of Table 2's setting. {REGION_FOLDS}",
+    "arctic": "Your copy of CMU ARCTIC, speakers per split in the preset; phone classes are the phones seen in "
+              "training: a held-out phone never seen there counts as an error in the accuracy and is left out of "
+              "the cross-entropy (the JSON counts such frames, unseen_frames).",
+    "timit": "Your copy of TIMIT: SA sentences left out, test = the 24-speaker core test set, validation = the "
+             "other TEST speakers; trained and scored on the 39 folded phones (q frames are not scored).",
+    "tiny": "Smoke-test preset (seconds on a few FSDD recordings): not a result.",
 }
 TABLE2 = {"none": {"train_acc": 71.6, "valid_acc": 68.9}, "zaremba": {"train_acc": 69.4, "valid_acc": 70.5}}
 # Table 2 of the paper (frame accuracy on an Icelandic speech corpus, train / validation). Beside our presets for

@@ -51,15 +51,10 @@ class SpeechTask(Task):
     split_metrics = ("speech_acc", "ce")
     eval_train = True
     results_notes = ("acc: frame accuracy in % (every 10 ms frame, silence included); speech_acc: the same over the "
-                     "frames whose reference is not silence; ce: frame cross-entropy in nats. TIMIT sample: 39 "
-                     "folded phones (closures, pauses and h# are silence; q frames are not scored); frames after a "
-                     "label file's end are not scored and counted in the JSON (unlabelled_frames). Held-out speakers "
-                     "never occur in training (an overlap is an error); with speaker_folds "
-                     "(the cpu preset) seed s holds FSDD speaker s out for test and the next one for validation, so "
-                     "the mean over seeds 1-6 is the mean over six folds, each speaker tested once. A held-out "
-                     "label never seen in training (ARCTIC phones) counts as an error in the accuracy and is left "
-                     "out of the cross-entropy; the JSON counts such frames (unseen_frames) and has the test "
-                     "confusion matrix, per-class accuracy and the silence/speech confusion.")
+                     "frames whose reference is not silence; ce: frame cross-entropy in nats. Held-out speakers never "
+                     "occur in training (an overlap is an error). The corpus, its splits and which frames are scored "
+                     "are in the note above the table; the JSON has the test confusion matrix, per-class accuracy and "
+                     "the silence/speech confusion.")
 
     config_keys = (*FSDD, *TIMIT_SAMPLE, "speaker_folds", "train_regions", "valid_regions", "test_regions", *TRAIN,
                    "hidden", "layers")

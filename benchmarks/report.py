@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
+from core.locks import table_lock  # noqa: E402
 from core.provenance import code_version  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
@@ -74,6 +75,18 @@ def summary(task, runs):
                         "provenance follow.", ""]
 
 
+def _p_sources(runs):
+    """One line saying where each variant's p came from (the preset, --p by hand, or validation)."""
+    sources = {}
+    for run in _singles(runs):
+        if run.get("p_from") and run["p_from"] != "none":
+            sources.setdefault((run["variant"], p_text(run)), set()).add(run["p_from"])
+    if not sources:
+        return []
+    return ["Where each p comes from: " + "; ".join(f"{v} p={p}: {', '.join(sorted(s))}"
+                                                    for (v, p), s in sources.items()) + ".", ""]
+
+
 def _duration(seconds):
     minutes = seconds / 60
     return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
@@ -114,6 +127,7 @@ def markdown(task, label, preset, runs):
                  if task.eval_train else
                  "the running average over that epoch's training pass (dropout on, as in the paper's code)")
     lines += summary(task, runs) if _singles(runs) else []
+    lines += _p_sources(runs)
     lines += ["## Details", "", f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid "
               f"epoch; train {m} is {train_how}. Wall time: training, per device. The plot and the JSON have every "
               "epoch.", ""]
@@ -274,16 +288,17 @@ def write_results(out_dir, task, label, preset, new_runs, sources=None, refuse=T
     or with `refuse=False` is left out. Returns the merge log."""
     folder = Path(out_dir) / task.name
     table = folder / f"{label}.json"
-    runs, log = merge_log(load_runs(table), new_runs, str(table), sources)
-    if log["refused"] and refuse:
-        raise ValueError("refused (nothing written): " + "; ".join(log["refused"]))
-    check_consistent(runs, table)
-    for line in log["replaced"]:
-        print(f"replaced in {table}: {line}")
-    write_json(table, runs)
-    write_text(folder / f"{label}.md", markdown(task, label, preset, runs))
-    plot(task, label, runs, folder / f"{label}.png")
-    task.figures(runs, folder, label)
+    with table_lock(table):  # read, merge and write as one step: a run landing at the same moment waits
+        runs, log = merge_log(load_runs(table), new_runs, str(table), sources)
+        if log["refused"] and refuse:
+            raise ValueError("refused (nothing written): " + "; ".join(log["refused"]))
+        check_consistent(runs, table)
+        for line in log["replaced"]:
+            print(f"replaced in {table}: {line}")
+        write_json(table, runs)
+        write_text(folder / f"{label}.md", markdown(task, label, preset, runs))
+        plot(task, label, runs, folder / f"{label}.png")
+        task.figures(runs, folder, label)
     return log
 
 

@@ -34,7 +34,7 @@ from core.graphs import check_graphable
 from core.interrupt import stop_with_parent
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.report import SPEED_KEYS, load_runs, threads_text
-from core.provenance import code_version
+from core.provenance import code_version, fp32_math_text
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry
 from tasks.base import get_task, load_checkpoint, load_tasks
 
@@ -176,14 +176,6 @@ def _shape(cfg):
     return ", ".join(parts + [f"p={cfg['dropout']:g} for the dropout schemes"])
 
 
-def _math_text(prov):
-    """How fp32 matmuls and cuDNN ran on a GPU ("ieee" or "tf32"); nothing for CPUs and older entries."""
-    math = prov.get("fp32_math")
-    if not math or "cudnn" not in math:
-        return ""
-    return f", fp32 matmul {math['matmul']}, cuDNN {math['cudnn']}"
-
-
 def markdown(task_cls, entries):
     lines = [f"# {task_cls.name} / speed", "",
              "Items per second (tokens for training and evaluation, sentences for decoding) on random data of the "
@@ -211,7 +203,7 @@ def markdown(task_cls, entries):
                 if peer and job in results[peer]:
                     cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
             lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}{_math_text(prov)}, "
+        lines += ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}{fp32_math_text(prov)}, "
                       f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
     if trained:
         lines += ["## Decoding a trained model", "",

@@ -117,3 +117,10 @@ def code_version(prov):
     if commit.endswith(DECLARED):
         return f"commit {commit}"
     return "commit " + commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def fp32_math_text(prov):
+    """How a table names the fp32 math of a GPU run (", fp32 matmul ieee, cuDNN ieee"); nothing for CPUs and for
+    runs recorded before provenance had it."""
+    math = prov.get("fp32_math") or {}
+    return f", fp32 matmul {math['matmul']}, cuDNN {math['cudnn']}" if "cudnn" in math else ""

@@ -2,9 +2,8 @@
 provenance. torch's switches are process-wide flags, so these run without a GPU."""
 import pytest
 
-from benchmarks.speed import _math_text
 from core.precision import fp32_math, resolve_precision, set_fp32_math
-from core.provenance import provenance
+from core.provenance import fp32_math_text, provenance
 
 
 @pytest.mark.parametrize("precision, math", [("fp32", "ieee"), ("tf32", "tf32")])
@@ -20,5 +19,5 @@ def test_every_run_records_the_precision_of_its_fp32_math(fp32_switches):
     assert provenance("cpu")["fp32_math"] == {"matmul": "ieee"}
     set_fp32_math(tf32=True)
     recorded = {"fp32_math": fp32_math("cuda")}
-    assert _math_text(recorded) == ", fp32 matmul tf32, cuDNN tf32"
-    assert _math_text({}) == "" and _math_text(provenance("cpu")) == ""  # older entries; CPUs have no cuDNN
+    assert fp32_math_text(recorded) == ", fp32 matmul tf32, cuDNN tf32"
+    assert fp32_math_text({}) == "" and fp32_math_text(provenance("cpu")) == ""  # older entries; CPUs have no cuDNN

@@ -3,7 +3,7 @@ zaremba), the difference of the seed means with its 95% interval over seeds and 
 items (benchmarks.significance), and a line in plain words per comparison."""
 import statistics
 
-from benchmarks.significance import METRICS, compare, holm, seed_interval
+from benchmarks.significance import METRICS, compare, holm, seed_interval, verdict
 
 BASELINES = ("none", "zaremba")  # every other variant is compared with these
 LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
@@ -53,7 +53,7 @@ def adjust_for_family(rows):
     tested = [r for _, _, r in rows if r.get("boot_ci") is not None]
     for r, adjusted in zip(tested, holm([r["p"] for r in tested])):
         r["p_holm"] = adjusted
-        r["significant"] = r["seeds_agree"] and adjusted < 0.05
+        r["significant"] = r["seeds_agree"] and adjusted < 0.05  # the rows without a bootstrap stay False
     return len(tested)
 
 
@@ -71,8 +71,8 @@ def effects_section(task, runs, groups):
              "seeds that share a test set); its 95% percentile interval and two-sided p. Holm p: the bootstrap p "
              f"adjusted (Holm 1979) over the family of the {family} comparisons of this table (every variant against "
              "none and zaremba, every metric). Significant here means Holm p < 0.05 *and* the seed interval "
-             "excludes 0 (both sources of noise: the test sample and the training seed); with one seed there is no "
-             "verdict.", "",
+             "excludes 0 (both sources of noise: the test sample and the training seed); with one seed, or "
+             "without per-item statistics (no bootstrap), there is no verdict.", "",
              "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | Holm p | "
              "seeds better / worse | verdict |",
              "|" + "---|" * 10]
@@ -80,17 +80,17 @@ def effects_section(task, runs, groups):
     for (variant, p), (base, base_p), r in rows:
         seed_ci = r.get("seed_ci")
         boot_ci = r.get("boot_ci")
-        how = "" if boot_ci is not None else " (seeds only: no per-item statistics)"
-        if r.get("boot_seeds"):
-            how = f" (bootstrap over {_seeds(r['boot_seeds'])}: the others have no per-item statistics)"
+        how = f" (bootstrap over {_seeds(r['boot_seeds'])}: the others have no per-item statistics)" \
+            if r.get("boot_seeds") else ""
         p_value = "—" if boot_ci is None else p_value_text(r["p"])
         p_holm = "—" if boot_ci is None else p_value_text(r["p_holm"])
-        verdict = ("— (one seed)" if seed_ci is None else "significant" if r["significant"] else "not significant")
+        said_verdict = {"one seed": "— (one seed)", "no per-item statistics": "— (no per-item statistics)"}.get(
+            verdict(r), verdict(r))
         rate, base_rate = p_text(groups[(variant, p)][0]), p_text(groups[(base, base_p)][0])
         lines.append(f"| {variant} p={rate} − {base} p={base_rate} | test {names.get(r['metric'], r['metric'])} | "
                      f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
                      f"{interval_text(seed_ci) if seed_ci else '— (one seed)'} | {interval_text(boot_ci) if boot_ci else '—'} | "
-                     f"{p_value} | {p_holm} | {r['a_better']} / {r['b_better']} | {verdict}{how} |")
+                     f"{p_value} | {p_holm} | {r['a_better']} / {r['b_better']} | {said_verdict}{how} |")
         said.append(_in_words(f"{variant} p={rate}", f"{base}", names.get(r["metric"], r["metric"]), r))
     return lines + [""] + said
 
@@ -133,14 +133,17 @@ def _in_words(a, b, metric, r):
         over = f" ({_seeds(r['boot_seeds'])})" if r.get("boot_seeds") else ""
         holm_text = f", Holm-adjusted {p_value_text(r['p_holm'])}" if "p_holm" in r else ""
         why.append(f"paired bootstrap{over} p {'= ' if r['p'] > 0.001 else ''}{p_value_text(r['p'])}{holm_text}")
+    else:
+        why.append("no per-item statistics: no paired bootstrap")
     if r.get("seed_ci") is None:
         why.append("one seed only: no interval over seeds")
     elif not r["seeds_agree"]:
         why.append("the interval over seeds includes 0")
     why.append(f"{r['a_better']} of {len(r['seeds'])} seeds better")
-    verdict = ("no verdict on one seed" if r.get("seed_ci") is None else "a significant difference"
-               if r["significant"] else "**not a significant difference** (it could be noise)")
-    return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {verdict}: {'; '.join(why)}."
+    said = {"one seed": "no verdict on one seed", "significant": "a significant difference",
+            "no per-item statistics": "no verdict without the paired bootstrap",
+            "not significant": "**not a significant difference** (it could be noise)"}[verdict(r)]
+    return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {said}: {'; '.join(why)}."
 
 
 def p_text(run):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from benchmarks.effects import fmt as _fmt
 from benchmarks.merge import load_runs, singles
+from core.locks import table_lock
 from core.utils import write_text
 from tasks.base import load_tasks
 
@@ -57,9 +58,14 @@ def overview(out_dir):
     return "\n".join(lines) + "\n"
 
 
-def write_overview(out_dir):
-    """results/README.md and the cross-task schemes table results/schemes.{md,png}."""
+def write_overview(out_dir, label=None):
+    """results/README.md and the cross-task schemes table results/schemes.{md,png} (and schemes-<label>.{md,png}
+    for a `label` other than the default presets, e.g. a grid on `tiny`), under one lock: a writer that read the
+    tables before another run landed never overwrites a newer overview."""
     from benchmarks.schemes import write_schemes
 
-    write_text(Path(out_dir) / "README.md", overview(out_dir))
-    write_schemes(load_tasks(), out_dir)
+    with table_lock(Path(out_dir) / "README.md"):
+        write_text(Path(out_dir) / "README.md", overview(out_dir))
+        write_schemes(load_tasks(), out_dir)
+        if label is not None:
+            write_schemes(load_tasks(), out_dir, label)

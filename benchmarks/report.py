@@ -60,18 +60,23 @@ def summary(task, runs):
     keys += [(f"test_{k}", f"test {k}") for k in task.split_metrics[:1]]
     lines = ["## Summary", "", "| variant | p | " + " | ".join(name for _, name in keys) + " | seeds | device |",
              "|" + "---|" * (len(keys) + 4)]
+    clipped = set()
     for (variant, _), group in _group(runs).items():
         cells = []
         for key, _ in keys:
             values = [r["metrics"][key] for r in group if key in r["metrics"]]
             if len(values) > 1:
-                low, high = seed_interval(values)
+                bound = task.bounded_metrics.get(key.split("_", 1)[1])
+                low, high = seed_interval(values, bound)
+                clipped |= {key} if (low, high) != seed_interval(values) else set()
                 cells.append(f"{statistics.mean(values):.2f} [{low:.2f}, {high:.2f}]")
             else:
                 cells.append(_fmt(values))
         devices = ", ".join(sorted({device_of(r) for r in group}))
         lines.append(f"| {variant} | {p_text(group[0])} | " + " | ".join(cells) + f" | {len(group)} | {devices} |")
-    return lines + ["", "Mean over seeds [95% t interval of the mean]; the full table, the paired tests and the "
+    cut = (", clipped to the metric's range where it ran past it: " + ", ".join(name for key, name in keys
+                                                                             if key in clipped)) if clipped else ""
+    return lines + ["", f"Mean over seeds [95% t interval of the mean{cut}]; the full table, the paired tests and the "
                         "provenance follow.", ""]
 
 

@@ -27,8 +27,11 @@ from core.download import ENV_DATA_DIR, DataError, data_root
 from core.monitor import rounded
 from core.utils import did_you_mean, pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
+from benchmarks import plan as planning
 from benchmarks.cli import add_device_flags, add_user_dir_flag, list_tasks, load_task_registry, move_aside, runs_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
+from benchmarks.runconfig import (  # noqa: F401 (re-exported: select and plan read them from here)
+    parse_fixed_p, parse_overrides, preset_config, run_name, table_label)
 
 
 def build_parser():
@@ -52,6 +55,10 @@ def build_parser():
                         "--resume, finished runs are evaluated without retraining")
     p.add_argument("--epochs", type=int, help="override the preset's epoch count (results go to <preset>-e<N>)")
     p.add_argument("--dropout", type=float, help="override the preset's dropout p (results go to <preset>-p<P>)")
+    p.add_argument("--p", metavar="SCHEME=P,...",
+                   help="fix each scheme's p by hand, e.g. zaremba=0.3,mine=0.1 (zoneout: P/PC for hiddens/cells); "
+                        "the runs stay in the preset's table, which says where each p came from")
+    p.add_argument("--p-source", help=argparse.SUPPRESS)  # benchmarks.grid: "chosen on validation (<its table>)"
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any preset key, e.g. --set src=de --set test_set=test_2017_flickr (repeatable; "
                         "results go to <preset>-KEY=VALUE)")
@@ -136,6 +143,13 @@ def validate(args, parser):
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         parser.error(f"--dropout must be in [0, 1), got {args.dropout}")
+    try:
+        args.fixed_p = parse_fixed_p(args.p, args.variants)
+    except ValueError as err:
+        parser.error(str(err))
+    args.p_from = {v: args.p_source for v in args.fixed_p} if args.p_source else {}
+    if args.fixed_p and args.dropout is not None:
+        parser.error("--p and --dropout both set p: give each scheme's p with --p alone")
     if args.checkpoint_every is not None and args.checkpoint_every <= 0:
         parser.error(f"--checkpoint-every must be > 0 minutes, got {args.checkpoint_every}")
     if args.threads is not None and args.threads < 1:
@@ -178,73 +192,30 @@ def _unwritable(folder):
     return None
 
 
-OPTIONAL_KEYS = {"zoneout_cell": None}  # settable on every preset with --set: key -> its value when unset
-
-
-def parse_overrides(items, preset, name, parser):
-    """KEY=VALUE strings -> {key: value}, each value read as the type of the preset's own value."""
-    preset, overrides = {**OPTIONAL_KEYS, **preset}, {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            parser.error(f"--set takes KEY=VALUE, got {item!r}")
-        if key not in preset:
-            parser.error(f"--set {key}: preset {name} has no key {key!r}{did_you_mean([key], preset)}; its keys: "
-                         f"{', '.join(preset)}")
-        if key in ("epochs", "dropout"):
-            parser.error(f"--set {key}: use --{key}")
-        current = preset[key]
-        try:
-            if text == "None":
-                value = None
-            elif isinstance(current, bool):
-                value = {"true": True, "false": False}[text.lower()]
-            elif isinstance(current, (int, float)):
-                value = type(current)(text)
-            elif current is None:  # unset: a limit (max_vocab) reads as a number, a path or name as text
-                value = _number_or_text(text)
-            else:
-                value = text
-        except (KeyError, ValueError):
-            parser.error(f"--set {key}={text}: expected a {type(current).__name__} like {current!r}")
-        overrides[key] = value
-    return overrides
-
-
-def _number_or_text(text):
-    try:
-        return float(text) if "." in text else int(text)
-    except ValueError:
-        return text
+def p_source(task_cls, args, variant):
+    """Where a run's p comes from, as its table says it: 'preset', 'set by hand (--p)' or '--dropout'."""
+    if variant == "none":
+        return "none"
+    if variant in getattr(args, "fixed_p", {}):
+        return getattr(args, "p_from", {}).get(variant, "set by hand (--p)")
+    return "--dropout" if args.dropout is not None else "preset"
 
 
 def run_label(args):
-    label = args.preset
-    if args.epochs is not None and args.epochs != TASKS[args.task].presets[args.preset]["epochs"]:
-        label += f"-e{args.epochs}"
-    if args.dropout is not None and args.dropout != TASKS[args.task].presets[args.preset]["dropout"]:
-        label += f"-p{args.dropout:g}"
-    for key, value in args.overrides.items():
-        label += f"-{key}={value}".replace("/", "_").replace(" ", "_")  # a path must not open folders
-    if args.precision != "fp32":
-        label += f"-{args.precision}"  # never merged with fp32 runs
-    if args.valid_only:
-        label += "-select"  # selection runs never share a table with runs that report test numbers
-    return label
-
-
-def run_name(variant, dropout, seed):
-    """The folder of one run under <run-dir>/<task>/<label>/."""
-    return f"{variant}-p{dropout:g}-seed{seed}"
+    return table_label(TASKS[args.task], args.preset, args.epochs, args.dropout, args.overrides, args.precision,
+                       args.valid_only)
 
 
 def run_config(task_cls, args, variant, seed):
-    config = {**task_cls.presets[args.preset], **args.overrides}
-    if args.epochs is not None:
-        config["epochs"] = args.epochs
+    config = preset_config(task_cls, args.preset, args.epochs, args.overrides)
     per_scheme = config.pop("scheme_dropout", None) or {}
+    fixed = getattr(args, "fixed_p", {})
     if args.dropout is not None:
         config["dropout"] = args.dropout
+    elif variant in fixed:
+        config["dropout"], cell = fixed[variant]
+        if cell is not None:
+            config["zoneout_cell"] = cell
     elif variant in per_scheme:
         chosen = per_scheme[variant]  # zoneout may give [p for h, p for c]
         config["dropout"], cell = (chosen, None) if isinstance(chosen, (int, float)) else chosen
@@ -256,6 +227,20 @@ def run_config(task_cls, args, variant, seed):
         config.pop("zoneout_cell", None)  # zoneout's own setting: the other variants' configs stay as they were
     graphs = {"cuda_graphs": True} if args.cuda_graphs else {}  # recorded: a table's runs share one config
     return {**config, "scheme": variant, "seed": seed, "precision": args.precision, **graphs}
+
+
+def print_plan(task_cls, args, label):
+    """The one-paragraph plan of benchmarks.plan: what this command trains, one run after the other, and how long
+    it takes by the wall times recorded in --out."""
+    jobs = []
+    for variant in args.variants:
+        for seed in args.seeds:
+            config = run_config(task_cls, args, variant, seed)
+            jobs.append(planning.Job(args.task, args.preset, label, variant, seed,
+                                     (config["dropout"], config.get("zoneout_cell")), kind="select" * args.valid_only
+                                     or "run", p_from=p_source(task_cls, args, variant)))
+    device = planning.device_name(str(args.device))
+    planning.print_plan(jobs, args.out, device, 1, "one after the other; benchmarks.grid runs them in parallel")
 
 
 def make_task(task_cls, args, config):
@@ -292,7 +277,7 @@ def train_one(task_cls, args, config, run_dir, origin):
     print(f"{config['scheme']} p={config['dropout']:g} seed {config['seed']}: {rounded(result['metrics'])} "
           f"({time.time() - started:.0f} s)", flush=True)
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,
-            **result,
+            "p_from": p_source(task_cls, args, config["scheme"]), **result,
             "config": config, "provenance": origin, "data": task.data_info(),
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
@@ -362,6 +347,8 @@ def main(argv=None):
     check_mergeable(task_cls, args, label)
     planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)
                    for s in args.seeds] for v in args.variants}
+    if main_rank and len(args.variants) * len(args.seeds) > 1:
+        print_plan(task_cls, args, label)
     try:
         in_the_way = runs_in_the_way([d for dirs in planned.values() for d in dirs], args.resume, args.overwrite)
     except ValueError as err:

@@ -29,6 +29,7 @@ from benchmarks.effects import LOWER_IS_BETTER, p_text
 from benchmarks.report import SEED_KEYS, load_runs
 from core.provenance import code_version
 from core.interrupt import ENV_STOP_WITH_PARENT
+from core.locks import table_lock
 from core.utils import write_json, write_text
 from tasks.base import get_task
 
@@ -63,6 +64,16 @@ def run_command(task, preset, variant, p, cell, seed, out, run_dir, run_args=(),
     return command + (["--set", f"zoneout_cell={cell:g}"] if cell is not None else [])
 
 
+def shortened(task, preset, run_args):
+    """(the config every grid run shares, the selection table's label) for runner flags such as --epochs 2 or
+    --set hidden=64 after --: a shortened grid is its own selection table, <preset>-e2-selection."""
+    parser = run.build_parser()
+    ns, _ = parser.parse_known_args(["--task", task.name, *run_args])
+    overrides = run.parse_overrides(ns.set, task.presets[preset], preset, parser)
+    label = run.table_label(task, preset, ns.epochs, None, overrides)
+    return run.preset_config(task, preset, ns.epochs, overrides), label
+
+
 def grid_commands(task, preset, variants, points, seed, out, run_dir, run_args=()):
     """One `benchmarks.run --valid-only --resume` command per (scheme, grid point), plus `run_args` (more
     runner flags); each command is checked by the runner's parser (argparse's exit on a bad flag)."""
@@ -79,11 +90,14 @@ def grid_commands(task, preset, variants, points, seed, out, run_dir, run_args=(
     return commands
 
 
-def collect(task, preset, folders, earlier=None):
+def collect(task, preset, folders, earlier=None, reference=None, seed=None):
     """The selection runs of `preset` under `folders` (any depth; the runner names their tables
     <label>-select.json) and in `earlier`, a selection table written before (read first, so that a new run of
-    the same point replaces its entry); (runs, notes on what was left out)."""
-    reference = {k: v for k, v in task.presets[preset].items() if k not in IGNORED}
+    the same point replaces its entry); (runs, notes on what was left out). `reference`: the config the runs
+    must share (default: the preset's; a shortened grid passes its --epochs / --set config); `seed`: the only
+    seed taken (default: the task's selection seed), as another seed validates on another fold."""
+    reference = {k: v for k, v in (reference or task.presets[preset]).items() if k not in IGNORED}
+    seed = task.selection_seed(task.presets[preset]) if seed is None else seed
     runs, notes = [], []
     tables = sorted({p for folder in folders for p in Path(folder).rglob(f"{task.name}/*-select.json")})
     for path in [earlier] * bool(earlier) + tables:
@@ -92,6 +106,10 @@ def collect(task, preset, folders, earlier=None):
             if not isinstance(run, dict) or run.get("preset") != preset or run.get("seed") is None:
                 continue
             if run["variant"] == "none":  # p = 0 by definition: nothing to choose
+                continue
+            if run["seed"] != seed:
+                notes.append(f"refused {path}: {run['variant']} p={p_text(run)} has seed {run['seed']}, not the "
+                             f"selection seed {seed} (another seed validates on other data)")
                 continue
             if any(k.startswith("test_") for k in run["metrics"]):
                 raise ValueError(f"{path} holds a run that read the test split ({run['variant']} p={p_text(run)}): "
@@ -117,10 +135,34 @@ def choose(task, runs):
             for variant, points in sorted(by_variant.items())}
 
 
+def no_signal(task, grid):
+    """Whether every point of a grid (>= 2 points) gives the same validation metric, as printed (2 decimals):
+    then the grid says nothing about p and its 'best' point is no choice."""
+    values = {round(r["metrics"][f"valid_{task.main_metric}"], 2) for r in grid}
+    return len(grid) > 1 and len(values) == 1
+
+
+def fallback_p(task, preset_config, grid):
+    """The p a grid without signal falls back to: the preset's own dropout p if it has one, else the grid's
+    lowest point (the tie rule)."""
+    lowest = min(grid, key=lambda r: (r["dropout"], r["config"].get("zoneout_cell") or 0))
+    return (preset_config["dropout"], None) if preset_config.get("dropout") else (
+        lowest["dropout"], lowest["config"].get("zoneout_cell"))
+
+
 def at_edge(best, grid):
     """Whether the chosen p is its grid's lowest or highest (of >= 2 distinct p): a point beyond may do better."""
     ps = {r["dropout"] for r in grid}
     return len(ps) > 1 and best["dropout"] in (min(ps), max(ps))
+
+
+def decided_run(variant, decision, grid):
+    """The grid run at the decided point (a grid without signal decides its fallback p, which may be no point)."""
+    for r in grid:
+        if (r["dropout"], r["config"].get("zoneout_cell")) == (decision["dropout"], decision["zoneout_cell"]):
+            return r
+    raise ValueError(f"--final: {variant}'s grid has no signal and its fallback p={decision['dropout']:g} is not a "
+                     "grid point: train that p with benchmarks.run, or add points that tell the p apart")
 
 
 def final_commands(task, chosen, work, run_args=()):
@@ -144,13 +186,58 @@ def final_commands(task, chosen, work, run_args=()):
     return commands
 
 
-def markdown(task, preset, chosen, notes):
+def decide(task, preset_config, chosen):
+    """{variant: the decision written to the selection table}: the chosen point, or, for a grid without signal,
+    the fallback p with `no_signal` set."""
+    decisions = {}
+    for variant, (best, grid) in chosen.items():
+        if no_signal(task, grid):
+            p, cell = fallback_p(task, preset_config, grid)
+            decisions[variant] = {"dropout": p, "zoneout_cell": cell, "at_edge": False, "no_signal": True}
+        else:
+            decisions[variant] = {"dropout": best["dropout"], "zoneout_cell": best["config"].get("zoneout_cell"),
+                                  "at_edge": at_edge(best, grid), "no_signal": False}
+    return decisions
+
+
+def _decision_text(task, decision, grid):
+    rate = f"{decision['dropout']:g}" + (f", cells {decision['zoneout_cell']:g}"
+                                         if decision["zoneout_cell"] is not None else "")
+    if decision["no_signal"]:
+        value = grid[0]["metrics"][f"valid_{task.main_metric}"]
+        return (f"**no signal** (every point {value:.2f}): no choice; falls back to {rate} (the preset's p, else "
+                "the lowest point)")
+    return rate + " (edge)" * decision["at_edge"]
+
+
+def write_selection(target, task, preset, chosen, notes, preset_config):
+    """Write <target>.{json,md} (under the table lock: several schemes' choices may land at once); returns the
+    decisions (see `decide`)."""
+    decisions = decide(task, preset_config, chosen)
+    with table_lock(target.with_suffix(".json")):
+        write_json(target.with_suffix(".json"), {
+            "rule": "best validation main metric at the best epoch, ties: lower p; all points equal: no signal, "
+                    "the preset's p (else the lowest point)",
+            "chosen": decisions,
+            "runs": [{k: v for k, v in r.items() if k not in ("details", "table")}
+                     for _, grid in chosen.values() for r in grid]})
+        write_text(target.with_suffix(".md"), markdown(task, preset, chosen, notes, decisions))
+    for variant, decision in decisions.items():
+        if decision["no_signal"]:
+            print(f"warning: {task.name} {variant}: {_decision_text(task, decision, chosen[variant][1])}",
+                  file=sys.stderr)
+    return decisions
+
+
+def markdown(task, preset, chosen, notes, decisions=None):
+    decisions = decisions or decide(task, task.presets[preset], chosen)
     metric = f"validation {task.main_metric}"
     lines = [f"# {task.name} / {preset}: each scheme's p, chosen on validation", "",
              f"Rule: one seed per grid point, trained with `--valid-only` (the test split is never read); the point "
              f"with the best {metric} at its best epoch is chosen (ties: the lower p). A choice marked (edge) is "
-             "its grid's lowest or highest p: a point beyond it may do better. Regenerated by "
-             "`python -m benchmarks.select`.", ""]
+             "its grid's lowest or highest p: a point beyond it may do better. A grid whose points all give the "
+             "same value has no signal: nothing is chosen and the preset's p (else the lowest point) is used. "
+             "Regenerated by `python -m benchmarks.select` or `benchmarks.grid`.", ""]
     if preset in task.preset_notes:
         lines += [f"**{task.preset_notes[preset]}**", ""]
     lines += [f"| scheme | grid point: {metric} (best epoch) | chosen |", "|---|---|---|"]
@@ -158,9 +245,10 @@ def markdown(task, preset, chosen, notes):
     for variant, (best, grid) in chosen.items():
         cells = ", ".join(f"{p_text(r)}: {r['metrics'][f'valid_{task.main_metric}']:.2f} ({r['best_epoch']})"
                           for r in grid)
-        lines.append(f"| {variant} | {cells} | {p_text(best)}{' (edge)' * at_edge(best, grid)} |")
-        cell = best["config"].get("zoneout_cell")
-        entries[variant] = best["dropout"] if cell is None else [best["dropout"], cell]
+        decision = decisions[variant]
+        lines.append(f"| {variant} | {cells} | {_decision_text(task, decision, grid)} |")
+        cell = decision["zoneout_cell"]
+        entries[variant] = decision["dropout"] if cell is None else [decision["dropout"], cell]
     zaremba = entries.pop("zaremba", None)
     lines += [""] + ([f"Preset entry: `dropout={zaremba}` (the paper's scheme sets the preset's own p)"] * (zaremba is not None))
     lines += [f"Preset entry: `scheme_dropout={entries}`"] * bool(entries) + ["", "## Provenance", ""]
@@ -221,24 +309,18 @@ def main(argv=None):
         failed = [c for c, rc in zip(commands, pool.map(call_run, commands)) if rc]
     if failed:
         sys.exit("error: grid runs failed (their output is above): " + "; ".join(" ".join(c[2:]) for c in failed))
-    target = Path(args.out) / task.name / f"{preset}-selection"
+    reference, label = shortened(task, preset, run_args)
+    target = Path(args.out) / task.name / f"{label}-selection"
     earlier = None if args.fresh else target.with_suffix(".json")
     try:
         runs, notes = collect(task, preset, [Path(args.work)] * bool(commands) + [Path(f) for f in args.collect],
-                              earlier)
+                              earlier, reference, args.seed)
     except ValueError as err:
         sys.exit(f"error: {err}")
     if not runs:
         sys.exit(f"error: no --valid-only runs of {task.name}/{preset} found; run a grid (--variants, --grid)")
     chosen = choose(task, runs)
-    write_json(target.with_suffix(".json"), {"rule": "best validation main metric at the best epoch, ties: lower p",
-                                             "chosen": {v: {"dropout": b["dropout"],
-                                                            "zoneout_cell": b["config"].get("zoneout_cell"),
-                                                            "at_edge": at_edge(b, grid)}
-                                                        for v, (b, grid) in chosen.items()},
-                                             "runs": [{k: v for k, v in r.items() if k not in ("details", "table")}
-                                                      for _, grid in chosen.values() for r in grid]})
-    write_text(target.with_suffix(".md"), markdown(task, preset, chosen, notes))
+    decisions = write_selection(target, task, preset, chosen, notes, reference)
     print(f"wrote {target}.{{json,md}}")
     if args.final:
         try:
@@ -247,7 +329,8 @@ def main(argv=None):
             if missing:
                 raise ValueError(f"--final: no grid runs of {', '.join(missing)} found "
                                  f"(schemes with grid runs: {', '.join(chosen)})")
-            finals = final_commands(task, {v: c for v, c in chosen.items() if v in wanted}, args.work, run_args)
+            finals = final_commands(task, {v: (decided_run(v, decisions[v], grid), grid)
+                                           for v, (_, grid) in chosen.items() if v in wanted}, args.work, run_args)
         except ValueError as err:
             sys.exit(f"error: {err}")
         if any(call_run(c) for c in finals):

@@ -66,6 +66,7 @@ class Task:
     results_notes = ""  # printed under the results table: how a metric is computed
     extra_test_metrics = ()  # (key, label) of test metrics shown beside the main one, e.g. ("bleu", "BLEU")
     split_metrics = ()  # metrics besides the main one shown for train, valid and test, e.g. ("ce",)
+    bounded_metrics = {}  # metric -> (low, high) it cannot leave, e.g. {"acc": (0, 100)}: seed intervals stop there
     stateful = False  # carry the recurrent state across consecutive batches (truncated BPTT)
     # forward has one shape per batch size and reads nothing back to the host (no .item(), int(tensor)), so
     # --cuda-graphs may capture its steps (core.graphs)

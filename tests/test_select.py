@@ -27,6 +27,7 @@ def write_grid(folder, runs, label="tiny-select"):
 def test_the_best_validation_point_is_chosen_ties_to_the_lower_p(tmp_path):
     write_grid(tmp_path / "a", [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.3, 99.0)])
     write_grid(tmp_path / "b", [grid_run("weightdrop", 0.2, 98.0), grid_run("weightdrop", 0.4, 98.0),
+                                grid_run("weightdrop", 0.6, 99.0),
                                 grid_run("zoneout", 0.05, 97.0, cell=0.5), grid_run("zoneout", 0.1, 99.5),
                                 grid_run("none", 0.0, 90.0)])
     runs, notes = select.collect(LanguageModelTask, "tiny", [tmp_path])
@@ -79,7 +80,7 @@ def test_main_writes_the_selection_table(tmp_path):
     write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.2, 100.0)])
     select.main(["--task", "lm", "--preset", "tiny", "--collect", str(tmp_path / "grid"), "--out", str(tmp_path / "res")])
     saved = json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())
-    assert saved["chosen"] == {"variational": {"dropout": 0.2, "zoneout_cell": None, "at_edge": True}}
+    assert saved["chosen"] == {"variational": {"dropout": 0.2, "zoneout_cell": None, "at_edge": True, "no_signal": False}}
     assert len(saved["runs"]) == 2
     assert "| variational | 0.1: 101.00 (2), 0.2: 100.00 (2) | 0.2 (edge) |" in (tmp_path / "res" / "lm" / "tiny-selection.md").read_text()
 

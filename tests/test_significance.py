@@ -1,5 +1,6 @@
 import json
 import random
+import statistics
 
 import numpy as np
 import pytest
@@ -124,3 +125,40 @@ def test_the_bootstrap_pairs_only_the_seeds_with_per_item_statistics():
 
     text = "\n".join(effects_section(LanguageModelTask, a + b, {("zaremba", 0.5): a, ("none", 0.0): b}))
     assert "paired bootstrap (seeds 2,3)" in text and "bootstrap over seeds 2,3: the others have no per-item statistics" in text
+
+
+def test_a_percentages_seed_interval_stops_at_100_and_the_summary_says_so():
+    from benchmarks.report import summary
+    from benchmarks.significance import seed_interval
+    from tasks.speech.task import SpeechTask
+
+    train = [99.81, 99.75, 92.10, 99.70, 99.80, 99.79, 90.00]  # the t interval of these runs past 100
+    low, high = seed_interval(train)
+    assert high > 100
+    assert seed_interval(train, (0, 100)) == (low, 100)
+    assert seed_interval([1.0, 3.0], (0, 100))[0] == 0  # and at 0
+    assert seed_interval([50.0, 51.0], (0, 100)) == seed_interval([50.0, 51.0])  # inside: unchanged
+    runs = [{"variant": "none", "dropout": 0.0, "seed": s, "config": {}, "provenance": {"device": "cpu"},
+             "metrics": {"train_acc": a, "valid_acc": 60.0 + s, "test_acc": 61.0 - s, "test_speech_acc": 50.0 + s}}
+            for s, a in enumerate(train, 1)]
+    text = "\n".join(summary(SpeechTask, runs))
+    assert f"{statistics.mean(train):.2f} [{low:.2f}, 100.00]" in text
+    assert "clipped to the metric's range where it ran past it: train acc (eval mode)]" in text
+
+
+def test_without_per_item_statistics_there_is_no_verdict():
+    """docs/results.md: significant needs the seed interval *and* the paired bootstrap; seeds alone never say it
+    (the caption table once called BLEU-4 differences significant on seeds only)."""
+    from benchmarks.effects import effects_section
+    from benchmarks.significance import verdict
+
+    a = [run("zaremba", s, 7.0 + 0.1 * s) for s in (1, 2, 3)]
+    b = [run("none", s, 8.0 + 0.05 * s) for s in (1, 2, 3)]
+    result = compare(a, b, "ppl", lower_is_better=True)
+    assert result["seeds_agree"] and result.get("boot_ci") is None
+    assert not result["significant"] and verdict(result) == "no per-item statistics"
+    text = "\n".join(effects_section(LanguageModelTask, a + b, {("zaremba", 0.5): a, ("none", 0.0): b}))
+    row = next(line for line in text.splitlines() if line.startswith("| zaremba p=0.5 − none p=0"))
+    assert row.endswith("| 3 / 0 | — (no per-item statistics) |")
+    assert "no verdict without the paired bootstrap: no per-item statistics" in text
+    assert verdict(compare(a[:1], b[:1], "ppl", lower_is_better=True)) == "one seed"

@@ -102,6 +102,7 @@ class CaptionTask(Task):
     lower_is_better = True
     extra_test_metrics = (("bleu4", "BLEU-4"), ("bleu1", "BLEU-1"), ("meteor", "METEOR"), ("rouge_l", "ROUGE-L"),
                           ("cider", "CIDEr"))
+    bounded_metrics = {k: (0, 100) for k in ("bleu4", "bleu1", "meteor", "rouge_l")}  # x100; CIDEr can pass 100
     results_notes = ("Perplexity is per caption token (the words and <eos>; the image step is not scored) over all "
                      "5 reference captions of each image. Captions are decoded with the beam search of the config "
                      "below and scored with pycocoevalcap (its PTB tokenizer; BLEU-1..4, METEOR, ROUGE-L, CIDEr "

@@ -116,6 +116,7 @@ class TranslationTask(Task):
     main_metric = "ppl"
     lower_is_better = True
     extra_test_metrics = (("bleu", "BLEU"),)
+    bounded_metrics = {"bleu": (0, 100)}
     results_notes = ("Perplexity is per target token (the words and <eos>, not padding). BLEU: beam search "
                      "(width and length settings in the config below) on the test set; the lowercased tokenized "
                      "output is detokenized with sacremoses, then scored by sacreBLEU against the raw (cased, "

@@ -49,6 +49,7 @@ class SpeechTask(Task):
     main_metric = "acc"
     lower_is_better = False
     split_metrics = ("speech_acc", "ce")
+    bounded_metrics = {"acc": (0, 100), "speech_acc": (0, 100)}
     eval_train = True
     results_notes = ("acc: frame accuracy in % (every 10 ms frame, silence included); speech_acc: the same over the "
                      "frames whose reference is not silence; ce: frame cross-entropy in nats. Held-out speakers never "

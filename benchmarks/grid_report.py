@@ -1,0 +1,118 @@
+"""What benchmarks.grid shows: the live overview (one line per job), the cross-task tables of the labels it ran,
+the summary of failed jobs with the command that reruns each, and where each scheme stands (the tables' verdicts)."""
+import json
+import sys
+
+from benchmarks import plan as planning
+from benchmarks.effects import LOWER_IS_BETTER, adjust_for_family, effects, interval_text
+from benchmarks.merge import load_runs, singles
+from benchmarks.overview import write_overview
+from tasks.base import TASKS
+
+
+def final_metric(job, settings):
+    """'test ppl 112.34' (a selection run: 'valid ppl ...') from the job's result.json, or ''."""
+    if job.kind == "ensemble" or job.p is None:
+        return ""
+    path = planning.job_run_dir(job, settings) / "result.json"
+    try:
+        metrics = json.loads(path.read_text())["metrics"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    m = TASKS[job.task].main_metric
+    key = f"test_{m}" if f"test_{m}" in metrics else f"valid_{m}"
+    return f"{key.replace('_', ' ')} {metrics[key]:.2f}" if key in metrics else ""
+
+
+def _epoch_progress(job, settings):
+    """'epoch 3/15' from the run's log.jsonl while it trains."""
+    try:
+        lines = (planning.job_run_dir(job, settings) / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return ""
+    epochs = sum('"kind": "epoch"' in line for line in lines)
+    total = settings.epochs or TASKS[job.task].presets[job.preset]["epochs"]
+    return f"epoch {epochs}/{total}"
+
+
+class Display:
+    """One line per job. On a terminal the block is redrawn in place every few seconds (running jobs show their
+    epoch); otherwise a plain line is printed whenever a job changes state."""
+
+    def __init__(self, jobs, stream=None):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.drawn, self.last = 0, 0.0
+
+    def _line(self, grid, i):
+        job, status, note = grid.jobs[i], grid.status[i], grid.notes.get(i, "")
+        if status == "running" and self.tty:
+            note = _epoch_progress(job, grid.settings) or note
+        return f"#{i + 1} {job.name()}: {status}" + (f", {note}" if note else "")
+
+    def update(self, i, grid):
+        if not self.tty:
+            print(self._line(grid, i), file=self.stream, flush=True)
+
+    def refresh(self, grid, final=False):
+        import time
+
+        if not self.tty or (not final and time.time() - self.last < 3):
+            return
+        self.last = time.time()
+        lines = [self._line(grid, i) for i in range(len(grid.jobs))]
+        up = f"\x1b[{self.drawn}F" if self.drawn else ""
+        self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
+        self.stream.flush()
+        self.drawn = len(lines)
+
+
+def _labels(jobs):
+    return sorted({(j.task, j.label) for j in jobs if j.kind != "select"})
+
+
+def schemes_tables(jobs, out):
+    """Regenerate results/README.md and the cross-task schemes tables: schemes.md for the default presets (as every
+    run does) and schemes-<label>.md for each label of this grid that is not a task's default."""
+    labels = {label for task, label in _labels(jobs) if label != TASKS[task].default_preset}
+    for label in sorted(labels) or [None]:
+        write_overview(out, label)
+
+
+def summary_lines(grid, settings):
+    counts = {s: grid.status.count(s) for s in ("finished", "skipped", "failed", "queued")}
+    lines = ["", f"Grid: {counts['finished']} jobs finished, {counts['skipped']} finished before, "
+                 f"{counts['failed']} failed, {counts['queued']} not run."]
+    for i, job in enumerate(grid.jobs):
+        if grid.status[i] != "failed":
+            continue
+        lines.append(f"- failed: #{i + 1} {job.name()}: {grid.notes.get(i, '')}")
+        if job.p is not None and i in grid.started:
+            argv = planning.job_argv(job, settings, getattr(grid, "tables", {}).get(job.choice))
+            lines += [f"  log: {planning.log_path(job, settings)}", f"  rerun: {planning.command_text(argv)}"]
+    if counts["failed"] or counts["queued"]:
+        lines.append("Run the same grid command again to run what is missing (finished jobs are skipped).")
+    return lines
+
+
+def verdicts(jobs, out):
+    """A short paragraph: each scheme against none and zaremba on each task, with the verdicts of its table (the
+    difference of seed means, its 95% interval over seeds, significant only by the tables' rule)."""
+    from benchmarks.report import _group
+
+    lines = ["", "Where each scheme stands (test main metric, the tables' verdicts):"]
+    for task_name, label in _labels(jobs):
+        task = TASKS[task_name]
+        runs = singles(load_runs(f"{out}/{task_name}/{label}.json"))
+        wanted = {j.variant for j in jobs if (j.task, j.label) == (task_name, label)} - {"none"}
+        rows = [r for r in effects(task, runs, _group(runs)) if r[2]["metric"] == task.main_metric]
+        adjust_for_family(rows)
+        for (variant, _), (base, _), r in rows:
+            if variant not in wanted:
+                continue
+            better = (r["diff"] < 0) == (task.main_metric in LOWER_IS_BETTER)
+            ci = f" {interval_text(r['seed_ci'])}" if "seed_ci" in r else " (one seed: no interval)"
+            verdict = ("significant" if r["significant"] else "not significant") if "seed_ci" in r else "no verdict"
+            lines.append(f"- {task_name}/{label} {variant} vs {base}: {r['diff']:+.2f} {task.main_metric}{ci}, "
+                         f"{'better' if better else 'worse'}, {verdict} ({len(r['seeds'])} paired seeds)")
+    return lines if len(lines) > 2 else lines + ["- no comparisons yet (the tables need none or zaremba runs)"]

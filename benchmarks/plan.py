@@ -1,0 +1,278 @@
+"""The one place that plans benchmark jobs: which runs a comparison needs, in which order, and how long they take.
+
+A job is one ordinary `benchmarks.run` process (one task, preset, variant, seed) in its own run dir. A scheme
+whose p the preset does not fix first gets one `--valid-only` selection job per grid point on the task's
+selection seed; its seed jobs wait for that choice (benchmarks.select's rule) and use it. benchmarks.grid runs a
+plan, benchmarks.paper is one, and benchmarks.run prints one before it trains more than one run.
+"""
+import statistics
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from benchmarks import runconfig as run
+from benchmarks.merge import load_runs, singles
+from core.utils import pick_device
+from tasks.base import TASKS
+
+DEFAULT_GRID = ((0.1, None), (0.2, None), (0.35, None), (0.5, None), (0.65, None))
+ZONEOUT_GRID = ((0.05, 0.5), (0.1, 0.5), (0.2, 0.5))  # the zoneout paper's 0.05 with cells 0.5, and beyond
+
+
+@dataclass(frozen=True)
+class Job:
+    task: str
+    preset: str
+    label: str  # the results table of the seed runs (selection runs go to <label>-p<P>-select)
+    variant: str
+    seed: int
+    p: tuple = None  # (p, zoneout cell or None); None: waits for the choice on validation
+    kind: str = "run"  # "run", "select" (a --valid-only grid point) or "ensemble"
+    p_from: str = "preset"  # "none", "preset", "set by hand (--p)" or "chosen on validation"
+    ensemble: tuple = ()  # the seeds an ensemble job evaluates
+    after: tuple = ()  # indices of the jobs this one waits for
+    overrides: tuple = ()  # the --set items, parsed: ((key, value), ...)
+
+    @property
+    def choice(self):
+        """The selection this job's p comes from (its key), or this selection job's own key."""
+        return (self.task, self.label, self.variant)
+
+    def rate(self):
+        if self.p is None:
+            return "chosen on validation"
+        p, cell = self.p
+        return f"{p:g}" + (f"/{cell:g}" if cell is not None else "")
+
+    def name(self):
+        who = {"select": f"select p={self.rate()} seed {self.seed}",
+               "ensemble": f"p={self.rate()} ensemble of seeds {','.join(map(str, self.ensemble))}"}
+        return f"{self.task}/{self.label} {self.variant} " + who.get(self.kind, f"p={self.rate()} seed {self.seed}")
+
+
+
+def _cell_override(job):
+    return {"zoneout_cell": job.p[1]} if job.p and job.p[1] is not None else {}
+
+
+def runner_label(job, settings):
+    """The label benchmarks.run gives this job's table and run dirs (a selection job's: <label>-p<P>-select)."""
+    if job.kind != "select":
+        return job.label
+    return run.table_label(TASKS[job.task], job.preset, settings.epochs, job.p[0],
+                           {**dict(job.overrides), **_cell_override(job)}, settings.precision, valid_only=True)
+
+
+def job_table(job, settings):
+    folder = settings.selection_out if job.kind == "select" else settings.out
+    return Path(folder) / job.task / f"{runner_label(job, settings)}.json"
+
+
+def job_run_dir(job, settings):
+    """The run dir of a job whose p is known (an ensemble job: its first seed's)."""
+    return (Path(settings.run_dir) / job.task / runner_label(job, settings)
+            / run.run_name(job.variant, job.p[0], job.seed))
+
+
+@dataclass
+class Settings:
+    """What every job of a plan shares: runner flags and folders."""
+    out: str = "results"
+    run_dir: str = "runs"
+    epochs: int = None
+    sets: tuple = ()  # --set KEY=VALUE strings
+    extra: tuple = ()  # more runner flags: --user-dir, --threads, --device, --data-dir, ...
+    precision: str = "fp32"  # resolved (never "auto"): it names the tables
+    grids: dict = field(default_factory=dict)  # scheme (or None: every scheme) -> grid points
+
+    @property
+    def selection_out(self):
+        return str(Path(self.run_dir) / "selection-tables")
+
+
+def fixed_by_preset(task_cls, config, variant):
+    """The p the preset fixes for `variant`, or None: zaremba and naive (the paper's foil) take the preset's
+    `dropout`, the others their `scheme_dropout` entry."""
+    per_scheme = config.get("scheme_dropout") or {}
+    if variant in per_scheme:
+        chosen = per_scheme[variant]
+        return (chosen, None) if isinstance(chosen, (int, float)) else tuple(chosen)
+    if variant in ("zaremba", "naive") and config.get("dropout"):
+        return (config["dropout"], None)
+    return None
+
+
+def grid_points(settings, variant):
+    if variant in settings.grids:
+        return settings.grids[variant]
+    if None in settings.grids:
+        return settings.grids[None]
+    return ZONEOUT_GRID if variant == "zoneout" else DEFAULT_GRID
+
+
+def plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed_p, ensemble=None, reselect=()):
+    """The jobs of one task: selection jobs first, then a seed job per (variant, seed), then ensemble jobs.
+    `reselect`: schemes whose p is chosen on validation even where the preset fixes it."""
+    config = run.preset_config(task_cls, preset, settings.epochs, overrides)
+    label = run.table_label(task_cls, preset, settings.epochs, None, overrides, settings.precision)
+    job = lambda *a, **k: Job(task_cls.name, preset, label, *a, overrides=tuple(overrides.items()), **k)  # noqa: E731
+    jobs = []
+    for variant in variants:
+        if variant == "none":
+            p, source = (0.0, None), "none"
+        elif variant in fixed_p:
+            p, source = fixed_p[variant], "set by hand (--p)"
+        else:
+            p, source = fixed_by_preset(task_cls, config, variant) if variant not in reselect else None, "preset"
+        if p is None:
+            source, seed = "chosen on validation", task_cls.selection_seed(config)
+            jobs += [job(variant, seed, point, "select") for point in grid_points(settings, variant)]
+        jobs += [job(variant, s, p, p_from=source) for s in seeds]
+        if ensemble:
+            jobs.append(job(variant, seeds[0], p, "ensemble", source, tuple(seeds)))
+    return jobs
+
+
+def link(jobs):
+    """Number the jobs' dependencies: a seed job whose p is chosen waits for its selection jobs, an ensemble job
+    for its seed jobs."""
+    order = {"select": 0, "run": 1, "ensemble": 2}  # selection first: the long pole of a plan
+    jobs = sorted(jobs, key=lambda j: order[j.kind])
+    linked = []
+    for job in jobs:
+        if job.kind == "ensemble":
+            after = [i for i, j in enumerate(jobs) if j.kind == "run" and j.choice == job.choice]
+        elif job.kind == "run" and job.p is None:
+            after = [i for i, j in enumerate(jobs) if j.kind == "select" and j.choice == job.choice]
+        else:
+            after = []
+        linked.append(replace(job, after=tuple(after)))
+    return linked
+
+
+def job_argv(job, settings, source_table=None):
+    """The benchmarks.run flags of one job (`--resume`: a rerun continues it, a finished run is reused)."""
+    select = job.kind == "select"
+    argv = ["--task", job.task, "--preset", job.preset, "--variants", job.variant, "--resume", "--no-progress",
+            "--out", settings.selection_out if select else settings.out, "--run-dir", settings.run_dir]
+    argv += ["--epochs", str(settings.epochs)] * (settings.epochs is not None)
+    argv += [a for item in settings.sets for a in ("--set", item)] + ["--precision", settings.precision]
+    argv += list(settings.extra)
+    if select:
+        return argv + ["--seeds", str(job.seed), "--valid-only", "--dropout", f"{job.p[0]:g}"] + (
+            ["--set", f"zoneout_cell={job.p[1]:g}"] if job.p[1] is not None else [])
+    seeds = ",".join(map(str, job.ensemble or (job.seed,)))
+    argv += ["--seeds", seeds] + (["--ensemble", str(len(job.ensemble))] if job.ensemble else [])
+    if job.p_from in ("set by hand (--p)", "chosen on validation"):
+        argv += ["--p", f"{job.variant}={job.rate()}"]
+        if job.p_from == "chosen on validation":
+            argv += ["--p-source", f"chosen on validation ({source_table})"]
+    return argv
+
+
+def log_path(job, settings):
+    """Where a job's output goes: <run-dir>/grid-logs/<task>_<label>_<variant>_..."""
+    stem = job.name().replace("/", "_").replace(" ", "_").replace(",", "-").replace("=", "")
+    return Path(settings.run_dir) / "grid-logs" / f"{stem}.log"
+
+
+def command_text(argv):
+    return "python -m benchmarks.run " + " ".join(_quote(a) for a in argv)
+
+
+def _quote(arg):
+    import shlex
+    return shlex.quote(arg)
+
+
+# ---- estimates from the wall times already recorded in results/ ------------------------------------------------
+
+def device_name(device):
+    """What a table's runs call this device: 'cpu', or the GPU's name (benchmarks.report.device_of)."""
+    import torch
+
+    device = pick_device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def recorded_walls(out, job, device):
+    """{variant: [wall seconds]} of the runs recorded for this job's table (selection jobs: its selection table,
+    else the table itself) on `device`."""
+    from benchmarks.report import device_of
+
+    names = [f"{job.label}-selection.json", f"{job.label}.json"] if job.kind == "select" else [f"{job.label}.json"]
+    for name in names:
+        found = load_runs(Path(out) / job.task / name)
+        runs = found.get("runs", []) if isinstance(found, dict) else found
+        walls = {}
+        for r in singles(runs) if isinstance(runs, list) else []:
+            if isinstance(r, dict) and r.get("wall_s") and device_of(r) == device:
+                walls.setdefault(r["variant"], []).append(r["wall_s"])
+        if walls:
+            return walls
+    return {}
+
+
+def estimate(out, job, device):
+    """(seconds, how) for one job, or (None, 'unknown'); ensembles evaluate and are counted as 0."""
+    if job.kind == "ensemble":
+        return 0.0, "evaluation only"
+    walls = recorded_walls(out, job, device)
+    if job.variant in walls:
+        return statistics.mean(walls[job.variant]), f"{len(walls[job.variant])} recorded"
+    every = [w for ws in walls.values() for w in ws]
+    return (statistics.mean(every), f"{len(every)} recorded of other schemes") if every else (
+        None, "no recorded run on this device")
+
+
+def makespan(jobs, seconds, slots):
+    """The wall time of the plan with `slots` jobs at a time, each job as soon as a slot is free and its
+    dependencies have ended (unknown estimates count as 0)."""
+    end, free = {}, [0.0] * slots
+    for i, job in enumerate(jobs):  # plan order is a topological order
+        ready = max([end[j] for j in job.after], default=0.0)
+        k = min(range(slots), key=lambda s: max(free[s], ready))
+        start = max(free[k], ready)
+        end[i] = free[k] = start + (seconds[i] or 0.0)
+    return max(end.values(), default=0.0)
+
+
+def minutes(seconds):
+    return "unknown" if seconds is None else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def describe(jobs, out, device, slots, executor="local"):
+    """(one paragraph: what will run and for how long, [one line per job with its estimate and dependencies])."""
+    estimates = [estimate(out, job, device) for job in jobs]
+    seconds = [s for s, _ in estimates]
+    unknown = sum(s is None for s in seconds)
+    kinds = {k: sum(j.kind == k for j in jobs) for k in ("select", "run", "ensemble")}
+    tables = sorted({f"{j.task}/{j.label}" for j in jobs})
+    sources = sorted({f"{j.task} {j.variant}: {j.rate() if j.p_from != 'chosen on validation' else 'chosen on validation'}"
+                      + (f" ({j.p_from})" if j.p_from in ("preset", "set by hand (--p)") else "")
+                      for j in jobs if j.kind == "run"})
+    total = makespan(jobs, seconds, slots)
+    what = f"{kinds['run']} run{'s' * (kinds['run'] != 1)}"
+    if kinds["select"]:
+        what = f"{kinds['select']} selection runs (--valid-only, one seed), then " + what
+    if kinds["ensemble"]:
+        what += f" and {kinds['ensemble']} ensemble evaluations"
+    at_once = f"{slots} job{'s' * (slots != 1)} at a time ({executor})"
+    if unknown == len(jobs):
+        when = f"No time estimate: {out}/ records no run of these tables on {device}; {at_once}."
+    else:
+        when = (f"Estimated {minutes(total)} with {at_once}, from the wall times recorded in {out}/ on {device}"
+                + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
+    paragraph = f"Plan: {what} into {', '.join(tables)}; p: {'; '.join(sources)}. {when}"
+    lines = []
+    for i, (job, (s, how)) in enumerate(zip(jobs, estimates)):
+        after = f"after #{','.join(str(a + 1) for a in job.after)}" if job.after else "no wait"
+        lines.append(f"#{i + 1} {job.name()}: {after}; {minutes(s)} ({how})")
+    return paragraph, lines
+
+
+def print_plan(jobs, out, device, slots, executor="local", every_job=False, file=None):
+    paragraph, lines = describe(jobs, out, device, slots, executor)
+    print(paragraph, file=file or sys.stdout, flush=True)
+    if every_job:
+        print("\n".join(lines), file=file or sys.stdout, flush=True)

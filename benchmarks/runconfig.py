@@ -1,0 +1,98 @@
+"""What one table's runs share: a preset's config with the command's overrides (--set, --epochs, --p), and the
+label that names the table and the run dirs. Used by benchmarks.run, benchmarks.select and benchmarks.plan."""
+from core.utils import did_you_mean
+
+
+OPTIONAL_KEYS = {"zoneout_cell": None}  # settable on every preset with --set: key -> its value when unset
+
+
+def parse_overrides(items, preset, name, parser):
+    """KEY=VALUE strings -> {key: value}, each value read as the type of the preset's own value."""
+    preset, overrides = {**OPTIONAL_KEYS, **preset}, {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        if key not in preset:
+            parser.error(f"--set {key}: preset {name} has no key {key!r}{did_you_mean([key], preset)}; its keys: "
+                         f"{', '.join(preset)}")
+        if key in ("epochs", "dropout"):
+            parser.error(f"--set {key}: use --{key}")
+        current = preset[key]
+        try:
+            if text == "None":
+                value = None
+            elif isinstance(current, bool):
+                value = {"true": True, "false": False}[text.lower()]
+            elif isinstance(current, (int, float)):
+                value = type(current)(text)
+            elif current is None:  # unset: a limit (max_vocab) reads as a number, a path or name as text
+                value = _number_or_text(text)
+            else:
+                value = text
+        except (KeyError, ValueError):
+            parser.error(f"--set {key}={text}: expected a {type(current).__name__} like {current!r}")
+        overrides[key] = value
+    return overrides
+
+
+def parse_fixed_p(text, variants):
+    """'zaremba=0.3,zoneout=0.05/0.5' -> {"zaremba": (0.3, None), "zoneout": (0.05, 0.5)}; a ValueError naming
+    the flag for a scheme not trained, a bad rate or a rate for `none`."""
+    fixed = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        scheme, sep, point = item.strip().partition("=")
+        if not sep:
+            raise ValueError(f"--p takes SCHEME=P items, e.g. zaremba=0.3, got {item!r}")
+        if scheme not in variants:
+            raise ValueError(f"--p {item}: {scheme!r} is not in --variants ({', '.join(variants)})")
+        if scheme == "none":
+            raise ValueError("--p: 'none' has no dropout; give p for the other schemes")
+        p, _, cell = point.partition("/")
+        try:
+            rates = (float(p), float(cell) if cell else None)
+        except ValueError:
+            raise ValueError(f"--p {item}: give a rate like 0.3 (zoneout: 0.05/0.5)") from None
+        if not all(0 < r < 1 for r in rates if r is not None):
+            raise ValueError(f"--p {item}: rates must be in (0, 1)")
+        if rates[1] is not None and scheme != "zoneout":
+            raise ValueError(f"--p {item}: a cell rate is zoneout's alone")
+        fixed[scheme] = rates
+    return fixed
+
+
+def _number_or_text(text):
+    try:
+        return float(text) if "." in text else int(text)
+    except ValueError:
+        return text
+
+
+def table_label(task_cls, preset, epochs=None, dropout=None, overrides=None, precision="fp32", valid_only=False):
+    """The name of the results table of a preset's runs with these overrides: <preset>[-e<N>][-p<P>][-KEY=VALUE]
+    [-<precision>][-select]."""
+    label = preset
+    if epochs is not None and epochs != task_cls.presets[preset]["epochs"]:
+        label += f"-e{epochs}"
+    if dropout is not None and dropout != task_cls.presets[preset]["dropout"]:
+        label += f"-p{dropout:g}"
+    for key, value in (overrides or {}).items():
+        label += f"-{key}={value}".replace("/", "_").replace(" ", "_")  # a path must not open folders
+    if precision != "fp32":
+        label += f"-{precision}"  # never merged with fp32 runs
+    if valid_only:
+        label += "-select"  # selection runs never share a table with runs that report test numbers
+    return label
+
+
+def preset_config(task_cls, preset, epochs=None, overrides=None):
+    """The preset's config with --set overrides and --epochs: what every run of one table shares."""
+    config = {**task_cls.presets[preset], **(overrides or {})}
+    return {**config, **({"epochs": epochs} if epochs is not None else {})}
+
+
+def run_name(variant, dropout, seed):
+    """The folder of one run under <run-dir>/<task>/<label>/."""
+    return f"{variant}-p{dropout:g}-seed{seed}"

@@ -1,0 +1,242 @@
+"""benchmarks.grid: the whole comparison as one command (plan, dry run, parallel jobs, a kill and a rerun, a failing
+job, a cluster executor) and table merges that never lose a run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import core
+from benchmarks import grid, plan as planning, select
+from benchmarks.report import load_runs
+from tasks import registry
+from tasks.base import TASKS
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+SCHEMES = textwrap.dedent('''
+    import torch
+    from core import register_scheme
+    from core.schemes import Scheme, Zaremba
+
+    @register_scheme
+    class Mine(Zaremba):
+        """The paper's masks under another name: a scheme of one's own."""
+        name = "mine"
+
+    @register_scheme
+    class Broken(Scheme):
+        """Turns every output into NaN: the job fails, the others must not."""
+        name = "broken"
+        fused = False
+
+        def drop_output(self, x, training, masks):
+            return x * float("nan")
+''')
+
+
+@pytest.fixture
+def user_dir(tmp_path):
+    """A folder with the two schemes; what an in-process plan registers from it is taken out again."""
+    folder = tmp_path / "my_schemes"
+    folder.mkdir()
+    (folder / "schemes.py").write_text(SCHEMES)
+    schemes, dirs = dict(core.SCHEMES), set(registry._IMPORTED_DIRS)
+    yield folder
+    core.SCHEMES.clear()
+    core.SCHEMES.update(schemes)
+    registry._IMPORTED_DIRS.clear()
+    registry._IMPORTED_DIRS.update(dirs)
+
+
+def grid_args(tmp_path, data, user_dir, *more):
+    return ["--tasks", "lm", "--preset", "tiny", "--user-dir", str(user_dir), "--data-dir", str(data),
+            "--custom-data", "--device", "cpu", "--out", str(tmp_path / "results"), "--run-dir",
+            str(tmp_path / "runs"), *more]
+
+
+def plan_of(argv):
+    parser = grid.build_parser()
+    return grid.make_plan(parser.parse_args(argv), parser)
+
+
+def test_plan_selects_p_before_the_seed_runs_that_use_it_and_honours_p_by_hand(tmp_path, tiny_ptb, user_dir):
+    jobs, settings, _ = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine", "--seeds", "1,2",
+                                          "--grid", "0.1,0.3", "--epochs", "1"))
+    names = [j.name() for j in jobs]
+    assert names[:2] == ["lm/tiny-e1 mine select p=0.1 seed 1", "lm/tiny-e1 mine select p=0.3 seed 1"]
+    waiting = [j for j in jobs if j.variant == "mine" and j.kind == "run"]
+    assert [j.seed for j in waiting] == [1, 2] and all(j.p is None and j.after == (0, 1) for j in waiting)
+    assert [j.after for j in jobs if j.variant in ("none", "zaremba")] == [()] * 4
+    argv = planning.job_argv(jobs[0], settings)
+    assert argv[argv.index("--dropout") + 1] == "0.1" and "--valid-only" in argv and "--epochs" in argv
+    zaremba = next(j for j in jobs if j.variant == "zaremba")
+    assert "--p" not in planning.job_argv(zaremba, settings) and zaremba.p == (0.3, None)  # the preset's p
+
+    jobs, settings, _ = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine,zoneout",
+                                          "--p", "mine=0.2,zoneout=0.05/0.5"))
+    assert not [j for j in jobs if j.kind == "select"]
+    mine = next(j for j in jobs if j.variant == "mine")
+    argv = planning.job_argv(mine, settings)
+    assert argv[argv.index("--p") + 1] == "mine=0.2" and mine.p_from == "set by hand (--p)"
+
+
+def test_bad_grid_flags_fail_before_anything_runs(tmp_path, tiny_ptb, user_dir, capsys):
+    for argv, message in [(["--variants", "mien"], "unknown ['mien']"),
+                          (["--set", "hiden=3"], "did you mean 'hidden'"),
+                          (["--p", "naive=0.2"], "'naive' is not in --variants"),
+                          (["--grid", "0.1,x"], "bad grid point 'x'")]:
+        with pytest.raises(SystemExit):
+            plan_of(grid_args(tmp_path, tiny_ptb, user_dir, *argv))
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_trains_nothing_and_estimates_from_the_recorded_wall_times(tmp_path, tiny_ptb, user_dir, capsys):
+    table = tmp_path / "results" / "lm" / "tiny.json"
+    table.parent.mkdir(parents=True)
+    recorded = [{"variant": "none", "dropout": 0.0, "seed": s, "wall_s": w, "provenance": {"device": "cpu"},
+                 "metrics": {}} for s, w in ((1, 60.0), (2, 120.0))]
+    table.write_text(json.dumps(recorded))
+    grid.main(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine", "--seeds", "1", "--grid", "0.1,0.3",
+                        "--jobs", "2", "--dry-run"))
+    out = capsys.readouterr().out
+    assert out.startswith("Plan: 2 selection runs (--valid-only, one seed), then 3 runs into lm/tiny")
+    assert "mine: chosen on validation" in out and "zaremba: 0.3 (preset)" in out
+    assert "#3 lm/tiny none p=0 seed 1: no wait; 1.5 min (2 recorded)" in out  # the mean of 60 s and 120 s
+    assert "#5 lm/tiny mine p=chosen on validation seed 1: after #1,2; 1.5 min (2 recorded of other schemes)" in out
+    assert "#1 lm/tiny mine select p=0.1 seed 1: no wait; 1.5 min" in out
+    assert "Estimated 4.5 min with 2 jobs at a time" in out  # (select, select) -> (none, zaremba) -> mine
+    assert not (tmp_path / "runs").exists() and json.loads(table.read_text()) == recorded
+
+
+def run_grid(argv, **kw):
+    return subprocess.Popen([sys.executable, "-m", "benchmarks.grid", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def table_metrics(results):
+    """{(table, variant, p, seed): (metrics, history)} of every results and selection table under `results`."""
+    found = {}
+    for path in sorted(results.rglob("*.json")):
+        data = load_runs(path)
+        for r in data["runs"] if isinstance(data, dict) else data:
+            history = [{k: v for k, v in h.items() if k != "wall_s"} for h in r.get("history", [])]
+            found[(path.name, r["variant"], r["dropout"], r["seed"])] = (r["metrics"], history)
+        if isinstance(data, dict):
+            found[(path.name, "chosen")] = data["chosen"]
+    return found
+
+
+def test_a_killed_grid_rerun_skips_finished_jobs_resumes_the_rest_and_equals_an_uninterrupted_one(
+        tmp_path, tiny_ptb, user_dir):
+    common = ["--variants", "mine", "--grid", "0.1,0.3", "--epochs", "1", "--jobs", "2"]
+    whole = run_grid(grid_args(tmp_path / "whole", tiny_ptb, user_dir, *common))
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+
+    cut = run_grid(grid_args(tmp_path / "cut", tiny_ptb, user_dir, *common))
+    for line in cut.stdout:  # the first job to finish, then a kill the grid cannot catch
+        if ": finished" in line:
+            break
+    cut.send_signal(signal.SIGKILL)
+    cut.wait()
+    again = run_grid(grid_args(tmp_path / "cut", tiny_ptb, user_dir, *common))
+    output = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, output
+    assert "finished before" in output and "0 failed" in output
+    finished_before = output.count(": skipped, finished before")
+    assert finished_before >= 1
+    assert table_metrics(tmp_path / "cut" / "results") == table_metrics(tmp_path / "whole" / "results")
+    chosen = json.loads((tmp_path / "cut" / "results" / "lm" / "tiny-e1-selection.json").read_text())["chosen"]
+    mine = [r for r in load_runs(tmp_path / "cut" / "results" / "lm" / "tiny-e1.json") if r["variant"] == "mine"]
+    assert mine[0]["dropout"] == chosen["mine"]["dropout"] and mine[0]["p_from"].startswith("chosen on validation")
+    schemes = (tmp_path / "cut" / "results" / "schemes-tiny-e1.md").read_text()
+    assert "| mine |" in schemes and "lm (tiny-e1)" in schemes  # the cross-task table of the grid's own preset
+
+
+def test_a_failing_job_leaves_the_others_running_and_is_named_with_its_rerun_command(tmp_path, tiny_ptb, user_dir):
+    proc = run_grid(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "broken", "--p", "broken=0.1",
+                              "--epochs", "1", "--jobs", "2"))
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 1
+    assert "Grid: 2 jobs finished, 0 finished before, 1 failed, 0 not run." in output
+    assert "- failed: #3 lm/tiny-e1 broken p=0.1 seed 1: exit 1" in output
+    assert "rerun: python -m benchmarks.run --task lm --preset tiny --variants broken" in output
+    log = tmp_path / "runs" / "grid-logs" / "lm_tiny-e1_broken_p0.1_seed_1.log"
+    assert f"log: {log}" in output and "became nan" in log.read_text()
+    assert [r["variant"] for r in load_runs(tmp_path / "results" / "lm" / "tiny-e1.json")] == ["none", "zaremba"]
+
+
+def test_the_submitit_executor_runs_a_grid_end_to_end(tmp_path, tiny_ptb, user_dir):
+    pytest.importorskip("submitit")
+    proc = run_grid(grid_args(tmp_path, tiny_ptb, user_dir, "--epochs", "1", "--jobs", "2", "--executor",
+                              "submitit-local", "--time-min", "10"))
+    output = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, output
+    runs = load_runs(tmp_path / "results" / "lm" / "tiny-e1.json")
+    assert [(r["variant"], r["seed"]) for r in runs] == [("none", 1), ("zaremba", 1)]
+    assert "(submitit-local)" in output.splitlines()[0]
+
+
+MERGER = textwrap.dedent('''
+    import sys, time
+    from benchmarks import merge, report
+    from tasks.base import load_tasks
+    TASKS = load_tasks()
+    slow = merge.merge_log
+    def merge_log(*args, **kw):  # a slow disk: the read and the write far apart
+        out = slow(*args, **kw)
+        time.sleep(0.4)
+        return out
+    report.merge_log = merge_log
+    seed = int(sys.argv[2])
+    run = {"variant": "none", "dropout": 0.0, "seed": seed, "preset": "tiny", "metrics": {"test_ppl": 100.0 + seed,
+           "valid_ppl": 101.0, "train_ppl": 90.0}, "history": [{"train_ppl": 90.0, "valid_ppl": 101.0}],
+           "best_epoch": 1, "epochs": 1, "wall_s": 1.0, "config": {"hidden": 16, "seed": seed, "scheme": "none",
+           "dropout": 0.0}, "provenance": {"command": "x", "git_commit": "c", "torch": "t", "device": "cpu",
+           "cpu_model": "m", "torch_threads": 1}, "finished": "now"}
+    report.write_results(sys.argv[1], TASKS["lm"], "tiny", "tiny", [run])
+''')
+
+
+def test_runs_merged_into_one_table_at_the_same_moment_all_land(tmp_path):
+    script = tmp_path / "merger.py"
+    script.write_text(MERGER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), str(seed)], env=env, cwd=ROOT)
+             for seed in range(1, 5)]
+    assert [p.wait(timeout=300) for p in procs] == [0] * 4
+    runs = load_runs(tmp_path / "out" / "lm" / "tiny.json")
+    assert sorted(r["seed"] for r in runs) == [1, 2, 3, 4]
+    assert "1,2,3,4" in (tmp_path / "out" / "lm" / "tiny.md").read_text()
+
+
+def grid_run(p, value, cell=None):
+    return {"variant": "mine", "dropout": p, "seed": 1, "preset": "tiny", "metrics": {"valid_ppl": value},
+            "best_epoch": 1, "config": {"zoneout_cell": cell}, "provenance": {"git_commit": "c", "device": "cpu", "command": "x"}}
+
+
+def test_a_grid_whose_points_all_tie_is_no_choice_and_says_what_it_falls_back_to():
+    task = TASKS["lm"]
+    tied = select.choose(task, [grid_run(0.1, 40.301), grid_run(0.3, 40.298)])
+    decision = select.decide(task, {"dropout": 0.3}, tied)["mine"]
+    assert decision == {"dropout": 0.3, "zoneout_cell": None, "at_edge": False, "no_signal": True}
+    text = select.markdown(task, "tiny", tied, [], {"mine": decision})
+    assert "**no signal** (every point 40.30): no choice; falls back to 0.3" in text
+    clear = select.choose(task, [grid_run(0.1, 40.3), grid_run(0.3, 38.0)])
+    assert select.decide(task, {"dropout": 0.3}, clear)["mine"]["dropout"] == 0.3
+    assert not select.decide(task, {"dropout": 0.3}, clear)["mine"]["no_signal"]
+
+
+def test_selection_takes_only_the_selection_seed_and_names_the_others(tmp_path):
+    folder = tmp_path / "sel" / "lm"
+    folder.mkdir(parents=True)
+    runs = [{**grid_run(p, v), "seed": s, "config": {**TASKS["lm"].presets["tiny"], "zoneout_cell": None}}
+            for p, v, s in ((0.1, 50.0, 1), (0.3, 10.0, 2))]
+    (folder / "tiny-select.json").write_text(json.dumps(runs))
+    found, notes = select.collect(TASKS["lm"], "tiny", [tmp_path / "sel"])
+    assert [r["dropout"] for r in found] == [0.1]
+    assert "has seed 2, not the selection seed 1" in notes[0] and "tiny-select.json" in notes[0]

@@ -45,6 +45,15 @@ def test_every_caption_is_a_sample_and_batches_pair_it_with_its_image(flickr, tm
     assert not tiny_task(flickr, tmp_path / "cache", feature_dim=8).cache_hit  # another encoder: rebuilt
 
 
+def test_max_images_keeps_the_first_images_of_each_split(flickr, tmp_path):
+    """The tiny preset's cut (seconds on the real Flickr8k too): the first images of each split, all their captions."""
+    whole = tiny_task(flickr, tmp_path / "cache", max_images=None)
+    task = tiny_task(flickr, tmp_path / "cache", max_images=3)
+    assert [len(task.sets[s]) for s in ("train", "valid", "test")] == [3, 2, 2]
+    assert task.sets["train"].images == whole.sets["train"].images[:3] and len(task.data["train"]) == 15
+    assert task.features["train"].shape == (3, 16)
+
+
 def test_loss_counts_words_and_eos_but_not_padding_nor_the_image_step(flickr, tmp_path):
     task = tiny_task(flickr, tmp_path / "cache")
     model = task.build_model().eval()

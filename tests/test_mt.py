@@ -55,6 +55,16 @@ def test_multi30k_loads_splits_vocab_and_raw_references(tiny_multi30k):
     assert task.noncanonical  # the tiny files are not the published ones, and the task says so
 
 
+def test_the_limits_cut_multi30k_to_its_first_pairs(tiny_multi30k):
+    """The tiny preset's train_limit / valid_limit / test_limit: seconds on the real corpus too."""
+    whole = TranslationTask(tiny_config(), tiny_multi30k, download=False, custom_data=True).load_data().pairs
+    cut = TranslationTask(tiny_config(train_limit=50, valid_limit=5, test_limit=None), tiny_multi30k, download=False,
+                          custom_data=True).load_data().pairs
+    assert {s: len(p) for s, p in cut.items()} == {"train": 50, "valid": 5, "test": 30}
+    assert cut["train"].src_tokens == whole["train"].src_tokens[:50]
+    assert cut["valid"].tgt_raw == whole["valid"].tgt_raw[:5]
+
+
 def test_files_failing_the_checksum_stop_the_run_unless_custom_data(tiny_multi30k):
     with pytest.raises(DataError, match="(?s)train.en.gz.*failed the sha256 check.*--custom-data"):
         TranslationTask(tiny_config(), tiny_multi30k, download=False).load_data()
@@ -156,7 +166,7 @@ def test_tiny_model_learns_to_translate(tmp_path):
 
     data = write_tiny_multi30k(tmp_path / "data", sizes=(800, 30, 30))
     config = tiny_config(epochs=8, hidden=64, emb=32, dropout=0.0, scheme="none", decay_start=8, lr=0.02,
-                         batch_size=16)
+                         batch_size=16, train_limit=None)  # all 800 pairs (the preset's cut is for the real corpus)
     task = TranslationTask(config, data, download=False, custom_data=True).load_data()
     torch.manual_seed(0)
     trainer = Trainer(task, task.build_model(), TrainConfig.from_dict(config), tmp_path / "run", "cpu", progress=False)

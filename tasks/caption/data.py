@@ -22,6 +22,10 @@ class CaptionSet:
     def __len__(self):
         return len(self.images)
 
+    def first(self, limit):
+        """The first `limit` images and their captions (all of them for None): a smoke test's cut."""
+        return self if limit is None else CaptionSet(self.images[:limit], self.captions[:limit])
+
 
 def tokenize(caption):
     """Lowercased words and numbers, punctuation dropped (as in Karpathy's preprocessing)."""

@@ -44,16 +44,17 @@ PRESETS = {
     "paper": dict(_DATA, **{**_DECODE, "beam": 20}, corpus="karpathy", encoder="googlenet", emb=512, hidden=512,
                   layers=1, init=0.08, dropout=0.3, min_freq=4, max_vocab=None, batch_size=32, eval_batch_size=256,
                   optimizer="sgd", lr=2.0 / 12, epochs=24, decay_start=8, lr_decay=2 ** (1 / 8), clip=5.0),
-    # Seconds on a few images with a tiny random CNN; a smoke test of the machinery, not a result.
+    # Seconds on a few images with a tiny random CNN (max_images: the first images of each split, so on the real
+    # Flickr8k too); a smoke test of the machinery, not a result.
     "tiny": dict(_DATA, encoder="random-cnn", feature_dim=16, beam=2, max_caption_len=8, length_penalty=0.0,
                  decode_batch_size=4, emb=16, hidden=16, layers=1, init=0.1, dropout=0.3, min_freq=1, max_vocab=None,
                  batch_size=8, eval_batch_size=8, optimizer="adam", lr=0.01, epochs=2, decay_start=1, lr_decay=2.0,
-                 clip=5.0),
+                 clip=5.0, max_images=100),
 }
 PRESET_NOTES = {
     "cpu": "Scaled down for a 2-core CPU (Flickr8k, EfficientNet-Lite0 features, 1x512, p=0.5, Adam, 12 epochs): "
            "not a paper configuration; the paper's numbers are MSCOCO with GoogLeNet features.",
-    "tiny": "Smoke-test preset (seconds on a few images, a random CNN): not a result.",
+    "tiny": "Smoke-test preset (seconds: at most the first 100 images of each split, a random CNN): not a result.",
 }
 _TABLE4 = {"none": {"test_ppl": 8.47, "test_bleu4": 23.5}, "zaremba": {"test_ppl": 7.99, "test_bleu4": 24.3},
            "none ensemble": {"test_ppl": 7.5, "test_bleu4": 24.4}}
@@ -112,7 +113,7 @@ class CaptionTask(Task):
                      "download to check checksums against, so the files are not verified.")
 
     config_keys = (*_DATA, "feature_dim", *_DECODE, "emb", "hidden", "layers", "init", "min_freq",
-                   "max_vocab", "batch_size", "eval_batch_size")
+                   "max_vocab", "batch_size", "eval_batch_size", "max_images")
     needs = (("pycocoevalcap", "BLEU, METEOR, ROUGE-L and CIDEr"),)
     needs_programs = (("java", "pycocoevalcap's tokenizer and METEOR"),)
     synthetic_sizes = (3000, 1280)  # vocabulary (about Flickr8k's at min_freq 5), EfficientNet-Lite0 feature size
@@ -120,7 +121,8 @@ class CaptionTask(Task):
 
     def load_data(self):
         cfg = self.config
-        self.sets = load_caption_splits(cfg, self.data_dir, self.cache_dir)
+        self.sets = {split: images.first(cfg.get("max_images"))
+                     for split, images in load_caption_splits(cfg, self.data_dir, self.cache_dir).items()}
         train = [tokenize(c) for caps in self.sets["train"].captions for c in caps]
         self.vocab = Vocab.build(train, cfg["min_freq"], cfg["max_vocab"])
         device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -69,6 +69,12 @@ class Pairs:
     def __len__(self):
         return len(self.src_tokens)
 
+    def first(self, limit):
+        """The first `limit` pairs (all of them for None): a smoke test's cut of the corpus."""
+        if limit is None:
+            return self
+        return Pairs(self.src_tokens[:limit], self.tgt_tokens[:limit], self.src_raw[:limit], self.tgt_raw[:limit])
+
 
 def multi30k_files(split, lang):
     return f"raw/{split}.{lang}.gz", f"tok/{split}.lc.norm.tok.{lang}.gz"

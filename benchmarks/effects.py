@@ -133,15 +133,13 @@ def _in_words(a, b, metric, r):
         over = f" ({_seeds(r['boot_seeds'])})" if r.get("boot_seeds") else ""
         holm_text = f", Holm-adjusted {p_value_text(r['p_holm'])}" if "p_holm" in r else ""
         why.append(f"paired bootstrap{over} p {'= ' if r['p'] > 0.001 else ''}{p_value_text(r['p'])}{holm_text}")
-    else:
-        why.append("no per-item statistics: no paired bootstrap")
     if r.get("seed_ci") is None:
         why.append("one seed only: no interval over seeds")
     elif not r["seeds_agree"]:
         why.append("the interval over seeds includes 0")
     why.append(f"{r['a_better']} of {len(r['seeds'])} seeds better")
     said = {"one seed": "no verdict on one seed", "significant": "a significant difference",
-            "no per-item statistics": "no verdict without the paired bootstrap",
+            "no per-item statistics": "no verdict (no per-item statistics, so no paired bootstrap)",
             "not significant": "**not a significant difference** (it could be noise)"}[verdict(r)]
     return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {said}: {'; '.join(why)}."
 

@@ -30,8 +30,10 @@ class LocalJob:
     def __init__(self, argv, log):
         Path(log).parent.mkdir(parents=True, exist_ok=True)
         with open(log, "a") as f:  # the child keeps its own copy of the descriptor
+            # its own session: a Ctrl-C at the terminal (or `timeout`'s signal to its group) reaches the grid alone,
+            # which passes one SIGTERM on; a second signal would stop the run without its checkpoint
             self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], stdout=f,
-                                            stderr=subprocess.STDOUT,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
                                             env={**os.environ, ENV_STOP_WITH_PARENT: str(os.getpid())})
 
     def poll(self):

@@ -26,7 +26,6 @@ from benchmarks import plan as planning, run, select
 from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.executors import EXECUTORS, make_executor
 from benchmarks.grid_report import Display, final_metric, schemes_tables, summary_lines, verdicts
-from benchmarks.merge import load_runs
 from core import SCHEMES
 from tasks.base import TASKS
 
@@ -114,7 +113,8 @@ def make_plan(args, parser):
                                                                             "--device", str(args.device)]
     extra += ["--data-dir", args.data_dir] if args.data_dir else []
     extra += ["--custom-data"] * args.custom_data + ["--no-download"] * args.no_download
-    settings = planning.Settings(args.out, args.run_dir, args.epochs, tuple(args.set), tuple(extra), precision, grids)
+    settings = planning.Settings(out=args.out, run_dir=args.run_dir, epochs=args.epochs, sets=tuple(args.set),
+                                 extra=tuple(extra), precision=precision, grids=grids)
     jobs = []
     for name in names:
         task_cls = TASKS[name]
@@ -191,7 +191,7 @@ class Grid:
 
     def _skip_if_done(self, i):
         job = self.jobs[i]
-        if job.p is not None and job.kind != "ensemble" and done_before(job, self.settings):
+        if job.p is not None and planning.done_before(job, self.settings):
             self._set(i, "skipped", "finished before: " + final_metric(job, self.settings))
 
     def _make_choices(self):
@@ -260,15 +260,6 @@ class Grid:
         self.handles.clear()
 
 
-def done_before(job, settings):
-    """A run whose run dir holds its result and whose table has it: nothing to do."""
-    if not (planning.job_run_dir(job, settings) / "result.json").exists():
-        return False
-    table = load_runs(planning.job_table(job, settings))
-    return any(isinstance(r, dict) and r.get("variant") == job.variant and r.get("seed") == job.seed
-               and r.get("dropout") == job.p[0] and not r.get("ensemble") for r in table)
-
-
 def executor_parameters(args):
     parameters = {"timeout_min": args.time_min, "cpus_per_task": args.threads, "gpus_per_node": args.gpus_per_job}
     return {**parameters, **({"slurm_partition": args.partition} if args.partition else {})}
@@ -281,7 +272,7 @@ def main(argv=None):
         parser.error("--threads and --jobs must be >= 1")
     jobs, settings, device = make_plan(args, parser)
     slots = args.jobs or (16 if args.executor == "slurm" else max(1, (os.cpu_count() or 1) // args.threads))
-    planning.print_plan(jobs, args.out, device, slots, args.executor, every_job=args.dry_run)
+    planning.print_plan(jobs, settings, device, slots, args.executor, every_job=args.dry_run)
     if args.dry_run:
         return 0
     try:

@@ -5,22 +5,24 @@
     python -m benchmarks.paper --device cuda --cuda-graphs    # steps replayed from CUDA graphs (no launch overhead)
     python -m benchmarks.paper --dry-run                      # the plan, nothing run
 
-Each (preset, variant, seed) is one `benchmarks.run --resume` process with a checkpoint every few minutes, so a
-cut command continues where it stopped when run again. The jobs run `--parallel` at a time (default: all of
-them on a GPU, where the LM's small batches leave the device mostly idle, so side by side is faster than one
-after the other; one at a time on a CPU). Their tables are merged into results/lm/<preset>.{md,json,png}
-(benchmarks.report --into: what was added, replaced or refused is printed), with the paper's columns. The paper
+One plan of benchmarks.grid: each (preset, variant, seed) is one `benchmarks.run --resume` process with a
+checkpoint every few minutes, so a cut command continues where it stopped when run again. The jobs run
+`--parallel` at a time (default: all of them on a GPU, where the LM's small batches leave the device mostly idle,
+so side by side is faster than one after the other; one at a time on a CPU). Each job's row lands in
+results/lm/<preset>.{md,json,png} (with the paper's columns) the moment it ends, under the table's lock; SIGTERM
+stops the running jobs at a checkpoint and keeps every finished row. The paper
 trained in fp32: that is the default here (TF32 off); `--precision tf32` allows TF32 and labels its tables so.
 """
 import argparse
-import os
-import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from core.interrupt import ENV_STOP_WITH_PARENT
+from benchmarks import plan as planning
+from benchmarks.executors import LocalExecutor
+from benchmarks.grid import Grid
+from benchmarks.grid_report import Display, summary_lines
+from benchmarks.runconfig import table_label
+from tasks.base import load_tasks
 
 TABLE1 = (("small", "none", 1), ("medium", "zaremba", 1), ("medium", "zaremba", 2), ("large", "zaremba", 1))
 
@@ -36,28 +38,23 @@ def parse_jobs(text):
     return jobs
 
 
-def job_command(preset, variant, seed, args):
-    label = preset + ("" if args.precision == "fp32" else f"-{args.precision}")
-    out = Path(args.work) / "out" / f"{preset}-{variant}-{seed}"
-    command = [sys.executable, "-m", "benchmarks.run", "--task", "lm", "--preset", preset, "--variants", variant,
-               "--seeds", str(seed), "--device", args.device, "--precision", args.precision, "--resume",
-               "--checkpoint-every", str(args.checkpoint_every), "--out", str(out),
-               "--run-dir", str(Path(args.work) / "runs"), "--no-progress"]
-    if args.threads:
-        command += ["--threads", str(args.threads)]
-    if args.cuda_graphs:
-        command.append("--cuda-graphs")
-    return command, out / "lm" / f"{label}.json", label
-
-
-def run_job(command, log):
-    """One job, its output in `log`; it stops (saving its checkpoint) if this command is stopped."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    with open(log, "a") as f:
-        code = subprocess.call(command, stdout=f, stderr=subprocess.STDOUT,
-                               env={**os.environ, ENV_STOP_WITH_PARENT: str(os.getpid())})
-    return code, time.time() - started
+def table1_plan(jobs, args):
+    """(jobs of the grid, settings): one benchmarks.run --resume job per (preset, variant, seed), each checkpointing
+    every few minutes and merged into results/lm/<preset>[-<precision>].json the moment it ends."""
+    lm = load_tasks()["lm"]
+    extra = ["--device", args.device, "--checkpoint-every", str(args.checkpoint_every)]
+    extra += ["--threads", str(args.threads)] * bool(args.threads) + ["--cuda-graphs"] * args.cuda_graphs
+    extra += ["--custom-data"] * args.custom_data
+    settings = planning.Settings(out=args.out, run_dir=str(Path(args.work) / "runs"), extra=tuple(extra),
+                                 precision=args.precision, logs=str(Path(args.work) / "logs"))
+    planned = []
+    for preset, variant, seed in jobs:
+        if preset not in lm.presets:
+            raise ValueError(f"bad job {preset}:{variant}:{seed}: lm has no preset {preset!r} ({', '.join(lm.presets)})")
+        p = 0.0 if variant == "none" else lm.presets[preset]["dropout"]
+        planned.append(planning.Job("lm", preset, table_label(lm, preset, precision=args.precision), variant, seed,
+                                    (p, None), p_from="none" if variant == "none" else "preset"))
+    return planned, settings
 
 
 def main(argv=None):
@@ -74,41 +71,27 @@ def main(argv=None):
                         "(core.graphs; recorded in the tables' config)")
     parser.add_argument("--checkpoint-every", type=float, default=3.0, metavar="MINUTES",
                         help="checkpoint within an epoch every MINUTES (default 3), so a cut run resumes")
-    parser.add_argument("--work", default="runs/paper", help="run dirs, logs and per-job tables (default runs/paper)")
-    parser.add_argument("--out", default="results", help="where the merged tables go (default results/)")
+    parser.add_argument("--custom-data", action="store_true", help="as benchmarks.run: PTB files of your own")
+    parser.add_argument("--work", default="runs/paper", help="run dirs and logs (default runs/paper)")
+    parser.add_argument("--out", default="results", help="where the tables go (default results/)")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
     args = parser.parse_args(argv)
     try:
-        jobs = parse_jobs(args.jobs)
+        jobs, settings = table1_plan(parse_jobs(args.jobs), args)
     except ValueError as err:
         parser.error(str(err))
     parallel = args.parallel or (len(jobs) if args.device.startswith("cuda") else 1)
     if parallel < 1:
         parser.error(f"--parallel must be >= 1, got {parallel}")
-    planned = [(job, *job_command(*job, args)) for job in jobs]
-    for (preset, variant, seed), command, _, _ in planned:
-        print(f"{preset} {variant} seed {seed}: {' '.join(command[1:])}")
+    device = args.device if args.device == "cpu" or args.dry_run else planning.device_name(args.device)
+    planning.print_plan(jobs, settings, device, parallel, every_job=args.dry_run)
     if args.dry_run:
+        print("\n".join(planning.command_text(planning.job_argv(job, settings)) for job in jobs))
         return 0
-    logs = Path(args.work) / "logs"
-    with ThreadPoolExecutor(parallel) as pool:
-        done = list(pool.map(lambda p: run_job(p[1], logs / f"{p[0][0]}-{p[0][1]}-{p[0][2]}.log"), planned))
-    failed = [(job, code) for (job, *_), (code, _) in zip(planned, done) if code]
-    for (job, _, _, _), (code, seconds) in zip(planned, done):
-        print(f"{job[0]} {job[1]} seed {job[2]}: {'ok' if not code else f'exit {code}'} in {seconds / 60:.1f} min")
-    tables = {}
-    for (job, _, table, label), (code, _) in zip(planned, done):
-        if not code and table.exists():
-            tables.setdefault(label, []).append(str(table))
-    for label, parts in tables.items():
-        merged = subprocess.call([sys.executable, "-m", "benchmarks.report", *parts, "--into",
-                                  str(Path(args.out) / "lm" / f"{label}.json")])
-        if merged:
-            failed.append(((label, "merge", None), merged))
-    if failed:
-        sys.exit("error: " + "; ".join(f"{j[0]} {j[1]} seed {j[2]}: exit {c} (log in {logs})" for j, c in failed)
-                 + ". Run the same command again to resume.")
-    return 0
+    grid = Grid(jobs, settings, LocalExecutor(), parallel, Display(jobs))
+    grid.run()  # each job's rows land in its table as it ends; SIGTERM stops the running ones at a checkpoint
+    print("\n".join(summary_lines(grid, settings)), flush=True)
+    return 130 if grid.stopping else 1 if "failed" in grid.status else 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import runconfig as run
-from benchmarks.merge import load_runs, singles
+from benchmarks.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, singles
 from core.utils import pick_device
 from tasks.base import TASKS
 
@@ -83,6 +83,7 @@ class Settings:
     sets: tuple = ()  # --set KEY=VALUE strings
     extra: tuple = ()  # more runner flags: --user-dir, --threads, --device, --data-dir, ...
     precision: str = "fp32"  # resolved (never "auto"): it names the tables
+    logs: str = None  # the jobs' output (default: <run_dir>/grid-logs)
     grids: dict = field(default_factory=dict)  # scheme (or None: every scheme) -> grid points
 
     @property
@@ -173,7 +174,7 @@ def job_argv(job, settings, source_table=None):
 def log_path(job, settings):
     """Where a job's output goes: <run-dir>/grid-logs/<task>_<label>_<variant>_..."""
     stem = job.name().replace("/", "_").replace(" ", "_").replace(",", "-").replace("=", "")
-    return Path(settings.run_dir) / "grid-logs" / f"{stem}.log"
+    return Path(settings.logs or Path(settings.run_dir) / "grid-logs") / f"{stem}.log"
 
 
 def command_text(argv):
@@ -183,6 +184,24 @@ def command_text(argv):
 def _quote(arg):
     import shlex
     return shlex.quote(arg)
+
+
+def done_before(job, settings):
+    """Whether the job's run is already in its table with the config this grid would train (a committed table's
+    none and zaremba rows, say, or a job finished before a kill): then there is nothing to do."""
+    planned = {**run.preset_config(TASKS[job.task], job.preset, settings.epochs, dict(job.overrides)),
+               "precision": settings.precision}
+    planned.pop("scheme_dropout", None)
+    for entry in load_runs(job_table(job, settings)):
+        if not isinstance(entry, dict) or (entry.get("variant"), entry.get("dropout")) != (job.variant, job.p[0]):
+            continue
+        same_run = (tuple(entry.get("ensemble") or ()) == job.ensemble if job.kind == "ensemble" else
+                    entry.get("seed") == job.seed and not entry.get("ensemble"))
+        config = {**CONFIG_DEFAULTS, **entry.get("config", {})}
+        if same_run and config.get("zoneout_cell") == job.p[1] and all(
+                config.get(k) == v for k, v in planned.items() if k not in SEED_KEYS):
+            return True
+    return False
 
 
 # ---- estimates from the wall times already recorded in results/ ------------------------------------------------
@@ -241,9 +260,12 @@ def minutes(seconds):
     return "unknown" if seconds is None else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def describe(jobs, out, device, slots, executor="local"):
-    """(one paragraph: what will run and for how long, [one line per job with its estimate and dependencies])."""
-    estimates = [estimate(out, job, device) for job in jobs]
+def describe(jobs, settings, device, slots, executor="local"):
+    """(one paragraph: what will run and for how long, [one line per job with its estimate and dependencies]);
+    jobs already in their tables count as 0."""
+    out = settings.out
+    estimates = [(0.0, "finished before: in its table") if job.p is not None and done_before(job, settings)
+                 else estimate(out, job, device) for job in jobs]
     seconds = [s for s, _ in estimates]
     unknown = sum(s is None for s in seconds)
     kinds = {k: sum(j.kind == k for j in jobs) for k in ("select", "run", "ensemble")}
@@ -263,6 +285,8 @@ def describe(jobs, out, device, slots, executor="local"):
     else:
         when = (f"Estimated {minutes(total)} with {at_once}, from the wall times recorded in {out}/ on {device}"
                 + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
+    done = sum(how.startswith("finished before") for _, how in estimates)
+    when = (f"{done} of the {len(jobs)} jobs are in their tables already (skipped). " if done else "") + when
     paragraph = f"Plan: {what} into {', '.join(tables)}; p: {'; '.join(sources)}. {when}"
     lines = []
     for i, (job, (s, how)) in enumerate(zip(jobs, estimates)):
@@ -271,8 +295,8 @@ def describe(jobs, out, device, slots, executor="local"):
     return paragraph, lines
 
 
-def print_plan(jobs, out, device, slots, executor="local", every_job=False, file=None):
-    paragraph, lines = describe(jobs, out, device, slots, executor)
+def print_plan(jobs, settings, device, slots, executor="local", every_job=False, file=None):
+    paragraph, lines = describe(jobs, settings, device, slots, executor)
     print(paragraph, file=file or sys.stdout, flush=True)
     if every_job:
         print("\n".join(lines), file=file or sys.stdout, flush=True)

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.locks import table_lock  # noqa: E402
-from core.provenance import code_version  # noqa: E402
+from core.provenance import code_version, fp32_math_text  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from benchmarks.significance import seed_interval  # noqa: E402
@@ -205,7 +205,7 @@ def markdown(task, label, preset, runs):
         if prov.get("world_size", 1) > 1:
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
         lines.append(f"- {run['variant']} p={p_text(run)} {who}: {code_version(prov)}, "
-                     f"torch {prov['torch']}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
+                     f"torch {prov['torch']}{fp32_math_text(prov)}, {prov['device']}, {hw}, {_duration(run['wall_s'])} of {spent}, "
                      f"finished {run['finished']}; `{prov['command']}`" + _mc_origin(run))
     return "\n".join(lines) + "\n"
 

@@ -175,7 +175,7 @@ def validate(args, parser):
         args.precision = resolve_precision(args.precision, args.device)
     except ValueError as err:
         parser.error(str(err))
-    if args.cuda_graphs and (problem := check_graphable(task_cls, args.device)):
+    if args.cuda_graphs and (problem := check_graphable(task_cls, args.device, schemes=args.variants)):
         parser.error(problem)
     return task_cls
 
@@ -239,8 +239,9 @@ def print_plan(task_cls, args, label):
             jobs.append(planning.Job(args.task, args.preset, label, variant, seed,
                                      (config["dropout"], config.get("zoneout_cell")), kind="select" * args.valid_only
                                      or "run", p_from=p_source(task_cls, args, variant)))
-    device = planning.device_name(str(args.device))
-    planning.print_plan(jobs, args.out, device, 1, "one after the other; benchmarks.grid runs them in parallel")
+    settings = planning.Settings(out=args.out, run_dir=args.run_dir, epochs=args.epochs, precision=args.precision)
+    planning.print_plan(jobs, settings, planning.device_name(str(args.device)), 1,
+                        "one after the other; benchmarks.grid runs them in parallel")
 
 
 def make_task(task_cls, args, config):

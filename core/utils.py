@@ -85,8 +85,9 @@ def pick_device(name="auto"):
     except RuntimeError as err:
         raise ValueError(f"bad --device {name!r}: {err}; use auto, cpu or cuda[:N]") from None
     if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        from core.precision import set_fp32_math
+
+        set_fp32_math(tf32=False)
     return device
 
 

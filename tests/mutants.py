@@ -20,6 +20,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (file, [(old, new), ...], test files that must fail)
 MUTANTS = {
+    "table merge without its lock": ("core/locks.py", [
+        ("        fcntl.flock(fd, fcntl.LOCK_EX)\n        _claim(fd)\n        yield", "        yield"),
+    ], ["tests/test_grid.py"]),
+    "seed jobs start before their p is chosen": ("benchmarks/plan.py", [
+        ("            after = [i for i, j in enumerate(jobs) if j.kind == \"select\" and j.choice == job.choice]",
+         "            after = []"),
+    ], ["tests/test_grid.py"]),
     "no inter-layer dropout": ("core/lstm.py", [
         ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
         ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),

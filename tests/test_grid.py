@@ -240,3 +240,11 @@ def test_selection_takes_only_the_selection_seed_and_names_the_others(tmp_path):
     found, notes = select.collect(TASKS["lm"], "tiny", [tmp_path / "sel"])
     assert [r["dropout"] for r in found] == [0.1]
     assert "has seed 2, not the selection seed 1" in notes[0] and "tiny-select.json" in notes[0]
+
+
+def test_a_cluster_executor_without_submitit_names_the_extra(monkeypatch, tmp_path):
+    from benchmarks.executors import make_executor
+
+    monkeypatch.setitem(sys.modules, "submitit", None)  # what an environment without it gives: an ImportError
+    with pytest.raises(ValueError, match=r'pip install -e "\.\[cluster\]"'):
+        make_executor("slurm", tmp_path, {})

@@ -10,9 +10,12 @@ from core.precision import resolve_precision
 def test_the_default_plan_is_table_1_in_fp32(capsys):
     assert paper.main(["--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["small none seed 1", "medium zaremba seed 1",
-                                                      "medium zaremba seed 2", "large zaremba seed 1"]
-    assert all("--precision fp32" in line and "--resume" in line and "--checkpoint-every 3.0" in line for line in lines)
+    assert lines[0].startswith("Plan: 4 runs into lm/large, lm/medium, lm/small")
+    assert [line.split(":")[0] for line in lines[1:5]] == ["#1 lm/small none p=0 seed 1", "#2 lm/medium zaremba p=0.5 seed 1",
+                                                           "#3 lm/medium zaremba p=0.5 seed 2", "#4 lm/large zaremba p=0.65 seed 1"]
+    commands = lines[5:]
+    assert len(commands) == 4 and all("--precision fp32" in c and "--resume" in c and "--checkpoint-every 3.0" in c
+                                      for c in commands)
     with pytest.raises(SystemExit):
         paper.main(["--jobs", "medium:zaremba", "--dry-run"])
     assert "PRESET:VARIANT:SEED" in capsys.readouterr().err
@@ -22,25 +25,21 @@ def test_tf32_is_fp32_off_cuda():
     assert resolve_precision("tf32", "cpu") == "fp32"
 
 
-def test_the_paper_command_runs_its_jobs_side_by_side_and_merges_their_tables(tiny_ptb, tmp_path, monkeypatch, capfd):
+def test_the_paper_command_runs_its_jobs_side_by_side_and_lands_each_row_as_it_ends(tiny_ptb, tmp_path, monkeypatch,
+                                                                                      capfd):
     monkeypatch.setenv("RNNREG_DATA_DIR", str(tiny_ptb))
     work, out = tmp_path / "work", tmp_path / "results"
     args = ["--device", "cpu", "--jobs", "tiny:none:1,tiny:zaremba:1,tiny:zaremba:2", "--parallel", "2",
-            "--threads", "1", "--work", str(work), "--out", str(out)]
-    monkeypatch.setattr(paper, "job_command", _with_custom_data(paper.job_command))
+            "--threads", "1", "--work", str(work), "--out", str(out), "--custom-data"]
     assert paper.main(args) == 0
     runs = json.loads((out / "lm" / "tiny.json").read_text())
     assert sorted((r["variant"], r["seed"]) for r in runs) == [("none", 1), ("zaremba", 1), ("zaremba", 2)]
-    assert "3 added, 0 replaced, 0 refused" in capfd.readouterr().out
-    assert paper.main(args) == 0  # again: every job resumes its finished run, nothing is retrained
+    output = capfd.readouterr().out
+    assert "Grid: 3 jobs finished, 0 finished before, 0 failed, 0 not run." in output
+    assert (work / "logs" / "lm_tiny_zaremba_p0.3_seed_2.log").exists()
+    assert paper.main(args) == 0  # again: every job was finished, nothing is retrained
+    assert "Grid: 0 jobs finished, 3 finished before" in capfd.readouterr().out
     assert json.loads((out / "lm" / "tiny.json").read_text()) == runs
-
-
-def _with_custom_data(job_command):
-    def wrapped(*a, **k):
-        command, table, label = job_command(*a, **k)
-        return command + ["--custom-data"], table, label
-    return wrapped
 
 
 def test_an_lm_training_step_never_reads_a_value_back_to_the_host(tmp_path, monkeypatch):
@@ -71,3 +70,27 @@ def test_an_lm_training_step_never_reads_a_value_back_to_the_host(tmp_path, monk
         state = out.state
         steps += 1
     assert steps > 10 and reads["n"] == 0
+
+
+def test_a_terminated_paper_command_keeps_every_finished_row_and_resumes_the_rest(tiny_ptb, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent
+    work, out = tmp_path / "work", tmp_path / "results"
+    args = [sys.executable, "-m", "benchmarks.paper", "--device", "cpu", "--jobs", "tiny:none:1,tiny:zaremba:1",
+            "--parallel", "1", "--threads", "1", "--work", str(work), "--out", str(out), "--custom-data"]
+    env = {**__import__("os").environ, "RNNREG_DATA_DIR": str(tiny_ptb)}
+    proc = subprocess.Popen(args, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if "#2 lm/tiny zaremba p=0.3 seed 1: running" in line:  # the first row has landed, the second trains
+            break
+    proc.send_signal(signal.SIGTERM)  # what `timeout` sends
+    rest = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, rest
+    assert "Grid: 1 jobs finished" in rest and "1 not run" in rest
+    assert [r["variant"] for r in json.loads((out / "lm" / "tiny.json").read_text())] == ["none"]
+    again = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "1 finished before" in again.stdout
+    assert [r["variant"] for r in json.loads((out / "lm" / "tiny.json").read_text())] == ["none", "zaremba"]

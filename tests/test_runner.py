@@ -23,7 +23,7 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
     run.main(["--task", "lm", "--preset", "tiny", "--variants", "none,zaremba,naive", "--data-dir", str(tiny_ptb), "--custom-data",
               "--out", str(out), "--run-dir", str(runs), "--no-progress", "--device", "cpu"])
     files = sorted(p.name for p in (out / "lm").iterdir())
-    assert files == ["tiny.json", "tiny.md", "tiny.png"]
+    assert files == [".tiny.json.lock", "tiny.json", "tiny.md", "tiny.png"]  # the lock that merges wait on
     entries = json.loads((out / "lm" / "tiny.json").read_text())
     assert [(e["variant"], e["dropout"]) for e in entries] == [("naive", 0.3), ("none", 0.0), ("zaremba", 0.3)]
     for e in entries:

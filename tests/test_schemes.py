@@ -181,11 +181,17 @@ def test_embedding_dropout_drops_word_types():
 
 
 def _fake_runs(variants, base, spread, metric="test_acc", valid_spread=None):
+    """Runs whose test accuracy also has per-utterance statistics (100 utterances of 100 frames that add up to
+    it), so the paired bootstrap can back a verdict (docs/results.md: seeds alone never do)."""
     valid = metric.replace("test_", "valid_")
-    return [{"variant": v, "dropout": 0.0 if v == "none" else 0.3, "seed": s, "config": {},
+    runs = [{"variant": v, "dropout": 0.0 if v == "none" else 0.3, "seed": s, "config": {},
              "metrics": {metric: base + i * spread + 0.1 * s,
                          valid: base + i * (spread if valid_spread is None else valid_spread) + 0.1 * s}}
             for i, v in enumerate(variants) for s in (1, 2, 3)]
+    if metric == "test_acc":
+        for run in runs:
+            run["details"] = {"items": {"acc": [[run["metrics"][metric] + (k % 3 - 1) * 0.5, 100] for k in range(100)]}}
+    return runs
 
 
 def test_cross_task_schemes_table_and_figure(tmp_path):
@@ -208,6 +214,8 @@ def test_cross_task_schemes_table_and_figure(tmp_path):
     assert rows["zoneout"].split(" | ")[1:] == ["not run yet", "84.20 ± 0.10 (p=0.3, 3 seeds); Δ none +4.00 "
                                                "[+4.00, +4.00] * |"]  # columns by task name: caption, speech
     assert "lm" not in rows["scheme"]  # a task without a table gets no column
+    caption_cell = rows["zaremba"].split(" | ")[1]  # Δ none -2.00 on every seed, but no per-item statistics
+    assert "Δ none -2.00 [-2.00, -2.00]" in caption_cell and "*" not in caption_cell
     assert "- speech: **zoneout** ranks first on validation acc (84.20, runner-up zaremba 82.20), and the lead holds " \
            "significantly on test: test 84.20 vs 82.20, over 3 paired seeds.\n" in text
     assert "over 3 paired seeds. Not run yet on caption, so not in the ranking: zoneout.\n" in text

@@ -6,13 +6,19 @@ Trainer, on random data of the preset's shape (Task.synthetic_data), so no corpu
     python -m benchmarks.speed --task lm --preset medium --device cuda --cuda-graphs --variants none,zaremba
                                                         # + rows replayed from CUDA graphs (not weightdrop)
     python -m benchmarks.speed --task mt                 # the cpu preset's shape; beam 12 and beam 1 decoding too
+    python -m benchmarks.speed --task lm --preset small --precision fp32,bf16   # + rows <scheme>-bf16 (autocast)
+    python -m benchmarks.speed --task lm --preset small --variants zaremba --precision fp32,bf16 --profile
+                                                        # torch.profiler's top ops of a training pass, no timing
     python -m benchmarks.speed --user-dir my_tasks --task charlm
     python -m benchmarks.speed --checkpoint runs/mt/cpu/zaremba-p0.2-seed1/best.pt   # decoding a trained model
 
 Beside our schemes, a task may time published peers on the same batches (Task.speed_peers; the LM: the
 pytorch/examples word_language_model as published) and extra jobs (Task.speed_jobs; MT: beam decoding).
-Timings are interleaved (every implementation once, then again) and the median of the repeats is reported.
-Writes results/<task>/speed.json (all measurements so far) and results/<task>/speed.md.
+Timings are interleaved (every implementation once, then again: A B A B ..., so drift hits all alike) and the
+median of the repeats is reported. `--precision bf16` times each scheme under bf16 autocast as well (its training,
+evaluation and extra jobs; the peers stay fp32, as published) where the device has native bf16; elsewhere it says
+so and times no bf16 row. Writes results/<task>/speed.json (all measurements so far, one entry per preset,
+machine, threads, code version and precisions) and results/<task>/speed.md.
 """
 import argparse
 import itertools
@@ -32,14 +38,13 @@ from core import SCHEMES, Trainer, TrainConfig
 from core.download import DataError, data_root
 from core.graphs import check_graphable
 from core.interrupt import stop_with_parent
+from core.precision import NATIVE_BF16_FLAGS, autocast, cpu_bf16_flags, native_bf16
 from core.utils import pick_device, provenance, write_json, write_text
-from benchmarks.report import SPEED_KEYS, load_runs, threads_text
-from core.provenance import code_version, fp32_math_text
+from benchmarks.report import SPEED_KEYS, load_runs
+from benchmarks.speed_table import SPEED_PRECISIONS, machine_text, markdown, row_name
+from core.provenance import code_version, cpu_model
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry
 from tasks.base import get_task, load_checkpoint, load_tasks
-
-COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
-           "beam1_sent_s": "beam 1 sent/s", "peak_mb": "peak memory MB"}  # other job names are shown as they are
 
 
 def timed(fn, device):
@@ -53,10 +58,12 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def scheme_jobs(task_cls, config, variant, device, steps, graphs=False):
+def scheme_jobs(task_cls, config, variant, device, steps, graphs=False, precision="fp32"):
     """{job: (fn, items)} for one scheme: training and evaluation passes over `steps` synthetic batches, and the
-    task's extra jobs (not with `graphs`: steps replayed from CUDA graphs); plus the task object (its peers)."""
-    cfg = {**config, "scheme": variant, "dropout": 0.0 if variant == "none" else config["dropout"], "seed": 1}
+    task's extra jobs (not with `graphs`: steps replayed from CUDA graphs), all under `precision`'s autocast;
+    plus the task object (its peers)."""
+    cfg = {**config, "scheme": variant, "dropout": 0.0 if variant == "none" else config["dropout"], "seed": 1,
+           "precision": precision}
     task = task_cls(cfg)
     task.synthetic_data(batches=steps, seed=0)
     torch.manual_seed(0)
@@ -79,10 +86,19 @@ def scheme_jobs(task_cls, config, variant, device, steps, graphs=False):
         for batch in batches:
             eval_state = trainer.eval_step(batch, eval_state).state
 
-    jobs = {"train_tok_s": (train, tokens), "eval_tok_s": (evaluate, tokens)}
+    jobs = {"train_tok_s": (train, tokens), "eval_tok_s": (evaluate, tokens)}  # the Trainer autocasts its steps
     if not graphs:
-        jobs.update(task.speed_jobs(trainer.model, device))
+        for job, (fn, items) in task.speed_jobs(trainer.model, device).items():
+            jobs[job] = (_under(fn, precision, device), items)
     return jobs, task, batches, tokens
+
+
+def _under(fn, precision, device):
+    """`fn` run under `precision`'s autocast, as a run's own decoding is (benchmarks.run)."""
+    def run():
+        with autocast(precision, device):
+            return fn()
+    return run
 
 
 def peer_jobs(task, batches, tokens, device):
@@ -93,17 +109,26 @@ def peer_jobs(task, batches, tokens, device):
     return jobs
 
 
-def measure(task_cls, config, variants, device, steps, warmup, repeats, graphs=False):
-    """{implementation: {job: items per second}}: the task's peers first, then each scheme (and with `graphs`
-    each scheme replayed from CUDA graphs, as "<scheme>+graphs")."""
+def implementations(task_cls, config, variants, device, steps, graphs=False, precisions=("fp32",)):
+    """{implementation: {job: (fn, items)}}: the task's peers first (fp32, as published), then each scheme in each
+    precision ("<scheme>", "<scheme>-bf16"; with `graphs` also replayed from CUDA graphs, "<scheme>+graphs")."""
     impls = {}
-    for variant in variants:
-        jobs, task, batches, tokens = scheme_jobs(task_cls, config, variant, device, steps)
+    for variant, precision in itertools.product(variants, precisions):
+        name = row_name(variant, precision)
+        jobs, task, batches, tokens = scheme_jobs(task_cls, config, variant, device, steps, precision=precision)
         if not impls:
             impls.update(peer_jobs(task, batches, tokens, device))
-        impls[variant] = jobs
+        impls[name] = jobs
         if graphs:
-            impls[f"{variant}+graphs"] = scheme_jobs(task_cls, config, variant, device, steps, graphs=True)[0]
+            impls[f"{name}+graphs"] = scheme_jobs(task_cls, config, variant, device, steps, graphs=True,
+                                                  precision=precision)[0]
+    return impls
+
+
+def measure(task_cls, config, variants, device, steps, warmup, repeats, graphs=False, precisions=("fp32",)):
+    """{implementation: {job: items per second}} (see `implementations`): every job of every implementation once
+    per repeat, in the same order each time, and the median of the repeats."""
+    impls = implementations(task_cls, config, variants, device, steps, graphs, precisions)
     for jobs in impls.values():  # warm-up: allocations and kernel choice
         for fn, _ in jobs.values():
             for _ in range(warmup):
@@ -117,24 +142,25 @@ def measure(task_cls, config, variants, device, steps, warmup, repeats, graphs=F
             for impl, jobs in times.items()}
 
 
-def peak_memory_mb(task_cls, config, variant, device, steps, user_dirs=None):
+def peak_memory_mb(task_cls, config, variant, device, steps, user_dirs=None, precision="fp32"):
     """Peak memory of training `steps` synthetic batches: on GPU the most allocated by torch; on CPU the peak
     resident size of a fresh process that builds the task and trains (so it includes torch itself)."""
     if device.type == "cuda":
-        jobs = scheme_jobs(task_cls, config, variant, device, steps)[0]
+        jobs = scheme_jobs(task_cls, config, variant, device, steps, precision=precision)[0]
         torch.cuda.reset_peak_memory_stats(device)
         jobs["train_tok_s"][0]()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     context = multiprocessing.get_context("spawn")
     with context.Pool(1, initializer=stop_with_parent, initargs=(os.getpid(),)) as pool:
-        return pool.apply(_train_in_child, (task_cls.name, user_dirs, config, variant, steps, torch.get_num_threads()))
+        return pool.apply(_train_in_child, (task_cls.name, user_dirs, config, variant, steps, torch.get_num_threads(),
+                                            precision))
 
 
-def _train_in_child(name, user_dirs, config, variant, steps, threads):
+def _train_in_child(name, user_dirs, config, variant, steps, threads, precision="fp32"):
     torch.set_num_threads(threads)
     load_tasks(user_dirs)
-    jobs = scheme_jobs(get_task(name), config, variant, torch.device("cpu"), steps)[0]
+    jobs = scheme_jobs(get_task(name), config, variant, torch.device("cpu"), steps, precision=precision)[0]
     jobs["train_tok_s"][0]()
     return _peak_rss_mb()
 
@@ -168,61 +194,6 @@ def trained_decoding(path, split, device, data_dir, repeats, custom_data=False):
     return task, {key: statistics.median(values) for key, values in speeds.items()}
 
 
-def _shape(cfg):
-    parts = [f"batch {cfg['batch_size']}"] if "batch_size" in cfg else []
-    if "layers" in cfg and "hidden" in cfg:
-        parts.append(f"{cfg['layers']}x{cfg['hidden']}")
-    parts += [f"{k} {cfg[k]}" for k in ("bptt", "emb", "decode_batch_size") if k in cfg]
-    return ", ".join(parts + [f"p={cfg['dropout']:g} for the dropout schemes"])
-
-
-def markdown(task_cls, entries):
-    lines = [f"# {task_cls.name} / speed", "",
-             "Items per second (tokens for training and evaluation, sentences for decoding) on random data of the "
-             "preset's shape: training is forward, backward, clip and optimizer step through the real Trainer; "
-             "evaluation is the forward pass. Peak memory: training the same batches, on GPU the most torch "
-             "allocated, on CPU the peak resident size of a fresh process (torch itself included). Produced by "
-             "`python -m benchmarks.speed`; median of interleaved repeats." + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
-    trained = [e for e in entries if e.get("kind") == "trained"]
-    for entry in [e for e in entries if e.get("kind") != "trained"]:
-        prov, results = entry["provenance"], entry["results"]
-        hw = prov.get("gpu") or f"{prov['cpu_model']}, {threads_text(prov['torch_threads'])}"
-        jobs = list(dict.fromkeys(job for r in results.values() for job in r))
-        peer = next((impl for impl in results if impl.split("+")[0] not in SCHEMES), None)
-        header = ["implementation"]
-        for job in jobs:
-            header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if peer and job in results[peer] else [])
-        lines += [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", "",
-                  f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats.", "",
-                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for impl, r in results.items():
-            cells = [impl]
-            for job in jobs:
-                value = r.get(job)
-                cells.append("—" if value is None else f"{value:,.1f}" if value < 1000 else f"{value:,.0f}")
-                if peer and job in results[peer]:
-                    cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}{fp32_math_text(prov)}, "
-                      f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
-    if trained:
-        lines += ["## Decoding a trained model", "",
-                  "The task's own decoding (beam search as in the results, its preset's width and batch) of a trained "
-                  "checkpoint over a real split: real lengths and early stops, unlike the worst case above. "
-                  "`python -m benchmarks.speed --checkpoint ...`; median of the repeats. One row per checkpoint, "
-                  "split, machine, threads and commit, so a row timed with older code stays beside the new one.", "",
-                  "| checkpoint | split | beam | speed | device | threads | commit |", "|---|---|---|---|---|---|---|"]
-        for entry in trained:
-            prov = entry["provenance"]
-            speed = ", ".join(f"{value:,.1f} {SPEED_KEYS[key]}" for key, value in entry["results"].items())
-            machine = prov.get("gpu") or ", ".join(filter(None, (prov["cpu_model"], prov.get("cpu_capability"))))
-            note = f" ({prov['note']})" if prov.get("note") else ""
-            lines.append(f"| `{entry['checkpoint']}` | {entry['split']} | {entry['config'].get('beam', '—')} | "
-                         f"{speed} | {prov['device']} ({machine}) | {prov['torch_threads']} | {code_version(prov)}{note} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__,
@@ -240,6 +211,11 @@ def main(argv=None):
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     parser.add_argument("--cuda-graphs", action="store_true", help="also time each scheme's steps replayed from "
                         "CUDA graphs (rows <scheme>+graphs; tasks with static shapes, on CUDA)")
+    parser.add_argument("--precision", default="fp32", help="comma list of fp32, bf16 (default: fp32): each scheme "
+                        "in each, bf16 as rows <scheme>-bf16 (autocast) where the device has native bf16; the peers "
+                        "stay fp32")
+    parser.add_argument("--profile", action="store_true", help="instead of timing: torch.profiler's top ops by self "
+                        "CPU time of one training pass of each implementation (nothing is written)")
     parser.add_argument("--checkpoint", help="instead: time the decoding of this trained best.pt on --split")
     parser.add_argument("--split", default="valid", choices=("valid", "test"),
                         help="the split --checkpoint decodes (default: valid; only the speed is recorded)")
@@ -263,28 +239,65 @@ def main(argv=None):
         parser.error(f"--variants: choose from {', '.join(SCHEMES)}, got {args.variants!r}")
     if min(args.steps, args.repeats) < 1 or args.warmup < 0:
         parser.error("--steps and --repeats must be >= 1 and --warmup >= 0")
+    precisions = list(dict.fromkeys(p.strip() for p in args.precision.split(",") if p.strip()))
+    if not precisions or any(p not in SPEED_PRECISIONS for p in precisions):
+        parser.error(f"--precision: a comma list of {', '.join(SPEED_PRECISIONS)}, got {args.precision!r}")
     device = device_with_threads(args, parser)
+    precisions = native_precisions(precisions, device)
     if args.cuda_graphs and (problem := check_graphable(task_cls, device, schemes=variants)):
         parser.error(problem)
     config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all
+    if args.profile:
+        from benchmarks.speed_profile import print_profiles
+
+        return print_profiles(implementations(task_cls, config, variants, device, args.steps, args.cuda_graphs,
+                                              precisions), device)
     origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))
     try:
-        results = measure(task_cls, config, variants, device, args.steps, args.warmup, args.repeats, args.cuda_graphs)
+        results = measure(task_cls, config, variants, device, args.steps, args.warmup, args.repeats, args.cuda_graphs,
+                          precisions)
         if not args.no_memory:
-            for variant in variants:
-                results[variant]["peak_mb"] = peak_memory_mb(task_cls, config, variant, device, args.steps,
-                                                             args.user_dir)
+            for variant, precision in itertools.product(variants, precisions):
+                results[row_name(variant, precision)]["peak_mb"] = peak_memory_mb(
+                    task_cls, config, variant, device, args.steps, args.user_dir, precision)
     except NotImplementedError as err:
         sys.exit(f"error: {err}")
-    entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats,
+    entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats, "precisions": precisions,
              "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = Path(args.out) / task_cls.name / "speed.json"
-    same = lambda e: (e.get("preset"), e["provenance"]["device"]) == (preset, origin["device"])  # noqa: E731
+    same = lambda e: e.get("kind") != "trained" and _entry_key(e) == _entry_key(entry)  # noqa: E731
     entries = [e for e in load_runs(path) if not same(e)] + [entry]
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(task_cls, entries))
     print(markdown(task_cls, [entry]))
+
+
+def _entry_key(entry):
+    """One entry (one table section) per preset, machine, threads, code version and set of precisions: a run on
+    another machine, with other threads, newer code or other precisions keeps the older section beside it."""
+    prov = entry["provenance"]
+    return (entry.get("preset"), prov["device"], machine_text(prov), prov.get("torch_threads"), code_version(prov),
+            tuple(entry.get("precisions", ["fp32"])))
+
+
+def native_precisions(precisions, device):
+    """`precisions` less bf16 where `device` has no native bf16 (emulated bf16 is slower than fp32: its rows would
+    say nothing), which is said in one line; an error when nothing is left to time."""
+    if "bf16" not in precisions or native_bf16(device):
+        return precisions
+    if device.type == "cuda":
+        what = f"this GPU ({torch.cuda.get_device_name(device)}) has no bf16"
+    else:
+        where = (f"none of {', '.join(NATIVE_BF16_FLAGS)} in /proc/cpuinfo" if cpu_bf16_flags() is not None
+                 else "oneDNN's check")
+        what = f"this CPU ({cpu_model()}, {torch.backends.cpu.get_cpu_capability()}) has no native bf16 ({where})"
+    line = f"--precision bf16: {what}: no bf16 row is timed"
+    left = [p for p in precisions if p != "bf16"]
+    if not left:
+        sys.exit(f"error: {line}, and nothing else was asked for (--precision fp32 times the fp32 rows)")
+    print(line, file=sys.stderr)
+    return left
 
 
 def time_checkpoint(args, argv, parser):

@@ -2,10 +2,16 @@
 it natively."""
 import contextlib
 import warnings
+from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16")
+# /proc/cpuinfo flags of native bf16 arithmetic: AVX512_BF16 and AMX (x86), the BF16 extension (aarch64);
+# amx_tile is recorded beside amx_bf16 (AMX's tiles) but is no bf16 arithmetic on its own
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "bf16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+CPUINFO = Path("/proc/cpuinfo")
 
 
 def resolve_precision(precision, device):
@@ -25,13 +31,44 @@ def resolve_precision(precision, device):
         if device.type == "cuda":  # the switches are global: set them for this process's run
             set_fp32_math(tf32=resolved == "tf32")
         return resolved
-    native = (torch.cuda.is_bf16_supported() if device.type == "cuda"
-              else torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    if not native:
+    if not native_bf16(device):
         warnings.warn(f"--precision bf16: this {device.type.upper()} has no native bf16 support (bf16 would be "
                       "emulated, slower than fp32): running in fp32", stacklevel=2)
         return "fp32"
     return precision
+
+
+def read_cpuinfo():
+    """The text of /proc/cpuinfo, or None where there is none (not Linux)."""
+    try:
+        return CPUINFO.read_text()
+    except OSError:
+        return None
+
+
+def cpu_bf16_flags(cpuinfo=None):
+    """The bf16 flags (BF16_FLAGS) of the first processor in `cpuinfo` (its text; None: this machine's
+    /proc/cpuinfo): a list, empty for a CPU without them, or None where there is no /proc/cpuinfo."""
+    text = read_cpuinfo() if cpuinfo is None else cpuinfo
+    if text is None:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):  # x86, aarch64
+            present = set(line.partition(":")[2].split())
+            return [flag for flag in BF16_FLAGS if flag in present]
+    return []
+
+
+def native_bf16(device, cpuinfo=None):
+    """Whether `device` does bf16 arithmetic natively: a GPU with bf16; a CPU with avx512_bf16, amx_bf16 (or
+    aarch64's bf16) in /proc/cpuinfo. Not oneDNN's own check, which also says yes for plain AVX-512 (where it
+    emulates bf16, slower than fp32); without /proc/cpuinfo (not Linux) that check is all there is."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    flags = cpu_bf16_flags(cpuinfo)
+    if flags is None:
+        return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return any(flag in NATIVE_BF16_FLAGS for flag in flags)
 
 
 def set_fp32_math(tf32):

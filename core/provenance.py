@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from core.precision import fp32_math
+from core.precision import NATIVE_BF16_FLAGS, cpu_bf16_flags, fp32_math, read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("core", "tasks", "benchmarks")
@@ -75,12 +75,9 @@ def git_commit(root=ROOT):
 
 
 def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    for line in (read_cpuinfo() or "").splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -89,6 +86,8 @@ def hardware(device):
     desc = {"device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512: one CPU name, two speeds
+            # native bf16 or not (/proc/cpuinfo; None where there is none: cpu_capability is all there is)
+            "cpu_bf16": cpu_bf16_flags(),
             "fp32_math": fp32_math(device)}  # IEEE or TF32 (bf16 on some CPUs): set by --precision, global
     if device.type == "cuda":
         desc["gpu"] = torch.cuda.get_device_name(device)
@@ -124,3 +123,12 @@ def fp32_math_text(prov):
     runs recorded before provenance had it."""
     math = prov.get("fp32_math") or {}
     return f", fp32 matmul {math['matmul']}, cuDNN {math['cudnn']}" if "cudnn" in math else ""
+
+
+def cpu_text(prov):
+    """How a table names a run's CPU: "AMD EPYC, AVX512, native bf16 (avx512_bf16)", or "..., no native bf16";
+    only what the provenance recorded (older runs lack the capability and the bf16 flags)."""
+    flags = prov.get("cpu_bf16")
+    bf16 = None if flags is None else (f"native bf16 ({', '.join(flags)})" if set(flags) & set(NATIVE_BF16_FLAGS)
+                                       else "no native bf16")
+    return ", ".join(filter(None, (prov.get("cpu_model"), prov.get("cpu_capability"), bf16)))

@@ -122,10 +122,13 @@ def test_bf16_autocast_keeps_the_loss_in_fp32_and_close_to_fp32(tiny_config, tin
     assert float(bf16.nll) != float(fp32.nll)  # the forward pass really ran in bf16
 
 
-def test_bf16_without_native_support_falls_back_to_fp32_with_one_warning(monkeypatch):
+def test_bf16_without_native_support_falls_back_to_fp32_with_one_warning(monkeypatch, tmp_path):
+    import core.precision
     from core.trainer import resolve_precision
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    cpuinfo = tmp_path / "cpuinfo"  # a CPU without avx512_bf16/amx_bf16, read by the real /proc/cpuinfo reader
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
+    monkeypatch.setattr(core.precision, "CPUINFO", cpuinfo)
     with pytest.warns(UserWarning, match="no native bf16 support"):
         assert resolve_precision("bf16", "cpu") == "fp32"
     assert resolve_precision("fp32", "cpu") == "fp32"

@@ -1,0 +1,103 @@
+"""The table of benchmarks.speed (results/<task>/speed.md) and the names of its rows."""
+from core import SCHEMES
+from benchmarks.report import SPEED_KEYS, threads_text
+from core.provenance import code_version, cpu_text, fp32_math_text
+
+COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
+           "beam1_sent_s": "beam 1 sent/s", "peak_mb": "peak memory MB"}  # other job names are shown as they are
+SPEED_PRECISIONS = ("fp32", "bf16")  # tf32 is a process-wide switch: it cannot be interleaved with fp32 rows
+
+
+def row_name(variant, precision):
+    """A scheme's row: "zaremba" in fp32, "zaremba-bf16" under bf16 autocast."""
+    return variant if precision == "fp32" else f"{variant}-{precision}"
+
+
+def scheme_of(impl):
+    """The scheme of a row name ("zaremba-bf16+graphs" -> "zaremba"); a peer's name for a peer."""
+    base = impl.split("+")[0]
+    for precision in SPEED_PRECISIONS[1:]:
+        base = base.removesuffix(f"-{precision}")
+    return base
+
+
+def _shape(cfg):
+    parts = [f"batch {cfg['batch_size']}"] if "batch_size" in cfg else []
+    if "layers" in cfg and "hidden" in cfg:
+        parts.append(f"{cfg['layers']}x{cfg['hidden']}")
+    parts += [f"{k} {cfg[k]}" for k in ("bptt", "emb", "decode_batch_size") if k in cfg]
+    return ", ".join(parts + [f"p={cfg['dropout']:g} for the dropout schemes"])
+
+
+def _precision_text(entry):
+    precisions = entry.get("precisions", ["fp32"])
+    if precisions == ["fp32"]:
+        return ""
+    return (f"; precision {' and '.join(precisions)} (rows `<scheme>-bf16`: forward passes under bf16 autocast, "
+            "loss and softmax in fp32; peers in fp32 as published)")
+
+
+def machine_text(prov):
+    """The GPU, or the CPU with its capability and bf16 support, of a run's provenance."""
+    return prov.get("gpu") or cpu_text(prov)
+
+
+INTRO = ("Items per second (tokens for training and evaluation, sentences for decoding) on random data of the "
+         "preset's shape: training is forward, backward, clip and optimizer step through the real Trainer; evaluation "
+         "is the forward pass. Peak memory: training the same batches, on GPU the most torch allocated, on CPU the "
+         "peak resident size of a fresh process (torch itself included). Produced by `python -m benchmarks.speed`; "
+         "median of interleaved repeats. Each section is one run on one machine (its heading names the CPU's vector "
+         "capability and whether it has native bf16): compare rows within a section.")
+
+
+def markdown(task_cls, entries):
+    lines = [f"# {task_cls.name} / speed", "", INTRO + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
+    for entry in entries:
+        if entry.get("kind") != "trained":
+            lines += _section(entry)
+    trained = [e for e in entries if e.get("kind") == "trained"]
+    if trained:
+        lines += _trained_section(trained)
+    return "\n".join(lines)
+
+
+def _section(entry):
+    """One run's rows against its peer (the first implementation that is no scheme: the published reference)."""
+    prov, results = entry["provenance"], entry["results"]
+    hw = prov.get("gpu") or f"{cpu_text(prov)}, {threads_text(prov['torch_threads'])}"
+    jobs = list(dict.fromkeys(job for r in results.values() for job in r))
+    peer = next((impl for impl in results if scheme_of(impl) not in SCHEMES), None)
+    compared = [job for job in jobs if peer and job in results[peer]]
+    header = ["implementation"]
+    for job in jobs:
+        header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if job in compared else [])
+    lines = [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", "",
+             f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats{_precision_text(entry)}.",
+             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for impl, row in results.items():
+        cells = [impl]
+        for job in jobs:
+            value = row.get(job)
+            cells.append("—" if value is None else f"{value:,.1f}" if value < 1000 else f"{value:,.0f}")
+            if job in compared:
+                cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}{fp32_math_text(prov)}, "
+                        f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
+
+
+def _trained_section(trained):
+    lines = ["## Decoding a trained model", "",
+             "The task's own decoding (beam search as in the results, its preset's width and batch) of a trained "
+             "checkpoint over a real split: real lengths and early stops, unlike the worst case above. "
+             "`python -m benchmarks.speed --checkpoint ...`; median of the repeats. One row per checkpoint, "
+             "split, machine, threads and commit, so a row timed with older code stays beside the new one.", "",
+             "| checkpoint | split | beam | speed | device | threads | commit |", "|---|---|---|---|---|---|---|"]
+    for entry in trained:
+        prov = entry["provenance"]
+        speed = ", ".join(f"{value:,.1f} {SPEED_KEYS[key]}" for key, value in entry["results"].items())
+        note = f" ({prov['note']})" if prov.get("note") else ""
+        lines.append(f"| `{entry['checkpoint']}` | {entry['split']} | {entry['config'].get('beam', '—')} | "
+                     f"{speed} | {prov['device']} ({machine_text(prov)}) | {prov['torch_threads']} | "
+                     f"{code_version(prov)}{note} |")
+    return lines + [""]

@@ -2,7 +2,9 @@
 ops by self CPU time for one training pass (all --steps batches) of each implementation, after one untimed pass.
 Ops are grouped by input shape, so the LM's output layer (the mm/addmm with the vocabulary's 10k columns) and its
 softmax stand apart from the LSTM's products; under bf16 the LSTM is aten::mkldnn_rnn_layer in bf16 and the casts
-between ops are aten::_to_copy/aten::copy_. Nothing is written to results/: a profile is for looking, not a table.
+between ops are aten::_to_copy/aten::copy_. An op that autocast casts for is recorded twice, nested (the autocast
+layer, then the kernel: aten::mkldnn_rnn_layer shows twice the calls in bf16 but runs once): read Self CPU, not the
+call count. Nothing is written to results/: a profile is for looking, not a table.
 """
 import torch
 from torch.profiler import ProfilerActivity, profile

@@ -1,9 +1,12 @@
 """Command-line pieces shared by the benchmark commands (run, speed, mc), and the run-dir guard of run."""
+import os
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from core.locks import Locked, lock_run_dir
 from core.precision import PRECISIONS
 from core.utils import defined_in, pick_device
 from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, load_tasks
@@ -96,3 +99,37 @@ def move_aside(run_dir):
         target, n = run_dir.with_name(f"{run_dir.name}.old-{stamp}-{n}"), n + 1
     run_dir.rename(target)
     return target
+
+
+def unwritable_folder(folder):
+    """A message when `folder` could not be created or written (checked before training, creating nothing)."""
+    existing = Path(folder).absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return (f"cannot write to {folder}: {existing} is a file, not a folder; move it away or pick another "
+                "--out / --run-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "the file system is read-only" if _read_only(existing) else "no write permission"
+        return f"cannot write to {folder}: {why} at {existing}; pick another --out / --run-dir"
+    return None
+
+
+def _read_only(folder):
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+
+
+def check_folders(args, planned):
+    """Every folder the runs will write (the task's results folder, each run dir), checked before training."""
+    for folder in [Path(args.out) / args.task] + [d for dirs in planned.values() for d in dirs]:
+        if problem := unwritable_folder(folder):
+            sys.exit(f"error: {problem}")
+
+
+def lock_runs(planned):
+    """Hold each run dir's lock until this process ends: a second launch of the same runs stops at once, naming
+    this one (a lock of a killed process is released by the kernel, so it is never stale)."""
+    try:
+        return [lock_run_dir(d) for dirs in planned.values() for d in dirs]
+    except Locked as err:
+        sys.exit(f"error: {err}")

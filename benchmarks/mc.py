@@ -31,7 +31,8 @@ from core.download import DataError, data_root  # noqa: E402
 from core.interrupt import stop_with_parent  # noqa: E402
 from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
-from benchmarks.report import load_runs, threads_text  # noqa: E402
+from benchmarks.merge import read_json  # noqa: E402
+from benchmarks.report import threads_text  # noqa: E402
 from core.provenance import code_version  # noqa: E402
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
 from benchmarks.effects import fmt, interval_text, p_value_text  # noqa: E402
@@ -196,7 +197,7 @@ def record(out, task_cls, entry):
     path = Path(out) / task_cls.name / "mc.json"
     same = lambda e: (e["checkpoint"], e["provenance"]["device"]) == (  # noqa: E731
         entry["checkpoint"], entry["provenance"]["device"])
-    entries = sorted([e for e in load_runs(path) if not same(e)] + [entry],
+    entries = sorted([e for e in read_json(path) if not same(e)] + [entry],
                      key=lambda e: (e["label"], e["variant"], e["seed"], e["checkpoint"]))
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(task_cls, entries))

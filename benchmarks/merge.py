@@ -13,14 +13,38 @@ SEED_KEYS = ("scheme", "dropout", "seed", "zoneout_cell")  # what may differ bet
 CONFIG_DEFAULTS = {"precision": "fp32", "embed_dropout": 0.0}  # settings added later: runs recorded before them had these values
 
 
-def load_runs(path):
+def read_json(path, default=()):
+    """A JSON file written by this suite (`default` when it does not exist); a ValueError naming the file and the
+    fix when it is not readable JSON (binary garbage, a cut write)."""
     path = Path(path)
     if not path.exists():
-        return []
+        return list(default)
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); fix or delete it") from None
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is damaged: not readable JSON ({err}). {_FIX.format(path=path)}") from None
+
+
+_FIX = ("Restore it (git checkout -- {path}, or a backup) or move it away; nothing was written. Its runs can be "
+        "merged again from their run dirs with benchmarks.report --into")
+RUN_FIELDS = {"variant": str, "metrics": dict, "config": dict}
+
+
+def load_runs(path):
+    """The runs of a results table ([] when it does not exist), each checked for the fields every reader needs:
+    damage is one ValueError naming the file, the run and the fix, before anything is trained or written."""
+    runs = read_json(path)
+    if not isinstance(runs, list):
+        raise ValueError(f"{path} is damaged: a results table is a JSON list of runs, this holds "
+                         f"{type(runs).__name__}. {_FIX.format(path=path)}")
+    for i, run in enumerate(runs):
+        missing = [k for k, kind in RUN_FIELDS.items() if not isinstance(run, dict) or not isinstance(run.get(k), kind)]
+        if not missing and not isinstance(run.get("dropout", run["config"].get("dropout")), (int, float)):
+            missing = ["dropout"]
+        if missing or "seed" not in run:
+            raise ValueError(f"{path} is damaged: run {i + 1} of {len(runs)} lacks {', '.join(missing or ['seed'])} "
+                             f"(or has the wrong type). {_FIX.format(path=path)}")
+    return runs
 
 
 PAPER_ORDER = ("none", "zaremba", "naive", "variational", "weightdrop", "zoneout")  # the paper's comparison first

@@ -3,7 +3,7 @@ cross-task schemes table (benchmarks/schemes.py). Rewritten by every benchmarks.
 from pathlib import Path
 
 from benchmarks.effects import fmt as _fmt
-from benchmarks.merge import load_runs, singles
+from benchmarks.merge import load_runs, read_json, singles
 from core.locks import table_lock
 from core.utils import write_text
 from tasks.base import load_tasks
@@ -32,9 +32,10 @@ def overview(out_dir):
              "|" + "---|" * (len(SCHEMES) + 6)]
     for name, task in sorted(tasks.items()):
         for path in sorted((out_dir / name).glob("*.json")):
-            runs = load_runs(path)
-            if not runs or not isinstance(runs, list) or "metrics" not in runs[0]:
+            data = read_json(path)
+            if not data or not isinstance(data, list) or "metrics" not in data[0] or "config" not in data[0]:
                 continue  # not a results table: speed.json, mc.json, <preset>-selection.json
+            runs = load_runs(path)
             headline = task.extra_test_metrics[:1]  # the main metric and the first extra one (the table has all)
             keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in headline]
             metric = "test " + " / ".join([task.main_metric] + [label for _, label in headline])

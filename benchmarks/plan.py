@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from benchmarks import runconfig as run
-from benchmarks.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, singles
+from benchmarks.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json, singles
 from core.utils import pick_device
 from tasks.base import TASKS
 
@@ -221,7 +221,7 @@ def recorded_walls(out, job, device):
 
     names = [f"{job.label}-selection.json", f"{job.label}.json"] if job.kind == "select" else [f"{job.label}.json"]
     for name in names:
-        found = load_runs(Path(out) / job.task / name)
+        found = read_json(Path(out) / job.task / name)
         runs = found.get("runs", []) if isinstance(found, dict) else found
         walls = {}
         for r in singles(runs) if isinstance(runs, list) else []:

@@ -321,6 +321,11 @@ def main(argv=None):
         load_tasks(args.user_dir)
     except (ValueError, ImportError) as err:
         parser.error(f"--user-dir: {err}")
+    try:
+        for path in [*args.json, *[args.into] * bool(args.into)]:
+            load_runs(path)  # every table checked before anything is written
+    except ValueError as err:
+        parser.error(str(err))
     if args.into:
         into = Path(args.into)
         pairs = [(run, str(path)) for path in args.json for run in load_runs(path)]

@@ -25,13 +25,15 @@ from core.cache import ENV_CACHE_DIR
 from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.monitor import rounded
-from core.utils import did_you_mean, pick_device, provenance, seed_everything, write_text
+from core.locks import release
+from core.utils import WriteError, did_you_mean, pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
 from benchmarks import plan as planning
-from benchmarks.cli import add_device_flags, add_user_dir_flag, list_tasks, load_task_registry, move_aside, runs_in_the_way
+from benchmarks.cli import (add_device_flags, add_user_dir_flag, check_folders, list_tasks, load_task_registry,
+                            lock_runs, move_aside, runs_in_the_way, unwritable_folder)
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 from benchmarks.runconfig import (  # noqa: F401 (re-exported: select and plan read them from here)
-    parse_fixed_p, parse_overrides, preset_config, run_name, table_label)
+    p_source, parse_fixed_p, parse_overrides, preset_config, run_name, table_label)
 
 
 def build_parser():
@@ -167,7 +169,7 @@ def validate(args, parser):
                 parser.error(str(err))
             if not args.valid_only and task_cls.selection_only(config):
                 parser.error(task_cls.selection_only(config))
-    unwritable = _unwritable(args.out) or _unwritable(args.run_dir)
+    unwritable = unwritable_folder(args.out) or unwritable_folder(args.run_dir)
     if unwritable:
         parser.error(unwritable)
     try:
@@ -178,27 +180,6 @@ def validate(args, parser):
     if args.cuda_graphs and (problem := check_graphable(task_cls, args.device, schemes=args.variants)):
         parser.error(problem)
     return task_cls
-
-
-def _unwritable(folder):
-    """A message when `folder` could not be created or written (checked before training, creating nothing)."""
-    existing = Path(folder).absolute()
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"cannot write to {folder}: {existing} is a file, not a folder; pick another --out / --run-dir"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"cannot write to {folder}: no write permission on {existing}; pick another --out / --run-dir"
-    return None
-
-
-def p_source(task_cls, args, variant):
-    """Where a run's p comes from, as its table says it: 'preset', 'set by hand (--p)' or '--dropout'."""
-    if variant == "none":
-        return "none"
-    if variant in getattr(args, "fixed_p", {}):
-        return getattr(args, "p_from", {}).get(variant, "set by hand (--p)")
-    return "--dropout" if args.dropout is not None else "preset"
 
 
 def run_label(args):
@@ -264,7 +245,7 @@ def train_one(task_cls, args, config, run_dir, origin):
                       cuda_graphs=config.get("cuda_graphs", False))
     result = trainer.fit(resume=args.resume, test=not args.valid_only)
     if result is None:  # a DDP rank other than 0
-        return None
+        return None, trainer.stop_requested
     if args.mc_samples:
         seed_everything(config["seed"])  # the MC masks are reproducible
         with autocast(config["precision"], args.device):
@@ -280,7 +261,7 @@ def train_one(task_cls, args, config, run_dir, origin):
     return {"variant": config["scheme"], "dropout": config["dropout"], "seed": config["seed"], "preset": args.preset,
             "p_from": p_source(task_cls, args, config["scheme"]), **result,
             "config": config, "provenance": origin, "data": task.data_info(),
-            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}, trainer.stop_requested
 
 
 def load_best(task, run_dir, device):
@@ -312,6 +293,17 @@ def evaluate_ensemble(task_cls, args, variant, run_dirs, origin):
             "wall_s": round(time.time() - started, 1), "details": details, "config": {**config, "seed": None},
             "provenance": origin, "data": task.data_info(),
             "finished": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def write_table(args, task_cls, label, entries, kept_in, resume):
+    """Merge the entries into their table and redraw the overview; if that fails, the runs are kept (their
+    result.json) and the message gives the command that writes the table later."""
+    try:
+        write_results(args.out, task_cls, label, args.preset, entries)
+        write_overview(args.out)
+    except (OSError, ValueError) as err:
+        sys.exit(f"error: {err}\nThe run is kept in {kept_in} (result.json); once that is fixed, this writes its "
+                 f"table without training again:\n  {resume}")
 
 
 def check_mergeable(task_cls, args, label):
@@ -348,6 +340,17 @@ def main(argv=None):
     check_mergeable(task_cls, args, label)
     planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)
                    for s in args.seeds] for v in args.variants}
+    check_folders(args, planned)
+    held = lock_runs(planned) if main_rank else []
+    try:
+        train_all(task_cls, args, argv, label, planned, origin, main_rank)
+    finally:
+        for fd in held:
+            release(fd)
+
+
+def train_all(task_cls, args, argv, label, planned, origin, main_rank):
+    """Train every planned run (the run dirs are locked) and write their table."""
     if main_rank and len(args.variants) * len(args.seeds) > 1:
         print_plan(task_cls, args, label)
     try:
@@ -358,28 +361,31 @@ def main(argv=None):
         for run_dir in in_the_way:
             print(f"--overwrite: moved {run_dir} aside to {move_aside(run_dir)}", flush=True)
     distributed.barrier()
+    launcher = "torchrun ... -m benchmarks.run " if distributed.world_size() > 1 else "python -m benchmarks.run "
+    resume = launcher + shlex.join(a for a in argv if a not in ("--resume", "--overwrite")) + " --resume"
     for variant in args.variants:
         run_dirs = planned[variant]
         for seed, run_dir in zip(args.seeds, run_dirs):
             config = run_config(task_cls, args, variant, seed)
             try:
-                entry = train_one(task_cls, args, config, run_dir, origin)
+                entry, stopped = train_one(task_cls, args, config, run_dir, origin)
+            except WriteError as err:
+                sys.exit(f"error: {err}. Make room (or fix the folder), then continue with:\n  {resume}")
             except (DataError, FloatingPointError, ValueError, OSError) as err:
                 sys.exit(f"error: {err}")
             except Interrupted as stop:
-                launcher = "torchrun ... -m benchmarks.run " if distributed.world_size() > 1 else "python -m benchmarks.run "
-                command = launcher + shlex.join(a for a in argv if a != "--resume") + " --resume"
                 if main_rank:
-                    print(f"{stop}. Continue with:\n  {command}", file=sys.stderr)
+                    print(f"{stop}. Continue with:\n  {resume}", file=sys.stderr)
                 sys.exit(130)
             if not main_rank:  # rank 0 evaluates, decodes and writes; the other ranks are done
                 continue
-            write_results(args.out, task_cls, label, args.preset, [entry])
-            write_overview(args.out)
+            write_table(args, task_cls, label, [entry], run_dir, resume)
+            if stopped:  # a signal during the final test pass: the run finished first, now stop
+                print(f"stopped by a signal after {run_dir} finished. Continue with:\n  {resume}", file=sys.stderr)
+                sys.exit(130)
         if args.ensemble and main_rank:
-            write_results(args.out, task_cls, label, args.preset,
-                          [evaluate_ensemble(task_cls, args, variant, run_dirs, origin)])
-            write_overview(args.out)
+            write_table(args, task_cls, label, [evaluate_ensemble(task_cls, args, variant, run_dirs, origin)],
+                        run_dirs[0].parent, resume)
     if main_rank:
         print(f"wrote {Path(args.out) / args.task / label}.{{json,md,png}}")
 

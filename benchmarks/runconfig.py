@@ -96,3 +96,12 @@ def preset_config(task_cls, preset, epochs=None, overrides=None):
 def run_name(variant, dropout, seed):
     """The folder of one run under <run-dir>/<task>/<label>/."""
     return f"{variant}-p{dropout:g}-seed{seed}"
+
+
+def p_source(task_cls, args, variant):
+    """Where a run's p comes from, as its table says it: 'preset', 'set by hand (--p)' or '--dropout'."""
+    if variant == "none":
+        return "none"
+    if variant in getattr(args, "fixed_p", {}):
+        return getattr(args, "p_from", {}).get(variant, "set by hand (--p)")
+    return "--dropout" if args.dropout is not None else "preset"

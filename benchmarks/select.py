@@ -26,6 +26,7 @@ from pathlib import Path
 from benchmarks import run
 from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.effects import LOWER_IS_BETTER, p_text
+from benchmarks.merge import read_json
 from benchmarks.report import SEED_KEYS, load_runs
 from core.provenance import code_version
 from core.interrupt import ENV_STOP_WITH_PARENT
@@ -101,7 +102,7 @@ def collect(task, preset, folders, earlier=None, reference=None, seed=None):
     runs, notes = [], []
     tables = sorted({p for folder in folders for p in Path(folder).rglob(f"{task.name}/*-select.json")})
     for path in [earlier] * bool(earlier) + tables:
-        found = load_runs(path)
+        found = read_json(path) if path == earlier else load_runs(path)
         for run in found.get("runs", []) if isinstance(found, dict) else found:
             if not isinstance(run, dict) or run.get("preset") != preset or run.get("seed") is None:
                 continue

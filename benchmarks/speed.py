@@ -40,7 +40,8 @@ from core.graphs import check_graphable
 from core.interrupt import stop_with_parent
 from core.precision import NATIVE_BF16_FLAGS, autocast, cpu_bf16_flags, native_bf16
 from core.utils import pick_device, provenance, write_json, write_text
-from benchmarks.report import SPEED_KEYS, load_runs
+from benchmarks.merge import read_json
+from benchmarks.report import SPEED_KEYS
 from benchmarks.speed_table import SPEED_PRECISIONS, machine_text, markdown, row_name
 from core.provenance import code_version, cpu_model
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry
@@ -267,7 +268,7 @@ def main(argv=None):
              "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = Path(args.out) / task_cls.name / "speed.json"
     same = lambda e: e.get("kind") != "trained" and _entry_key(e) == _entry_key(entry)  # noqa: E731
-    entries = [e for e in load_runs(path) if not same(e)] + [entry]
+    entries = [e for e in read_json(path) if not same(e)] + [entry]
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(task_cls, entries))
     print(markdown(task_cls, [entry]))
@@ -318,7 +319,7 @@ def time_checkpoint(args, argv, parser):
     key = lambda e: (e.get("checkpoint"), e.get("split"), e["provenance"]["device"],  # noqa: E731
                      e["provenance"].get("torch_threads"), code_version(e["provenance"]))
     same = lambda e: key(e) == key(entry)  # noqa: E731
-    entries = [e for e in load_runs(path) if not same(e)] + [entry]
+    entries = [e for e in read_json(path) if not same(e)] + [entry]
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(type(task), entries))
     print(f"{args.checkpoint} on {args.split}: " + ", ".join(f"{v:,.1f} {SPEED_KEYS[k]}" for k, v in results.items()))

@@ -25,8 +25,9 @@ def stop_on_signals(trainer):
         if trainer.stop_requested:
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
         trainer.stop_requested = True
-        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step, then stopping "
-                   "(send it again to stop at once)")
+        what = ("finishing the final test pass first (the run is then complete), then stopping"
+                if getattr(trainer, "phase", None) == "test" else "saving a checkpoint after this step, then stopping")
+        tqdm.write(f"{signal.Signals(signum).name}: {what} (send it again to stop at once)")
 
     if threading.current_thread() is not threading.main_thread():
         yield

@@ -47,13 +47,15 @@ def table_lock(table):
         os.close(fd)  # closing releases the lock
 
 
-LOCK_NAME = ".lock"  # inside a run dir
+def run_dir_lock_file(run_dir):
+    """Beside the run dir, not in it: --overwrite moves the run dir aside while the lock stays put."""
+    return Path(run_dir).parent / f".{Path(run_dir).name}.lock"
 
 
 def lock_run_dir(run_dir):
     """Take the lock of `run_dir` for as long as this process runs (or until `release`); raise Locked naming the
     holder when another live process has it. Returns the lock's file descriptor."""
-    fd = _open_lock(Path(run_dir) / LOCK_NAME)
+    fd = _open_lock(run_dir_lock_file(run_dir))
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

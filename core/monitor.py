@@ -12,6 +12,8 @@ import time
 
 from tqdm.auto import tqdm
 
+from core.utils import write_error
+
 
 class PlainBar:
     """A progress 'bar' for logs: one line every `every` (a fraction) of the pass, with the run's rate."""
@@ -66,10 +68,14 @@ class Monitor:
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), flush_secs=30)
 
     def _append(self, record):
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(rounded(record)) + "\n")
-            f.flush()
+        path = self.run_dir / "log.jsonl"
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                f.write(json.dumps(rounded(record)) + "\n")
+                f.flush()
+        except OSError as err:
+            raise write_error(path, err) from err
 
     def note(self, record):
         """A line of its own in log.jsonl (e.g. where a resumed run continued)."""

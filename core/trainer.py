@@ -234,6 +234,7 @@ class Trainer:
         if self.stop_requested:  # the last checkpoint holds every epoch: --resume redoes only this evaluation
             raise Interrupted(self.run_dir / "checkpoint.pt")
         if test:
+            self.phase = "test"  # a signal now lets the test pass finish (stop_on_signals says so)
             test = self.evaluate("test")
             extra, details = self._decode("test")
             if not distributed.is_main():
@@ -297,17 +298,13 @@ class Trainer:
             ranks = distributed.gather_rng_states(self.rank_rng)
         if not distributed.is_main():
             return
-        try:
-            save_torch({
-                "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "history": self.history, "best": self.best, "config": asdict(self.config),
-                "rng_cpu": torch.get_rng_state(), "within": within, "rng_ranks": ranks,
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            }, self.run_dir / "checkpoint.pt")
-        except OSError as err:  # the write goes through a temp file: the previous checkpoint is still whole
-            raise OSError(f"could not write the checkpoint {self.run_dir / 'checkpoint.pt'} ({err}); the previous "
-                          "checkpoint is intact. Free disk space (or fix the folder's permissions) and resume "
-                          "with --resume") from err
+        # a failed write is a WriteError naming the file and the cause; the previous checkpoint is still whole
+        save_torch({
+            "epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "history": self.history, "best": self.best, "config": asdict(self.config),
+            "rng_cpu": torch.get_rng_state(), "within": within, "rng_ranks": ranks,
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }, self.run_dir / "checkpoint.pt")
 
     def _load_checkpoint(self):
         """Restore the last finished epoch; returns its number (0 when there is nothing to resume)."""

@@ -2,6 +2,8 @@
 device choice and the command line of the decoding tools (run provenance: core/provenance.py, re-exported)."""
 import argparse
 import difflib
+import errno
+import io
 import json
 import os
 import random
@@ -12,18 +14,83 @@ from pathlib import Path
 import torch
 
 
+class WriteError(OSError):
+    """A file could not be written; the message names it, the cause and that the previous file is intact."""
+
+    def __str__(self):
+        return self.strerror
+
+
+CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
+          errno.EFBIG: "the file is larger than this process may write (a file-size limit)",
+          errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write there",
+          errno.EPERM: "no permission to write there", errno.ENOTDIR: "a part of the path is a file, not a folder"}
+
+
+def write_error(path, err):
+    """A WriteError naming `path` and the cause of the OSError `err` in words."""
+    cause = CAUSES.get(err.errno, err.strerror or str(err))
+    return WriteError(err.errno, f"could not write {path}: {cause} ({errno.errorcode.get(err.errno, err.errno)}); "
+                                 f"the previous {Path(path).name}, if any, is intact")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _clean_stale_temporaries(path):
+    """Remove temporaries of `path` (ours: .<name>.<pid>.<random>.tmp) left by processes that are gone."""
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write(path, write_fn, mode="w"):
-    """Write through a temp file in the same folder, then rename: readers never see half a file."""
+    """Write through a temp file in the same folder, flushed to disk, then rename (and sync the folder): readers
+    never see half a file, and a crash or power loss leaves the previous file or the new one. The file gets the
+    umask's mode (not mkstemp's 0600). Any failure is a WriteError naming the file and the cause."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clean_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as err:
+        raise write_error(path, err) from err
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+        _sync_folder(path.parent)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, err) from err
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _sync_folder(folder):
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path, text):
@@ -35,7 +102,11 @@ def write_json(path, obj):
 
 
 def save_torch(obj, path):
-    atomic_write(path, lambda f: torch.save(obj, f), mode="wb")
+    """torch.save through memory, then one plain write: on a full disk torch's own writer fails with a RuntimeError
+    ("unexpected pos") that names no cause, while a plain write raises the OSError that says what went wrong."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()), mode="wb")
 
 
 def rng_states_on_cpu(saved):

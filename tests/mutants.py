@@ -20,6 +20,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (file, [(old, new), ...], test files that must fail)
 MUTANTS = {
+    "no run-dir lock (double launch)": ("benchmarks/cli.py", [
+        ("        return [lock_run_dir(d) for dirs in planned.values() for d in dirs]", "        return []"),
+    ], ["tests/test_faults.py"]),
+    "torch.save straight to the file (full disk: no cause named)": ("core/utils.py", [
+        ("    buffer = io.BytesIO()\n    torch.save(obj, buffer)\n    atomic_write(path, lambda f: f.write(buffer.getbuffer()), mode=\"wb\")",
+         "    atomic_write(path, lambda f: torch.save(obj, f), mode=\"wb\")"),
+    ], ["tests/test_faults.py"]),
+    "damaged tables not checked": ("benchmarks/merge.py", [
+        ("    for i, run in enumerate(runs):\n        missing", "    for i, run in enumerate(runs[:0]):\n        missing"),
+    ], ["tests/test_faults.py"]),
+    "writes ignore the umask": ("core/utils.py", [
+        ("        os.chmod(tmp, 0o666 & ~_umask())\n", ""),
+    ], ["tests/test_faults.py"]),
     "table merge without its lock": ("core/locks.py", [
         ("        fcntl.flock(fd, fcntl.LOCK_EX)\n        _claim(fd)\n        yield", "        yield"),
     ], ["tests/test_grid.py"]),

@@ -99,7 +99,7 @@ def test_dry_run_trains_nothing_and_estimates_from_the_recorded_wall_times(tmp_p
     table = tmp_path / "results" / "lm" / "tiny.json"
     table.parent.mkdir(parents=True)
     recorded = [{"variant": "none", "dropout": 0.0, "seed": s, "wall_s": w, "provenance": {"device": "cpu"},
-                 "metrics": {}} for s, w in ((1, 60.0), (2, 120.0))]
+                 "metrics": {}, "config": {}} for s, w in ((1, 60.0), (2, 120.0))]
     table.write_text(json.dumps(recorded))
     grid.main(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine", "--seeds", "1", "--grid", "0.1,0.3",
                         "--jobs", "2", "--dry-run"))

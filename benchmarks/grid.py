@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks import plan as planning, run, select
+from benchmarks.runconfig import declared_keys
 from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.executors import EXECUTORS, make_executor
 from benchmarks.grid_report import Display, final_metric, schemes_tables, summary_lines, verdicts
@@ -121,7 +122,8 @@ def make_plan(args, parser):
         preset = args.preset or task_cls.default_preset
         if preset not in task_cls.presets:
             parser.error(f"--preset {preset}: task {name} has none such; its presets: {', '.join(task_cls.presets)}")
-        overrides = run.parse_overrides(args.set, task_cls.presets[preset], preset, parser)
+        overrides = run.parse_overrides(args.set, task_cls.presets[preset], preset, parser,
+                                         declared_keys(task_cls))
         config = run.preset_config(task_cls, preset, args.epochs, overrides)
         ensemble = config.get("ensemble") if args.seeds is None else None
         seeds = (run._int_list(args.seeds, "seeds", parser) if args.seeds else

@@ -6,6 +6,7 @@ import sys
 from benchmarks import plan as planning
 from benchmarks.effects import LOWER_IS_BETTER, adjust_for_family, effects, interval_text
 from benchmarks.merge import load_runs, singles
+from benchmarks.significance import verdict as significance_verdict
 from benchmarks.overview import write_overview
 from tasks.base import TASKS
 
@@ -112,7 +113,7 @@ def verdicts(jobs, out):
                 continue
             better = (r["diff"] < 0) == (task.main_metric in LOWER_IS_BETTER)
             ci = f" {interval_text(r['seed_ci'])}" if "seed_ci" in r else " (one seed: no interval)"
-            verdict = ("significant" if r["significant"] else "not significant") if "seed_ci" in r else "no verdict"
+            verdict = significance_verdict(r)  # the one rule of every table
             lines.append(f"- {task_name}/{label} {variant} vs {base}: {r['diff']:+.2f} {task.main_metric}{ci}, "
                          f"{'better' if better else 'worse'}, {verdict} ({len(r['seeds'])} paired seeds)")
     return lines if len(lines) > 2 else lines + ["- no comparisons yet (the tables need none or zaremba runs)"]

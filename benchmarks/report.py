@@ -22,7 +22,7 @@ from benchmarks.significance import seed_interval  # noqa: E402
 from benchmarks.merge import (  # noqa: E402,F401 (re-exported: the merge rules live in benchmarks/merge.py)
     CONFIG_DEFAULTS, SEED_KEYS, check_consistent, load_runs, merge_runs, merge_log, singles as _singles, variant_order)
 from benchmarks.overview import write_overview  # noqa: E402,F401 (re-exported: benchmarks.run calls it from here)
-from tasks.base import first_seed_details, get_task, load_tasks  # noqa: E402
+from tasks.base import TASKS, first_seed_details, get_task, load_tasks  # noqa: E402
 
 
 def _ensembles(runs):
@@ -351,7 +351,7 @@ def main(argv=None):
         runs = load_runs(path)
         if not runs:
             parser.error(f"{path} has no runs")
-        task, label = get_task(path.parent.name), path.stem
+        task, label = get_task(next((p.name for p in path.parents if p.name in TASKS), path.parent.name)), path.stem
         try:
             check_consistent(runs, path)
         except ValueError as err:

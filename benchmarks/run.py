@@ -33,7 +33,7 @@ from benchmarks.cli import (add_device_flags, add_user_dir_flag, check_folders, 
                             lock_runs, move_aside, runs_in_the_way, unwritable_folder)
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 from benchmarks.runconfig import (  # noqa: F401 (re-exported: select and plan read them from here)
-    p_source, parse_fixed_p, parse_overrides, preset_config, run_name, table_label)
+    declared_keys, p_source, parse_fixed_p, parse_overrides, preset_config, run_name, table_label)
 
 
 def build_parser():
@@ -120,7 +120,8 @@ def validate(args, parser):
         task_cls.check_keys(task_cls.presets[args.preset])
     except ValueError as err:
         parser.error(f"preset {args.preset}: {err}")
-    args.overrides = parse_overrides(args.set, task_cls.presets[args.preset], args.preset, parser)
+    args.overrides = parse_overrides(args.set, task_cls.presets[args.preset], args.preset, parser,
+                                     declared_keys(task_cls))
     if args.ensemble is None and args.seeds is None:  # a preset may ask for an ensemble (key "ensemble")
         args.ensemble = task_cls.presets[args.preset].get("ensemble")
     if args.ensemble is not None and args.ensemble < 2:

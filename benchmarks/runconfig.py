@@ -6,18 +6,35 @@ from core.utils import did_you_mean
 OPTIONAL_KEYS = {"zoneout_cell": None}  # settable on every preset with --set: key -> its value when unset
 
 
-def parse_overrides(items, preset, name, parser):
-    """KEY=VALUE strings -> {key: value}, each value read as the type of the preset's own value."""
-    preset, overrides = {**OPTIONAL_KEYS, **preset}, {}
+def declared_keys(task_cls):
+    """Every config key the task reads: its own and the trainer's (sorted, for the error message)."""
+    from tasks.base import COMMON_KEYS
+
+    return sorted(set(task_cls.config_keys) | COMMON_KEYS)
+
+
+# config keys that a flag of their own sets: --set names the flag instead
+FLAG_KEYS = {"epochs": "--epochs N", "dropout": "--dropout P (or --p SCHEME=P)", "seed": "--seeds",
+             "scheme": "--variants", "precision": "--precision", "ensemble": "--ensemble N",
+             "scheme_dropout": "--p SCHEME=P,... (each scheme's p; benchmarks.grid chooses it on validation)",
+             "cuda_graphs": "--cuda-graphs"}
+
+
+def parse_overrides(items, preset, name, parser, declared=()):
+    """KEY=VALUE strings -> {key: value}, each value read as the type of the preset's own value. Any key the task
+    declares (`declared`: its config keys) may be set, also where the preset leaves it out (read as a number or
+    text); a key that a flag sets names that flag."""
+    known = {**{k: None for k in declared}, **OPTIONAL_KEYS, **preset}
+    preset, overrides = known, {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
             parser.error(f"--set takes KEY=VALUE, got {item!r}")
+        if key in FLAG_KEYS:
+            parser.error(f"--set {key}: use {FLAG_KEYS[key]}")
         if key not in preset:
             parser.error(f"--set {key}: preset {name} has no key {key!r}{did_you_mean([key], preset)}; its keys: "
                          f"{', '.join(preset)}")
-        if key in ("epochs", "dropout"):
-            parser.error(f"--set {key}: use --{key}")
         current = preset[key]
         try:
             if text == "None":

@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.effects import LOWER_IS_BETTER, fmt, p_text  # noqa: E402
-from benchmarks.significance import compare  # noqa: E402
+from benchmarks.significance import compare, verdict  # noqa: E402
 from benchmarks.merge import load_runs  # noqa: E402
 from core.utils import atomic_write, write_text  # noqa: E402
 
@@ -45,7 +45,7 @@ def _cell(group, none, metric, lower):
         if result:
             ci = result.get("seed_ci")
             text += f"; Δ none {result['diff']:+.2f}" + (f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else "")
-            text += " *" if result["significant"] else ""
+            text += " *" if verdict(result) == "significant" else ""
     return text
 
 
@@ -63,8 +63,10 @@ def _verdict(task_name, groups, metric, lower, shown):
     result = compare(groups[best], groups[second], metric, lower)
     seeds = len(result["seeds"]) if result else 0
     ahead = (test[best] < test[second]) == lower
-    sure = ("and the lead holds significantly on test" if result and result["significant"] and ahead else
-            "and on test it is ahead, **not significantly** (the lead could be noise)" if ahead else
+    said = verdict(result) if result else "no paired seeds"
+    sure = ("and the lead holds significantly on test" if said == "significant" and ahead else
+            "and on test it is ahead, **not significantly** (the lead could be noise)" if ahead and said ==
+            "not significant" else f"and on test it is ahead, with no verdict ({said})" if ahead else
             "but on test it is **behind** it")
     missing = [s for s in shown if s not in valid]
     return (f"- {task_name}: **{best}** ranks first on validation {metric} ({valid[best]:.2f}, runner-up {second} "

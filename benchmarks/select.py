@@ -70,7 +70,7 @@ def shortened(task, preset, run_args):
     --set hidden=64 after --: a shortened grid is its own selection table, <preset>-e2-selection."""
     parser = run.build_parser()
     ns, _ = parser.parse_known_args(["--task", task.name, *run_args])
-    overrides = run.parse_overrides(ns.set, task.presets[preset], preset, parser)
+    overrides = run.parse_overrides(ns.set, task.presets[preset], preset, parser, run.declared_keys(task))
     label = run.table_label(task, preset, ns.epochs, None, overrides)
     return run.preset_config(task, preset, ns.epochs, overrides), label
 

@@ -248,3 +248,16 @@ def test_a_cluster_executor_without_submitit_names_the_extra(monkeypatch, tmp_pa
     monkeypatch.setitem(sys.modules, "submitit", None)  # what an environment without it gives: an ImportError
     with pytest.raises(ValueError, match=r'pip install -e "\.\[cluster\]"'):
         make_executor("slurm", tmp_path, {})
+
+
+def test_set_reaches_every_declared_config_key_and_names_the_flag_that_does_what_was_meant(capsys):
+    from benchmarks import run
+
+    parser = run.build_parser()
+    args = parser.parse_args(["--task", "mt", "--preset", "cpu", "--set", "train_limit=100", "--device", "cpu"])
+    run.validate(args, parser)  # a declared key the preset leaves out
+    assert args.overrides == {"train_limit": 100}
+    for key, flag in (("scheme_dropout", "--p SCHEME=P"), ("epochs", "--epochs N"), ("seed", "--seeds")):
+        with pytest.raises(SystemExit):
+            run.validate(parser.parse_args(["--task", "mt", "--set", f"{key}=1", "--device", "cpu"]), parser)
+        assert f"--set {key}: use {flag}" in capsys.readouterr().err

@@ -141,7 +141,8 @@ def _in_words(a, b, metric, r):
     said = {"one seed": "no verdict on one seed", "significant": "a significant difference",
             "no per-item statistics": "no verdict (no per-item statistics, so no paired bootstrap)",
             "not significant": "**not a significant difference** (it could be noise)"}[verdict(r)]
-    return f"- {a} vs {b}, test {metric}: {a} is {abs(r['diff']):.2f} {direction} on average; {said}: {'; '.join(why)}."
+    how = "equal on average" if r["diff"] == 0 else f"{abs(r['diff']):.2f} {direction} on average"
+    return f"- {a} vs {b}, test {metric}: {a} is {how}; {said}: {'; '.join(why)}."
 
 
 def p_text(run):

@@ -28,6 +28,7 @@ from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.executors import EXECUTORS, make_executor
 from benchmarks.grid_report import Display, final_metric, schemes_tables, summary_lines, verdicts
 from core import SCHEMES
+from core.utils import did_you_mean
 from tasks.base import TASKS
 
 
@@ -82,8 +83,8 @@ def variants_of(text):
     named = list(SCHEMES) if named == ["all"] else named
     unknown = [v for v in named if v not in SCHEMES]
     if unknown:
-        raise ValueError(f"--variants: unknown {unknown}; registered schemes: {', '.join(SCHEMES)} (your own: "
-                         "--user-dir)")
+        raise ValueError(f"--variants: unknown {unknown}{did_you_mean(unknown, SCHEMES)}; registered schemes: "
+                         f"{', '.join(SCHEMES)} (your own: --user-dir)")
     return ["none", "zaremba"] + [v for v in named if v not in ("none", "zaremba")]
 
 
@@ -122,7 +123,7 @@ def make_plan(args, parser):
         preset = args.preset or task_cls.default_preset
         if preset not in task_cls.presets:
             parser.error(f"--preset {preset}: task {name} has none such; its presets: {', '.join(task_cls.presets)}")
-        overrides = run.parse_overrides(args.set, task_cls.presets[preset], preset, parser,
+        overrides = run.parse_overrides(args.set, task_cls.presets[preset], f"{name}/{preset}", parser,
                                          declared_keys(task_cls))
         config = run.preset_config(task_cls, preset, args.epochs, overrides)
         ensemble = config.get("ensemble") if args.seeds is None else None
@@ -272,7 +273,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
         parser.error("--threads and --jobs must be >= 1")
-    jobs, settings, device = make_plan(args, parser)
+    try:
+        jobs, settings, device = make_plan(args, parser)
+    except ValueError as err:  # a damaged table of --out
+        parser.error(str(err))
     slots = args.jobs or (16 if args.executor == "slurm" else max(1, (os.cpu_count() or 1) // args.threads))
     planning.print_plan(jobs, settings, device, slots, args.executor, every_job=args.dry_run)
     if args.dry_run:
@@ -282,10 +286,13 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     grid = Grid(jobs, settings, executor, slots, Display(jobs))
-    grid.run()
+    try:
+        grid.run()
+    except ValueError as err:  # a table damaged while the grid ran
+        sys.exit(f"error: {err}")
     schemes_tables(jobs, args.out)
     print("\n".join(summary_lines(grid, settings)), flush=True)
-    print("\n".join(verdicts(jobs, args.out)), flush=True)
+    print("\n".join(verdicts(grid.jobs, args.out)), flush=True)
     if grid.stopping:
         return 130
     return 1 if "failed" in grid.status else 0

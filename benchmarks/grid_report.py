@@ -105,15 +105,19 @@ def verdicts(jobs, out):
     for task_name, label in _labels(jobs):
         task = TASKS[task_name]
         runs = singles(load_runs(f"{out}/{task_name}/{label}.json"))
-        wanted = {j.variant for j in jobs if (j.task, j.label) == (task_name, label)} - {"none"}
+        wanted = {(j.variant, j.p[0]) for j in jobs if (j.task, j.label) == (task_name, label) and j.p}
         rows = [r for r in effects(task, runs, _group(runs)) if r[2]["metric"] == task.main_metric]
-        adjust_for_family(rows)
-        for (variant, _), (base, _), r in rows:
-            if variant not in wanted:
+        adjust_for_family(rows)  # the family of the table's main-metric comparisons, Holm-adjusted
+        for (variant, p), (base, base_p), r in rows:
+            if (variant, p) not in wanted or variant == "none":
                 continue
-            better = (r["diff"] < 0) == (task.main_metric in LOWER_IS_BETTER)
-            ci = f" {interval_text(r['seed_ci'])}" if "seed_ci" in r else " (one seed: no interval)"
-            verdict = significance_verdict(r)  # the one rule of every table
-            lines.append(f"- {task_name}/{label} {variant} vs {base}: {r['diff']:+.2f} {task.main_metric}{ci}, "
-                         f"{'better' if better else 'worse'}, {verdict} ({len(r['seeds'])} paired seeds)")
+            ci = f" {interval_text(r['seed_ci'])}" if "seed_ci" in r else ""
+            said = significance_verdict(r)  # the one rule of every table
+            if said == "significant":
+                better = (r["diff"] < 0) == (task.main_metric in LOWER_IS_BETTER)
+                said = f"significantly {'better' if better else 'worse'}"
+            elif said != "not significant":
+                said = f"no verdict ({said})"
+            lines.append(f"- {task_name}/{label} {variant} p={p:g} vs {base} p={base_p:g}: {r['diff']:+.2f} "
+                         f"{task.main_metric}{ci}: {said} ({len(r['seeds'])} paired seed{'s' * (len(r['seeds']) != 1)})")
     return lines if len(lines) > 2 else lines + ["- no comparisons yet (the tables need none or zaremba runs)"]

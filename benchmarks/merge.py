@@ -25,8 +25,9 @@ def read_json(path, default=()):
         raise ValueError(f"{path} is damaged: not readable JSON ({err}). {_FIX.format(path=path)}") from None
 
 
-_FIX = ("Restore it (git checkout -- {path}, or a backup) or move it away; nothing was written. Its runs can be "
-        "merged again from their run dirs with benchmarks.report --into")
+_FIX = ("Restore it (from version control, e.g. git checkout -- {path}, or a backup) or move it away; nothing was "
+        "written. A run dir's result.json holds its run: running the same command with --resume writes it into a "
+        "new table without training again")
 RUN_FIELDS = {"variant": str, "metrics": dict, "config": dict}
 
 

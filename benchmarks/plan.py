@@ -283,7 +283,8 @@ def describe(jobs, settings, device, slots, executor="local"):
     if unknown == len(jobs):
         when = f"No time estimate: {out}/ records no run of these tables on {device}; {at_once}."
     else:
-        when = (f"Estimated {minutes(total)} with {at_once}, from the wall times recorded in {out}/ on {device}"
+        when = (f"Estimated {minutes(total)} with {at_once}, from the training wall times recorded in {out}/ on "
+                f"{device} (start-up and the final test pass come on top)"
                 + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
     done = sum(how.startswith("finished before") for _, how in estimates)
     when = (f"{done} of the {len(jobs)} jobs are in their tables already (skipped). " if done else "") + when

@@ -194,7 +194,8 @@ def decide(task, preset_config, chosen):
     for variant, (best, grid) in chosen.items():
         if no_signal(task, grid):
             p, cell = fallback_p(task, preset_config, grid)
-            decisions[variant] = {"dropout": p, "zoneout_cell": cell, "at_edge": False, "no_signal": True}
+            decisions[variant] = {"dropout": p, "zoneout_cell": cell, "at_edge": False, "no_signal": True,
+                                  "fallback": "the preset's p" if preset_config.get("dropout") else "the lowest point"}
         else:
             decisions[variant] = {"dropout": best["dropout"], "zoneout_cell": best["config"].get("zoneout_cell"),
                                   "at_edge": at_edge(best, grid), "no_signal": False}
@@ -206,8 +207,7 @@ def _decision_text(task, decision, grid):
                                          if decision["zoneout_cell"] is not None else "")
     if decision["no_signal"]:
         value = grid[0]["metrics"][f"valid_{task.main_metric}"]
-        return (f"**no signal** (every point {value:.2f}): no choice; falls back to {rate} (the preset's p, else "
-                "the lowest point)")
+        return f"**no signal** (every point {value:.2f}): no choice; falls back to {rate} ({decision['fallback']})"
     return rate + " (edge)" * decision["at_edge"]
 
 
@@ -222,7 +222,8 @@ def write_selection(target, task, preset, chosen, notes, preset_config):
             "chosen": decisions,
             "runs": [{k: v for k, v in r.items() if k not in ("details", "table")}
                      for _, grid in chosen.values() for r in grid]})
-        write_text(target.with_suffix(".md"), markdown(task, preset, chosen, notes, decisions))
+        write_text(target.with_suffix(".md"), markdown(task, preset, chosen, notes, decisions,
+                                                       target.stem.removesuffix("-selection")))
     for variant, decision in decisions.items():
         if decision["no_signal"]:
             print(f"warning: {task.name} {variant}: {_decision_text(task, decision, chosen[variant][1])}",
@@ -230,10 +231,10 @@ def write_selection(target, task, preset, chosen, notes, preset_config):
     return decisions
 
 
-def markdown(task, preset, chosen, notes, decisions=None):
+def markdown(task, preset, chosen, notes, decisions=None, label=None):
     decisions = decisions or decide(task, task.presets[preset], chosen)
     metric = f"validation {task.main_metric}"
-    lines = [f"# {task.name} / {preset}: each scheme's p, chosen on validation", "",
+    lines = [f"# {task.name} / {label or preset}: each scheme's p, chosen on validation", "",
              f"Rule: one seed per grid point, trained with `--valid-only` (the test split is never read); the point "
              f"with the best {metric} at its best epoch is chosen (ties: the lower p). A choice marked (edge) is "
              "its grid's lowest or highest p: a point beyond it may do better. A grid whose points all give the "
@@ -249,7 +250,8 @@ def markdown(task, preset, chosen, notes, decisions=None):
         decision = decisions[variant]
         lines.append(f"| {variant} | {cells} | {_decision_text(task, decision, grid)} |")
         cell = decision["zoneout_cell"]
-        entries[variant] = decision["dropout"] if cell is None else [decision["dropout"], cell]
+        if not decision["no_signal"]:  # nothing was chosen: nothing to copy into a preset
+            entries[variant] = decision["dropout"] if cell is None else [decision["dropout"], cell]
     zaremba = entries.pop("zaremba", None)
     lines += [""] + ([f"Preset entry: `dropout={zaremba}` (the paper's scheme sets the preset's own p)"] * (zaremba is not None))
     lines += [f"Preset entry: `scheme_dropout={entries}`"] * bool(entries) + ["", "## Provenance", ""]

@@ -223,9 +223,11 @@ def test_a_grid_whose_points_all_tie_is_no_choice_and_says_what_it_falls_back_to
     task = TASKS["lm"]
     tied = select.choose(task, [grid_run(0.1, 40.301), grid_run(0.3, 40.298)])
     decision = select.decide(task, {"dropout": 0.3}, tied)["mine"]
-    assert decision == {"dropout": 0.3, "zoneout_cell": None, "at_edge": False, "no_signal": True}
+    assert decision == {"dropout": 0.3, "zoneout_cell": None, "at_edge": False, "no_signal": True,
+                        "fallback": "the preset's p"}
     text = select.markdown(task, "tiny", tied, [], {"mine": decision})
-    assert "**no signal** (every point 40.30): no choice; falls back to 0.3" in text
+    assert "**no signal** (every point 40.30): no choice; falls back to 0.3 (the preset's p)" in text
+    assert "scheme_dropout" not in text  # nothing chosen, nothing to copy into a preset
     clear = select.choose(task, [grid_run(0.1, 40.3), grid_run(0.3, 38.0)])
     assert select.decide(task, {"dropout": 0.3}, clear)["mine"]["dropout"] == 0.3
     assert not select.decide(task, {"dropout": 0.3}, clear)["mine"]["no_signal"]
@@ -261,3 +263,15 @@ def test_set_reaches_every_declared_config_key_and_names_the_flag_that_does_what
         with pytest.raises(SystemExit):
             run.validate(parser.parse_args(["--task", "mt", "--set", f"{key}=1", "--device", "cpu"]), parser)
         assert f"--set {key}: use {flag}" in capsys.readouterr().err
+
+
+def test_a_scheme_run_at_two_p_gets_a_row_per_p_in_the_cross_task_table_never_an_average():
+    from benchmarks.schemes import schemes_markdown
+
+    def r(variant, p, ppl):
+        return {"variant": variant, "dropout": p, "seed": 1, "config": {}, "metrics": {"test_ppl": ppl,
+                                                                                       "valid_ppl": ppl}}
+    runs = [r("none", 0.0, 200.0), r("gauss", 0.1, 190.0), r("gauss", 0.2, 180.0)]
+    text = schemes_markdown([("lm", TASKS["lm"], runs)], "tiny-e1")
+    assert "| gauss p=0.1 | 190.00 (p=0.1, 1 seed); Δ none -10.00 |" in text
+    assert "| gauss p=0.2 | 180.00 (p=0.2, 1 seed); Δ none -20.00 |" in text and "185.00" not in text

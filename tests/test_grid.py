@@ -11,6 +11,7 @@ import pytest
 
 import core
 from benchmarks import grid, plan as planning, select
+from benchmarks.merge import read_json
 from benchmarks.report import load_runs
 from tasks import registry
 from tasks.base import TASKS
@@ -122,7 +123,7 @@ def table_metrics(results):
     """{(table, variant, p, seed): (metrics, history)} of every results and selection table under `results`."""
     found = {}
     for path in sorted(results.rglob("*.json")):
-        data = load_runs(path)
+        data = read_json(path)  # results tables and selection tables
         for r in data["runs"] if isinstance(data, dict) else data:
             history = [{k: v for k, v in h.items() if k != "wall_s"} for h in r.get("history", [])]
             found[(path.name, r["variant"], r["dropout"], r["seed"])] = (r["metrics"], history)

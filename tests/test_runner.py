@@ -200,7 +200,8 @@ def test_provenance_commit_is_dirty_only_when_code_differs(tmp_path):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
                        capture_output=True)
     (tmp_path / "results").mkdir()
-    for name in ("model.py", "README.md", "results/table.json"):
+    (tmp_path / "core").mkdir()  # a checkout that tracks the source (core/, tasks/, benchmarks/)
+    for name in ("core/model.py", "README.md", "results/table.json"):
         (tmp_path / name).write_text("0")
     git("init", "-q")
     git("add", "-A")
@@ -210,5 +211,5 @@ def test_provenance_commit_is_dirty_only_when_code_differs(tmp_path):
     (tmp_path / "README.md").write_text("1")
     (tmp_path / "results/table.json").write_text("1")
     assert git_commit(tmp_path) == head
-    (tmp_path / "model.py").write_text("1")
+    (tmp_path / "core" / "model.py").write_text("1")
     assert git_commit(tmp_path) == head + "-dirty"

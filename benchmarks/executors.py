@@ -17,12 +17,17 @@ from core.interrupt import ENV_STOP_WITH_PARENT
 EXECUTORS = ("local", "slurm", "submitit-local")
 
 
+def runner_command(argv):
+    """`python -m benchmarks.run ARGV` with this process's python (on a cluster node: the node's)."""
+    return [sys.executable, "-m", "benchmarks.run", *argv]
+
+
 def run_job(argv, log, cwd):
     """Run `python -m benchmarks.run ARGV` in `cwd` with its output in `log`; its exit status. What a submitit
     job executes (on the cluster node, with that node's python)."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
-        return subprocess.call([sys.executable, "-m", "benchmarks.run", *argv], cwd=cwd, stdout=f,
+        return subprocess.call(runner_command(argv), cwd=cwd, stdout=f,
                                stderr=subprocess.STDOUT)
 
 
@@ -32,7 +37,7 @@ class LocalJob:
         with open(log, "a") as f:  # the child keeps its own copy of the descriptor
             # its own session: a Ctrl-C at the terminal (or `timeout`'s signal to its group) reaches the grid alone,
             # which passes one SIGTERM on; a second signal would stop the run without its checkpoint
-            self.process = subprocess.Popen([sys.executable, "-m", "benchmarks.run", *argv], stdout=f,
+            self.process = subprocess.Popen(runner_command(argv), stdout=f,
                                             stderr=subprocess.STDOUT, start_new_session=True,
                                             env={**os.environ, ENV_STOP_WITH_PARENT: str(os.getpid())})
 

@@ -140,14 +140,13 @@ def check_jobs(jobs, settings):
     preset without dropout, a missing package)."""
     seen = set()
     for job in jobs:
-        probe = job if job.p is not None else planning.replace(job, p=(0.1, None), p_from="set by hand (--p)")
-        argv = planning.job_argv(probe, settings)
         key = (job.task, job.variant, job.kind)
         if key in seen:
             continue
         seen.add(key)
+        probe = job if job.p is not None else planning.replace(job, p=(0.1, None), p_from="set by hand (--p)")
         parser = run.build_parser()
-        run.validate(parser.parse_args(argv), parser)
+        run.validate(parser.parse_args(planning.job_argv(probe, settings)), parser)
 
 
 class Grid:
@@ -158,6 +157,7 @@ class Grid:
         self.jobs, self.settings, self.executor, self.slots, self.display = jobs, settings, executor, slots, display
         self.status = ["queued"] * len(jobs)  # queued, running, finished, failed, skipped
         self.handles, self.started, self.notes = {}, {}, {}
+        self.tables = {}  # choice -> the selection table its p came from
         self.stopping = False
 
     def run(self):
@@ -213,7 +213,7 @@ class Grid:
                 self.jobs[i] = planning.replace(self.jobs[i], p=p)
                 self.notes[i] = f"p={self.jobs[i].rate()} chosen on validation"
                 self._skip_if_done(i)
-            self.tables = {**getattr(self, "tables", {}), key: table}
+            self.tables[key] = table
 
     def _choose(self, job):
         """The selection of `job`'s scheme from its grid runs (and the points of the selection table written before),
@@ -236,7 +236,7 @@ class Grid:
             if any(self.status[a] == "failed" for a in job.after):
                 self._set(i, "failed", "a job it waits for failed")
             elif all(self.status[a] in ("finished", "skipped") for a in job.after):
-                argv = planning.job_argv(job, self.settings, getattr(self, "tables", {}).get(job.choice))
+                argv = planning.job_argv(job, self.settings, self.tables.get(job.choice))
                 self.handles[i] = self.executor.submit(argv, planning.log_path(job, self.settings))
                 self.started[i] = time.time()
                 self._set(i, "running")
@@ -285,7 +285,7 @@ def main(argv=None):
         executor = make_executor(args.executor, Path(args.run_dir) / "grid-submitit", executor_parameters(args))
     except ValueError as err:
         parser.error(str(err))
-    grid = Grid(jobs, settings, executor, slots, Display(jobs))
+    grid = Grid(jobs, settings, executor, slots, Display())
     try:
         grid.run()
     except ValueError as err:  # a table damaged while the grid ran

@@ -40,7 +40,7 @@ class Display:
     """One line per job. On a terminal the block is redrawn in place every few seconds (running jobs show their
     epoch); otherwise a plain line is printed whenever a job changes state."""
 
-    def __init__(self, jobs, stream=None):
+    def __init__(self, stream=None):
         self.stream = stream or sys.stdout
         self.tty = self.stream.isatty()
         self.drawn, self.last = 0, 0.0
@@ -89,7 +89,7 @@ def summary_lines(grid, settings):
             continue
         lines.append(f"- failed: #{i + 1} {job.name()}: {grid.notes.get(i, '')}")
         if job.p is not None and i in grid.started:
-            argv = planning.job_argv(job, settings, getattr(grid, "tables", {}).get(job.choice))
+            argv = planning.job_argv(job, settings, grid.tables.get(job.choice))
             lines += [f"  log: {planning.log_path(job, settings)}", f"  rerun: {planning.command_text(argv)}"]
     if counts["failed"] or counts["queued"]:
         lines.append("Run the same grid command again to run what is missing (finished jobs are skipped).")

@@ -5,6 +5,7 @@ whose p the preset does not fix first gets one `--valid-only` selection job per 
 selection seed; its seed jobs wait for that choice (benchmarks.select's rule) and use it. benchmarks.grid runs a
 plan, benchmarks.paper is one, and benchmarks.run prints one before it trains more than one run.
 """
+import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field, replace
@@ -178,12 +179,7 @@ def log_path(job, settings):
 
 
 def command_text(argv):
-    return "python -m benchmarks.run " + " ".join(_quote(a) for a in argv)
-
-
-def _quote(arg):
-    import shlex
-    return shlex.quote(arg)
+    return "python -m benchmarks.run " + shlex.join(argv)
 
 
 def done_before(job, settings):

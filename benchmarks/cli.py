@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from core.allocator import keep_freed_memory
 from core.locks import Locked, lock_run_dir
 from core.precision import PRECISIONS
 from core.utils import defined_in, pick_device
@@ -37,9 +38,16 @@ def device_with_threads(args, parser):
         device = pick_device(args.device)
     except ValueError as err:
         parser.error(str(err))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prepare_process(args.threads)
     return device
+
+
+def prepare_process(threads=None):
+    """A command's process-wide settings, before its first tensor: torch's thread count (when given), and malloc
+    keeping freed memory for the next step (core.allocator; every implementation timed in the process shares it)."""
+    if threads:
+        torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 def load_task_registry(args, parser):

@@ -34,7 +34,7 @@ from core.utils import atomic_write, provenance, seed_everything, write_json, wr
 from benchmarks.merge import read_json  # noqa: E402
 from benchmarks.report import threads_text  # noqa: E402
 from core.provenance import code_version  # noqa: E402
-from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry  # noqa: E402
+from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry, prepare_process  # noqa: E402
 from benchmarks.effects import fmt, interval_text, p_value_text  # noqa: E402
 from benchmarks.significance import paired_bootstrap, seed_interval  # noqa: E402
 from tasks.base import Task, load_checkpoint, load_tasks  # noqa: E402
@@ -48,8 +48,7 @@ def evaluate(path, passes, device, threads=None, data_dir=None, custom_data=Fals
     """{standard: {split: metrics}, mc: {split: {K: metrics}}} of the checkpoint at `path`; `position`: the line of
     its progress bar (one per process)."""
     load_tasks(user_dirs)  # a worker process starts with an empty registry
-    if threads:
-        torch.set_num_threads(threads)
+    prepare_process(threads)
     started = time.time()
     task, model = load_checkpoint(path, device)
     data = type(task)(task.config, data_dir, download=False, custom_data=custom_data).load_data()

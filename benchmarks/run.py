@@ -30,7 +30,7 @@ from core.utils import WriteError, did_you_mean, pick_device, provenance, seed_e
 from tasks.base import TASKS, Task, get_task
 from benchmarks import plan as planning
 from benchmarks.cli import (add_device_flags, add_user_dir_flag, check_folders, list_tasks, load_task_registry,
-                            lock_runs, move_aside, runs_in_the_way, unwritable_folder)
+                            lock_runs, move_aside, prepare_process, runs_in_the_way, unwritable_folder)
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 from benchmarks.runconfig import (  # noqa: F401 (re-exported: select and plan read them from here)
     declared_keys, p_source, parse_fixed_p, parse_overrides, preset_config, run_name, table_label)
@@ -329,8 +329,7 @@ def main(argv=None):
     task_cls = validate(args, parser)
     if os.environ.get(ENV_STOP_WITH_PARENT):  # a run of benchmarks.select; popped: not for processes it starts
         stop_with_parent(int(os.environ.pop(ENV_STOP_WITH_PARENT)))
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    prepare_process(args.threads)
     if distributed.launched_by_torchrun():  # torchrun --nproc_per_node N [--nnodes M ...] -m benchmarks.run ...
         args.device = distributed.init_from_env(str(args.device))
     main_rank = distributed.is_main()

@@ -44,7 +44,7 @@ from benchmarks.merge import read_json
 from benchmarks.report import SPEED_KEYS
 from benchmarks.speed_table import SPEED_PRECISIONS, machine_text, markdown, row_name
 from core.provenance import code_version, cpu_model
-from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry
+from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry, prepare_process
 from tasks.base import get_task, load_checkpoint, load_tasks
 
 
@@ -159,7 +159,7 @@ def peak_memory_mb(task_cls, config, variant, device, steps, user_dirs=None, pre
 
 
 def _train_in_child(name, user_dirs, config, variant, steps, threads, precision="fp32"):
-    torch.set_num_threads(threads)
+    prepare_process(threads)
     load_tasks(user_dirs)
     jobs = scheme_jobs(get_task(name), config, variant, torch.device("cpu"), steps, precision=precision)[0]
     jobs["train_tok_s"][0]()
@@ -304,8 +304,7 @@ def native_precisions(precisions, device):
 def time_checkpoint(args, argv, parser):
     try:
         device = pick_device(args.device)
-        if args.threads:
-            torch.set_num_threads(args.threads)
+        prepare_process(args.threads)
         origin = provenance(device, "python -m benchmarks.speed " + shlex.join(argv))
         task, results = trained_decoding(args.checkpoint, args.split, device, data_root(args.data_dir), args.repeats,
                                          args.custom_data)

@@ -1,7 +1,7 @@
 """The table of benchmarks.speed (results/<task>/speed.md) and the names of its rows."""
 from core import SCHEMES
 from benchmarks.report import SPEED_KEYS, threads_text
-from core.provenance import code_version, cpu_text, fp32_math_text
+from core.provenance import code_version, cpu_text, fp32_math_text, malloc_text
 
 COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
            "beam1_sent_s": "beam 1 sent/s", "peak_mb": "peak memory MB"}  # other job names are shown as they are
@@ -82,8 +82,9 @@ def _section(entry):
             if job in compared:
                 cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + ["", f"`{prov['command']}` — {code_version(prov)}, torch {prov['torch']}{fp32_math_text(prov)}, "
-                        f"{entry['finished']}" + (f" ({prov['note']})" if prov.get("note") else ""), ""]
+    software = f"torch {prov['torch']}{fp32_math_text(prov)}{malloc_text(prov)}"
+    note = f" ({prov['note']})" if prov.get("note") else ""
+    return lines + ["", f"`{prov['command']}` — {code_version(prov)}, {software}, {entry['finished']}{note}", ""]
 
 
 def _trained_section(trained):

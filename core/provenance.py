@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from core.allocator import allocator_setting
 from core.precision import NATIVE_BF16_FLAGS, cpu_bf16_flags, fp32_math, read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,8 @@ def hardware(device):
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512: one CPU name, two speeds
             # native bf16 or not (/proc/cpuinfo; None where there is none: cpu_capability is all there is)
             "cpu_bf16": cpu_bf16_flags(),
-            "fp32_math": fp32_math(device)}  # IEEE or TF32 (bf16 on some CPUs): set by --precision, global
+            "fp32_math": fp32_math(device),  # IEEE or TF32 (bf16 on some CPUs): set by --precision, global
+            "malloc": allocator_setting()}  # glibc keeping freed memory (core.allocator) changes CPU speed
     if device.type == "cuda":
         desc["gpu"] = torch.cuda.get_device_name(device)
     return desc
@@ -123,6 +125,12 @@ def fp32_math_text(prov):
     runs recorded before provenance had it."""
     math = prov.get("fp32_math") or {}
     return f", fp32 matmul {math['matmul']}, cuDNN {math['cudnn']}" if "cudnn" in math else ""
+
+
+def malloc_text(prov):
+    """How a table names the malloc setting of a run (", malloc: glibc, freed memory kept (...)"); nothing for runs
+    recorded before provenance had it."""
+    return f", malloc: {prov['malloc']}" if "malloc" in prov else ""
 
 
 def cpu_text(prov):

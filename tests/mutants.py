@@ -33,6 +33,12 @@ MUTANTS = {
     "writes ignore the umask": ("core/utils.py", [
         ("        os.chmod(tmp, 0o666 & ~_umask())\n", ""),
     ], ["tests/test_faults.py"]),
+    "malloc hands freed blocks back (trim threshold left low)": ("core/allocator.py", [
+        ("TRIM_THRESHOLD = 2**30 ", "TRIM_THRESHOLD = 2**17 "),
+    ], ["tests/test_allocator.py"]),
+    "big tensors still mmapped (mmap threshold left low)": ("core/allocator.py", [
+        ("MMAP_THRESHOLD = 32 * 2**20 ", "MMAP_THRESHOLD = 2**17 "),
+    ], ["tests/test_allocator.py"]),
     "table merge without its lock": ("core/locks.py", [
         ("        fcntl.flock(fd, fcntl.LOCK_EX)\n        _claim(fd)\n        yield", "        yield"),
     ], ["tests/test_grid.py"]),

@@ -116,7 +116,7 @@ def make_plan(args, parser):
     extra += ["--data-dir", args.data_dir] if args.data_dir else []
     extra += ["--custom-data"] * args.custom_data + ["--no-download"] * args.no_download
     settings = planning.Settings(out=args.out, run_dir=args.run_dir, epochs=args.epochs, sets=tuple(args.set),
-                                 extra=tuple(extra), precision=precision, grids=grids)
+                                 extra=tuple(extra), precision=precision, device=str(device), grids=grids)
     jobs = []
     for name in names:
         task_cls = TASKS[name]

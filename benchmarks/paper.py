@@ -46,13 +46,13 @@ def table1_plan(jobs, args):
     extra += ["--threads", str(args.threads)] * bool(args.threads) + ["--cuda-graphs"] * args.cuda_graphs
     extra += ["--custom-data"] * args.custom_data
     settings = planning.Settings(out=args.out, run_dir=str(Path(args.work) / "runs"), extra=tuple(extra),
-                                 precision=args.precision, logs=str(Path(args.work) / "logs"))
+                                 precision=args.precision, device=args.device, logs=str(Path(args.work) / "logs"))
     planned = []
     for preset, variant, seed in jobs:
         if preset not in lm.presets:
             raise ValueError(f"bad job {preset}:{variant}:{seed}: lm has no preset {preset!r} ({', '.join(lm.presets)})")
         p = 0.0 if variant == "none" else lm.presets[preset]["dropout"]
-        planned.append(planning.Job("lm", preset, table_label(lm, preset, precision=args.precision), variant, seed,
+        planned.append(planning.Job("lm", preset, table_label(lm, preset, precision=args.precision, device=args.device), variant, seed,
                                     (p, None), p_from="none" if variant == "none" else "preset"))
     return planned, settings
 

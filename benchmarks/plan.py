@@ -61,7 +61,8 @@ def runner_label(job, settings):
     if job.kind != "select":
         return job.label
     return run.table_label(TASKS[job.task], job.preset, settings.epochs, job.p[0],
-                           {**dict(job.overrides), **_cell_override(job)}, settings.precision, valid_only=True)
+                           {**dict(job.overrides), **_cell_override(job)}, settings.precision, valid_only=True,
+                           device=settings.device)
 
 
 def job_table(job, settings):
@@ -84,6 +85,7 @@ class Settings:
     sets: tuple = ()  # --set KEY=VALUE strings
     extra: tuple = ()  # more runner flags: --user-dir, --threads, --device, --data-dir, ...
     precision: str = "fp32"  # resolved (never "auto"): it names the tables
+    device: str = "cpu"  # resolved (never "auto"): bf16 on a CPU names its tables too
     logs: str = None  # the jobs' output (default: <run_dir>/grid-logs)
     grids: dict = field(default_factory=dict)  # scheme (or None: every scheme) -> grid points
 
@@ -116,7 +118,8 @@ def plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed_p, e
     """The jobs of one task: selection jobs first, then a seed job per (variant, seed), then ensemble jobs.
     `reselect`: schemes whose p is chosen on validation even where the preset fixes it."""
     config = run.preset_config(task_cls, preset, settings.epochs, overrides)
-    label = run.table_label(task_cls, preset, settings.epochs, None, overrides, settings.precision)
+    label = run.table_label(task_cls, preset, settings.epochs, None, overrides, settings.precision,
+                            device=settings.device)
     job = lambda *a, **k: Job(task_cls.name, preset, label, *a, overrides=tuple(overrides.items()), **k)  # noqa: E731
     jobs = []
     for variant in variants:

@@ -185,7 +185,7 @@ def validate(args, parser):
 
 def run_label(args):
     return table_label(TASKS[args.task], args.preset, args.epochs, args.dropout, args.overrides, args.precision,
-                       args.valid_only)
+                       args.valid_only, args.device)
 
 
 def run_config(task_cls, args, variant, seed):

@@ -87,9 +87,11 @@ def _number_or_text(text):
         return text
 
 
-def table_label(task_cls, preset, epochs=None, dropout=None, overrides=None, precision="fp32", valid_only=False):
+def table_label(task_cls, preset, epochs=None, dropout=None, overrides=None, precision="fp32", valid_only=False,
+                device=None):
     """The name of the results table of a preset's runs with these overrides: <preset>[-e<N>][-p<P>][-KEY=VALUE]
-    [-<precision>][-select]."""
+    [-<precision>[-cpu]][-select]. bf16 runs on a CPU (`device`) get a table of their own: oneDNN's bf16 kernels
+    are not a GPU's, and the same seeds would otherwise replace each other."""
     label = preset
     if epochs is not None and epochs != task_cls.presets[preset]["epochs"]:
         label += f"-e{epochs}"
@@ -99,6 +101,8 @@ def table_label(task_cls, preset, epochs=None, dropout=None, overrides=None, pre
         label += f"-{key}={value}".replace("/", "_").replace(" ", "_")  # a path must not open folders
     if precision != "fp32":
         label += f"-{precision}"  # never merged with fp32 runs
+    if precision == "bf16" and str(device).split(":")[0] == "cpu":
+        label += "-cpu"
     if valid_only:
         label += "-select"  # selection runs never share a table with runs that report test numbers
     return label

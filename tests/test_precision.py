@@ -21,3 +21,13 @@ def test_every_run_records_the_precision_of_its_fp32_math(fp32_switches):
     recorded = {"fp32_math": fp32_math("cuda")}
     assert fp32_math_text(recorded) == ", fp32 matmul tf32, cuDNN tf32"
     assert fp32_math_text({}) == "" and fp32_math_text(provenance("cpu")) == ""  # older entries; CPUs have no cuDNN
+
+
+def test_bf16_runs_on_a_cpu_get_a_table_of_their_own():
+    from benchmarks.runconfig import table_label
+    from tasks.base import get_task
+
+    lm = get_task("lm")
+    assert table_label(lm, "cpu", precision="bf16", device="cpu") == "cpu-bf16-cpu"
+    assert table_label(lm, "cpu", precision="bf16", device="cuda:0") == "cpu-bf16"  # the H200 runs' table
+    assert table_label(lm, "cpu", precision="fp32", device="cpu") == "cpu"  # fp32 is IEEE on every device

@@ -66,7 +66,9 @@ class DropoutLSTM(nn.Module):
         masks = scheme.begin(x, self.num_layers, self.hidden_size, training)
         run = self._forward_stepwise if self.stepwise and not self._fused_eval() else self._forward_fused
         output, state = run(scheme.drop_input(x, training, masks), state, lengths, masks)
-        return scheme.drop_output(output, training, masks), state
+        # contiguous: the fused batch-first LSTM returns a transposed view, which a following nn.Linear under bf16
+        # autocast multiplies by copying its weight once per row (bmm), 3x slower than fp32 on a CPU
+        return scheme.drop_output(output, training, masks).contiguous(), state
 
     def _fused_eval(self):
         """A stepwise scheme that is plain nn.LSTM at evaluation (naive, variational) evaluates on the fused path,

@@ -102,9 +102,10 @@ def _under(fn, precision, device):
     return run
 
 
-def peer_jobs(task, batches, tokens, device):
+def peer_jobs(task, dropout, batches, tokens, device):
+    """The task's published peers at the schemes' p (before 2026-12-06 they took the first scheme's: `none`, p=0)."""
     jobs = {}
-    for name, (train_step, eval_step) in task.speed_peers(device).items():
+    for name, (train_step, eval_step) in task.speed_peers(device, dropout).items():
         jobs[name] = {"train_tok_s": (lambda f=train_step: [f(b) for b in batches], tokens),
                       "eval_tok_s": (lambda f=eval_step: [f(b) for b in batches], tokens)}
     return jobs
@@ -118,7 +119,7 @@ def implementations(task_cls, config, variants, device, steps, graphs=False, pre
         name = row_name(variant, precision)
         jobs, task, batches, tokens = scheme_jobs(task_cls, config, variant, device, steps, precision=precision)
         if not impls:
-            impls.update(peer_jobs(task, batches, tokens, device))
+            impls.update(peer_jobs(task, config["dropout"], batches, tokens, device))
         impls[name] = jobs
         if graphs:
             impls[f"{name}+graphs"] = scheme_jobs(task_cls, config, variant, device, steps, graphs=True,
@@ -265,7 +266,7 @@ def main(argv=None):
     except NotImplementedError as err:
         sys.exit(f"error: {err}")
     entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats, "precisions": precisions,
-             "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+             "peer_dropout": config["dropout"], "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = Path(args.out) / task_cls.name / "speed.json"
     same = lambda e: e.get("kind") != "trained" and _entry_key(e) == _entry_key(entry)  # noqa: E731
     entries = [e for e in read_json(path) if not same(e)] + [entry]

@@ -37,6 +37,25 @@ def _precision_text(entry):
             "loss and softmax in fp32; peers in fp32 as published)")
 
 
+def peer_dropout(entry):
+    """The p the peers were timed at. Runs before `peer_dropout` was recorded built them from the first scheme's
+    config, and the first scheme was `none`: p=0, the reference's dropout off."""
+    if "peer_dropout" in entry:
+        return entry["peer_dropout"]
+    first = next((impl for impl in entry["results"] if scheme_of(impl) in SCHEMES), None)
+    return 0.0 if first == "none" else entry["config"]["dropout"]
+
+
+def _peer_text(entry, peer):
+    if peer is None:
+        return ""
+    p = peer_dropout(entry)
+    if p == entry["config"]["dropout"]:
+        return f"; `{peer}` at the same p"
+    return (f"; **`{peer}` ran at p={p:g}, its dropout off** (the peer took the first scheme's config, `none`'s, "
+            "until a fix of 2026-12-06): its rows are a reference without dropout, not like for like")
+
+
 def machine_text(prov):
     """The GPU, or the CPU with its capability and bf16 support, of a run's provenance."""
     return prov.get("gpu") or cpu_text(prov)
@@ -72,8 +91,8 @@ def _section(entry):
     for job in jobs:
         header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if job in compared else [])
     lines = [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", "",
-             f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats{_precision_text(entry)}.",
-             "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats{_precision_text(entry)}"
+             f"{_peer_text(entry, peer)}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for impl, row in results.items():
         cells = [impl]
         for job in jobs:

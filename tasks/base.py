@@ -132,9 +132,10 @@ class Task:
     def load_data_state(self, state):
         """Restore `data_state()` into a task built from a config alone (tasks.base.load_checkpoint)."""
 
-    def speed_peers(self, device):
+    def speed_peers(self, device, dropout):
         """{name: (train_step(batch), eval_step(batch))} of published implementations to time beside ours on the
-        same synthetic batches (the LM: pytorch/examples word_language_model)."""
+        same synthetic batches (the LM: pytorch/examples word_language_model), with dropout p `dropout`: the p the
+        schemes are timed at (this task's own config may be the `none` row's, p=0)."""
         return {}
 
     def speed_jobs(self, model, device):

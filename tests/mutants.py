@@ -39,6 +39,9 @@ MUTANTS = {
     "big tensors still mmapped (mmap threshold left low)": ("core/allocator.py", [
         ("MMAP_THRESHOLD = 32 * 2**20 ", "MMAP_THRESHOLD = 2**17 "),
     ], ["tests/test_allocator.py"]),
+    "speed peers take the first scheme's p (none: p=0)": ("benchmarks/speed.py", [
+        ('impls.update(peer_jobs(task, config["dropout"], batches', 'impls.update(peer_jobs(task, task.config["dropout"], batches'),
+    ], ["tests/test_speed.py"]),
     "table merge without its lock": ("core/locks.py", [
         ("        fcntl.flock(fd, fcntl.LOCK_EX)\n        _claim(fd)\n        yield", "        yield"),
     ], ["tests/test_grid.py"]),

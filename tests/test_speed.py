@@ -114,3 +114,28 @@ def test_graphed_rows_refuse_schemes_that_swap_parameters(tmp_path, monkeypatch,
         speed.main(["--task", "lm", "--preset", "tiny", "--device", "cpu", "--cuda-graphs", "--variants",
                     "zaremba,weightdrop", "--out", str(tmp_path)])
     assert "'weightdrop' swaps parameters" in capsys.readouterr().err
+
+
+def test_the_reference_is_timed_at_the_schemes_p_even_when_none_comes_first():
+    """The peer once took the first scheme's config: with `none` first it ran at p=0, its three dropouts off."""
+    from tasks.lm.task import PRESETS, LanguageModelTask
+
+    config = {**PRESETS["tiny"], "dropout": 0.3}
+    impls = speed.implementations(LanguageModelTask, config, ["none", "zaremba"], torch.device("cpu"), steps=1)
+    reference = impls["reference"]["train_tok_s"][0].__defaults__[0].model
+    assert {m.p for m in reference.modules() if isinstance(m, torch.nn.Dropout)} == {0.3}
+    assert reference.rnn.dropout == 0.3  # nn.LSTM's inter-layer dropout
+
+
+def test_speed_sections_from_before_the_fix_say_their_reference_ran_without_dropout():
+    from benchmarks.speed_table import markdown
+    from tasks.lm.task import LanguageModelTask
+
+    entry = {"preset": "small", "config": {"batch_size": 20, "dropout": 0.5}, "steps": 1, "repeats": 1,
+             "results": {"reference": {"train_tok_s": 10.0}, "none": {"train_tok_s": 10.0},
+                         "zaremba": {"train_tok_s": 9.0}},
+             "provenance": {"device": "cpu", "cpu_model": "x", "torch_threads": 1, "command": "c",
+                            "git_commit": "a" * 40, "torch": "2.9"}, "finished": "now"}
+    assert "`reference` ran at p=0, its dropout off" in markdown(LanguageModelTask, [entry])
+    fixed = markdown(LanguageModelTask, [{**entry, "peer_dropout": 0.5}])
+    assert "its dropout off" not in fixed and "`reference` at the same p" in fixed

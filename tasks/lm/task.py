@@ -159,10 +159,10 @@ class LanguageModelTask(Task):
         return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state,
                           norm=inputs.size(0))
 
-    def speed_peers(self, device):
+    def speed_peers(self, device, dropout):
         from tasks.lm.reference import reference_stepper
 
-        return {"reference": reference_stepper(self.config, len(self.vocab), device)}
+        return {"reference": reference_stepper({**self.config, "dropout": dropout}, len(self.vocab), device)}
 
 
 @torch.no_grad()

@@ -25,7 +25,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
-import torch  # noqa: E402
 
 from core.download import DataError, data_root  # noqa: E402
 from core.interrupt import stop_with_parent  # noqa: E402
@@ -33,7 +32,7 @@ from core.trainer import autocast  # noqa: E402
 from core.utils import atomic_write, provenance, seed_everything, write_json, write_text  # noqa: E402
 from benchmarks.merge import read_json  # noqa: E402
 from benchmarks.report import threads_text  # noqa: E402
-from core.provenance import code_version  # noqa: E402
+from core.provenance import code_version, cpu_text  # noqa: E402
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry, prepare_process  # noqa: E402
 from benchmarks.effects import fmt, interval_text, p_value_text  # noqa: E402
 from benchmarks.significance import paired_bootstrap, seed_interval  # noqa: E402
@@ -119,7 +118,7 @@ def markdown(task_cls, entries):
     lines += ["", "Runs:", ""]
     for e in entries:
         prov = e["provenance"]
-        hw = prov.get("gpu") or f"{prov['cpu_model']}, {threads_text(prov['torch_threads'])}"
+        hw = prov.get("gpu") or f"{cpu_text(prov)}, {threads_text(prov['torch_threads'])}"
         lines.append(f"- `{e['checkpoint']}` ({e['label']}): `{prov['command']}` — "
                      f"{code_version(prov)}, {prov['device']} ({hw}), torch {prov['torch']}, "
                      f"{e['wall_s'] / 60:.1f} min, {e['finished']}")

@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.locks import table_lock  # noqa: E402
-from core.provenance import code_version, fp32_math_text  # noqa: E402
+from core.provenance import code_version, cpu_text, fp32_math_text  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from benchmarks.significance import seed_interval  # noqa: E402
@@ -201,7 +201,7 @@ def markdown(task, label, preset, runs):
             who, spent = f"ensemble of seeds {','.join(map(str, run['ensemble']))}", "evaluation"
         else:
             who, spent = f"seed {run['seed']}", "training"
-        hw = prov.get("gpu") or f"{prov['cpu_model']} ({threads_text(prov['torch_threads'])})"
+        hw = prov.get("gpu") or f"{cpu_text(prov)} ({threads_text(prov['torch_threads'])})"  # bf16 flags too
         if prov.get("world_size", 1) > 1:
             hw += f" x {prov['world_size']} processes (torchrun, DDP)"
         lines.append(f"- {run['variant']} p={p_text(run)} {who}: {code_version(prov)}, "

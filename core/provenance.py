@@ -128,9 +128,9 @@ def fp32_math_text(prov):
 
 
 def malloc_text(prov):
-    """How a table names the malloc setting of a run (", malloc: glibc, freed memory kept (...)"); nothing for runs
-    recorded before provenance had it."""
-    return f", malloc: {prov['malloc']}" if "malloc" in prov else ""
+    """How a table names the malloc setting of a run: ", malloc: glibc, freed memory kept (...)"; runs recorded
+    before core.allocator existed ran with the system's default."""
+    return f", malloc: {prov.get('malloc', 'default (before core.allocator)')}"
 
 
 def cpu_text(prov):

@@ -61,4 +61,4 @@ def test_provenance_names_the_malloc_setting():
 
     prov = provenance("cpu", "cmd")
     assert prov["malloc"] in malloc_text(prov)
-    assert malloc_text({}) == ""  # runs recorded before the key: nothing claimed
+    assert malloc_text({}) == ", malloc: default (before core.allocator)"  # runs recorded before the setting

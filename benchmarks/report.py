@@ -105,6 +105,10 @@ def _paper_keys(task):
     return [k for k in order if k in keys]
 
 
+PRECISION_SUFFIXES = {"-tf32": "TF32 matmuls", "-bf16": "its forward passes under bf16 autocast",
+                      "-bf16-cpu": "its forward passes under bf16 autocast on a CPU"}  # runconfig.table_label
+
+
 def _label(key, task):
     names = dict(task.extra_test_metrics)
     split, metric = key.split("_", 1)
@@ -117,7 +121,10 @@ def markdown(task, label, preset, runs):
     lines = [f"# {task.name} / {label}", "", task.description + ".", ""]
     if preset in task.preset_notes:
         lines += [f"**{task.preset_notes[preset]}**", ""]
-    if label != preset:
+    if label.removeprefix(preset) in PRECISION_SUFFIXES:
+        how = PRECISION_SUFFIXES[label.removeprefix(preset)]
+        lines += [f"**Preset `{preset}` with {how} (`{label}`); otherwise the preset's config.**", ""]
+    elif label != preset:
         lines += [f"**Preset `{preset}` with overrides (`{label}`): not the preset as published.**", ""]
     stale = sorted({r["stale"] for r in runs if r.get("stale")})
     if stale:

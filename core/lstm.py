@@ -66,9 +66,13 @@ class DropoutLSTM(nn.Module):
         masks = scheme.begin(x, self.num_layers, self.hidden_size, training)
         run = self._forward_stepwise if self.stepwise and not self._fused_eval() else self._forward_fused
         output, state = run(scheme.drop_input(x, training, masks), state, lengths, masks)
-        # contiguous: the fused batch-first LSTM returns a transposed view, which a following nn.Linear under bf16
-        # autocast multiplies by copying its weight once per row (bmm), 3x slower than fp32 on a CPU
-        return scheme.drop_output(output, training, masks).contiguous(), state
+        output = scheme.drop_output(output, training, masks)
+        if torch.is_autocast_enabled(output.device.type):
+            # the fused batch-first LSTM returns a transposed view, which a following nn.Linear under autocast
+            # multiplies by copying its weight once per row (bmm): 3x slower than fp32 on a CPU. Not in fp32, whose
+            # products stay bit for bit those of the committed tables
+            output = output.contiguous()
+        return output, state
 
     def _fused_eval(self):
         """A stepwise scheme that is plain nn.LSTM at evaluation (naive, variational) evaluates on the fused path,

@@ -222,7 +222,7 @@ class Grid:
         config = run.preset_config(task_cls, job.preset, self.settings.epochs, dict(job.overrides))
         target = Path(self.settings.out) / job.task / f"{job.label}-selection"
         runs, notes = select.collect(task_cls, job.preset, [Path(self.settings.selection_out)],
-                                     target.with_suffix(".json"), config, job.seed)
+                                     target.with_suffix(".json"), config, job.seed, self.settings.precision)
         decisions = select.write_selection(target, task_cls, job.preset, select.choose(task_cls, runs), notes, config)
         decision = decisions[job.variant]
         return (decision["dropout"], decision["zoneout_cell"]), f"{target}.md"

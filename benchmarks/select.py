@@ -66,13 +66,16 @@ def run_command(task, preset, variant, p, cell, seed, out, run_dir, run_args=(),
 
 
 def shortened(task, preset, run_args):
-    """(the config every grid run shares, the selection table's label) for runner flags such as --epochs 2 or
-    --set hidden=64 after --: a shortened grid is its own selection table, <preset>-e2-selection."""
+    """(the config every grid run shares, the selection table's label, the precision) for runner flags such as
+    --epochs 2, --set hidden=64 or --precision bf16 after --: such a grid is its own selection table,
+    <preset>-e2-selection, <preset>-bf16-cpu-selection."""
     parser = run.build_parser()
     ns, _ = parser.parse_known_args(["--task", task.name, *run_args])
     overrides = run.parse_overrides(ns.set, task.presets[preset], preset, parser, run.declared_keys(task))
-    label = run.table_label(task, preset, ns.epochs, None, overrides)
-    return run.preset_config(task, preset, ns.epochs, overrides), label
+    device = run.pick_device(ns.device)
+    precision = run.resolve_precision(ns.precision, device)
+    label = run.table_label(task, preset, ns.epochs, None, overrides, precision, device=device)
+    return run.preset_config(task, preset, ns.epochs, overrides), label, precision
 
 
 def grid_commands(task, preset, variants, points, seed, out, run_dir, run_args=()):
@@ -91,12 +94,13 @@ def grid_commands(task, preset, variants, points, seed, out, run_dir, run_args=(
     return commands
 
 
-def collect(task, preset, folders, earlier=None, reference=None, seed=None):
+def collect(task, preset, folders, earlier=None, reference=None, seed=None, precision="fp32"):
     """The selection runs of `preset` under `folders` (any depth; the runner names their tables
     <label>-select.json) and in `earlier`, a selection table written before (read first, so that a new run of
     the same point replaces its entry); (runs, notes on what was left out). `reference`: the config the runs
     must share (default: the preset's; a shortened grid passes its --epochs / --set config); `seed`: the only
-    seed taken (default: the task's selection seed), as another seed validates on another fold."""
+    seed taken (default: the task's selection seed), as another seed validates on another fold; `precision`: the
+    only precision taken (a bf16 grid is not chosen from fp32 runs, nor the other way)."""
     reference = {k: v for k, v in (reference or task.presets[preset]).items() if k not in IGNORED}
     seed = task.selection_seed(task.presets[preset]) if seed is None else seed
     runs, notes = [], []
@@ -111,6 +115,10 @@ def collect(task, preset, folders, earlier=None, reference=None, seed=None):
             if run["seed"] != seed:
                 notes.append(f"refused {path}: {run['variant']} p={p_text(run)} has seed {run['seed']}, not the "
                              f"selection seed {seed} (another seed validates on other data)")
+                continue
+            if run["config"].get("precision", "fp32") != precision:
+                notes.append(f"left out {path}: {run['variant']} p={p_text(run)} ran in "
+                             f"{run['config'].get('precision', 'fp32')}, not {precision}")
                 continue
             if any(k.startswith("test_") for k in run["metrics"]):
                 raise ValueError(f"{path} holds a run that read the test split ({run['variant']} p={p_text(run)}): "
@@ -312,12 +320,12 @@ def main(argv=None):
         failed = [c for c, rc in zip(commands, pool.map(call_run, commands)) if rc]
     if failed:
         sys.exit("error: grid runs failed (their output is above): " + "; ".join(" ".join(c[2:]) for c in failed))
-    reference, label = shortened(task, preset, run_args)
+    reference, label, precision = shortened(task, preset, run_args)
     target = Path(args.out) / task.name / f"{label}-selection"
     earlier = None if args.fresh else target.with_suffix(".json")
     try:
         runs, notes = collect(task, preset, [Path(args.work)] * bool(commands) + [Path(f) for f in args.collect],
-                              earlier, reference, args.seed)
+                              earlier, reference, args.seed, precision)
     except ValueError as err:
         sys.exit(f"error: {err}")
     if not runs:

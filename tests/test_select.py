@@ -162,3 +162,24 @@ def test_a_kept_point_from_a_table_with_another_config_is_left_out_with_a_note(t
     write_json(table, {"runs": [grid_run("variational", 0.1, 101.0, hidden=99), grid_run("variational", 0.2, 100.0)]})
     runs, notes = select.collect(LanguageModelTask, "tiny", [], earlier=table)
     assert [r["dropout"] for r in runs] == [0.2] and "differs from preset tiny in hidden" in notes[0]
+
+
+def test_a_selection_takes_only_runs_of_its_own_precision(tmp_path):
+    bf16 = grid_run("variational", 0.3, 90.0)
+    bf16["config"]["precision"] = "bf16"
+    write_grid(tmp_path, [grid_run("variational", 0.1, 101.0), bf16])
+    runs, notes = select.collect(LanguageModelTask, "tiny", [tmp_path])
+    assert [r["dropout"] for r in runs] == [0.1]  # the better bf16 point does not choose the fp32 p
+    assert any("ran in bf16, not fp32" in n for n in notes)
+    runs, _ = select.collect(LanguageModelTask, "tiny", [tmp_path], precision="bf16")
+    assert [r["dropout"] for r in runs] == [0.3]
+
+
+def test_a_bf16_selection_on_a_cpu_has_its_own_table():
+    label, precision = select.shortened(LanguageModelTask, "tiny", ["--precision", "bf16", "--device", "cpu"])[1:]
+    from core.precision import native_bf16
+
+    if native_bf16("cpu"):
+        assert (label, precision) == ("tiny-bf16-cpu", "bf16")
+    else:  # resolved to fp32 with a warning, as the runs themselves would be
+        assert (label, precision) == ("tiny", "fp32")

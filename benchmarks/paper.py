@@ -52,8 +52,9 @@ def table1_plan(jobs, args):
         if preset not in lm.presets:
             raise ValueError(f"bad job {preset}:{variant}:{seed}: lm has no preset {preset!r} ({', '.join(lm.presets)})")
         p = 0.0 if variant == "none" else lm.presets[preset]["dropout"]
-        planned.append(planning.Job("lm", preset, table_label(lm, preset, precision=args.precision, device=args.device), variant, seed,
-                                    (p, None), p_from="none" if variant == "none" else "preset"))
+        label = table_label(lm, preset, precision=args.precision, device=args.device)
+        planned.append(planning.Job("lm", preset, label, variant, seed, (p, None),
+                                    p_from="none" if variant == "none" else "preset"))
     return planned, settings
 
 

@@ -68,6 +68,11 @@ def native_bf16(device, cpuinfo=None):
     flags = cpu_bf16_flags(cpuinfo)
     if flags is None:
         return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return flags_say_native_bf16(flags)
+
+
+def flags_say_native_bf16(flags):
+    """Whether a list of cpu_bf16_flags has one of native bf16 arithmetic (amx_tile alone is not)."""
     return any(flag in NATIVE_BF16_FLAGS for flag in flags)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from core.allocator import allocator_setting
-from core.precision import NATIVE_BF16_FLAGS, cpu_bf16_flags, fp32_math, read_cpuinfo
+from core.precision import cpu_bf16_flags, flags_say_native_bf16, fp32_math, read_cpuinfo
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE_DIRS = ("core", "tasks", "benchmarks")
@@ -137,6 +137,6 @@ def cpu_text(prov):
     """How a table names a run's CPU: "AMD EPYC, AVX512, native bf16 (avx512_bf16)", or "..., no native bf16";
     only what the provenance recorded (older runs lack the capability and the bf16 flags)."""
     flags = prov.get("cpu_bf16")
-    bf16 = None if flags is None else (f"native bf16 ({', '.join(flags)})" if set(flags) & set(NATIVE_BF16_FLAGS)
+    bf16 = None if flags is None else (f"native bf16 ({', '.join(flags)})" if flags_say_native_bf16(flags)
                                        else "no native bf16")
     return ", ".join(filter(None, (prov.get("cpu_model"), prov.get("cpu_capability"), bf16)))

@@ -42,6 +42,7 @@ from core.precision import NATIVE_BF16_FLAGS, autocast, cpu_bf16_flags, native_b
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.merge import read_json
 from benchmarks.report import SPEED_KEYS
+from benchmarks.speed_bound import step_bound
 from benchmarks.speed_table import SPEED_PRECISIONS, machine_text, markdown, row_name
 from core.provenance import code_version, cpu_model
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry, prepare_process
@@ -263,9 +264,10 @@ def main(argv=None):
             for variant, precision in itertools.product(variants, precisions):
                 results[row_name(variant, precision)]["peak_mb"] = peak_memory_mb(
                     task_cls, config, variant, device, args.steps, args.user_dir, precision)
+        bound = step_bound(bound_task(task_cls, config), precisions, device)  # after the timing: nothing beside it
     except NotImplementedError as err:
         sys.exit(f"error: {err}")
-    entry = {"preset": preset, "config": config, "steps": args.steps, "repeats": args.repeats, "precisions": precisions,
+    entry = {"preset": preset, "bound": bound, "config": config, "steps": args.steps, "repeats": args.repeats, "precisions": precisions,
              "peer_dropout": config["dropout"], "results": results, "provenance": origin, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     path = Path(args.out) / task_cls.name / "speed.json"
     same = lambda e: e.get("kind") != "trained" and _entry_key(e) == _entry_key(entry)  # noqa: E731
@@ -273,6 +275,13 @@ def main(argv=None):
     write_json(path, entries)
     write_text(path.with_suffix(".md"), markdown(task_cls, entries))
     print(markdown(task_cls, [entry]))
+
+
+def bound_task(task_cls, config):
+    """The task on one synthetic batch: what its training_products need (the vocabulary's size)."""
+    task = task_cls({**config, "scheme": "none", "seed": 1})
+    task.synthetic_data(batches=1, seed=0)
+    return task
 
 
 def _entry_key(entry):

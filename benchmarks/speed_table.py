@@ -1,6 +1,7 @@
 """The table of benchmarks.speed (results/<task>/speed.md) and the names of its rows."""
 from core import SCHEMES
 from benchmarks.report import SPEED_KEYS, threads_text
+from benchmarks.speed_bound import bound_text, fraction_of_bound
 from core.provenance import code_version, cpu_text, fp32_math_text, malloc_text
 
 COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
@@ -87,9 +88,11 @@ def _section(entry):
     jobs = list(dict.fromkeys(job for r in results.values() for job in r))
     peer = next((impl for impl in results if scheme_of(impl) not in SCHEMES), None)
     compared = [job for job in jobs if peer and job in results[peer]]
+    bound = entry.get("bound")
     header = ["implementation"]
     for job in jobs:
         header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if job in compared else [])
+        header += ["of bound"] if bound and job == "train_tok_s" else []
     lines = [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", "",
              f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats{_precision_text(entry)}"
              f"{_peer_text(entry, peer)}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -100,7 +103,13 @@ def _section(entry):
             cells.append("—" if value is None else f"{value:,.1f}" if value < 1000 else f"{value:,.0f}")
             if job in compared:
                 cells.append("—" if value is None else f"{value / results[peer][job]:.2f}x")
+            if bound and job == "train_tok_s":
+                fraction = fraction_of_bound(bound, impl, value)
+                cells.append("—" if fraction is None else f"{fraction:.0%}")
         lines.append("| " + " | ".join(cells) + " |")
+    if bound:
+        lines += ["", "Of bound: the row's training speed over the step's matrix products alone, each timed at its "
+                  "shape in the row's precision (`benchmarks/speed_bound.py`):"] + bound_text(bound)
     software = f"torch {prov['torch']}{fp32_math_text(prov)}{malloc_text(prov)}"
     note = f" ({prov['note']})" if prov.get("note") else ""
     return lines + ["", f"`{prov['command']}` — {code_version(prov)}, {software}, {entry['finished']}{note}", ""]

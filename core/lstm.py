@@ -17,6 +17,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from core.recurrence import recurrence
 from core.schemes import make_scheme
 
+STEPWISE_BF16_FROM = 512  # hidden units; see DropoutLSTM._stepwise_is_faster
+
 
 def lstm_cell(x, h, c, weight, bias):
     """One LSTM step from the paper's equations (section 3.1), the reference the tests hold both paths to.
@@ -64,7 +66,8 @@ class DropoutLSTM(nn.Module):
             state = (zeros, zeros)
         scheme, training = self.scheme, self.training
         masks = scheme.begin(x, self.num_layers, self.hidden_size, training)
-        run = self._forward_stepwise if self.stepwise and not self._fused_eval() else self._forward_fused
+        stepwise = (self.stepwise and not self._fused_eval()) or self._stepwise_is_faster(x)
+        run = self._forward_stepwise if stepwise else self._forward_fused
         output, state = run(scheme.drop_input(x, training, masks), state, lengths, masks)
         output = scheme.drop_output(output, training, masks)
         if torch.is_autocast_enabled(output.device.type):
@@ -78,6 +81,15 @@ class DropoutLSTM(nn.Module):
         """A stepwise scheme that is plain nn.LSTM at evaluation (naive, variational) evaluates on the fused path,
         unless the module was built with stepwise=True on purpose."""
         return not self.training and not self.scheme.fused and self.scheme.eval_fused and not self._path_chosen
+
+    def _stepwise_is_faster(self, x):
+        """bf16 training on a CPU with layers of STEPWISE_BF16_FROM units or more runs on the per-step path, with
+        bf16 products: oneDNN's fused bf16 LSTM is slower there (a training step of the LM: medium 2x650 1.04x
+        faster per-step, large 2x1500 1.5x; small 2x200 0.8x, bound by Python's per-step overhead;
+        docs/performance.md). Evaluation stays fused (batch 1 would be bound by that overhead)."""
+        return (self.training and not self._path_chosen and self.hidden_size >= STEPWISE_BF16_FROM
+                and x.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+                and torch.get_autocast_dtype("cpu") == torch.bfloat16)
 
     def step(self, x_t, state=None):
         """One time step for decoding: x_t (B, input_size) -> (output (B, H), state)."""

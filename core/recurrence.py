@@ -46,19 +46,24 @@ def reference_recurrence(pre, h, c, w_hh, recurrent=None, keep_h=None, keep_c=No
 
 class _Recurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, pre, h, c, w_hh, recurrent, keep_h, keep_c, alive):
+    def forward(ctx, pre, h, c, w_hh, recurrent, keep_h, keep_c, alive, product_dtype):
         steps, batch, four = pre.shape
         size = four // 4
-        w_t = w_hh.t()
+        low = product_dtype is not None and product_dtype != pre.dtype  # bf16 products, fp32 state and gates
+        w_t = (w_hh.to(product_dtype) if low else w_hh).t()
         gates = pre.new_empty(steps, batch, four)  # activated (i, f, g, o)
         c_prev = pre.new_empty(steps, batch, size)
         tanh_c = pre.new_empty(steps, batch, size)
-        inputs_h = pre.new_empty(steps, batch, size)  # R_t * h_{t-1}: what W_hh multiplied
+        # R_t * h_{t-1}: what W_hh multiplied (in the products' dtype)
+        inputs_h = pre.new_empty(steps, batch, size, dtype=product_dtype if low else pre.dtype)
         outs = pre.new_empty(steps, batch, size)
         for t in range(steps):
             r = h if recurrent is None else h * _step_mask(recurrent, t)
             inputs_h[t] = r
-            gate = torch.addmm(pre[t], r, w_t, out=gates[t])
+            if low:
+                gate = torch.add(pre[t], torch.mm(inputs_h[t], w_t), out=gates[t])
+            else:
+                gate = torch.addmm(pre[t], r, w_t, out=gates[t])
             gate[:, :2 * size].sigmoid_()
             gate[:, 2 * size:3 * size].tanh_()
             gate[:, 3 * size:].sigmoid_()
@@ -76,13 +81,16 @@ class _Recurrence(torch.autograd.Function):
         i, f, g, o = gates.chunk(4, dim=2)
         local = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), tanh_c * o * (1 - o)], dim=2)
         through_tanh = o * (1 - tanh_c * tanh_c)
-        ctx.save_for_backward(local, through_tanh, f.contiguous(), inputs_h, w_hh, recurrent, keep_h, keep_c, alive)
+        ctx.save_for_backward(local, through_tanh, f.contiguous(), inputs_h, w_t.t(), recurrent, keep_h, keep_c,
+                              alive)
+        ctx.weight_dtype = w_hh.dtype
         return outs, h, c
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
         local, through_tanh, forget, inputs_h, w_hh, recurrent, keep_h, keep_c, alive = ctx.saved_tensors
         steps, batch, four = local.shape
+        low = w_hh.dtype != local.dtype  # the products in w_hh's dtype (bf16), the rest in fp32
         d_h = d_h.clone() if d_h is not None else local.new_zeros(batch, four // 4)
         d_c = d_c.clone() if d_c is not None else local.new_zeros(batch, four // 4)
         d_pre = torch.empty_like(local)
@@ -102,18 +110,25 @@ class _Recurrence(torch.autograd.Function):
             d_c_new = torch.addcmul(d_c_new, d_h_new, through_tanh[t])
             torch.mul(torch.stack([d_c_new, d_c_new, d_c_new, d_h_new], 1).view(batch, four), local[t], out=d_pre[t])
             d_c = d_c_new * forget[t] if d_c is None else torch.addcmul(d_c, d_c_new, forget[t])
-            d_r = d_pre[t] @ w_hh
+            d_r = (d_pre[t].to(w_hh.dtype) @ w_hh).to(local.dtype) if low else d_pre[t] @ w_hh
             if recurrent is not None:
                 d_r = d_r * _step_mask(recurrent, t)
             d_h = d_r if d_h is None else d_h + d_r
-        d_w = d_pre.view(-1, four).t() @ inputs_h.view(-1, four // 4)
-        return d_pre, d_h, d_c, d_w, None, None, None, None
+        d_w = (d_pre.to(w_hh.dtype) if low else d_pre).view(-1, four).t() @ inputs_h.view(-1, four // 4)
+        return d_pre, d_h, d_c, d_w.to(ctx.weight_dtype), None, None, None, None, None
 
 
 def recurrence(pre, h, c, w_hh, recurrent=None, keep_h=None, keep_c=None, alive=None):
     """The equations above with the hand-written backward pass. Returns (out (T, B, H), h_T, c_T). Under autocast
-    (bf16) it runs the reference code, whose ops autocast knows."""
-    if torch.is_autocast_enabled(pre.device.type):
-        return reference_recurrence(pre, h, c, w_hh, recurrent, keep_h, keep_c, alive)
+    the two products of every step (h W_hh^T forward, d_gates W_hh backward) and the weight's gradient run in
+    autocast's dtype, as autocast would run them, and the state, the gates and their derivatives in fp32; the
+    outputs are fp32."""
     keep_h, keep_c = _keep_masks(keep_h, keep_c, alive)
-    return _Recurrence.apply(pre, h, c, w_hh, recurrent, keep_h, keep_c, alive)
+    device_type = pre.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return _Recurrence.apply(pre, h, c, w_hh, recurrent, keep_h, keep_c, alive, None)
+    with torch.autocast(device_type, enabled=False):
+        fp32 = [None if x is None else x.float() for x in (pre, h, c, recurrent, keep_h, keep_c, alive)]
+        pre, h, c, recurrent, keep_h, keep_c, alive = fp32
+        return _Recurrence.apply(pre, h, c, w_hh, recurrent, keep_h, keep_c, alive,
+                                 torch.get_autocast_dtype(device_type))

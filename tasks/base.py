@@ -138,6 +138,12 @@ class Task:
         schemes are timed at (this task's own config may be the `none` row's, p=0)."""
         return {}
 
+    def training_products(self):
+        """The matrix products of one training step as [(m, k, n, times)] with the tokens (items) of that step:
+        what benchmarks.speed times alone to give the step's bound (products at the machine's rate, nothing
+        else). None: the task states none, and its table shows no bound."""
+        return None
+
     def speed_jobs(self, model, device):
         """{column: (fn(), items)} of extra timed jobs on a synthetic-data model (MT: beam decoding), reported as
         items per second."""

@@ -49,6 +49,23 @@ MUTANTS = {
         ("            after = [i for i, j in enumerate(jobs) if j.kind == \"select\" and j.choice == job.choice]",
          "            after = []"),
     ], ["tests/test_grid.py"]),
+    "fused loss: softmax gradient without the one-hot": ("core/loss.py", [
+        ("                grad.scatter_add_(1, index, -counted.to(softmax_dtype).unsqueeze(1))\n", ""),
+    ], ["tests/test_loss.py"]),
+    "fused loss: padded rows get a gradient": ("core/loss.py", [
+        ("                grad.mul_(counted.unsqueeze(1))\n", ""),
+    ], ["tests/test_loss.py"]),
+    "fused loss: backward ignores grad_output": ("core/loss.py", [
+        ("        scale = grad_nll.to(hidden.dtype) if hidden.dtype == torch.float64 else grad_nll",
+         "        scale = 1.0"),
+    ], ["tests/test_loss.py"]),
+    "bf16 recurrence: the step's product without h": ("core/recurrence.py", [
+        ("gate = torch.add(pre[t], torch.mm(inputs_h[t], w_t), out=gates[t])", "gate = gates[t].copy_(pre[t])"),
+    ], ["tests/test_recurrence.py"]),
+    "bf16 masks: not rescaled by 1 / (1 - p)": ("core/schemes.py", [
+        ("    return keep.to(like.dtype if like.is_floating_point() else torch.float32) * (1 / (1 - p))",
+         "    return keep.to(like.dtype if like.is_floating_point() else torch.float32)"),
+    ], ["tests/test_schemes.py"]),
     "no inter-layer dropout": ("core/lstm.py", [
         ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
         ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),

@@ -45,3 +45,23 @@ def test_recurrence_gradcheck():
     recurrent = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]], dtype=torch.double)
     keep = (torch.rand(4, 2, 3) < 0.5).double()
     assert torch.autograd.gradcheck(lambda *a: recurrence(*a, recurrent, keep, keep.flip(0)), leaves)
+
+
+def test_bf16_products_under_autocast_match_fp32_and_keep_fp32_state():
+    """Under bf16 autocast the step's products run in bf16 (outputs and gradients within bf16's precision of the
+    fp32 recurrence), the state and the outputs stay fp32, and W_hh's gradient comes back in its own dtype."""
+    torch.manual_seed(0)
+    leaves = [torch.randn(T, B, 4 * H), torch.randn(B, H), torch.randn(B, H), torch.randn(4 * H, H) * 0.5]
+    results = []
+    for bf16 in (False, True):
+        copies = [leaf.clone().requires_grad_() for leaf in leaves]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out, h, c = recurrence(*copies)
+        assert out.dtype == h.dtype == c.dtype == torch.float32
+        (out.pow(2).sum() + h.sin().sum() + c.cos().sum()).backward()
+        results.append([out, h, c] + [leaf.grad for leaf in copies])
+    assert results[1][-1].dtype == torch.float32
+    for low, full in zip(results[1], results[0]):
+        scale = full.abs().max()
+        assert (low - full).abs().max() <= 0.03 * scale
+    assert not torch.equal(results[1][0], results[0][0])  # bf16 products really ran

@@ -227,3 +227,42 @@ def test_cross_task_schemes_table_and_figure(tmp_path):
     text = (tmp_path / "schemes.md").read_text()
     assert "- speech: **none** ranks first on validation acc (80.20, runner-up zaremba 78.20), but on test it is " \
            "**behind** it: test 80.20 vs 82.20" in text
+
+
+def test_masks_under_cpu_autocast_come_from_uniform_draws_with_the_same_distribution():
+    """bf16 training on a CPU draws masks with uniform_ (bernoulli_ is serial there); fp32 keeps F.dropout's
+    stream bit for bit, so the committed fp32 tables stay reproducible."""
+    from core.schemes import dropout
+
+    x = torch.ones(200, 500)
+    torch.manual_seed(3)
+    plain = dropout(x, 0.3, training=True)
+    torch.manual_seed(3)
+    assert torch.equal(plain, torch.nn.functional.dropout(x, 0.3, training=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        masked = dropout(x, 0.3, training=True)
+        assert torch.equal(dropout(x, 0.3, training=False), x)
+    values = masked.unique()
+    assert len(values) == 2 and values[0] == 0 and torch.isclose(values[1], torch.tensor(1 / 0.7))
+    assert abs((masked == 0).float().mean().item() - 0.3) < 0.01  # 100k draws: 0.3 +- 0.0015 (std)
+    assert abs(masked.mean().item() - 1.0) < 0.01  # inverted dropout keeps the expectation
+
+
+def test_bf16_training_on_a_cpu_takes_the_per_step_path_from_512_units():
+    """Where the per-step path with bf16 products beats oneDNN's fused bf16 LSTM (docs/performance.md); the two
+    paths compute the same function (p=0 here, so no masks differ)."""
+    from core.lstm import STEPWISE_BF16_FROM
+
+    torch.manual_seed(0)
+    for hidden, expected in ((STEPWISE_BF16_FROM - 1, False), (STEPWISE_BF16_FROM, True)):
+        lstm = DropoutLSTM(8, hidden, 2, 0.0, "zaremba")
+        x = torch.randn(2, 3, 8)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert lstm._stepwise_is_faster(x) is expected
+            lstm.eval()
+            assert not lstm._stepwise_is_faster(x)  # evaluation stays fused
+            lstm.train()
+            out, _ = lstm(x)
+            fused, _ = lstm._forward_fused(x, (x.new_zeros(2, 2, hidden),) * 2, None, None)
+        assert not lstm._stepwise_is_faster(x)  # fp32: never
+        assert (out.float() - fused.float()).abs().max() < 0.02

@@ -139,3 +139,36 @@ def test_speed_sections_from_before_the_fix_say_their_reference_ran_without_drop
     assert "`reference` ran at p=0, its dropout off" in markdown(LanguageModelTask, [entry])
     fixed = markdown(LanguageModelTask, [{**entry, "peer_dropout": 0.5}])
     assert "its dropout off" not in fixed and "`reference` at the same p" in fixed
+
+
+def test_the_lm_step_bound_counts_every_product_of_the_paper_medium_step():
+    """The medium step's FLOPs by hand: softmax layer 3 x 2*700*650*10000; per layer the input product and its two
+    gradients, W_hh's gradient (all 2*700*650*2600) and 35 recurrent steps forward and backward (2*20*650*2600
+    each, the same total as one input product each way)."""
+    from benchmarks.speed_bound import fraction_of_bound
+    from tasks.lm.task import PRESETS, LanguageModelTask
+
+    task = LanguageModelTask({**PRESETS["medium"], "scheme": "zaremba", "seed": 1})
+    task.synthetic_data(batches=1)
+    products, tokens = task.training_products()
+    assert tokens == 700
+    flops = sum(2 * m * k * n * times for m, k, n, times in products)
+    expected = 3 * 2 * 700 * 650 * 10000 + 2 * (4 * 2 * 700 * 650 * 2600 + 2 * 2 * 700 * 650 * 2600)
+    assert flops == expected
+    bound = {"fp32": {"tok_s": 2000.0}, "bf16": {"tok_s": 4000.0}}
+    assert fraction_of_bound(bound, "zaremba-bf16", 3000.0) == 0.75
+    assert fraction_of_bound(bound, "reference", 1000.0) == 0.5  # peers run in fp32
+    assert fraction_of_bound(None, "zaremba", 1000.0) is None
+
+
+def test_the_speed_table_shows_each_training_row_against_the_bound(tmp_path, capsys):
+    speed.main(["--task", "lm", "--preset", "tiny", "--variants", "zaremba", "--steps", "1", "--repeats", "1",
+                "--no-memory", "--out", str(tmp_path)])
+    entry = json.loads((tmp_path / "lm" / "speed.json").read_text())[0]
+    bound = entry["bound"]["fp32"]
+    assert bound["tok_s"] > 0 and bound["gflop"] > 0
+    table = (tmp_path / "lm" / "speed.md").read_text()
+    assert "| of bound |" in table and "- bound in fp32:" in table
+    row = next(line for line in table.splitlines() if line.startswith("| zaremba |"))
+    fraction = entry["results"]["zaremba"]["train_tok_s"] / bound["tok_s"]
+    assert f"| {fraction:.0%} |" in row

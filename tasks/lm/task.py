@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from core import DropoutLSTM, StepOutput, init_uniform
+from core.loss import linear_cross_entropy
 from core.schemes import embedding_dropout
 from tasks.base import Task, register
 from tasks.lm.data import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
@@ -53,9 +54,13 @@ class LanguageModel(nn.Module):
         self.decoder = nn.Linear(hidden, vocab_size)
 
     def forward(self, tokens, state=None):
-        embedded = embedding_dropout(self.embed.weight, tokens, self.embed_dropout, self.training)
-        output, state = self.rnn(embedded, state)
+        output, state = self.features(tokens, state)
         return self.decoder(output), state
+
+    def features(self, tokens, state=None):
+        """The top layer's output after its dropout (B, T, H): what the softmax layer (`decoder`) reads."""
+        embedded = embedding_dropout(self.embed.weight, tokens, self.embed_dropout, self.training)
+        return self.rnn(embedded, state)
 
 
 def build_language_model(config, vocab_size):
@@ -151,13 +156,31 @@ class LanguageModelTask(Task):
         return logp - math.log(samples), targets, state
 
     def forward(self, model, batch, state):
-        inputs = batch[0]
-        logits, targets, state = self.logits(model, batch, state)
-        nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
+        inputs, targets = batch
+        if torch.is_autocast_enabled(inputs.device.type) and torch.is_grad_enabled() and isinstance(model, LanguageModel):
+            # bf16 training: the softmax layer and the loss in one (core.loss), never the fp32 logits. Evaluation
+            # and fp32 keep the plain path (faster in evaluation; fp32 stays bit for bit the committed tables)
+            hidden, state = model.features(inputs, state)
+            nll = linear_cross_entropy(hidden.reshape(-1, hidden.size(-1)), model.decoder.weight, model.decoder.bias,
+                                       targets.reshape(-1))
+        else:
+            logits, targets, state = self.logits(model, batch, state)
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="sum")
         # The paper's scaling: summed over the bptt steps, averaged over the batch. Averaging over all
         # tokens instead would silently divide lr 1 and the clip norm by the bptt length.
         return StepOutput(loss=nll / inputs.size(0), nll=nll.detach(), count=targets.numel(), state=state,
                           norm=inputs.size(0))
+
+    def training_products(self):
+        """Forward and backward of the softmax layer and of each LSTM layer: the input products over the whole
+        chunk, the recurrent ones one time step at a time (B rows each). The embedding is a lookup."""
+        cfg = self.config
+        batch, steps, hidden, vocab = cfg["batch_size"], cfg["bptt"], cfg["hidden"], len(self.vocab)
+        rows, gates = batch * steps, 4 * hidden
+        softmax = [(rows, hidden, vocab, 1), (rows, vocab, hidden, 1), (vocab, rows, hidden, 1)]
+        per_layer = [(rows, hidden, gates, 1), (rows, gates, hidden, 1), (gates, rows, hidden, 2),  # W_ih and W_hh
+                     (batch, hidden, gates, steps), (batch, gates, hidden, steps)]
+        return softmax + per_layer * cfg["layers"], rows
 
     def speed_peers(self, device, dropout):
         from tasks.lm.reference import reference_stepper

@@ -19,6 +19,7 @@ from core.provenance import code_version, cpu_text, fp32_math_text  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from benchmarks.significance import seed_interval  # noqa: E402
+from benchmarks.uncommitted import is_dirty, load_reasons, uncommitted_lines  # noqa: E402
 from benchmarks.merge import (  # noqa: E402,F401 (re-exported: the merge rules live in benchmarks/merge.py)
     CONFIG_DEFAULTS, SEED_KEYS, check_consistent, load_runs, merge_runs, merge_log, singles as _singles, variant_order)
 from benchmarks.overview import write_overview  # noqa: E402,F401 (re-exported: benchmarks.run calls it from here)
@@ -115,7 +116,8 @@ def _label(key, task):
     return f"{split} {names.get(metric, metric)}"
 
 
-def markdown(task, label, preset, runs):
+def markdown(task, label, preset, runs, uncommitted=None):
+    """The task table; `uncommitted`: {commit: why} of its runs from uncommitted code (benchmarks.uncommitted)."""
     m = task.main_metric
     paper = task.paper_results.get(label, {})
     lines = [f"# {task.name} / {label}", "", task.description + ".", ""]
@@ -202,6 +204,8 @@ def markdown(task, label, preset, runs):
     if len(commits) > 1:
         lines += [f"The runs come from {len(commits)} code versions ({', '.join(commits)}); their configs are identical "
                   "apart from variant, p and seed (checked when they were merged).", ""]
+    if any(is_dirty(run) for run in runs):
+        lines += uncommitted_lines(runs, uncommitted or {}) + [""]
     for run in runs:
         prov = run["provenance"]
         if run.get("ensemble"):
@@ -308,7 +312,8 @@ def write_results(out_dir, task, label, preset, new_runs, sources=None, refuse=T
         for line in log["replaced"]:
             print(f"replaced in {table}: {line}")
         write_json(table, runs)
-        write_text(folder / f"{label}.md", markdown(task, label, preset, runs))
+        reasons = load_reasons(out_dir).get(f"{task.name}/{label}.json", {})
+        write_text(folder / f"{label}.md", markdown(task, label, preset, runs, reasons))
         plot(task, label, runs, folder / f"{label}.png")
         task.figures(runs, folder, label)
     return log
@@ -364,7 +369,8 @@ def main(argv=None):
         except ValueError as err:
             parser.error(str(err))
         preset = runs[0].get("preset", label.split("-")[0])
-        write_text(path.with_suffix(".md"), markdown(task, label, preset, runs))
+        reasons = load_reasons(path.parent.parent).get(f"{path.parent.name}/{path.name}", {})
+        write_text(path.with_suffix(".md"), markdown(task, label, preset, runs, reasons))
         plot(task, label, runs, path.with_suffix(".png"))
         task.figures(runs, path.parent, label)
         print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")

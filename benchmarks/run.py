@@ -26,6 +26,7 @@ from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.monitor import rounded
 from core.locks import release
+from core.provenance import ROOT
 from core.utils import WriteError, did_you_mean, pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
 from benchmarks import plan as planning
@@ -338,6 +339,8 @@ def main(argv=None):
               "world_size": distributed.world_size()}
     label = run_label(args)
     check_mergeable(task_cls, args, label)
+    if main_rank:
+        warn_if_uncommitted(origin, args.out)
     planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)
                    for s in args.seeds] for v in args.variants}
     check_folders(args, planned)
@@ -347,6 +350,16 @@ def main(argv=None):
     finally:
         for fd in held:
             release(fd)
+
+
+def warn_if_uncommitted(origin, out):
+    """Before training: a run from uncommitted code into the repository's own results/ cannot be checked out again
+    (tests/test_results_provenance.py refuses it there until its table says why)."""
+    if origin["git_commit"].endswith("-dirty") and Path(out).resolve() == ROOT / "results":
+        warnings.warn(f"the working tree has uncommitted changes to the code ({origin['git_commit'][:12]}-dirty) and "
+                      f"--out is the repository's results/: commit first (or train from a clean `git worktree`), "
+                      "else this run's code cannot be checked out again and its row needs a reason in "
+                      "results/uncommitted.json")
 
 
 def train_all(task_cls, args, argv, label, planned, origin, main_rank):

@@ -66,6 +66,9 @@ MUTANTS = {
         ("    return keep.to(like.dtype if like.is_floating_point() else torch.float32) * (1 / (1 - p))",
          "    return keep.to(like.dtype if like.is_floating_point() else torch.float32)"),
     ], ["tests/test_schemes.py"]),
+    "runs from uncommitted code pass without a reason": ("benchmarks/uncommitted.py", [
+        ("            if is_dirty(record) and not reasons", "            if False and not reasons"),
+    ], ["tests/test_results_provenance.py"]),
     "no inter-layer dropout": ("core/lstm.py", [
         ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
         ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),

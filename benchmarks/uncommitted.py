@@ -1,0 +1,65 @@
+"""Runs from uncommitted code: a `-dirty` commit names code that cannot be checked out again, so every such run in
+a results folder needs a reason, kept in `<out>/uncommitted.json` as {"<task>/<table>.json": {"<commit>": why}}.
+The task tables print the reason beside the runs it covers; tests/test_results_provenance.py fails while a run in
+the repository's results/ has none (benchmarks.run warns before training from a dirty tree into it)."""
+import json
+from pathlib import Path
+
+REGISTRY = "uncommitted.json"
+
+
+def is_dirty(record):
+    """Whether a run (or a speed entry) was made from uncommitted code."""
+    return str(record.get("provenance", {}).get("git_commit", "")).endswith("-dirty")
+
+
+def load_reasons(out_dir):
+    """{table key: {commit: why}} from `<out_dir>/uncommitted.json` ({} when there is none)."""
+    path = Path(out_dir) / REGISTRY
+    if not path.is_file():
+        return {}
+    try:
+        reasons = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is damaged ({err}): fix its JSON, or restore it with `git checkout {path}`")
+    if not isinstance(reasons, dict) or not all(isinstance(v, dict) for v in reasons.values()):
+        raise ValueError(f"{path} must map '<task>/<table>.json' to {{commit: reason}}")
+    return reasons
+
+
+def records(table):
+    """The runs (or speed entries) of a table JSON: a list, or a selection table's {"runs": [...]}."""
+    data = json.loads(Path(table).read_text())
+    data = data.get("runs", []) if isinstance(data, dict) else data
+    return [r for r in data if isinstance(r, dict)]
+
+
+def undeclared(out_dir):
+    """[(table key, commit, what)] for every run from uncommitted code under `out_dir` without a reason."""
+    out_dir, reasons, missing = Path(out_dir), load_reasons(out_dir), []
+    for table in sorted(out_dir.rglob("*.json")):
+        if table.name == REGISTRY:
+            continue
+        key = str(table.relative_to(out_dir).with_suffix(".json").as_posix())
+        for record in records(table):
+            commit = record.get("provenance", {}).get("git_commit", "")
+            if is_dirty(record) and not reasons.get(key, {}).get(commit):
+                what = f"{record['variant']} seed {record.get('seed')}" if "variant" in record else \
+                    f"speed entry {record.get('preset')}"
+                missing.append((key, commit, what))
+    return missing
+
+
+def uncommitted_lines(runs, reasons):
+    """The table's note on its runs from uncommitted code, one line per commit, with its reason."""
+    by_commit = {}
+    for run in runs:
+        if is_dirty(run):
+            by_commit.setdefault(run["provenance"]["git_commit"], []).append(run)
+    lines = []
+    for commit, group in sorted(by_commit.items()):
+        who = ", ".join(f"{r['variant']} seed {r.get('seed')}" for r in group)
+        why = reasons.get(commit, "no reason recorded in results/uncommitted.json")
+        lines.append(f"- **From uncommitted code** ({commit[:12]}-dirty: it cannot be checked out again): {who}. "
+                     f"Why: {why}")
+    return lines

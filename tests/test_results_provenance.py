@@ -1,0 +1,54 @@
+"""Every run in results/ comes from a clean recorded commit, or its table says why not (benchmarks.uncommitted)."""
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from benchmarks import report
+from benchmarks.run import warn_if_uncommitted
+from benchmarks.uncommitted import REGISTRY, undeclared
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_run_in_results_is_from_a_clean_commit_or_has_a_reason():
+    missing = undeclared(ROOT / "results")
+    assert not missing, ("runs from uncommitted code with no reason in results/uncommitted.json (commit the code and "
+                         f"re-run from a clean tree, or say why): {missing}")
+
+
+def dirty_table(out):
+    """results/lm/small.json's first run, as if trained from uncommitted code, in a table of its own."""
+    run = json.loads((ROOT / "results" / "lm" / "small.json").read_text())[0]
+    run["provenance"]["git_commit"] = "0123456789abcdef-dirty"
+    (out / "lm").mkdir(parents=True)
+    (out / "lm" / "small.json").write_text(json.dumps([run]))
+    return run
+
+
+def test_a_dirty_run_fails_the_check_until_its_table_says_why(tmp_path):
+    run = dirty_table(tmp_path)
+    assert undeclared(tmp_path) == [("lm/small.json", "0123456789abcdef-dirty", f"none seed {run['seed']}")]
+    (tmp_path / REGISTRY).write_text(json.dumps({"lm/small.json": {"0123456789abcdef-dirty": "a test's reason"}}))
+    assert undeclared(tmp_path) == []
+    report.main([str(tmp_path / "lm" / "small.json")])
+    table = (tmp_path / "lm" / "small.md").read_text()
+    assert "**From uncommitted code** (0123456789ab-dirty" in table and "Why: a test's reason" in table
+
+
+def test_a_damaged_registry_is_named(tmp_path):
+    dirty_table(tmp_path)
+    (tmp_path / REGISTRY).write_text("{not json")
+    with pytest.raises(ValueError, match=f"{REGISTRY} is damaged"):
+        undeclared(tmp_path)
+
+
+def test_the_runner_warns_before_training_from_a_dirty_tree_into_results(tmp_path):
+    dirty = {"git_commit": "0123456789abcdef-dirty"}
+    with pytest.warns(UserWarning, match="uncommitted changes.*results/uncommitted.json"):
+        warn_if_uncommitted(dirty, ROOT / "results")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_uncommitted(dirty, tmp_path)  # a folder of one's own: no warning
+        warn_if_uncommitted({"git_commit": "0123456789abcdef"}, ROOT / "results")  # clean code: none

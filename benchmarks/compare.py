@@ -5,7 +5,8 @@
 
 The first input is the reference: every other one gets its difference to it (seed means), and where the runs
 pair (the same seeds on the same test set, per-item statistics recorded) the 95% interval over seeds and the
-paired bootstrap's interval and p (benchmarks.significance). Runs of different test sets are never paired.
+paired bootstrap's interval and p (benchmarks.significance). Runs of different test sets are never paired, and
+runs of different machines (GPU or CPU model, torch major.minor) only with --across-machines, which marks them.
 """
 import argparse
 import json
@@ -18,6 +19,7 @@ from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.effects import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
 from benchmarks.merge import load_runs, variant_order
 from benchmarks.significance import compare
+from core.provenance import machine_key, machine_name
 from core.utils import atomic_write, write_text
 from tasks.base import get_task
 
@@ -60,14 +62,49 @@ def metrics_of(task):
     return [m] + [k for k, _ in task.extra_test_metrics[:1]]
 
 
-def comparison(task, sources):
+def crossed_pairs(sources):
+    """[(label, variant, p, seed, reference's machine, other's machine)] for every pair of runs (the same variant,
+    p and seed in the reference and another input) whose machines differ (core.provenance.machine_key)."""
+    groups, variants = _by_variant(sources)
+    crossed = []
+    for (_, label, _), group in zip(sources[1:], groups[1:]):
+        for variant in variants:
+            ref = {r["seed"]: r for r in groups[0].get(variant, [])}
+            for run in group.get(variant, []):
+                if run["seed"] in ref:
+                    a, b = ref[run["seed"]].get("provenance", {}), run.get("provenance", {})
+                    if "torch" in a and "torch" in b and machine_key(a) != machine_key(b):  # both recorded
+                        crossed.append((label, *variant, run["seed"], machine_name(a), machine_name(b)))
+    return crossed
+
+
+def check_machines(sources, across_machines):
+    """A ValueError naming every pair that changes machine as well as the compared factor, unless
+    `across_machines`."""
+    crossed = crossed_pairs(sources)
+    if crossed and not across_machines:
+        ref = sources[0][1]
+        pairs = "; ".join(f"{variant} p={p} seed {seed}: `{ref}` on {a}, `{label}` on {b}"
+                          for label, variant, p, seed, a, b in crossed)
+        raise ValueError(f"these pairs differ in machine as well as in what is compared: {pairs}. Re-run one side "
+                         "on the other's machine (the same --seeds), or pass --across-machines to pair them anyway "
+                         "(they are then marked)")
+
+
+def comparison(task, sources, across_machines=False):
     """Markdown lines: one table per metric, a row per variant, a column per source and per difference."""
     (_, ref_label, _), others = sources[0], sources[1:]
     groups, variants = _by_variant(sources)
     lines = [f"# {task.name}: " + " vs ".join(f"`{label}`" for _, label, _ in sources), "",
-             f"Reference: `{ref_label}`. Cells: mean ± std over seeds (n). Δ: the other minus the reference, seed "
-             "means; where both have the same seeds on the same test set: the 95% interval over seeds (paired by "
-             "seed) and the paired bootstrap's interval and p.", ""]
+             f"Reference: `{ref_label}`. Cells: mean ± std over seeds (n), and the machines where a cell's seeds "
+             "ran on more than one. Δ: the other minus the reference, seed means; where both have the same seeds on "
+             "the same test set: the 95% interval over seeds (paired by seed) and the paired bootstrap's interval "
+             "and p.", ""]
+    crossed = crossed_pairs(sources)
+    if crossed:
+        lines += ["**Pairs across machines** (`--across-machines`: each also changes device or torch version): "
+                  + "; ".join(f"{variant} p={p} seed {seed} (`{ref_label}` on {a}, `{label}` on {b})"
+                              for label, variant, p, seed, a, b in crossed) + ".", ""]
     for metric in metrics_of(task):
         for split in ("test", "valid"):
             key = f"{split}_{metric}"
@@ -80,13 +117,24 @@ def comparison(task, sources):
             for variant in variants:
                 cells = []
                 for g in groups:
-                    values = [r["metrics"][key] for r in g.get(variant, []) if key in r["metrics"]]
-                    cells.append(f"{fmt(values)} ({len(values)})" if values else "—")
+                    runs = [r for r in g.get(variant, []) if key in r["metrics"]]
+                    cells.append(f"{fmt([r['metrics'][key] for r in runs])} ({len(runs)}){_machines(runs)}"
+                                 if runs else "—")
                 for g in groups[1:]:
                     cells.append(_difference(groups[0].get(variant, []), g.get(variant, []), key, split, metric))
                 lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells) + " |")
             lines.append("")
     return lines
+
+
+def _machines(runs):
+    """'' for runs of one machine, else '; seeds 1 on ..., 2,3 on ...'."""
+    by_machine = {}
+    for run in runs:
+        by_machine.setdefault(machine_name(run.get("provenance", {})), []).append(str(run["seed"]))
+    if len(by_machine) < 2:
+        return ""
+    return "; " + ", ".join(f"seeds {','.join(seeds)} on {machine}" for machine, seeds in by_machine.items())
 
 
 def _difference(ref, other, key, split, metric):
@@ -146,6 +194,8 @@ def main(argv=None):
     parser.add_argument("inputs", nargs="+", help="results/<task>/<label>.json files or run dirs (the first: reference)")
     parser.add_argument("--out", help="also write the comparison as Markdown here")
     parser.add_argument("--plot", help="also draw the test main metric per variant and input (PNG)")
+    parser.add_argument("--across-machines", action="store_true", help="pair runs of the same seed even where their "
+                        "machines differ (device, or torch's major.minor version); the pairs are marked")
     add_user_dir_flag(parser)
     args = parser.parse_args(argv)
     if len(args.inputs) < 2:
@@ -157,9 +207,10 @@ def main(argv=None):
         if len(names) > 1:
             raise ValueError(f"the inputs belong to different tasks ({', '.join(names)}): compare one task at a time")
         task = get_task(names[0])
+        check_machines(sources, args.across_machines)
     except ValueError as err:
         parser.error(str(err))
-    text = "\n".join(comparison(task, sources)) + "\n"
+    text = "\n".join(comparison(task, sources, args.across_machines)) + "\n"
     sys.stdout.write(text)
     if args.out:
         write_text(args.out, text)

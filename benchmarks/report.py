@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.locks import table_lock  # noqa: E402
-from core.provenance import code_version, cpu_text, fp32_math_text  # noqa: E402
+from core.provenance import code_version, cpu_text, fp32_math_text, machine_key, machine_name  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from benchmarks.significance import seed_interval  # noqa: E402
@@ -42,6 +42,27 @@ def device_of(run):
     """'cpu', or the GPU's name: what a wall time was measured on."""
     prov = run.get("provenance", {})
     return prov.get("gpu") or str(prov.get("device", "?")).split(":")[0]
+
+
+def seeds_text(group):
+    """'1,2,3', or per machine where the seeds of a row ran on more than one: '1 (AMD EPYC, torch 2.9); 2,3
+    (NVIDIA H200, torch 2.11)'."""
+    by_machine = defaultdict(list)
+    for run in group:
+        by_machine[machine_name(run.get("provenance", {}))].append(str(run["seed"]))
+    if len(by_machine) == 1:
+        return ",".join(next(iter(by_machine.values())))
+    return "; ".join(f"{','.join(seeds)} ({machine})" for machine, seeds in by_machine.items())
+
+
+def mixed_machines_lines(groups):
+    """A warning under the summary for rows whose mean averages runs of different machines."""
+    mixed = [f"{variant} p={p:g}: seeds {seeds_text(group)}" for (variant, p), group in groups.items()
+             if len({machine_key(r.get("provenance", {})) for r in group}) > 1]
+    if not mixed:
+        return []
+    return ["**Rows that average runs of more than one machine** (device or torch version; a seed moves between "
+            "machines by about the seed spread, so compare these means with care): " + "; ".join(mixed) + ".", ""]
 
 
 def _wall_times(group):
@@ -141,6 +162,7 @@ def markdown(task, label, preset, runs, uncommitted=None):
                  if task.eval_train else
                  "the running average over that epoch's training pass (dropout on, as in the paper's code)")
     lines += summary(task, runs) if _singles(runs) else []
+    lines += mixed_machines_lines(_group(runs))
     lines += _p_sources(runs)
     lines += ["## Details", "", f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid "
               f"epoch; train {m} is {train_how}. Wall time: training, per device. The plot and the JSON have every "
@@ -164,7 +186,7 @@ def markdown(task, label, preset, runs, uncommitted=None):
             + [_fmt(col(key)) for key, _ in extras]
             + [", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in group),
                _wall_times(group),
-               ",".join(str(r["seed"]) for r in group)]
+               seeds_text(group)]
             + [f"{ref[k]:g}" if k in ref else "—" for k in paper_keys]) + " |")
     for run in _ensembles(runs):
         ref = paper.get(f"{run['variant']} ensemble", {})

@@ -104,7 +104,7 @@ def _under(fn, precision, device):
 
 
 def peer_jobs(task, dropout, batches, tokens, device):
-    """The task's published peers at the schemes' p (before 2026-12-06 they took the first scheme's: `none`, p=0)."""
+    """The task's published peers at the schemes' p (2026-11-30 to 12-06 they took the first scheme's: `none`, p=0)."""
     jobs = {}
     for name, (train_step, eval_step) in task.speed_peers(device, dropout).items():
         jobs[name] = {"train_tok_s": (lambda f=train_step: [f(b) for b in batches], tokens),

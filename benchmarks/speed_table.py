@@ -30,31 +30,39 @@ def _shape(cfg):
     return ", ".join(parts + [f"p={cfg['dropout']:g} for the dropout schemes"])
 
 
-def _precision_text(entry):
+def _precision_text(task_cls, entry):
     precisions = entry.get("precisions", ["fp32"])
     if precisions == ["fp32"]:
         return ""
-    return (f"; precision {' and '.join(precisions)} (rows `<scheme>-bf16`: forward passes under bf16 autocast, "
+    text = (f"; precision {' and '.join(precisions)} (rows `<scheme>-bf16`: forward passes under bf16 autocast, "
             "loss and softmax in fp32; peers in fp32 as published)")
+    return text + (_bf16_quality_text(task_cls) if "bf16" in precisions else "")
 
 
-def peer_dropout(entry):
-    """The p the peers were timed at. Runs before `peer_dropout` was recorded built them from the first scheme's
-    config, and the first scheme was `none`: p=0, the reference's dropout off."""
-    if "peer_dropout" in entry:
-        return entry["peer_dropout"]
-    first = next((impl for impl in entry["results"] if scheme_of(impl) in SCHEMES), None)
-    return 0.0 if first == "none" else entry["config"]["dropout"]
+def _bf16_quality_text(task_cls):
+    """Where the task's quality in bf16 is measured (Task.bf16_quality), or that it is not: the rows are speed alone."""
+    if task_cls.bf16_quality:
+        return f"; quality in bf16: {task_cls.bf16_quality}"
+    metrics = " or ".join([task_cls.main_metric] + [label for _, label in task_cls.extra_test_metrics])
+    return (f"; **quality in bf16 not measured**: the bf16 rows time an untrained model on random data, and no "
+            f"{metrics} of a model trained or run in bf16 has been compared with fp32")
 
 
 def _peer_text(entry, peer):
+    """The p the peers were timed at, as the entry records it (`peer_dropout`; for runs from before it was recorded,
+    read afterwards from the code at their commit, which `peer_dropout_note` says)."""
     if peer is None:
         return ""
-    p = peer_dropout(entry)
+    if "peer_dropout" not in entry:
+        return f"; `{peer}`'s p not recorded"
+    p, note = entry["peer_dropout"], entry.get("peer_dropout_note")
+    note = f" ({note})" if note else ""
     if p == entry["config"]["dropout"]:
-        return f"; `{peer}` at the same p"
-    return (f"; **`{peer}` ran at p={p:g}, its dropout off** (the peer took the first scheme's config, `none`'s, "
-            "until a fix of 2026-12-06): its rows are a reference without dropout, not like for like")
+        return f"; `{peer}` at the same p{note}"
+    if p == 0:
+        return (f"; **`{peer}` ran at p=0, its dropout off**{note}: its rows are a reference without dropout, "
+                "not like for like")
+    return f"; **`{peer}` ran at p={p:g}**{note}: its rows are not like for like"
 
 
 def machine_text(prov):
@@ -74,14 +82,14 @@ def markdown(task_cls, entries):
     lines = [f"# {task_cls.name} / speed", "", INTRO + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
     for entry in entries:
         if entry.get("kind") != "trained":
-            lines += _section(entry)
+            lines += _section(task_cls, entry)
     trained = [e for e in entries if e.get("kind") == "trained"]
     if trained:
         lines += _trained_section(trained)
     return "\n".join(lines)
 
 
-def _section(entry):
+def _section(task_cls, entry):
     """One run's rows against its peer (the first implementation that is no scheme: the published reference)."""
     prov, results = entry["provenance"], entry["results"]
     hw = prov.get("gpu") or f"{cpu_text(prov)}, {threads_text(prov['torch_threads'])}"
@@ -94,7 +102,8 @@ def _section(entry):
         header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if job in compared else [])
         header += ["of bound"] if bound and job == "train_tok_s" else []
     lines = [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", "",
-             f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats{_precision_text(entry)}"
+             f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats"
+             f"{_precision_text(task_cls, entry)}"
              f"{_peer_text(entry, peer)}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for impl, row in results.items():
         cells = [impl]

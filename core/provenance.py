@@ -140,3 +140,16 @@ def cpu_text(prov):
     bf16 = None if flags is None else (f"native bf16 ({', '.join(flags)})" if flags_say_native_bf16(flags)
                                        else "no native bf16")
     return ", ".join(filter(None, (prov.get("cpu_model"), prov.get("cpu_capability"), bf16)))
+
+
+def machine_key(prov):
+    """What makes two runs' machines the same for a comparison: the GPU's name or the CPU's model, and torch's
+    major.minor version (("NVIDIA H200", "2.11"), ("AMD EPYC", "2.9"))."""
+    torch_version = ".".join(str(prov.get("torch", "?")).split("+")[0].split(".")[:2])
+    return prov.get("gpu") or prov.get("cpu_model") or str(prov.get("device", "?")), torch_version
+
+
+def machine_name(prov):
+    """'NVIDIA H200, torch 2.11': machine_key as a table prints it."""
+    device, torch_version = machine_key(prov)
+    return f"{device}, torch {torch_version}"

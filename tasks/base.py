@@ -72,6 +72,9 @@ class Task:
     # --cuda-graphs may capture its steps (core.graphs)
     graph_safe = False
     speed_notes = ""  # what benchmarks.speed's table should say about this task's rows (peers, worst cases)
+    # where runs trained or decoded in bf16 are scored against fp32 (e.g. a table under results/), printed beside the
+    # bf16 rows of benchmarks.speed's table; None: those sections say that quality in bf16 was not measured
+    bf16_quality = None
     # Measure the train split again in eval mode (no dropout) after every epoch and report that as train_*,
     # as the paper does for frame accuracy; otherwise train_* is the running average of the training pass.
     eval_train = False

@@ -50,3 +50,31 @@ def test_a_run_dir_compares_too_and_bad_inputs_are_one_error(tmp_path, capsys):
         with pytest.raises(SystemExit):
             compare.main(args)
         assert message in capsys.readouterr().err
+
+
+def on_machine(path, gpu, torch_version, seeds=()):
+    """Mark the runs of `seeds` (all when empty) of a table as run on `gpu` with `torch_version`."""
+    runs = json.loads(path.read_text())
+    for run in runs:
+        if not seeds or run["seed"] in seeds:
+            run["provenance"] = {**run.get("provenance", {}), "gpu": gpu, "torch": torch_version}
+    write_json(path, runs)
+
+
+def test_pairs_across_machines_are_refused_unless_asked_for_and_then_marked(tmp_path, capsys):
+    a = table(tmp_path / "a" / "lm" / "cpu.json", 0.0)
+    b = table(tmp_path / "b" / "lm" / "cpu-bf16.json", 0.1)
+    on_machine(a, None, "2.9.1+cpu")
+    on_machine(b, None, "2.9.1+cpu")
+    compare.main([str(a), str(b)])  # one machine: paired, nothing marked
+    assert "across machines" not in capsys.readouterr().out
+    on_machine(a, "NVIDIA H200", "2.11.0", seeds=(2,))
+    with pytest.raises(SystemExit):
+        compare.main([str(a), str(b)])
+    error = capsys.readouterr().err
+    assert "none p=0 seed 2: `cpu` on NVIDIA H200, torch 2.11, `cpu-bf16` on" in error
+    assert "zaremba p=0.5 seed 2" in error and "seed 1" not in error and "--across-machines" in error
+    compare.main([str(a), str(b), "--across-machines"])
+    text = capsys.readouterr().out
+    assert "**Pairs across machines**" in text and "none p=0 seed 2 (`cpu` on NVIDIA H200, torch 2.11" in text
+    assert "seeds 2 on NVIDIA H200, torch 2.11" in text  # the reference's cell says its seeds' machines

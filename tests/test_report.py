@@ -29,3 +29,15 @@ def test_overview_lists_results_tables_only(tmp_path):
     (tmp_path / "lm" / "cpu-selection.json").write_text(json.dumps({"rule": "best validation", "runs": []}))
     text = overview(tmp_path)
     assert "mc.md" not in text and "selection" not in text and "| lm |" not in text
+
+
+def test_a_row_whose_seeds_ran_on_different_machines_says_so():
+    cpu = {"device": "cpu", "cpu_model": "AMD EPYC", "torch": "2.9.1+cu128"}
+    h200 = {"device": "cuda:0", "gpu": "NVIDIA H200", "torch": "2.11.0+cu130"}
+    group = [{"variant": "none", "dropout": 0.0, "seed": s, "provenance": prov}
+             for s, prov in ((1, cpu), (2, h200), (3, h200))]
+    assert report.seeds_text(group) == "1 (AMD EPYC, torch 2.9); 2,3 (NVIDIA H200, torch 2.11)"
+    lines = report.mixed_machines_lines({("none", 0.0): group})
+    assert "more than one machine" in lines[0] and "none p=0: seeds 1 (AMD EPYC, torch 2.9)" in lines[0]
+    same = [dict(run, provenance=cpu) for run in group]
+    assert report.seeds_text(same) == "1,2,3" and report.mixed_machines_lines({("none", 0.0): same}) == []

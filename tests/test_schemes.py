@@ -229,6 +229,33 @@ def test_cross_task_schemes_table_and_figure(tmp_path):
            "**behind** it: test 80.20 vs 82.20" in text
 
 
+def test_the_schemes_table_marks_significance_after_holm_over_each_tasks_comparisons_with_none(monkeypatch):
+    """The one rule of every table (docs/results.md): Holm-adjusted bootstrap p < 0.05 and the seed interval away
+    from 0. The family is a task's comparisons against none: 0.03 with two others (Holm 0.06) gets no mark, 0.03
+    alone in its column keeps it. Unadjusted, every 0.03 would be marked."""
+    import benchmarks.schemes as schemes
+    from tasks.base import get_task
+
+    bootstrap_p = {"zaremba": 0.001, "naive": 0.03, "variational": 0.03}
+
+    def compare(a_runs, b_runs, metric, lower):
+        p = bootstrap_p[a_runs[0]["variant"]] if b_runs[0]["variant"] == "none" else 0.5
+        return {"metric": metric, "diff": -1.0, "seed_ci": (-2.0, -0.5), "boot_ci": (-1.5, -0.5), "p": p,
+                "seeds_agree": True, "significant": p < 0.05, "seeds": [1, 2, 3], "a_better": 3, "b_better": 0}
+
+    monkeypatch.setattr(schemes, "compare", compare)
+    three = _fake_runs(["none", "zaremba", "naive", "variational"], 20.0, -1.0, "test_ppl")
+    one = _fake_runs(["none", "naive"], 100.0, -1.0, "test_ppl")
+    text = schemes.schemes_markdown([("caption", get_task("caption"), three), ("lm", get_task("lm"), one)])
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in text.splitlines()
+            if line.startswith("| ")}
+    assert rows["zaremba"][0].endswith(" *")  # Holm 3 x 0.001
+    assert "*" not in rows["naive"][0] and "*" not in rows["variational"][0]  # Holm 2 x 0.03 = 0.06
+    assert rows["naive"][1].endswith(" * |")  # a family of one: 0.03
+    assert "Holm's adjustment over the family of that task's comparisons against `none`" in text
+    assert "unadjusted" not in text
+
+
 def test_masks_under_cpu_autocast_come_from_uniform_draws_with_the_same_distribution():
     """bf16 training on a CPU draws masks with uniform_ (bernoulli_ is serial there); fp32 keeps F.dropout's
     stream bit for bit, so the committed fp32 tables stay reproducible."""

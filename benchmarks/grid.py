@@ -208,7 +208,12 @@ class Grid:
                 for i in waiting:
                     self._set(i, "failed", f"its selection jobs failed (#{', #'.join(str(f + 1) for f in failed)})")
                 continue
-            p, table = self._choose(self.jobs[grid[0]])
+            try:
+                p, table = self._choose(self.jobs[grid[0]])
+            except ValueError as err:  # e.g. a choice between points of two machines that one seed cannot tell
+                for i in waiting:
+                    self._set(i, "failed", str(err))
+                continue
             for i in waiting:
                 self.jobs[i] = planning.replace(self.jobs[i], p=p)
                 self.notes[i] = f"p={self.jobs[i].rate()} chosen on validation"

@@ -69,6 +69,13 @@ MUTANTS = {
     "runs from uncommitted code pass without a reason": ("benchmarks/uncommitted.py", [
         ("            if is_dirty(record) and not reasons", "            if False and not reasons"),
     ], ["tests/test_results_provenance.py"]),
+    "selection picks between machines within a seed's spread": ("benchmarks/select.py", [
+        ("        close = [r for r in grid if machine_key(r.get(\"provenance\", {})) != mine",
+         "        close = [r for r in grid if False"),
+    ], ["tests/test_select.py"]),
+    "compare pairs runs across machines silently": ("benchmarks/compare.py", [
+        ("    if crossed and not across_machines:", "    if False:"),
+    ], ["tests/test_compare.py"]),
     "no inter-layer dropout": ("core/lstm.py", [
         ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
         ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),

@@ -183,3 +183,34 @@ def test_a_bf16_selection_on_a_cpu_has_its_own_table():
         assert (label, precision) == ("tiny-bf16-cpu", "bf16")
     else:  # resolved to fp32 with a warning, as the runs themselves would be
         assert (label, precision) == ("tiny", "fp32")
+
+
+def on(run, gpu):
+    run["provenance"] = {**PROV, "torch": "2.9.1", **({"gpu": gpu} if gpu else {})}
+    return run
+
+
+def test_a_choice_between_machines_within_one_seeds_spread_is_refused_naming_the_points(tmp_path):
+    """weightdrop 0.2 on a GPU at 105.96 against 0.1 on the CPU at 106.13: 0.17 apart, less than one seed moves."""
+    table = tmp_path / "lm" / "tiny.json"
+    write_json(table, [dict(grid_run("zaremba", 0.2, v), seed=s) for s, v in ((1, 100.0), (2, 101.0), (3, 99.0))])
+    spread = select.seed_spread(LanguageModelTask, table)
+    assert spread == pytest.approx(1.0)
+    grid = [on(grid_run("weightdrop", 0.1, 106.13), None), on(grid_run("weightdrop", 0.2, 105.96), "NVIDIA H200"),
+            on(grid_run("weightdrop", 0.3, 107.5), "NVIDIA H200")]
+    chosen = select.choose(LanguageModelTask, grid)
+    with pytest.raises(ValueError, match=r"weightdrop: p=0.2 105.96 on NVIDIA H200, torch 2.9 against p=0.1 106.13 "
+                                         r"on x, torch 2.9, within one seed's spread \(1.00\); re-run 0.2, 0.1"):
+        select.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny", chosen, [],
+                               PRESETS["tiny"])
+    assert not (tmp_path / "lm" / "tiny-selection.json").exists()  # nothing written
+    grid[0]["metrics"]["valid_ppl"] = 109.0  # now 3.04 apart: the choice stands, and the table says where each ran
+    select.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny",
+                           select.choose(LanguageModelTask, grid), [], PRESETS["tiny"])
+    text = (tmp_path / "lm" / "tiny-selection.md").read_text()
+    assert "(seed 1)" in text and "ran on 2 machines" in text and "0.1: 109.00 (2) [x, torch 2.9]" in text
+
+
+def test_one_machine_needs_no_seed_spread():
+    grid = [on(grid_run("weightdrop", 0.1, 106.13), None), on(grid_run("weightdrop", 0.2, 105.96), None)]
+    select.check_one_machine(LanguageModelTask, select.choose(LanguageModelTask, grid), None)

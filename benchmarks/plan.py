@@ -13,8 +13,9 @@ from pathlib import Path
 
 from benchmarks import runconfig as run
 from benchmarks.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json, singles
+from core.provenance import recorded_user_code, user_code, user_code_hash
 from core.utils import pick_device
-from tasks.base import TASKS
+from tasks.base import TASKS, user_registered
 
 DEFAULT_GRID = ((0.1, None), (0.2, None), (0.35, None), (0.5, None), (0.65, None))
 ZONEOUT_GRID = ((0.05, 0.5), (0.1, 0.5), (0.2, 0.5))  # the zoneout paper's 0.05 with cells 0.5, and beyond
@@ -187,7 +188,36 @@ def command_text(argv):
 
 def done_before(job, settings):
     """Whether the job's run is already in its table with the config this grid would train (a committed table's
-    none and zaremba rows, say, or a job finished before a kill): then there is nothing to do."""
+    none and zaremba rows, say, or a job finished before a kill) and, for a scheme or task of the user's own, from
+    the same user code: then there is nothing to do."""
+    entry = _entry_in_table(job, settings)
+    return entry is not None and not from_older_user_code(job, entry)
+
+
+def from_older_user_code(job, entry):
+    """Whether a table entry of the user's own scheme (or task) was trained with other --user-dir code than is
+    loaded now: its row is trained again and replaced."""
+    return _user_defined(job) and recorded_user_code(entry.get("provenance", {})) != _loaded_user_code()
+
+
+def rows_from_older_code(jobs, settings):
+    """The jobs whose rows are in their tables from older code of the user's own scheme (see done_before)."""
+    return [job for job in jobs if job.p is not None and (entry := _entry_in_table(job, settings)) is not None
+            and from_older_user_code(job, entry)]
+
+
+def _user_defined(job):
+    names = user_registered()
+    return job.variant in names or job.task in names
+
+
+def _loaded_user_code():
+    files = user_code()
+    return user_code_hash(files) if files else None
+
+
+def _entry_in_table(job, settings):
+    """The job's run in its table with the config this grid would train, or None."""
     planned = {**run.preset_config(TASKS[job.task], job.preset, settings.epochs, dict(job.overrides)),
                "precision": settings.precision}
     planned.pop("scheme_dropout", None)
@@ -199,8 +229,8 @@ def done_before(job, settings):
         config = {**CONFIG_DEFAULTS, **entry.get("config", {})}
         if same_run and config.get("zoneout_cell") == job.p[1] and all(
                 config.get(k) == v for k, v in planned.items() if k not in SEED_KEYS):
-            return True
-    return False
+            return entry
+    return None
 
 
 # ---- estimates from the wall times already recorded in results/ ------------------------------------------------
@@ -287,6 +317,11 @@ def describe(jobs, settings, device, slots, executor="local"):
                 + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
     done = sum(how.startswith("finished before") for _, how in estimates)
     when = (f"{done} of the {len(jobs)} jobs are in their tables already (skipped). " if done else "") + when
+    older = rows_from_older_code(jobs, settings)
+    if older:
+        when += (f" {len(older)} row{'s' * (len(older) != 1)} of your own code "
+                 f"({', '.join(sorted({j.variant for j in older}))}) came from older --user-dir code: trained again, "
+                 "replacing them.")
     paragraph = f"Plan: {what} into {', '.join(tables)}; p: {'; '.join(sources)}. {when}"
     lines = []
     for i, (job, (s, how)) in enumerate(zip(jobs, estimates)):

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.locks import table_lock  # noqa: E402
-from core.provenance import code_version, cpu_text, fp32_math_text, machine_key, machine_name  # noqa: E402
+from core.provenance import code_version, cpu_text, fp32_math_text  # noqa: E402
+from benchmarks.machines import mixed_machines_lines, seeds_text  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from benchmarks.significance import seed_interval  # noqa: E402
@@ -42,27 +43,6 @@ def device_of(run):
     """'cpu', or the GPU's name: what a wall time was measured on."""
     prov = run.get("provenance", {})
     return prov.get("gpu") or str(prov.get("device", "?")).split(":")[0]
-
-
-def seeds_text(group):
-    """'1,2,3', or per machine where the seeds of a row ran on more than one: '1 (AMD EPYC, torch 2.9); 2,3
-    (NVIDIA H200, torch 2.11)'."""
-    by_machine = defaultdict(list)
-    for run in group:
-        by_machine[machine_name(run.get("provenance", {}))].append(str(run["seed"]))
-    if len(by_machine) == 1:
-        return ",".join(next(iter(by_machine.values())))
-    return "; ".join(f"{','.join(seeds)} ({machine})" for machine, seeds in by_machine.items())
-
-
-def mixed_machines_lines(groups):
-    """A warning under the summary for rows whose mean averages runs of different machines."""
-    mixed = [f"{variant} p={p:g}: seeds {seeds_text(group)}" for (variant, p), group in groups.items()
-             if len({machine_key(r.get("provenance", {})) for r in group}) > 1]
-    if not mixed:
-        return []
-    return ["**Rows that average runs of more than one machine** (device or torch version; a seed moves between "
-            "machines by about the seed spread, so compare these means with care): " + "; ".join(mixed) + ".", ""]
 
 
 def _wall_times(group):

@@ -3,7 +3,10 @@ a results folder needs a reason, kept in `<out>/uncommitted.json` as {"<task>/<t
 The task tables print the reason beside the runs it covers; tests/test_results_provenance.py fails while a run in
 the repository's results/ has none (benchmarks.run warns before training from a dirty tree into it)."""
 import json
+import warnings
 from pathlib import Path
+
+from core.provenance import ROOT
 
 REGISTRY = "uncommitted.json"
 
@@ -63,3 +66,13 @@ def uncommitted_lines(runs, reasons):
         lines.append(f"- **From uncommitted code** ({commit[:12]}-dirty: it cannot be checked out again): {who}. "
                      f"Why: {why}")
     return lines
+
+
+def warn_if_uncommitted(origin, out):
+    """Before training: a run from uncommitted code into the repository's own results/ cannot be checked out again
+    (tests/test_results_provenance.py refuses it there until its table says why)."""
+    if origin["git_commit"].endswith("-dirty") and Path(out).resolve() == ROOT / "results":
+        warnings.warn(f"the working tree has uncommitted changes to the code ({origin['git_commit'][:12]}-dirty) and "
+                      f"--out is the repository's results/: commit first (or train from a clean `git worktree`), "
+                      "else this run's code cannot be checked out again and its row needs a reason in "
+                      "results/uncommitted.json")

@@ -35,6 +35,7 @@ NOT_A_CHECKOUT = "not a git checkout"
 DECLARED = f" (declared by ${ENV_GIT_COMMIT})"
 # Changes that cannot alter a number: the tables the runner itself rewrites, and the docs.
 NOT_CODE = (":(exclude)results", ":(exclude)*.md")
+USER_NAMESPACE = "rnnreg_user_"  # the package prefix tasks.registry imports --user-dir files under
 
 
 def source_files(root=ROOT):
@@ -97,8 +98,8 @@ def hardware(device):
 
 
 def provenance(device, command=None):
-    """Where a number came from: the command, the code, the software and the machine."""
-    return {
+    """Where a number came from: the command, the code (the user's own too), the software and the machine."""
+    prov = {
         "command": command or shlex.join([sys.executable] + sys.argv),
         "git_commit": git_commit(),
         "source_hash": source_hash(),
@@ -106,6 +107,33 @@ def provenance(device, command=None):
         "python": platform.python_version(),
         **hardware(device),
     }
+    files = user_code()
+    if files:
+        prov["user_code"] = {"hash": user_code_hash(files), "files": files}
+    return prov
+
+
+def user_code():
+    """{module: sha256 of its file} of every module imported from a --user-dir or $RNNREG_USER_DIR (under
+    USER_NAMESPACE, tasks.registry), named without the namespace so that the same files hash the same anywhere;
+    {} where none was imported. The repository's commit says nothing about these files."""
+    files = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if name.startswith(USER_NAMESPACE) and path:
+            local = name.partition(".")[2] or "__init__"
+            files[local] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return dict(sorted(files.items()))
+
+
+def user_code_hash(files):
+    """One sha256 over user_code()'s listing."""
+    return hashlib.sha256("".join(f"{digest}  {name}\n" for name, digest in files.items()).encode()).hexdigest()
+
+
+def recorded_user_code(prov):
+    """The user-code hash a run recorded, or None."""
+    return (prov.get("user_code") or {}).get("hash")
 
 
 def code_version(prov):
@@ -115,9 +143,10 @@ def code_version(prov):
     if commit == NOT_A_CHECKOUT or commit == "unknown":
         digest = prov.get("source_hash")
         return f"{commit}, source sha256 {digest[:12]}" if digest else commit
+    user = f", user code {recorded_user_code(prov)[:12]}" if recorded_user_code(prov) else ""
     if commit.endswith(DECLARED):
-        return f"commit {commit}"
-    return "commit " + commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+        return f"commit {commit}{user}"
+    return "commit " + commit[:12] + ("-dirty" if commit.endswith("-dirty") else "") + user
 
 
 def fp32_math_text(prov):

@@ -23,7 +23,8 @@ from core.download import data_root
 from core.trainer import TrainConfig
 from core.utils import did_you_mean, rng_states_on_cpu, save_torch
 from tasks.registry import (  # noqa: F401 (the registry's names, re-exported)
-    ENV_USER_DIR, TASKS, UNAVAILABLE, get_task, import_user_dir, load_checkpoint, load_members, load_tasks, register)
+    ENV_USER_DIR, TASKS, UNAVAILABLE, get_task, import_user_dir, load_checkpoint, load_members, load_tasks, register,
+    user_registered)
 
 
 def first_seed_details(runs, key):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from core.provenance import USER_NAMESPACE
 from core.utils import defined_in, did_you_mean
 
 ENV_USER_DIR = "RNNREG_USER_DIR"
@@ -63,7 +64,7 @@ def import_user_dir(folder):
         raise ValueError(f"user dir {folder} is not a folder: give --user-dir (or ${ENV_USER_DIR}) a folder of "
                          "task adapters")
     _IMPORTED_DIRS.add(path)
-    namespace = "rnnreg_user_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+    namespace = USER_NAMESPACE + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     init = path / "__init__.py"
     package = _import_file(namespace, init if init.exists() else None, path)
     if init.exists():
@@ -94,6 +95,11 @@ def _import_file(name, file, folder):
         raise
     USER_FILES[str(file)] = {"tasks": sorted(set(TASKS) - tasks_before), "schemes": sorted(set(SCHEMES) - schemes_before)}
     return module
+
+
+def user_registered():
+    """The names of the tasks and schemes registered by --user-dir files."""
+    return {name for got in USER_FILES.values() for name in got["tasks"] + got["schemes"]}
 
 
 def _user_files_text():

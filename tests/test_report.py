@@ -1,4 +1,4 @@
-from benchmarks import report
+from benchmarks import machines, report
 from benchmarks.overview import overview
 
 
@@ -36,8 +36,8 @@ def test_a_row_whose_seeds_ran_on_different_machines_says_so():
     h200 = {"device": "cuda:0", "gpu": "NVIDIA H200", "torch": "2.11.0+cu130"}
     group = [{"variant": "none", "dropout": 0.0, "seed": s, "provenance": prov}
              for s, prov in ((1, cpu), (2, h200), (3, h200))]
-    assert report.seeds_text(group) == "1 (AMD EPYC, torch 2.9); 2,3 (NVIDIA H200, torch 2.11)"
-    lines = report.mixed_machines_lines({("none", 0.0): group})
+    assert machines.seeds_text(group) == "1 (AMD EPYC, torch 2.9); 2,3 (NVIDIA H200, torch 2.11)"
+    lines = machines.mixed_machines_lines({("none", 0.0): group})
     assert "more than one machine" in lines[0] and "none p=0: seeds 1 (AMD EPYC, torch 2.9)" in lines[0]
     same = [dict(run, provenance=cpu) for run in group]
-    assert report.seeds_text(same) == "1,2,3" and report.mixed_machines_lines({("none", 0.0): same}) == []
+    assert machines.seeds_text(same) == "1,2,3" and machines.mixed_machines_lines({("none", 0.0): same}) == []

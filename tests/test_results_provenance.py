@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.run import warn_if_uncommitted
+from benchmarks.uncommitted import warn_if_uncommitted
 from benchmarks.uncommitted import REGISTRY, undeclared
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks import plan as planning, run, select
-from benchmarks.runconfig import declared_keys
+from benchmarks.runconfig import check_distinct, declared_keys, parse_seeds
 from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.executors import EXECUTORS, make_executor
 from benchmarks.grid_report import Display, final_metric, schemes_tables, summary_lines, verdicts
@@ -73,14 +73,18 @@ def parse_grids(items):
     """['0.1,0.2', 'zoneout=0.05/0.5'] -> {None: [(0.1, None), (0.2, None)], 'zoneout': [(0.05, 0.5)]}."""
     grids = {}
     for item in items:
-        scheme, sep, points = item.rpartition("=")
-        grids[scheme if sep else None] = [select.parse_point(t) for t in points.split(",") if t.strip()]
+        scheme, sep, texts = item.rpartition("=")
+        points = [select.parse_point(t) for t in texts.split(",") if t.strip()]
+        check_distinct([f"{p:g}" + (f"/{cell:g}" if cell is not None else "") for p, cell in points],
+                       f"--grid {item}")
+        grids[scheme if sep else None] = points
     return grids
 
 
 def variants_of(text):
     named = [v.strip() for v in text.split(",") if v.strip()]
     named = list(SCHEMES) if named == ["all"] else named
+    check_distinct(named, "--variants")
     unknown = [v for v in named if v not in SCHEMES]
     if unknown:
         raise ValueError(f"--variants: unknown {unknown}{did_you_mean(unknown, SCHEMES)}; registered schemes: "
@@ -106,6 +110,7 @@ def make_plan(args, parser):
             run.get_task(name)
         fixed = run.parse_fixed_p(args.p, variants)
         reselect = reselected(args.select, variants)
+        given_seeds = parse_seeds(args.seeds) if args.seeds else None
         device = run.pick_device(args.device)
         precision = run.resolve_precision(args.precision, device)
         grids = parse_grids(args.grid)
@@ -127,8 +132,7 @@ def make_plan(args, parser):
                                          declared_keys(task_cls))
         config = run.preset_config(task_cls, preset, args.epochs, overrides)
         ensemble = config.get("ensemble") if args.seeds is None else None
-        seeds = (run._int_list(args.seeds, "seeds", parser) if args.seeds else
-                 task_cls.default_seeds(config) or list(range(1, (ensemble or 1) + 1)))
+        seeds = given_seeds or task_cls.default_seeds(config) or list(range(1, (ensemble or 1) + 1))
         jobs += planning.plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed, ensemble, reselect)
     jobs = planning.link(jobs)
     check_jobs(jobs, settings)
@@ -278,12 +282,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
         parser.error("--threads and --jobs must be >= 1")
+    slots = args.jobs or (16 if args.executor == "slurm" else max(1, (os.cpu_count() or 1) // args.threads))
     try:
         jobs, settings, device = make_plan(args, parser)
-    except ValueError as err:  # a damaged table of --out
+        planning.print_plan(jobs, settings, device, slots, args.executor, every_job=args.dry_run)
+    except ValueError as err:  # a damaged table of --out, or a folder where it belongs
         parser.error(str(err))
-    slots = args.jobs or (16 if args.executor == "slurm" else max(1, (os.cpu_count() or 1) // args.threads))
-    planning.print_plan(jobs, settings, device, slots, args.executor, every_job=args.dry_run)
     if args.dry_run:
         return 0
     try:

@@ -8,6 +8,7 @@ from benchmarks.effects import LOWER_IS_BETTER, adjust_for_family, effects, inte
 from benchmarks.merge import load_runs, singles
 from benchmarks.significance import verdict as significance_verdict
 from benchmarks.overview import write_overview
+from core.monitor import read_log
 from tasks.base import TASKS
 
 
@@ -27,13 +28,14 @@ def final_metric(job, settings):
 
 def _epoch_progress(job, settings):
     """'epoch 3/15' from the run's log.jsonl while it trains."""
+    path = planning.job_run_dir(job, settings) / "log.jsonl"
     try:
-        lines = (planning.job_run_dir(job, settings) / "log.jsonl").read_text().splitlines()
-    except OSError:
+        records, torn = read_log(path)
+    except (OSError, ValueError):  # no log yet, or a line inside it damaged: the job's status says enough
         return ""
-    epochs = sum('"kind": "epoch"' in line for line in lines)
+    epochs = sum(r.get("kind") == "epoch" for r in records)
     total = settings.epochs or TASKS[job.task].presets[job.preset]["epochs"]
-    return f"epoch {epochs}/{total}"
+    return f"epoch {epochs}/{total}" + (f" ({path.name}: torn last line skipped)" if torn else "")
 
 
 class Display:

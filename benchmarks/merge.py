@@ -19,10 +19,19 @@ def read_json(path, default=()):
     path = Path(path)
     if not path.exists():
         return list(default)
+    if folder_in_the_way(path):
+        raise ValueError(folder_in_the_way(path))
     try:
         return json.loads(path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{path} is damaged: not readable JSON ({err}). {_FIX.format(path=path)}") from None
+
+
+def folder_in_the_way(path):
+    """The error for a folder standing where a results file goes, or '' (none does)."""
+    if not Path(path).is_dir():
+        return ""
+    return f"{path} is a folder where a results file belongs: move it away (or pick another --out); nothing was written"
 
 
 _FIX = ("Restore it (from version control, e.g. git checkout -- {path}, or a backup) or move it away; nothing was "

@@ -21,7 +21,7 @@ from benchmarks import plan as planning
 from benchmarks.executors import LocalExecutor
 from benchmarks.grid import Grid
 from benchmarks.grid_report import Display, summary_lines
-from benchmarks.runconfig import table_label
+from benchmarks.runconfig import check_distinct, table_label
 from tasks.base import load_tasks
 
 TABLE1 = (("small", "none", 1), ("medium", "zaremba", 1), ("medium", "zaremba", 2), ("large", "zaremba", 1))
@@ -32,9 +32,10 @@ def parse_jobs(text):
     jobs = []
     for item in text.split(","):
         parts = item.strip().split(":")
-        if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
-            raise ValueError(f"bad job {item!r}: give PRESET:VARIANT:SEED, e.g. medium:zaremba:1")
+        if len(parts) != 3 or not parts[2].isdigit():
+            raise ValueError(f"bad job {item!r}: give PRESET:VARIANT:SEED (a seed >= 0), e.g. medium:zaremba:1")
         jobs.append((parts[0], parts[1], int(parts[2])))
+    check_distinct([f"{preset}:{variant}:{seed}" for preset, variant, seed in jobs], "--jobs")
     return jobs
 
 

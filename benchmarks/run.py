@@ -26,15 +26,17 @@ from core.interrupt import ENV_STOP_WITH_PARENT, stop_with_parent
 from core.download import ENV_DATA_DIR, DataError, data_root
 from core.monitor import rounded
 from core.locks import release
-from core.provenance import ROOT
 from core.utils import WriteError, did_you_mean, pick_device, provenance, seed_everything, write_text
 from tasks.base import TASKS, Task, get_task
 from benchmarks import plan as planning
 from benchmarks.cli import (add_device_flags, add_user_dir_flag, check_folders, list_tasks, load_task_registry,
                             lock_runs, move_aside, prepare_process, runs_in_the_way, unwritable_folder)
+from benchmarks.uncommitted import warn_if_uncommitted
+from benchmarks.merge import folder_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 from benchmarks.runconfig import (  # noqa: F401 (re-exported: select and plan read them from here)
-    declared_keys, p_source, parse_fixed_p, parse_overrides, preset_config, run_name, table_label)
+    check_distinct, declared_keys, p_source, parse_fixed_p, parse_overrides, parse_seeds, preset_config, run_name,
+    table_label)
 
 
 def build_parser():
@@ -88,16 +90,6 @@ def build_parser():
     return p
 
 
-def _int_list(text, what, parser):
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        parser.error(f"--{what} must be a comma list of integers, got {text!r}")
-    if not values:
-        parser.error(f"--{what} is empty")
-    return values
-
-
 def validate(args, parser):
     """Fail fast, before any data is loaded, with a message naming the flag and the fix."""
     load_task_registry(args, parser)
@@ -118,6 +110,10 @@ def validate(args, parser):
         parser.error(f"--variants: unknown {bad or 'empty list'}{did_you_mean(bad[:1], SCHEMES)}; choose from "
                      f"{', '.join(SCHEMES)} (schemes of your own: --user-dir)")
     try:
+        check_distinct(args.variants, "--variants")
+    except ValueError as err:
+        parser.error(str(err))
+    try:
         task_cls.check_keys(task_cls.presets[args.preset])
     except ValueError as err:
         parser.error(f"preset {args.preset}: {err}")
@@ -131,7 +127,10 @@ def validate(args, parser):
         preset_seeds = None if args.ensemble else task_cls.default_seeds({**task_cls.presets[args.preset],
                                                                            **args.overrides})
         args.seeds = ",".join(map(str, preset_seeds or range(1, (args.ensemble or 1) + 1)))
-    args.seeds = _int_list(args.seeds, "seeds", parser)
+    try:
+        args.seeds = parse_seeds(args.seeds)
+    except ValueError as err:
+        parser.error(str(err))
     if args.ensemble and len(args.seeds) != args.ensemble:
         parser.error(f"--ensemble {args.ensemble} averages {args.ensemble} seeds but --seeds gives {len(args.seeds)}; "
                      f"drop --seeds (it then defaults to 1..{args.ensemble}) or give that many")
@@ -309,8 +308,12 @@ def write_table(args, task_cls, label, entries, kept_in, resume):
 
 
 def check_mergeable(task_cls, args, label):
-    """Fail before training, not after it, when the runs asked for cannot join the table already there."""
+    """Fail before training, not after it, when the runs asked for cannot join the table already there, or a folder
+    stands where one of the table's files goes."""
     table = Path(args.out) / args.task / f"{label}.json"
+    for path in (table, table.with_suffix(".md"), table.with_suffix(".png")):
+        if folder_in_the_way(path):
+            sys.exit(f"error: {folder_in_the_way(path)}")
     planned = [{"variant": v, "seed": s, "config": run_config(task_cls, args, v, s)}
                for v in args.variants for s in args.seeds]
     try:
@@ -350,16 +353,6 @@ def main(argv=None):
     finally:
         for fd in held:
             release(fd)
-
-
-def warn_if_uncommitted(origin, out):
-    """Before training: a run from uncommitted code into the repository's own results/ cannot be checked out again
-    (tests/test_results_provenance.py refuses it there until its table says why)."""
-    if origin["git_commit"].endswith("-dirty") and Path(out).resolve() == ROOT / "results":
-        warnings.warn(f"the working tree has uncommitted changes to the code ({origin['git_commit'][:12]}-dirty) and "
-                      f"--out is the repository's results/: commit first (or train from a clean `git worktree`), "
-                      "else this run's code cannot be checked out again and its row needs a reason in "
-                      "results/uncommitted.json")
 
 
 def train_all(task_cls, args, argv, label, planned, origin, main_rank):

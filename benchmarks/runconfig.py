@@ -80,6 +80,29 @@ def parse_fixed_p(text, variants):
     return fixed
 
 
+def parse_seeds(text, flag="--seeds"):
+    """'1,2,3' -> [1, 2, 3]; a ValueError naming the flag for a non-integer, an empty list, a negative seed or a
+    seed given twice. Seed 0 is a seed like any other (speech's cpu preset: the dev fold)."""
+    try:
+        seeds = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be a comma list of integers, got {text!r}") from None
+    if not seeds:
+        raise ValueError(f"{flag} is empty")
+    if min(seeds) < 0:
+        raise ValueError(f"{flag} {text}: seeds are integers >= 0, got {min(seeds)}")
+    check_distinct(seeds, flag)
+    return seeds
+
+
+def check_distinct(values, flag):
+    """A ValueError naming the flag and the first value it gives twice: each value is one run dir (or job), so a
+    repeat would train into the same folder twice, or wait on its own lock."""
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise ValueError(f"{flag} gives {repeated[0]} twice: name each once")
+
+
 def _number_or_text(text):
     try:
         return float(text) if "." in text else int(text)

@@ -7,8 +7,11 @@ prints a plain line every `plain_every` of the pass instead. Its rate counts onl
 so a resumed run shows its real speed.
 """
 import json
+import os
 import sys
 import time
+import warnings
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -56,12 +59,46 @@ def rounded(record, digits=6):
     return {k: (float(f"{v:.{digits}g}") if isinstance(v, float) else v) for k, v in record.items()}
 
 
+def read_log(path):
+    """The records of a log.jsonl and whether its last line is torn (a write cut short, or one still going on):
+    that line is skipped, not parsed."""
+    whole, _, torn = Path(path).read_text().rpartition("\n")
+    return [json.loads(line) for line in whole.splitlines() if line], bool(torn)
+
+
+def append_line(path, line):
+    """Append `line` whole or not at all: bytes a refused write left (a full disk, a file-size limit) are cut
+    away before the error goes on, so the file always ends with a whole line."""
+    with open(path, "ab", buffering=0) as f:  # unbuffered: truncate is not a flush of the refused bytes again
+        start = f.seek(0, os.SEEK_END)
+        try:
+            data = memoryview(line.encode())
+            while data:
+                data = data[f.write(data):]  # a write may land only part of the bytes before it fails
+        except OSError:
+            f.truncate(start)
+            raise
+
+
+def drop_torn_line(path):
+    """Cut a log torn by an earlier process (a lost machine, a version without append_line) back to its last
+    whole line, so the next record starts a line of its own; says so."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):
+        os.truncate(path, whole)
+        warnings.warn(f"{path} ended in a torn line, the rest of a write cut short "
+                      f"({data[whole:whole + 60].decode(errors='replace')}...): dropped it before appending")
+
+
 class Monitor:
     """log.jsonl lines (steps and epochs) and TensorBoard scalars and text of one run, written by rank 0 only."""
 
     def __init__(self, run_dir, enabled=True, tensorboard=True):
         self.run_dir, self.enabled = run_dir, enabled and run_dir is not None
-        self.writer = None
+        self.writer, self.appended = None, False
         if self.enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -71,11 +108,12 @@ class Monitor:
         path = self.run_dir / "log.jsonl"
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(path, "a") as f:
-                f.write(json.dumps(rounded(record)) + "\n")
-                f.flush()
+            if not self.appended:
+                drop_torn_line(path)
+            append_line(path, json.dumps(rounded(record)) + "\n")
         except OSError as err:
             raise write_error(path, err) from err
+        self.appended = True
 
     def note(self, record):
         """A line of its own in log.jsonl (e.g. where a resumed run continued)."""

@@ -30,6 +30,18 @@ MUTANTS = {
     "damaged tables not checked": ("benchmarks/merge.py", [
         ("    for i, run in enumerate(runs):\n        missing", "    for i, run in enumerate(runs[:0]):\n        missing"),
     ], ["tests/test_faults.py"]),
+    "a folder where the table goes read as a table (IsADirectoryError)": ("benchmarks/merge.py", [
+        ("    if folder_in_the_way(path):\n        raise ValueError(folder_in_the_way(path))\n", ""),
+    ], ["tests/test_faults.py"]),
+    "the runner trains with a folder where its table's .md goes": ("benchmarks/run.py", [
+        ("        if folder_in_the_way(path):\n            sys.exit", "        if False:\n            sys.exit"),
+    ], ["tests/test_faults.py"]),
+    "a log append the kernel cuts short leaves its torn line": ("core/monitor.py", [
+        ("            f.truncate(start)\n", ""),
+    ], ["tests/test_faults.py"]),
+    "a log's torn last line is appended to": ("core/monitor.py", [
+        ("            if not self.appended:\n                drop_torn_line(path)\n", ""),
+    ], ["tests/test_faults.py"]),
     "writes ignore the umask": ("core/utils.py", [
         ("        os.chmod(tmp, 0o666 & ~_umask())\n", ""),
     ], ["tests/test_faults.py"]),
@@ -76,6 +88,9 @@ MUTANTS = {
     "compare pairs runs across machines silently": ("benchmarks/compare.py", [
         ("    if crossed and not across_machines:", "    if False:"),
     ], ["tests/test_compare.py"]),
+    "edited --user-dir code goes unnoticed": ("benchmarks/plan.py", [
+        ("    return _user_defined(job) and recorded_user_code(", "    return False and recorded_user_code("),
+    ], ["tests/test_grid.py"]),
     "no inter-layer dropout": ("core/lstm.py", [
         ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
         ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),

@@ -3,6 +3,7 @@ fails writes with EFBIG just as a full disk fails them with ENOSPC), damaged tab
 writes and a signal during the final test pass. Every fault is real: a second process, a kernel limit, bytes on disk."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from benchmarks import report, run
+from benchmarks import grid, report, run
 from core.locks import run_dir_lock_file
 from core.utils import write_text
 
@@ -155,6 +156,23 @@ def test_a_file_where_a_run_writes_a_folder_stops_it_before_training(tiny_ptb, t
         (tmp_path / "runs").rglob("log.jsonl"))
 
 
+@pytest.mark.parametrize("name", ["tiny.json", "tiny.md"])
+def test_a_folder_where_the_table_goes_stops_the_run_before_training_naming_it(tiny_ptb, tmp_path, name, capsys):
+    folder = tmp_path / "results" / "lm" / name
+    folder.mkdir(parents=True)
+    said = f"{folder} is a folder where a results file belongs: move it away (or pick another --out)"
+    with pytest.raises(SystemExit, match=re.escape(said)):
+        run.main(lm_tiny(tiny_ptb, tmp_path))
+    assert not (tmp_path / "runs").exists() and list(folder.parent.iterdir()) == [folder]
+    if name.endswith(".json"):  # re-rendering and the grid's plan say the same
+        with pytest.raises(SystemExit):
+            report.main([str(folder)])
+        with pytest.raises(SystemExit):
+            grid.main(["--tasks", "lm", "--preset", "tiny", "--out", str(tmp_path / "results"), "--device", "cpu",
+                       "--dry-run"])
+        assert capsys.readouterr().err.count(said) == 2
+
+
 def test_writes_are_durable_honour_the_umask_and_clean_their_own_dead_temporaries(tmp_path):
     target = tmp_path / "t.json"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -192,3 +210,52 @@ def test_a_signal_during_the_final_test_pass_finishes_it_says_so_and_stops_the_c
     runs = json.loads((tmp_path / "results" / "lm" / "tiny.json").read_text())
     assert [r["variant"] for r in runs] == ["none"] and "test_ppl" in runs[0]["metrics"]  # zaremba never started
     assert "Continue with:" in output and not (tmp_path / "runs" / "lm" / "tiny" / "zaremba-p0.3-seed1").exists()
+
+
+LOG_LIMITED = textwrap.dedent('''
+    import resource, signal, sys
+    from benchmarks import run
+    from core import trainer
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    save = trainer.Trainer._save_checkpoint
+    def save_then_leave_20_bytes_for_the_log(self, epoch, within=None):
+        save(self, epoch, within)  # the epoch's log line comes next: the kernel lets 20 of its bytes through
+        room = (self.run_dir / "log.jsonl").stat().st_size + 20
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, resource.RLIM_INFINITY))
+    trainer.Trainer._save_checkpoint = save_then_leave_20_bytes_for_the_log
+    run.main(sys.argv[1:])
+''')
+
+
+def test_a_log_line_the_kernel_cuts_short_is_taken_back_whole_and_resume_starts_a_line_of_its_own(tiny_ptb, tmp_path):
+    argv = lm_tiny(tiny_ptb, tmp_path, "--no-tensorboard")
+    proc = start(argv, LOG_LIMITED)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 1, output
+    log = tmp_path / "runs" / "lm" / "tiny" / "none-p0-seed1" / "log.jsonl"
+    assert f"error: could not write {log}: the file is larger than this process may write" in output
+    before = log.read_bytes()
+    assert before.endswith(b"\n") and not any(json.loads(line)["kind"] == "epoch" for line in before.splitlines())
+    resumed = subprocess.run([sys.executable, "-m", "benchmarks.run", *argv, "--resume"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert log.read_bytes().startswith(before) and "torn" not in resumed.stderr
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert {"kind": "resumed", "epoch": 2, "step": 0} in lines and lines[-1]["kind"] == "epoch"
+
+
+def test_a_log_torn_before_is_cut_back_to_its_last_whole_line_and_the_grid_reads_past_the_torn_line(tmp_path):
+    from benchmarks import grid_report, plan as planning
+    from core.monitor import Monitor
+
+    job = planning.Job("lm", "tiny", "tiny", "none", 1, (0.0, None))
+    settings = planning.Settings(run_dir=str(tmp_path / "runs"))
+    log = planning.job_run_dir(job, settings) / "log.jsonl"
+    log.parent.mkdir(parents=True)
+    whole = b'{"kind": "epoch", "epoch": 1}\n'
+    log.write_bytes(whole + b'{"kind": "epoch", "epoch": 2, "lr": 0.5, "wall_s": 0.')  # a machine lost mid-write
+    assert grid_report._epoch_progress(job, settings) == "epoch 1/2 (log.jsonl: torn last line skipped)"
+    with pytest.warns(UserWarning, match=f"{log} ended in a torn line"):
+        Monitor(log.parent, tensorboard=False).note({"kind": "resumed", "epoch": 2, "step": 0})
+    assert log.read_bytes() == whole + b'{"kind": "resumed", "epoch": 2, "step": 0}\n'
+    assert grid_report._epoch_progress(job, settings) == "epoch 1/2"

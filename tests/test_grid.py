@@ -89,7 +89,11 @@ def test_bad_grid_flags_fail_before_anything_runs(tmp_path, tiny_ptb, user_dir, 
     for argv, message in [(["--variants", "mien"], "unknown ['mien']"),
                           (["--set", "hiden=3"], "did you mean 'hidden'"),
                           (["--p", "naive=0.2"], "'naive' is not in --variants"),
-                          (["--grid", "0.1,x"], "bad grid point 'x'")]:
+                          (["--grid", "0.1,x"], "bad grid point 'x'"),
+                          (["--seeds", "1,1"], "--seeds gives 1 twice: name each once"),
+                          (["--seeds", "-1"], "--seeds -1: seeds are integers >= 0"),
+                          (["--variants", "mine,mine"], "--variants gives mine twice: name each once"),
+                          (["--grid", "0.1,0.10"], "--grid 0.1,0.10 gives 0.1 twice")]:
         with pytest.raises(SystemExit):
             plan_of(grid_args(tmp_path, tiny_ptb, user_dir, *argv))
         assert message in capsys.readouterr().err
@@ -276,3 +280,31 @@ def test_a_scheme_run_at_two_p_gets_a_row_per_p_in_the_cross_task_table_never_an
     text = schemes_markdown([("lm", TASKS["lm"], runs)], "tiny-e1")
     assert "| gauss p=0.1 | 190.00 (p=0.1, 1 seed); Δ none -10.00 |" in text
     assert "| gauss p=0.2 | 180.00 (p=0.2, 1 seed); Δ none -20.00 |" in text and "185.00" not in text
+
+
+def test_rows_of_ones_own_scheme_from_older_user_code_are_trained_again(tmp_path, tiny_ptb, user_dir):
+    """Provenance hashes the --user-dir files; a row of the user's own scheme from other user code is not
+    'finished before' (built-in schemes' rows are: the user's files do not change them), and the plan says so."""
+    from benchmarks import runconfig
+    from core.provenance import provenance, user_code, user_code_hash
+
+    jobs, settings, _ = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "none,mine", "--seeds", "1",
+                                          "--p", "mine=0.1"))
+    loaded = user_code_hash(user_code())
+    assert provenance("cpu")["user_code"] == {"hash": loaded, "files": user_code()} and "schemes" in user_code()
+    none, mine = (next(j for j in jobs if j.variant == v and j.kind == "run") for v in ("none", "mine"))
+    planned = {**runconfig.preset_config(TASKS["lm"], "tiny", settings.epochs, {}), "precision": settings.precision}
+
+    def table_with(code_hash):
+        entries = [{"variant": j.variant, "dropout": j.p[0], "seed": 1, "config": {**planned, "dropout": j.p[0]},
+                    "metrics": {}, "provenance": {"user_code": {"hash": code_hash}}} for j in (none, mine)]
+        path = planning.job_table(none, settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(entries))
+
+    table_with(loaded)
+    assert planning.done_before(none, settings) and planning.done_before(mine, settings)
+    table_with("0" * 64)  # the scheme's file was edited since
+    assert planning.done_before(none, settings) and not planning.done_before(mine, settings)
+    paragraph, _ = planning.describe(jobs, settings, "cpu", 1)
+    assert "1 row of your own code (mine) came from older --user-dir code: trained again" in paragraph

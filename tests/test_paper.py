@@ -21,6 +21,16 @@ def test_the_default_plan_is_table_1_in_fp32(capsys):
     assert "PRESET:VARIANT:SEED" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("jobs, message", [("medium:zaremba:1,small:none:1,medium:zaremba:01",
+                                             "--jobs gives medium:zaremba:1 twice: name each once"),
+                                            ("small:none:-1", "bad job 'small:none:-1': give PRESET:VARIANT:SEED (a "
+                                                              "seed >= 0)")])
+def test_a_job_given_twice_or_a_negative_seed_is_refused(jobs, message, capsys):
+    with pytest.raises(SystemExit):
+        paper.main(["--jobs", jobs, "--dry-run"])
+    assert message in capsys.readouterr().err
+
+
 def test_tf32_is_fp32_off_cuda():
     assert resolve_precision("tf32", "cpu") == "fp32"
 

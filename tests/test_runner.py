@@ -83,6 +83,9 @@ def test_list_shows_tasks_and_presets():
     (["--task", "lm", "--preset", "huge"], "--preset 'huge' is not a preset of task lm"),
     (["--task", "lm", "--preset", "cpu", "--variants", "none,dropconnect"], "unknown ['dropconnect']"),
     (["--task", "lm", "--preset", "cpu", "--seeds", "1,a"], "--seeds must be a comma list of integers"),
+    (["--task", "lm", "--preset", "tiny", "--seeds", "1,2,1"], "--seeds gives 1 twice: name each once"),
+    (["--task", "lm", "--preset", "tiny", "--seeds", "-1"], "--seeds -1: seeds are integers >= 0, got -1"),
+    (["--task", "lm", "--preset", "tiny", "--variants", "none,none"], "--variants gives none twice: name each once"),
     (["--task", "lm", "--preset", "cpu", "--epochs", "0"], "--epochs must be >= 1"),
     (["--task", "lm", "--preset", "cpu", "--dropout", "1.5"], "--dropout must be in [0, 1)"),
     (["--task", "lm", "--preset", "small", "--variants", "zaremba"], "preset small has dropout 0"),
@@ -94,6 +97,13 @@ def test_bad_flags_fail_fast_with_a_clear_message(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:
         run.main(args)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_seed_0_is_a_seed_like_any_other():  # speech's cpu preset trains its dev fold as seed 0
+    parser = run.build_parser()
+    args = parser.parse_args(["--task", "lm", "--preset", "tiny", "--seeds", "0,2", "--device", "cpu"])
+    run.validate(args, parser)
+    assert args.seeds == [0, 2]
 
 
 def test_missing_data_dir_is_one_clear_error(tmp_path):

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from benchmarks.effects import fmt as _fmt
 from benchmarks.merge import load_runs, read_json, singles
+from benchmarks.runconfig import paper_label
 from core.locks import table_lock
 from core.utils import write_text
 from tasks.base import load_tasks
@@ -39,7 +40,7 @@ def overview(out_dir):
             headline = task.extra_test_metrics[:1]  # the main metric and the first extra one (the table has all)
             keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in headline]
             metric = "test " + " / ".join([task.main_metric] + [label for _, label in headline])
-            paper = task.paper_results.get(path.stem, {})
+            paper = task.paper_results.get(paper_label(path.stem), {})
             if paper and not any(k in ref for ref in paper.values() for k in keys):
                 keys = [f"valid_{task.main_metric}"] + keys  # the paper reports held-out numbers on validation
                 metric = f"valid {task.main_metric} / {metric}"

@@ -17,6 +17,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from core.locks import table_lock  # noqa: E402
 from core.provenance import code_version, cpu_text, fp32_math_text  # noqa: E402
 from benchmarks.machines import mixed_machines_lines, seeds_text  # noqa: E402
+from benchmarks.runconfig import paper_label  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from benchmarks.significance import seed_interval  # noqa: E402
@@ -120,7 +121,7 @@ def _label(key, task):
 def markdown(task, label, preset, runs, uncommitted=None):
     """The task table; `uncommitted`: {commit: why} of its runs from uncommitted code (benchmarks.uncommitted)."""
     m = task.main_metric
-    paper = task.paper_results.get(label, {})
+    paper = task.paper_results.get(paper_label(label), {})
     lines = [f"# {task.name} / {label}", "", task.description + ".", ""]
     if preset in task.preset_notes:
         lines += [f"**{task.preset_notes[preset]}**", ""]
@@ -272,7 +273,7 @@ def _examples(runs):
 
 def plot(task, label, runs, path):
     m = task.main_metric
-    paper = task.paper_results.get(label, {})
+    paper = task.paper_results.get(paper_label(label), {})
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for (variant, p), group in _group(runs).items():
         for ax, split in zip(axes, ("train", "valid")):

@@ -131,6 +131,18 @@ def table_label(task_cls, preset, epochs=None, dropout=None, overrides=None, pre
     return label
 
 
+PRECISION_LABELS = ("-bf16-cpu", "-bf16", "-tf32")  # what table_label appends for a precision, longest first
+
+
+def paper_label(label):
+    """The paper's name for a table: its label without a precision suffix ("medium-bf16-cpu" -> "medium"), since
+    precision is the one thing such a table changes of the preset; any other label as it is."""
+    for suffix in PRECISION_LABELS:
+        if label.endswith(suffix):
+            return label.removesuffix(suffix)
+    return label
+
+
 def preset_config(task_cls, preset, epochs=None, overrides=None):
     """The preset's config with --set overrides and --epochs: what every run of one table shares."""
     config = {**task_cls.presets[preset], **(overrides or {})}

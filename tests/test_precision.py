@@ -31,3 +31,20 @@ def test_bf16_runs_on_a_cpu_get_a_table_of_their_own():
     assert table_label(lm, "cpu", precision="bf16", device="cpu") == "cpu-bf16-cpu"
     assert table_label(lm, "cpu", precision="bf16", device="cuda:0") == "cpu-bf16"  # the H200 runs' table
     assert table_label(lm, "cpu", precision="fp32", device="cpu") == "cpu"  # fp32 is IEEE on every device
+
+
+def test_a_table_of_a_paper_preset_in_another_precision_keeps_the_papers_column():
+    """medium-bf16-cpu is the paper's medium preset in bf16: its table shows Table 1's 86.2 / 82.7 beside our runs."""
+    import json
+    from pathlib import Path
+
+    from benchmarks import report
+    from benchmarks.runconfig import paper_label
+    from tasks.base import get_task
+
+    assert [paper_label(x) for x in ("medium-bf16-cpu", "large-bf16", "small-tf32", "cpu-e3", "medium")] == [
+        "medium", "large", "small", "cpu-e3", "medium"]
+    run = json.loads((Path(__file__).resolve().parent.parent / "results" / "lm" / "small.json").read_text())[0]
+    text = report.markdown(get_task("lm"), "small-bf16-cpu", "small", [run])
+    row = next(line for line in text.splitlines() if line.startswith("| none | 0 |") and "/13" in line)
+    assert row.endswith("| 120.7 | 114.5 |")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks import plan as planning, run, select
-from benchmarks.runconfig import check_distinct, declared_keys, parse_seeds
+from benchmarks.runconfig import check_distinct, check_preset, declared_keys, parse_seeds
 from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.executors import EXECUTORS, make_executor
 from benchmarks.grid_report import Display, final_metric, schemes_tables, summary_lines, verdicts
@@ -126,8 +126,10 @@ def make_plan(args, parser):
     for name in names:
         task_cls = TASKS[name]
         preset = args.preset or task_cls.default_preset
-        if preset not in task_cls.presets:
-            parser.error(f"--preset {preset}: task {name} has none such; its presets: {', '.join(task_cls.presets)}")
+        try:
+            check_preset(task_cls, preset)
+        except ValueError as err:
+            parser.error(str(err))
         overrides = run.parse_overrides(args.set, task_cls.presets[preset], f"{name}/{preset}", parser,
                                          declared_keys(task_cls))
         config = run.preset_config(task_cls, preset, args.epochs, overrides)

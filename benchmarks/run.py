@@ -35,8 +35,8 @@ from benchmarks.uncommitted import warn_if_uncommitted
 from benchmarks.merge import folder_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 from benchmarks.runconfig import (  # noqa: F401 (re-exported: select and plan read them from here)
-    check_distinct, declared_keys, p_source, parse_fixed_p, parse_overrides, parse_seeds, preset_config, run_name,
-    table_label)
+    check_distinct, check_preset, declared_keys, p_source, parse_fixed_p, parse_overrides, parse_seeds,
+    preset_config, run_name, table_label)
 
 
 def build_parser():
@@ -97,13 +97,10 @@ def validate(args, parser):
         parser.error(f"--task is required (one of: {', '.join(sorted(TASKS))}); see --list")
     try:
         task_cls = get_task(args.task)
+        args.preset = args.preset or task_cls.default_preset
+        check_preset(task_cls, args.preset)
     except ValueError as err:
         parser.error(str(err))
-    if args.preset is None:
-        args.preset = task_cls.default_preset
-    if args.preset not in task_cls.presets:
-        parser.error(f"--preset {args.preset!r} is not a preset of task {args.task}; "
-                     f"choose one of: {', '.join(task_cls.presets)}")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     bad = [v for v in args.variants if v not in SCHEMES]
     if bad or not args.variants:

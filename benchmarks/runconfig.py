@@ -131,6 +131,13 @@ def table_label(task_cls, preset, epochs=None, dropout=None, overrides=None, pre
     return label
 
 
+def check_preset(task_cls, preset):
+    """A ValueError naming the task's presets (and the nearest one) when `preset` is none of them."""
+    if preset not in task_cls.presets:
+        raise ValueError(f"--preset {preset!r} is not a preset of task {task_cls.name}"
+                         f"{did_you_mean([preset], task_cls.presets)}; choose one of: {', '.join(task_cls.presets)}")
+
+
 PRECISION_LABELS = ("-bf16-cpu", "-bf16", "-tf32")  # what table_label appends for a precision, longest first
 
 

@@ -42,6 +42,7 @@ from core.precision import NATIVE_BF16_FLAGS, autocast, cpu_bf16_flags, native_b
 from core.utils import pick_device, provenance, write_json, write_text
 from benchmarks.merge import read_json
 from benchmarks.report import SPEED_KEYS
+from benchmarks.runconfig import check_preset
 from benchmarks.speed_bound import step_bound
 from benchmarks.speed_table import SPEED_PRECISIONS, machine_text, markdown, row_name
 from core.provenance import code_version, cpu_model
@@ -234,9 +235,10 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     preset = args.preset or task_cls.default_preset
-    if preset not in task_cls.presets:
-        parser.error(f"--preset {preset!r} is not a preset of task {args.task}; choose one of: "
-                     f"{', '.join(task_cls.presets)}")
+    try:
+        check_preset(task_cls, preset)
+    except ValueError as err:
+        parser.error(str(err))
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants or any(v not in SCHEMES for v in variants):
         parser.error(f"--variants: choose from {', '.join(SCHEMES)}, got {args.variants!r}")

@@ -8,6 +8,7 @@ import os
 import pickle
 import pkgutil
 import sys
+import traceback
 from pathlib import Path
 
 import torch
@@ -90,11 +91,23 @@ def _import_file(name, file, folder):
     tasks_before, schemes_before = set(TASKS), set(SCHEMES)
     try:
         spec.loader.exec_module(module)
+    except Exception as err:
+        del sys.modules[name]
+        raise ValueError(f"{_where(err, file)}: {type(err).__name__}: {err}: fix that file (or leave its folder "
+                         "out of --user-dir)") from err
     except BaseException:
         del sys.modules[name]
         raise
     USER_FILES[str(file)] = {"tasks": sorted(set(TASKS) - tasks_before), "schemes": sorted(set(SCHEMES) - schemes_before)}
     return module
+
+
+def _where(err, file):
+    """file:line of a user file's failure: the syntax error's line, else the deepest frame in a user-dir file."""
+    if isinstance(err, SyntaxError) and err.filename:
+        return f"{err.filename}:{err.lineno}"
+    frames = [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).parent == Path(file).parent]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else str(file)
 
 
 def user_registered():

@@ -227,3 +227,23 @@ def test_a_scheme_of_ones_own_through_user_dir_trains_lists_and_clashes_clearly(
     assert clash.returncode != 0
     assert "dropout scheme 'gauss' is registered twice" in clash.stderr and "rename one of them" in clash.stderr
     assert str(user / "gauss.py") in clash.stderr and str(user / "copy_of_gauss.py") in clash.stderr
+
+
+@pytest.mark.parametrize("source, where, what", [
+    ("import core\nx = (\n", ":2", "SyntaxError"),
+    ("import core\n\ny = undefined_name + 1\n", ":3", "NameError: name 'undefined_name' is not defined"),
+])
+def test_a_user_file_that_does_not_import_is_one_error_naming_its_line(tmp_path, source, where, what):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "broken.py").write_text(source)
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--user-dir", str(folder), "--task", "lm",
+                             "--preset", "tiny"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{folder / 'broken.py'}{where}: {what}" in result.stderr.strip().splitlines()[-1]
+
+
+def test_a_preset_misspelt_gets_a_did_you_mean():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.run", "--task", "lm", "--preset", "tny"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert "--preset 'tny' is not a preset of task lm (did you mean 'tiny'?)" in result.stderr

@@ -53,7 +53,7 @@ def overview(out_dir):
                          + " | ".join(_cell(runs, v, keys) for v in SCHEMES)
                          + f" | {paper_cell} | [{path.stem}.md]({name}/{path.stem}.md) | "
                            f"[{path.stem}.png]({name}/{path.stem}.png) |")
-    lines += ["", "Every scheme on every task, side by side: [schemes.md](schemes.md) ([schemes.png](schemes.png))"
+    lines += ["", "Every scheme on every task, side by side: [schemes.md](schemes.md) ([schemes.png](schemes.png), data: [schemes.json](schemes.json))"
               + "".join(f"; for `{p.stem.removeprefix('schemes-')}`: [{p.name}]({p.name})"
                         for p in sorted(out_dir.glob("schemes-*.md"))) + "."]
     speed = sorted(out_dir.glob("*/speed.md"))

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks.effects import LOWER_IS_BETTER, adjust_for_family, fmt, p_text  # noqa: E402
 from benchmarks.significance import compare, verdict  # noqa: E402
 from benchmarks.merge import load_runs  # noqa: E402
-from core.utils import atomic_write, write_text  # noqa: E402
+from core.utils import atomic_write, write_json, write_text  # noqa: E402
 
 
 def _table_runs(out_dir, task, label=None):
@@ -113,7 +113,7 @@ def schemes_markdown(columns, label=None):
              if label else
              "Each task's default preset, named in its column (`cpu`: scaled down for a 2-core CPU, not the paper's "
              "configurations; speech `cpu` is the TIMIT sample)")
-    lines = [f"# Dropout schemes across tasks{f' ({label})' if label else ''}", "",
+    lines = [f"# Dropout schemes across tasks{f' ({label})' if label else ''}", "", *smoke_banner(columns, label),
              which + ", the test main metric of the best-on-valid epoch, "
              f"mean ± std over seeds{'' if label else ' (speech: region folds)'}, the scheme's "
              "p, and the difference to `none` with its 95% interval over seeds (paired by seed). * marks a "
@@ -173,10 +173,40 @@ def schemes_plot(columns, path):
         ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
         ax.set_title(f"{name}: test {task.main_metric}")
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle("Dropout schemes (mean ± std over seeds, dots: seeds)")
+    one_seed = all(len(group) == 1 for _, _, runs in columns for group in _by_scheme(runs).values())
+    fig.suptitle("Dropout schemes (one seed each: a bar is that seed)" if one_seed else
+                 "Dropout schemes (mean ± std over seeds, dots: seeds)")
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
     plt.close(fig)
+
+
+def schemes_data(columns):
+    """The cross-task table as data: one record per task and row (results/schemes*.json beside the markdown)."""
+    records = []
+    for name, task, runs in columns:
+        groups = _by_scheme(runs)
+        results = _against_none(groups, task.main_metric, task.main_metric in LOWER_IS_BETTER)
+        key = f"test_{task.main_metric}"
+        for row, group in groups.items():
+            scored = [r for r in group if key in r["metrics"]]
+            values = [r["metrics"][key] for r in scored]
+            result = results.get(row) or {}
+            records.append({
+                "task": name, "row": row, "variant": group[0]["variant"], "p": p_text(group[0]), "metric": key,
+                "seeds": [r["seed"] for r in scored], "values": values,
+                "mean": statistics.mean(values) if values else None,
+                "std": statistics.stdev(values) if len(values) > 1 else None,
+                "vs_none": None if not result else {
+                    "diff": result["diff"], "seed_ci": result.get("seed_ci"), "bootstrap_ci": result.get("boot_ci"),
+                    "p": result.get("p"), "p_holm": result.get("p_holm"), "verdict": verdict(result)}})
+    return records
+
+
+def smoke_banner(columns, label):
+    """The banner of a cross-task table made from a smoke-test preset (tiny): not a result."""
+    notes = {task.preset_notes.get(label or task.default_preset, "") for _, task, _ in columns}
+    return ["**Smoke-test preset: not a result.**", ""] if any(n.startswith("Smoke") for n in notes) else []
 
 
 def schemes_name(label=None):
@@ -189,5 +219,6 @@ def write_schemes(tasks, out_dir, label=None):
     out_dir = Path(out_dir)
     columns = _columns(tasks, out_dir, label)  # each table read once, for both the table and the figure
     write_text(out_dir / f"{schemes_name(label)}.md", schemes_markdown(columns, label))
+    write_json(out_dir / f"{schemes_name(label)}.json", schemes_data(columns))
     schemes_plot(columns, out_dir / f"{schemes_name(label)}.png")
     return columns

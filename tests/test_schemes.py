@@ -293,3 +293,28 @@ def test_bf16_training_on_a_cpu_takes_the_per_step_path_from_512_units():
             fused, _ = lstm._forward_fused(x, (x.new_zeros(2, 2, hidden),) * 2, None, None)
         assert not lstm._stepwise_is_faster(x)  # fp32: never
         assert (out.float() - fused.float()).abs().max() < 0.02
+
+
+def test_the_cross_task_table_is_also_data_and_a_smoke_preset_says_it_is_no_result(tmp_path):
+    import json
+    from pathlib import Path
+
+    from benchmarks.schemes import write_schemes
+    from tasks.base import load_tasks
+
+    tasks = load_tasks()
+    runs = json.loads((Path(__file__).resolve().parent.parent / "results" / "lm" / "cpu.json").read_text())
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "cpu.json").write_text(json.dumps(runs))
+    write_schemes({"lm": tasks["lm"]}, tmp_path)
+    records = json.loads((tmp_path / "schemes.json").read_text())
+    zaremba = next(r for r in records if r["row"] == "zaremba")
+    table = (tmp_path / "schemes.md").read_text()
+    assert f"{zaremba['mean']:.2f} ± {zaremba['std']:.2f}" in table and len(zaremba["values"]) == 3
+    assert zaremba["vs_none"]["verdict"] == "significant" and "p_holm" in zaremba["vs_none"]
+    assert "none" in {r["row"] for r in records} and next(r for r in records if r["row"] == "none")["vs_none"] is None
+    assert "Smoke-test preset" not in table
+    tiny = [dict(run, config={**run["config"], "hidden": 16}) for run in runs if run["seed"] == 1]
+    (tmp_path / "lm" / "tiny.json").write_text(json.dumps(tiny))
+    write_schemes({"lm": tasks["lm"]}, tmp_path, "tiny")
+    assert "**Smoke-test preset: not a result.**" in (tmp_path / "schemes-tiny.md").read_text()

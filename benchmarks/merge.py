@@ -40,6 +40,13 @@ _FIX = ("Restore it (from version control, e.g. git checkout -- {path}, or a bac
 RUN_FIELDS = {"variant": str, "metrics": dict, "config": dict}
 
 
+def neighbour_text(err):
+    """A damaged table's error as a reader that leaves it out says it: what is wrong, and the fix, without the
+    writer's 'nothing was written'."""
+    what = str(err).split(". Restore it", 1)[0].removesuffix("; nothing was written")
+    return f"{what}: restore it (e.g. from version control) or move it away"
+
+
 def load_runs(path):
     """The runs of a results table ([] when it does not exist), each checked for the fields every reader needs:
     damage is one ValueError naming the file, the run and the fix, before anything is trained or written."""

@@ -1,9 +1,10 @@
 """results/README.md: one row per task and preset, the main held-out metric of each variant side by side; and the
 cross-task schemes table (benchmarks/schemes.py). Rewritten by every benchmarks.run and benchmarks.report."""
+import warnings
 from pathlib import Path
 
 from benchmarks.effects import fmt as _fmt
-from benchmarks.merge import load_runs, read_json, singles
+from benchmarks.merge import load_runs, neighbour_text, read_json, singles
 from benchmarks.runconfig import paper_label
 from core.locks import table_lock
 from core.utils import write_text
@@ -33,10 +34,14 @@ def overview(out_dir):
              "|" + "---|" * (len(SCHEMES) + 6)]
     for name, task in sorted(tasks.items()):
         for path in sorted((out_dir / name).glob("*.json")):
-            data = read_json(path)
-            if not data or not isinstance(data, list) or "metrics" not in data[0] or "config" not in data[0]:
-                continue  # not a results table: speed.json, mc.json, <preset>-selection.json
-            runs = load_runs(path)
+            try:
+                data = read_json(path)
+                if not data or not isinstance(data, list) or "metrics" not in data[0] or "config" not in data[0]:
+                    continue  # not a results table: speed.json, mc.json, <preset>-selection.json
+                runs = load_runs(path)
+            except ValueError as err:  # a damaged neighbour is not this run's failure: left out, and said
+                warnings.warn(f"left out of {out_dir / 'README.md'}: {neighbour_text(err)}")
+                continue
             headline = task.extra_test_metrics[:1]  # the main metric and the first extra one (the table has all)
             keys = [f"test_{task.main_metric}"] + [f"test_{k}" for k, _ in headline]
             metric = "test " + " / ".join([task.main_metric] + [label for _, label in headline])

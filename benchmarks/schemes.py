@@ -8,6 +8,7 @@ table, a line per task names the best scheme and says whether its lead over the 
 comparison: a family of one). Regenerated with results/README.md.
 """
 import statistics
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.effects import LOWER_IS_BETTER, adjust_for_family, fmt, p_text  # noqa: E402
 from benchmarks.significance import compare, verdict  # noqa: E402
-from benchmarks.merge import load_runs  # noqa: E402
+from benchmarks.merge import load_runs, neighbour_text  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 
 
@@ -26,7 +27,12 @@ def _table_runs(out_dir, task, label=None):
     path = Path(out_dir) / task.name / f"{label or task.default_preset}.json"
     if not path.exists():
         return []
-    return [r for r in load_runs(path) if not r.get("ensemble")]
+    try:
+        runs = load_runs(path)
+    except ValueError as err:  # a damaged table is left out of the cross-task table, and said
+        warnings.warn(f"left out of the cross-task table: {neighbour_text(err)}")
+        return []
+    return [r for r in runs if not r.get("ensemble")]
 
 
 def _by_scheme(runs):

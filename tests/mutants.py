@@ -91,6 +91,9 @@ MUTANTS = {
     "edited --user-dir code goes unnoticed": ("benchmarks/plan.py", [
         ("    return _user_defined(job) and recorded_user_code(", "    return False and recorded_user_code("),
     ], ["tests/test_grid.py"]),
+    "a damaged neighbour table fails the overview": ("benchmarks/overview.py", [
+        ("            except ValueError as err:  # a damaged neighbour", "            except KeyError as err:  # a damaged neighbour"),
+    ], ["tests/test_report.py"]),
     "no inter-layer dropout": ("core/lstm.py", [
         ("between = self.scheme.between_p if num_layers > 1 else 0.0", "between = 0.0"),
         ("layer_input = scheme.drop_between(layer_input, training, masks, layer)", "layer_input = layer_input"),

@@ -41,3 +41,23 @@ def test_a_row_whose_seeds_ran_on_different_machines_says_so():
     assert "more than one machine" in lines[0] and "none p=0: seeds 1 (AMD EPYC, torch 2.9)" in lines[0]
     same = [dict(run, provenance=cpu) for run in group]
     assert machines.seeds_text(same) == "1,2,3" and machines.mixed_machines_lines({("none", 0.0): same}) == []
+
+
+def test_a_damaged_neighbour_table_is_left_out_of_the_overview_with_a_warning_naming_it(tmp_path):
+    import json
+    from pathlib import Path
+
+    import pytest
+
+    from benchmarks.overview import write_overview
+
+    runs = json.loads((Path(__file__).resolve().parent.parent / "results" / "lm" / "small.json").read_text())
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "small.json").write_text(json.dumps(runs))
+    (tmp_path / "lm" / "old-notes.json").write_text("{ not json")  # a real damaged file beside it
+    (tmp_path / "lm" / "cpu.json").write_text(json.dumps([{"variant": "none"}]))  # the default table, fields missing
+    with pytest.warns(UserWarning) as caught:
+        write_overview(tmp_path)
+    said = " ".join(str(w.message) for w in caught)
+    assert "old-notes.json" in said and "cpu.json" in said and "left out of" in said
+    assert "[small.md](lm/small.md)" in (tmp_path / "README.md").read_text()

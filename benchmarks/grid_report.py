@@ -1,6 +1,7 @@
 """What benchmarks.grid shows: the live overview (one line per job), the cross-task tables of the labels it ran,
 the summary of failed jobs with the command that reruns each, and where each scheme stands (the tables' verdicts)."""
 import json
+import re
 import sys
 
 from benchmarks import plan as planning
@@ -82,6 +83,20 @@ def schemes_tables(jobs, out):
         write_overview(out, label)
 
 
+ERROR_LINE = re.compile(r"^(error: |[\w.]*(Error|Exception)\b)")
+
+
+def last_error(log):
+    """The last error line of a job's log (the runner's 'error: ...' or an exception's last line), or ''."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(f.seek(0, 2) - 65536, 0))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(tail) if ERROR_LINE.match(line.strip())), "")
+
+
 def summary_lines(grid, settings):
     counts = {s: grid.status.count(s) for s in ("finished", "skipped", "failed", "queued")}
     lines = ["", f"Grid: {counts['finished']} jobs finished, {counts['skipped']} finished before, "
@@ -92,7 +107,10 @@ def summary_lines(grid, settings):
         lines.append(f"- failed: #{i + 1} {job.name()}: {grid.notes.get(i, '')}")
         if job.p is not None and i in grid.started:
             argv = planning.job_argv(job, settings, grid.tables.get(job.choice))
-            lines += [f"  log: {planning.log_path(job, settings)}", f"  rerun: {planning.command_text(argv)}"]
+            log = planning.log_path(job, settings)
+            cause = last_error(log)
+            lines += ([f"  cause: {cause}"] if cause else []) + [f"  log: {log}",
+                                                                f"  rerun: {planning.command_text(argv)}"]
     if counts["failed"] or counts["queued"]:
         lines.append("Run the same grid command again to run what is missing (finished jobs are skipped).")
     return lines

@@ -172,6 +172,8 @@ def test_a_failing_job_leaves_the_others_running_and_is_named_with_its_rerun_com
     assert "rerun: python -m benchmarks.run --task lm --preset tiny --variants broken" in output
     log = tmp_path / "runs" / "grid-logs" / "lm_tiny-e1_broken_p0.1_seed_1.log"
     assert f"log: {log}" in output and "became nan" in log.read_text()
+    cause = next(line for line in output.splitlines() if line.startswith("  cause: "))
+    assert "nan" in cause.lower() and cause.removeprefix("  cause: ") in log.read_text()  # the job's own error line
     assert [r["variant"] for r in load_runs(tmp_path / "results" / "lm" / "tiny-e1.json")] == ["none", "zaremba"]
 
 

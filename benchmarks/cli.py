@@ -1,6 +1,7 @@
 """Command-line pieces shared by the benchmark commands (run, speed, mc), and the run-dir guard of run."""
 import os
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -120,6 +121,12 @@ def unwritable_folder(folder):
     if not os.access(existing, os.W_OK | os.X_OK):
         why = "the file system is read-only" if _read_only(existing) else "no write permission"
         return f"cannot write to {folder}: {why} at {existing}; pick another --out / --run-dir"
+    try:  # the mode can say yes where the file system says no (/proc, some network mounts): ask it
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        return f"cannot write to {folder}: a test file in {existing} was refused ({err.strerror}); pick another " \
+               "--out / --run-dir"
     return None
 
 

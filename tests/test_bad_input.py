@@ -3,6 +3,7 @@
 corrupt wav files and unreadable images are in tests/test_speech.py and tests/test_caption.py."""
 import gzip
 import json
+import os
 
 import pytest
 
@@ -108,6 +109,16 @@ def test_a_results_folder_that_cannot_be_written_stops_before_training(tmp_path,
     with pytest.raises(SystemExit) as exit_:
         run.main(["--task", "lm", "--preset", "tiny", "--out", str(blocker / "results")])
     assert exit_.value.code == 2 and f"cannot write to {blocker / 'results'}" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_a_folder_whose_mode_says_writable_but_whose_file_system_refuses_is_named_before_training(tmp_path, capsys):
+    """/proc passes os.access even where nothing can be created in it: the check writes a real test file."""
+    with pytest.raises(SystemExit) as exit_:
+        run.main(["--task", "lm", "--preset", "tiny", "--out", "/proc/x", "--run-dir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2
+    assert "cannot write to /proc/x: a test file in /proc was refused" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_checkpoint_of_another_task_or_not_a_checkpoint_is_named(tmp_path):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from benchmarks import plan as planning, run, select
-from benchmarks.runconfig import check_distinct, check_preset, declared_keys, parse_seeds
+from benchmarks.runconfig import check_distinct, check_preset, declared_keys, parse_seeds, set_flag_named
 from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.executors import EXECUTORS, make_executor
 from benchmarks.grid_report import Display, final_metric, schemes_tables, summary_lines, verdicts
@@ -133,6 +133,10 @@ def make_plan(args, parser):
         overrides = run.parse_overrides(args.set, task_cls.presets[preset], f"{name}/{preset}", parser,
                                          declared_keys(task_cls))
         config = run.preset_config(task_cls, preset, args.epochs, overrides)
+        try:
+            task_cls.check_ranges(config)
+        except ValueError as err:
+            parser.error(set_flag_named(err, overrides))
         ensemble = config.get("ensemble") if args.seeds is None else None
         seeds = given_seeds or task_cls.default_seeds(config) or list(range(1, (ensemble or 1) + 1))
         jobs += planning.plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed, ensemble, reselect)

@@ -36,7 +36,7 @@ from benchmarks.merge import folder_in_the_way
 from benchmarks.report import check_consistent, load_runs, write_overview, write_results
 from benchmarks.runconfig import (  # noqa: F401 (re-exported: select and plan read them from here)
     check_distinct, check_preset, declared_keys, p_source, parse_fixed_p, parse_overrides, parse_seeds,
-    preset_config, run_name, table_label)
+    preset_config, run_name, set_flag_named, table_label)
 
 
 def build_parser():
@@ -164,7 +164,7 @@ def validate(args, parser):
             try:
                 task_cls.check_config(config, args.ensemble)
             except (ValueError, DataError) as err:
-                parser.error(str(err))
+                parser.error(set_flag_named(err, args.overrides))
             if not args.valid_only and task_cls.selection_only(config):
                 parser.error(task_cls.selection_only(config))
     unwritable = unwritable_folder(args.out) or unwritable_folder(args.run_dir)

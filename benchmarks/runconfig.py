@@ -53,6 +53,13 @@ def parse_overrides(items, preset, name, parser, declared=()):
     return overrides
 
 
+def set_flag_named(err, overrides):
+    """A config check's message, naming --set where the key it is about was set by that flag."""
+    if str(err).split(" ", 1)[0] in overrides:
+        return f"--set {err}"
+    return str(err)
+
+
 def parse_fixed_p(text, variants):
     """'zaremba=0.3,zoneout=0.05/0.5' -> {"zaremba": (0.3, None), "zoneout": (0.05, 0.5)}; a ValueError naming
     the flag for a scheme not trained, a bad rate or a rate for `none`."""

@@ -46,7 +46,7 @@ COMMON_KEYS = frozenset({f.name for f in fields(TrainConfig)} | {"scheme", "drop
 
 # (key, bound, strict): a value of a config key must be above (strict) or at least its bound
 _RANGES = [(k, 1, False) for k in ("epochs", "batch_size", "eval_batch_size", "decode_batch_size", "hidden", "emb",
-                                    "layers", "beam", "bptt")] + [
+                                    "layers", "beam", "bptt", "max_tokens", "max_vocab")] + [
     ("lr", 0, True), ("lr_decay", 0, True), ("clip", 0, False), ("init", 0, False), ("max_len_a", 0, False),
     ("max_len_b", 0, False), ("min_freq", 1, False)]
 
@@ -178,6 +178,11 @@ class Task:
         for program, why in cls.needs_programs:
             if shutil.which(program) is None:
                 raise ValueError(f"task {cls.name} needs the program {program} on PATH ({why}); install it first")
+        cls.check_ranges(config)
+
+    @classmethod
+    def check_ranges(cls, config):
+        """A ValueError naming the first key whose value is out of its range (rates in [0, 1), sizes >= 1, ...)."""
         for key in ("dropout", "embed_dropout", "zoneout_cell"):
             if config.get(key) is not None and not 0 <= config[key] < 1:
                 raise ValueError(f"{key} must be in [0, 1), got {config[key]}")

@@ -73,6 +73,7 @@ def test_caption_json_files_with_missing_fields_name_the_field(tmp_path):
     (["--set", "beam=0"], "beam must be >= 1, got 0"),
     (["--set", "lr=-1.0"], "lr must be > 0, got -1.0"),
     (["--set", "batch_size=0"], "batch_size must be >= 1, got 0"),
+    (["--set", "max_vocab=0"], "--set max_vocab must be >= 1, got 0"),
     (["--dropout", "-0.1"], "--dropout must be in [0, 1)"),
     (["--dropout", "1"], "--dropout must be in [0, 1)"),
     (["--set", "beam=wide"], "expected a int like 3"),

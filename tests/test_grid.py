@@ -93,7 +93,8 @@ def test_bad_grid_flags_fail_before_anything_runs(tmp_path, tiny_ptb, user_dir, 
                           (["--seeds", "1,1"], "--seeds gives 1 twice: name each once"),
                           (["--seeds", "-1"], "--seeds -1: seeds are integers >= 0"),
                           (["--variants", "mine,mine"], "--variants gives mine twice: name each once"),
-                          (["--grid", "0.1,0.10"], "--grid 0.1,0.10 gives 0.1 twice")]:
+                          (["--grid", "0.1,0.10"], "--grid 0.1,0.10 gives 0.1 twice"),
+                          (["--set", "max_tokens=0"], "--set max_tokens must be >= 1, got 0")]:
         with pytest.raises(SystemExit):
             plan_of(grid_args(tmp_path, tiny_ptb, user_dir, *argv))
         assert message in capsys.readouterr().err

@@ -9,8 +9,9 @@ One plan of benchmarks.grid: each (preset, variant, seed) is one `benchmarks.run
 checkpoint every few minutes, so a cut command continues where it stopped when run again. The jobs run
 `--parallel` at a time (default: all of them on a GPU, where the LM's small batches leave the device mostly idle,
 so side by side is faster than one after the other; one at a time on a CPU). Each job's row lands in
-results/lm/<preset>.{md,json,png} (with the paper's columns) the moment it ends, under the table's lock; SIGTERM
-stops the running jobs at a checkpoint and keeps every finished row. The paper
+results/lm/<preset>.{md,json,png} (<preset>-tf32, <preset>-bf16, or <preset>-bf16-cpu for bf16 on a CPU; with
+the paper's columns) the moment it ends, under the table's lock; SIGTERM stops the running jobs at a checkpoint
+and keeps every finished row. The paper
 trained in fp32: that is the default here (TF32 off); `--precision tf32` allows TF32 and labels its tables so.
 """
 import argparse

@@ -309,14 +309,17 @@ def describe(jobs, settings, device, slots, executor="local"):
     if kinds["ensemble"]:
         what += f" and {kinds['ensemble']} ensemble evaluations"
     at_once = f"{slots} job{'s' * (slots != 1)} at a time ({executor})"
-    if unknown == len(jobs):
+    if unknown and all(s is None or s == 0.0 for s in seconds):  # nothing to run has a recorded time
         when = f"No time estimate: {out}/ records no run of these tables on {device}; {at_once}."
     else:
         when = (f"Estimated {minutes(total)} with {at_once}, from the training wall times recorded in {out}/ on "
                 f"{device} (start-up and the final test pass come on top)"
                 + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
     done = sum(how.startswith("finished before") for _, how in estimates)
-    when = (f"{done} of the {len(jobs)} jobs are in their tables already (skipped). " if done else "") + when
+    if done == 1:
+        when = f"1 of the {len(jobs)} jobs is in its table already (skipped). " + when
+    elif done:
+        when = f"{done} of the {len(jobs)} jobs are in their tables already (skipped). " + when
     older = rows_from_older_code(jobs, settings)
     if older:
         when += (f" {len(older)} row{'s' * (len(older) != 1)} of your own code "

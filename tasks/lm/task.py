@@ -98,7 +98,8 @@ class LanguageModelTask(Task):
                    "manual SGD update. `zaremba` runs on the fused nn.LSTM path, so that row is like for like; "
                    "`naive` also masks h_{t-1} and runs the explicit per-time-step cell, so it is expected to be "
                    "slower.")
-    bf16_quality = "measured on the `cpu` preset only, [cpu-bf16-cpu-vs-fp32.md](cpu-bf16-cpu-vs-fp32.md)"
+    bf16_quality = ("measured on the `cpu` preset against fp32 (cpu-bf16-cpu-vs-fp32.md) and on the paper's `small` "
+                    "(small-bf16-cpu.md against small.md)")
 
     def load_data(self):
         folder, self.noncanonical = ensure_ptb(self.data_dir, self.download, custom_data=self.custom_data)

@@ -127,7 +127,7 @@ def run_grid(argv, **kw):
 def table_metrics(results):
     """{(table, variant, p, seed): (metrics, history)} of every results and selection table under `results`."""
     found = {}
-    for path in sorted(results.rglob("*.json")):
+    for path in sorted(results.glob("*/*.json")):  # <task>/<table>.json (the cross-task schemes.json is beside them)
         data = read_json(path)  # results tables and selection tables
         for r in data["runs"] if isinstance(data, dict) else data:
             history = [{k: v for k, v in h.items() if k != "wall_s"} for h in r.get("history", [])]

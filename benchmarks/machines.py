@@ -1,7 +1,12 @@
-"""Which machine ran each seed of a table's row (core.provenance.machine_key): printed where a row's seeds ran on
-more than one, since a seed moves between machines by about the seed-to-seed spread."""
+"""Which machine ran each seed of a table's row (core.provenance.machine_key), printed where a row's seeds ran on
+more than one, and whether a selection may choose between points of two machines: a seed moves between machines
+by about the seed-to-seed spread."""
+import statistics
 from collections import defaultdict
+from pathlib import Path
 
+from benchmarks.effects import p_text
+from benchmarks.merge import load_runs
 from core.provenance import machine_key, machine_name
 
 
@@ -24,3 +29,36 @@ def mixed_machines_lines(groups):
         return []
     return ["**Rows that average runs of more than one machine** (device or torch version; a seed moves between "
             "machines by about the seed spread, so compare these means with care): " + "; ".join(mixed) + ".", ""]
+
+
+def seed_spread(task, table):
+    """The task's seed-to-seed standard deviation of the validation main metric in the results table `table`
+    (the mean over its variants with two or more seeds), or None where it has none."""
+    key, by_variant = f"valid_{task.main_metric}", {}
+    for run in load_runs(table) if Path(table).is_file() else []:
+        if not run.get("ensemble") and key in run.get("metrics", {}):
+            by_variant.setdefault((run["variant"], run["dropout"]), []).append(run["metrics"][key])
+    spreads = [statistics.stdev(values) for values in by_variant.values() if len(values) > 1]
+    return statistics.mean(spreads) if spreads else None
+
+
+def check_one_machine(task, chosen, spread):
+    """A ValueError when a scheme's choice beats a point of another machine (GPU or CPU model, torch major.minor)
+    by no more than one seed's spread: a seed moves that much between machines, so the points must be re-run on
+    one machine. Names the points."""
+    key, problems = f"valid_{task.main_metric}", []
+    for variant, (best, grid) in chosen.items():
+        mine = machine_key(best.get("provenance", {}))
+        close = [r for r in grid if machine_key(r.get("provenance", {})) != mine
+                 and (spread is None or abs(r["metrics"][key] - best["metrics"][key]) <= spread)]
+        if close:
+            others = ", ".join(f"p={p_text(r)} {r['metrics'][key]:.2f} on {machine_name(r['provenance'])}"
+                               for r in close)
+            limit = f"one seed's spread ({spread:.2f})" if spread is not None else "an unknown seed spread"
+            problems.append(f"{variant}: p={p_text(best)} {best['metrics'][key]:.2f} on "
+                            f"{machine_name(best['provenance'])} against {others}, within {limit}; re-run "
+                            f"{', '.join(p_text(r) for r in [best, *close])} on one machine (benchmarks.select "
+                            f"--task {task.name} --variants {variant} --grid ...)")
+    if problems:
+        raise ValueError("a choice between grid points of different machines that one seed cannot tell apart: "
+                         + "; ".join(problems))

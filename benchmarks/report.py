@@ -208,7 +208,7 @@ def markdown(task, label, preset, runs, uncommitted=None):
         lines += [f"The runs come from {len(commits)} code versions ({', '.join(commits)}); their configs are identical "
                   "apart from variant, p and seed (checked when they were merged).", ""]
     if any(is_dirty(run) for run in runs):
-        lines += uncommitted_lines(runs, uncommitted or {}) + [""]
+        lines += [f"- {line}" for line in uncommitted_lines(runs, uncommitted or {})] + [""]
     for run in runs:
         prov = run["provenance"]
         if run.get("ensemble"):

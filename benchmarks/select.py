@@ -28,6 +28,8 @@ from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.effects import LOWER_IS_BETTER, p_text
 from benchmarks.merge import read_json
 from benchmarks.report import SEED_KEYS, load_runs
+from benchmarks.machines import check_one_machine, seed_spread
+from benchmarks.uncommitted import load_reasons, uncommitted_lines
 from core.provenance import code_version, machine_key, machine_name
 from core.interrupt import ENV_STOP_WITH_PARENT
 from core.locks import table_lock
@@ -219,46 +221,13 @@ def _decision_text(task, decision, grid):
     return rate + " (edge)" * decision["at_edge"]
 
 
-def seed_spread(task, table):
-    """The task's seed-to-seed standard deviation of the validation main metric in the results table `table`
-    (the mean over its variants with two or more seeds), or None where it has none."""
-    import statistics
-
-    key, by_variant = f"valid_{task.main_metric}", {}
-    for run in load_runs(table) if Path(table).is_file() else []:
-        if not run.get("ensemble") and key in run.get("metrics", {}):
-            by_variant.setdefault((run["variant"], run["dropout"]), []).append(run["metrics"][key])
-    spreads = [statistics.stdev(values) for values in by_variant.values() if len(values) > 1]
-    return statistics.mean(spreads) if spreads else None
-
-
-def check_one_machine(task, chosen, spread):
-    """A ValueError when a scheme's choice beats a point of another machine (GPU or CPU model, torch major.minor)
-    by no more than one seed's spread: a seed moves that much between machines, so the points must be re-run on
-    one machine. Names the points."""
-    key, problems = f"valid_{task.main_metric}", []
-    for variant, (best, grid) in chosen.items():
-        mine = machine_key(best.get("provenance", {}))
-        close = [r for r in grid if machine_key(r.get("provenance", {})) != mine
-                 and (spread is None or abs(r["metrics"][key] - best["metrics"][key]) <= spread)]
-        if close:
-            others = ", ".join(f"p={p_text(r)} {r['metrics'][key]:.2f} on {machine_name(r['provenance'])}"
-                               for r in close)
-            limit = f"one seed's spread ({spread:.2f})" if spread is not None else "an unknown seed spread"
-            problems.append(f"{variant}: p={p_text(best)} {best['metrics'][key]:.2f} on "
-                            f"{machine_name(best['provenance'])} against {others}, within {limit}; re-run "
-                            f"{', '.join(p_text(r) for r in [best, *close])} on one machine (benchmarks.select "
-                            f"--task {task.name} --variants {variant} --grid ...)")
-    if problems:
-        raise ValueError("a choice between grid points of different machines that one seed cannot tell apart: "
-                         + "; ".join(problems))
-
-
 def write_selection(target, task, preset, chosen, notes, preset_config):
     """Write <target>.{json,md} (under the table lock: several schemes' choices may land at once); returns the
     decisions (see `decide`). Refuses (ValueError) a choice check_one_machine refuses."""
     check_one_machine(task, chosen, seed_spread(task, target.with_name(
         target.name.removesuffix("-selection") + ".json")))
+    reasons = load_reasons(target.parent.parent).get(f"{target.parent.name}/{target.name}.json", {})
+    notes = notes + uncommitted_lines([r for _, grid in chosen.values() for r in grid], reasons)
     decisions = decide(task, preset_config, chosen)
     with table_lock(target.with_suffix(".json")):
         write_json(target.with_suffix(".json"), {

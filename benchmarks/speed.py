@@ -44,6 +44,7 @@ from benchmarks.merge import read_json
 from benchmarks.report import SPEED_KEYS
 from benchmarks.runconfig import check_preset
 from benchmarks.speed_bound import step_bound
+from benchmarks.uncommitted import load_reasons
 from benchmarks.speed_table import SPEED_PRECISIONS, machine_text, markdown, row_name
 from core.provenance import code_version, cpu_model
 from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry, prepare_process
@@ -275,8 +276,13 @@ def main(argv=None):
     same = lambda e: e.get("kind") != "trained" and _entry_key(e) == _entry_key(entry)  # noqa: E731
     entries = [e for e in read_json(path) if not same(e)] + [entry]
     write_json(path, entries)
-    write_text(path.with_suffix(".md"), markdown(task_cls, entries))
+    write_text(path.with_suffix(".md"), markdown(task_cls, entries, reasons_for(path)))
     print(markdown(task_cls, [entry]))
+
+
+def reasons_for(path):
+    """{commit: why} of a speed table's sections from uncommitted code (<out>/uncommitted.json)."""
+    return load_reasons(path.parent.parent).get(f"{path.parent.name}/{path.name}", {})
 
 
 def bound_task(task_cls, config):
@@ -332,7 +338,7 @@ def time_checkpoint(args, argv, parser):
     same = lambda e: key(e) == key(entry)  # noqa: E731
     entries = [e for e in read_json(path) if not same(e)] + [entry]
     write_json(path, entries)
-    write_text(path.with_suffix(".md"), markdown(type(task), entries))
+    write_text(path.with_suffix(".md"), markdown(type(task), entries, reasons_for(path)))
     print(f"{args.checkpoint} on {args.split}: " + ", ".join(f"{v:,.1f} {SPEED_KEYS[k]}" for k, v in results.items()))
 
 

@@ -2,6 +2,7 @@
 from core import SCHEMES
 from benchmarks.report import SPEED_KEYS, threads_text
 from benchmarks.speed_bound import bound_text, fraction_of_bound
+from benchmarks.uncommitted import uncommitted_lines
 from core.provenance import code_version, cpu_text, fp32_math_text, malloc_text
 
 COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
@@ -78,18 +79,19 @@ INTRO = ("Items per second (tokens for training and evaluation, sentences for de
          "capability and whether it has native bf16): compare rows within a section.")
 
 
-def markdown(task_cls, entries):
+def markdown(task_cls, entries, uncommitted=None):
+    """The speed table; `uncommitted`: {commit: why} of its sections from uncommitted code (benchmarks.uncommitted)."""
     lines = [f"# {task_cls.name} / speed", "", INTRO + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
     for entry in entries:
         if entry.get("kind") != "trained":
-            lines += _section(task_cls, entry)
+            lines += _section(task_cls, entry, uncommitted or {})
     trained = [e for e in entries if e.get("kind") == "trained"]
     if trained:
         lines += _trained_section(trained)
     return "\n".join(lines)
 
 
-def _section(task_cls, entry):
+def _section(task_cls, entry, uncommitted):
     """One run's rows against its peer (the first implementation that is no scheme: the published reference)."""
     prov, results = entry["provenance"], entry["results"]
     hw = prov.get("gpu") or f"{cpu_text(prov)}, {threads_text(prov['torch_threads'])}"
@@ -121,7 +123,8 @@ def _section(task_cls, entry):
                   "shape in the row's precision (`benchmarks/speed_bound.py`):"] + bound_text(bound)
     software = f"torch {prov['torch']}{fp32_math_text(prov)}{malloc_text(prov)}"
     note = f" ({prov['note']})" if prov.get("note") else ""
-    return lines + ["", f"`{prov['command']}` — {code_version(prov)}, {software}, {entry['finished']}{note}", ""]
+    lines += ["", f"`{prov['command']}` — {code_version(prov)}, {software}, {entry['finished']}{note}", ""]
+    return lines + [line for text in uncommitted_lines([entry], uncommitted) for line in (text, "")]
 
 
 def _trained_section(trained):

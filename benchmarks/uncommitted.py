@@ -6,6 +6,7 @@ import json
 import warnings
 from pathlib import Path
 
+from benchmarks.effects import p_text
 from core.provenance import ROOT
 
 REGISTRY = "uncommitted.json"
@@ -54,16 +55,18 @@ def undeclared(out_dir):
 
 
 def uncommitted_lines(runs, reasons):
-    """The table's note on its runs from uncommitted code, one line per commit, with its reason."""
+    """The table's note on its runs (or speed entries) from uncommitted code: a sentence per commit, with its
+    reason."""
     by_commit = {}
     for run in runs:
         if is_dirty(run):
             by_commit.setdefault(run["provenance"]["git_commit"], []).append(run)
     lines = []
     for commit, group in sorted(by_commit.items()):
-        who = ", ".join(f"{r['variant']} seed {r.get('seed')}" for r in group)
+        who = ", ".join(f"{r['variant']} p={p_text(r)} seed {r.get('seed')}" for r in group if "variant" in r) \
+            or "this section"
         why = reasons.get(commit, "no reason recorded in results/uncommitted.json")
-        lines.append(f"- **From uncommitted code** ({commit[:12]}-dirty: it cannot be checked out again): {who}. "
+        lines.append(f"**From uncommitted code** ({commit[:12]}-dirty: it cannot be checked out again): {who}. "
                      f"Why: {why}")
     return lines
 

@@ -81,7 +81,7 @@ MUTANTS = {
     "runs from uncommitted code pass without a reason": ("benchmarks/uncommitted.py", [
         ("            if is_dirty(record) and not reasons", "            if False and not reasons"),
     ], ["tests/test_results_provenance.py"]),
-    "selection picks between machines within a seed's spread": ("benchmarks/select.py", [
+    "selection picks between machines within a seed's spread": ("benchmarks/machines.py", [
         ("        close = [r for r in grid if machine_key(r.get(\"provenance\", {})) != mine",
          "        close = [r for r in grid if False"),
     ], ["tests/test_select.py"]),

@@ -52,3 +52,26 @@ def test_the_runner_warns_before_training_from_a_dirty_tree_into_results(tmp_pat
         warnings.simplefilter("error")
         warn_if_uncommitted(dirty, tmp_path)  # a folder of one's own: no warning
         warn_if_uncommitted({"git_commit": "0123456789abcdef"}, ROOT / "results")  # clean code: none
+
+
+def test_selection_and_speed_tables_say_why_their_runs_from_uncommitted_code_stay(tmp_path):
+    from benchmarks import select
+    from benchmarks.speed_table import markdown as speed_markdown
+    from tasks.lm.task import PRESETS, LanguageModelTask
+
+    commit = "0123456789abcdef-dirty"
+    (tmp_path / "lm").mkdir()
+    (tmp_path / REGISTRY).write_text(json.dumps({"lm/tiny-selection.json": {commit: "a selection's reason"}}))
+    run = {"variant": "weightdrop", "dropout": 0.2, "seed": 1, "preset": "tiny", "best_epoch": 2,
+           "config": {**{k: v for k, v in PRESETS["tiny"].items()}, "scheme": "weightdrop", "dropout": 0.2, "seed": 1,
+                      "precision": "fp32"},
+           "metrics": {"valid_ppl": 100.0}, "provenance": {"git_commit": commit, "device": "cpu", "command": "x"}}
+    select.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny",
+                           select.choose(LanguageModelTask, [run]), [], PRESETS["tiny"])
+    text = (tmp_path / "lm" / "tiny-selection.md").read_text()
+    assert "**From uncommitted code** (0123456789ab-dirty" in text and "weightdrop p=0.2 seed 1" in text
+    assert "Why: a selection's reason" in text
+    entry = json.loads((ROOT / "results" / "lm" / "speed.json").read_text())[-1]
+    entry["provenance"] = {**entry["provenance"], "git_commit": commit}
+    table = speed_markdown(LanguageModelTask, [entry], {commit: "a speed section's reason"})
+    assert "(0123456789ab-dirty: it cannot be checked out again): this section. Why: a speed section's reason" in table

@@ -19,6 +19,7 @@ from benchmarks.cli import add_user_dir_flag, load_task_registry
 from benchmarks.effects import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
 from benchmarks.merge import load_runs, variant_order
 from benchmarks.significance import compare
+from benchmarks.machines import seeds_by_machine
 from core.provenance import machine_key, machine_name
 from core.utils import atomic_write, write_text
 from tasks.base import get_task
@@ -129,9 +130,7 @@ def comparison(task, sources, across_machines=False):
 
 def _machines(runs):
     """'' for runs of one machine, else '; seeds 1 on ..., 2,3 on ...'."""
-    by_machine = {}
-    for run in runs:
-        by_machine.setdefault(machine_name(run.get("provenance", {})), []).append(str(run["seed"]))
+    by_machine = seeds_by_machine(runs)
     if len(by_machine) < 2:
         return ""
     return "; " + ", ".join(f"seeds {','.join(seeds)} on {machine}" for machine, seeds in by_machine.items())

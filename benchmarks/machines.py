@@ -10,12 +10,18 @@ from benchmarks.merge import load_runs
 from core.provenance import machine_key, machine_name
 
 
+def seeds_by_machine(runs):
+    """{machine name: [seed, ...]} in the runs' order."""
+    by_machine = defaultdict(list)
+    for run in runs:
+        by_machine[machine_name(run.get("provenance", {}))].append(str(run["seed"]))
+    return by_machine
+
+
 def seeds_text(group):
     """'1,2,3', or per machine where the seeds of a row ran on more than one: '1 (AMD EPYC, torch 2.9); 2,3
     (NVIDIA H200, torch 2.11)'."""
-    by_machine = defaultdict(list)
-    for run in group:
-        by_machine[machine_name(run.get("provenance", {}))].append(str(run["seed"]))
+    by_machine = seeds_by_machine(group)
     if len(by_machine) == 1:
         return ",".join(next(iter(by_machine.values())))
     return "; ".join(f"{','.join(seeds)} ({machine})" for machine, seeds in by_machine.items())

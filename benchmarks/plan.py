@@ -190,20 +190,17 @@ def done_before(job, settings):
     """Whether the job's run is already in its table with the config this grid would train (a committed table's
     none and zaremba rows, say, or a job finished before a kill) and, for a scheme or task of the user's own, from
     the same user code: then there is nothing to do."""
+    return _in_table(job, settings, _loaded_user_code()) == "done"
+
+
+def _in_table(job, settings, loaded_user_code):
+    """"done" when the job's run is in its table as done_before says, "older" when its row is there but from other
+    --user-dir code than is loaded now (the user's own scheme or task: trained again, replacing it), else None."""
     entry = _entry_in_table(job, settings)
-    return entry is not None and not from_older_user_code(job, entry)
-
-
-def from_older_user_code(job, entry):
-    """Whether a table entry of the user's own scheme (or task) was trained with other --user-dir code than is
-    loaded now: its row is trained again and replaced."""
-    return _user_defined(job) and recorded_user_code(entry.get("provenance", {})) != _loaded_user_code()
-
-
-def rows_from_older_code(jobs, settings):
-    """The jobs whose rows are in their tables from older code of the user's own scheme (see done_before)."""
-    return [job for job in jobs if job.p is not None and (entry := _entry_in_table(job, settings)) is not None
-            and from_older_user_code(job, entry)]
+    if entry is None:
+        return None
+    older = _user_defined(job) and recorded_user_code(entry.get("provenance", {})) != loaded_user_code
+    return "older" if older else "done"
 
 
 def _user_defined(job):
@@ -292,9 +289,10 @@ def minutes(seconds):
 def describe(jobs, settings, device, slots, executor="local"):
     """(one paragraph: what will run and for how long, [one line per job with its estimate and dependencies]);
     jobs already in their tables count as 0."""
-    out = settings.out
-    estimates = [(0.0, "finished before: in its table") if job.p is not None and done_before(job, settings)
-                 else estimate(out, job, device) for job in jobs]
+    out, loaded_user_code = settings.out, _loaded_user_code()
+    in_table = [None if job.p is None else _in_table(job, settings, loaded_user_code) for job in jobs]
+    estimates = [(0.0, "finished before: in its table") if state == "done" else estimate(out, job, device)
+                 for job, state in zip(jobs, in_table)]
     seconds = [s for s, _ in estimates]
     unknown = sum(s is None for s in seconds)
     kinds = {k: sum(j.kind == k for j in jobs) for k in ("select", "run", "ensemble")}
@@ -320,7 +318,7 @@ def describe(jobs, settings, device, slots, executor="local"):
         when = f"1 of the {len(jobs)} jobs is in its table already (skipped). " + when
     elif done:
         when = f"{done} of the {len(jobs)} jobs are in their tables already (skipped). " + when
-    older = rows_from_older_code(jobs, settings)
+    older = [job for job, state in zip(jobs, in_table) if state == "older"]
     if older:
         when += (f" {len(older)} row{'s' * (len(older) != 1)} of your own code "
                  f"({', '.join(sorted({j.variant for j in older}))}) came from older --user-dir code: trained again, "

@@ -17,7 +17,7 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 from core.locks import table_lock  # noqa: E402
 from core.provenance import code_version, cpu_text, fp32_math_text  # noqa: E402
 from benchmarks.machines import mixed_machines_lines, seeds_text  # noqa: E402
-from benchmarks.runconfig import paper_label  # noqa: E402
+from benchmarks.runconfig import PRECISION_SUFFIXES, paper_label  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.effects import effect_metrics, effects_section, fmt as _fmt, mc_dropout_line, p_text  # noqa: E402
 from benchmarks.significance import seed_interval  # noqa: E402
@@ -108,8 +108,6 @@ def _paper_keys(task):
     return [k for k in order if k in keys]
 
 
-PRECISION_SUFFIXES = {"-tf32": "TF32 matmuls", "-bf16": "its forward passes under bf16 autocast",
-                      "-bf16-cpu": "its forward passes under bf16 autocast on a CPU"}  # runconfig.table_label
 
 
 def _label(key, task):

@@ -145,13 +145,15 @@ def check_preset(task_cls, preset):
                          f"{did_you_mean([preset], task_cls.presets)}; choose one of: {', '.join(task_cls.presets)}")
 
 
-PRECISION_LABELS = ("-bf16-cpu", "-bf16", "-tf32")  # what table_label appends for a precision, longest first
+# what table_label appends for a precision, and how a table says it
+PRECISION_SUFFIXES = {"-tf32": "TF32 matmuls", "-bf16": "its forward passes under bf16 autocast",
+                      "-bf16-cpu": "its forward passes under bf16 autocast on a CPU"}
 
 
 def paper_label(label):
     """The paper's name for a table: its label without a precision suffix ("medium-bf16-cpu" -> "medium"), since
     precision is the one thing such a table changes of the preset; any other label as it is."""
-    for suffix in PRECISION_LABELS:
+    for suffix in sorted(PRECISION_SUFFIXES, key=len, reverse=True):  # -bf16-cpu before -bf16
         if label.endswith(suffix):
             return label.removesuffix(suffix)
     return label

@@ -89,7 +89,7 @@ MUTANTS = {
         ("    if crossed and not across_machines:", "    if False:"),
     ], ["tests/test_compare.py"]),
     "edited --user-dir code goes unnoticed": ("benchmarks/plan.py", [
-        ("    return _user_defined(job) and recorded_user_code(", "    return False and recorded_user_code("),
+        ("    older = _user_defined(job) and recorded_user_code(", "    older = False and recorded_user_code("),
     ], ["tests/test_grid.py"]),
     "a damaged neighbour table fails the overview": ("benchmarks/overview.py", [
         ("            except ValueError as err:  # a damaged neighbour", "            except KeyError as err:  # a damaged neighbour"),

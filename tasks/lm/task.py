@@ -159,7 +159,8 @@ class LanguageModelTask(Task):
 
     def forward(self, model, batch, state):
         inputs, targets = batch
-        if torch.is_autocast_enabled(inputs.device.type) and torch.is_grad_enabled() and isinstance(model, LanguageModel):
+        fused = torch.is_autocast_enabled(inputs.device.type) and torch.is_grad_enabled()
+        if fused and isinstance(model, LanguageModel):
             # bf16 training: the softmax layer and the loss in one (core.loss), never the fp32 logits. Evaluation
             # and fp32 keep the plain path (faster in evaluation; fp32 stays bit for bit the committed tables)
             hidden, state = model.features(inputs, state)

@@ -6,6 +6,7 @@ each scheme's p chosen on validation first, several seeds, jobs in parallel, on 
     python -m benchmarks.grid --user-dir my_schemes --variants mine      # none, zaremba and your scheme, everywhere
     python -m benchmarks.grid --tasks speech --variants all --grid 0.1,0.2,0.35 --grid zoneout=0.05/0.5
     python -m benchmarks.grid --preset tiny --variants mine --p mine=0.1 # p fixed by hand (said in the tables)
+    python -m benchmarks.grid --tasks lm,mt --preset cpu --rerun       # the rows again, from this commit and machine
     python -m benchmarks.grid --executor slurm --partition gpu --gpus-per-job 1 --device cuda
 
 Each job is an ordinary `benchmarks.run --resume` process with its own run dir and a log under
@@ -60,6 +61,10 @@ def build_parser():
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
     p.add_argument("--out", default="results", help="results folder (default: results/)")
     p.add_argument("--run-dir", default="runs", help="run dirs and the grid's logs (default: runs/)")
+    p.add_argument("--rerun", action="store_true",
+                   help="train again the rows in the tables that the checked-out commit did not make on this "
+                        "machine (uncommitted code, other commits, another machine), replacing them as they land; "
+                        "the same command again skips the rows it made. Selection choices are kept")
     p.add_argument("--dry-run", action="store_true", help="print every job, its dependencies and time; train nothing")
     p.add_argument("--executor", default="local", choices=EXECUTORS,
                    help="local (default: processes here), slurm (submitit), submitit-local (submitit on this machine)")
@@ -121,7 +126,8 @@ def make_plan(args, parser):
     extra += ["--data-dir", args.data_dir] if args.data_dir else []
     extra += ["--custom-data"] * args.custom_data + ["--no-download"] * args.no_download
     settings = planning.Settings(out=args.out, run_dir=args.run_dir, epochs=args.epochs, sets=tuple(args.set),
-                                 extra=tuple(extra), precision=precision, device=str(device), grids=grids)
+                                 extra=tuple(extra), precision=precision, device=str(device), grids=grids,
+                                 rerun=planning.rerun_key(device, args.executor == "local") if args.rerun else None)
     jobs = []
     for name in names:
         task_cls = TASKS[name]

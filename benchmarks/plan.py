@@ -11,9 +11,11 @@ import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from benchmarks import runconfig as run
 from benchmarks.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json, singles
-from core.provenance import recorded_user_code, user_code, user_code_hash
+from core.provenance import git_commit, hardware, machine_key, recorded_user_code, user_code, user_code_hash
 from core.utils import pick_device
 from tasks.base import TASKS, user_registered
 
@@ -89,6 +91,7 @@ class Settings:
     device: str = "cpu"  # resolved (never "auto"): bf16 on a CPU names its tables too
     logs: str = None  # the jobs' output (default: <run_dir>/grid-logs)
     grids: dict = field(default_factory=dict)  # scheme (or None: every scheme) -> grid points
+    rerun: tuple = None  # --rerun: (this commit, this machine's key or None) a row must come from to be kept
 
     @property
     def selection_out(self):
@@ -193,12 +196,28 @@ def done_before(job, settings):
     return _in_table(job, settings, _loaded_user_code()) == "done"
 
 
+def rerun_key(device, local=True):
+    """What --rerun keeps: rows of the checked-out commit (uncommitted code never counts as made by it) and, when
+    the jobs run on this machine, of this machine (its CPU model or GPU, and torch major.minor)."""
+    here = machine_key({**hardware(device), "torch": torch.__version__}) if local else None
+    return git_commit(), here
+
+
+def made_by(prov, key):
+    commit, machine = key
+    return (prov.get("git_commit") == commit and not commit.endswith("-dirty")
+            and (machine is None or machine_key(prov) == machine))
+
+
 def _in_table(job, settings, loaded_user_code):
     """"done" when the job's run is in its table as done_before says, "older" when its row is there but from other
-    --user-dir code than is loaded now (the user's own scheme or task: trained again, replacing it), else None."""
+    --user-dir code than is loaded now (the user's own scheme or task: trained again, replacing it), "rerun" when
+    --rerun asks for rows of this commit and machine and the row is not one, else None."""
     entry = _entry_in_table(job, settings)
     if entry is None:
         return None
+    if settings.rerun and not made_by(entry.get("provenance", {}), settings.rerun):
+        return "rerun"
     older = _user_defined(job) and recorded_user_code(entry.get("provenance", {})) != loaded_user_code
     return "older" if older else "done"
 
@@ -323,6 +342,12 @@ def describe(jobs, settings, device, slots, executor="local"):
         when += (f" {len(older)} row{'s' * (len(older) != 1)} of your own code "
                  f"({', '.join(sorted({j.variant for j in older}))}) came from older --user-dir code: trained again, "
                  "replacing them.")
+    again = [job for job, state in zip(jobs, in_table) if state == "rerun"]
+    if again:
+        commit, machine = settings.rerun
+        made = f"commit {commit[:12]}" + (f" on {machine[0]}, torch {machine[1]}" if machine else "")
+        when += (f" --rerun: {len(again)} row{'s' * (len(again) != 1)} in the tables did not come from {made}: "
+                 "trained again, each replacing its row as it lands (the old row stays in the table's git history).")
     paragraph = f"Plan: {what} into {', '.join(tables)}; p: {'; '.join(sources)}. {when}"
     lines = []
     for i, (job, (s, how)) in enumerate(zip(jobs, estimates)):

@@ -311,3 +311,34 @@ def test_rows_of_ones_own_scheme_from_older_user_code_are_trained_again(tmp_path
     assert planning.done_before(none, settings) and not planning.done_before(mine, settings)
     paragraph, _ = planning.describe(jobs, settings, "cpu", 1)
     assert "1 row of your own code (mine) came from older --user-dir code: trained again" in paragraph
+
+
+def test_rerun_trains_again_the_rows_this_commit_and_machine_did_not_make_and_keeps_its_own(tmp_path, tiny_ptb,
+                                                                                             user_dir):
+    """--rerun: a row from uncommitted code, another commit or another machine is trained again; a row of the
+    checked-out commit on this machine is kept, so the same command again skips what it made."""
+    from benchmarks import runconfig
+    from core.provenance import hardware
+
+    jobs, settings, _ = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--seeds", "1", "--rerun"))
+    commit, machine = settings.rerun
+    none = next(j for j in jobs if j.variant == "none" and j.kind == "run")
+    planned = {**runconfig.preset_config(TASKS["lm"], "tiny", settings.epochs, {}), "precision": settings.precision,
+               "dropout": 0.0}
+    here = {**hardware("cpu"), "torch": __import__("torch").__version__, "git_commit": commit.removesuffix("-dirty")}
+
+    def table_with(**prov):
+        path = planning.job_table(none, settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([{"variant": "none", "dropout": 0.0, "seed": 1, "config": planned,
+                                     "metrics": {}, "provenance": {**here, **prov}}]))
+
+    table_with()
+    assert planning.done_before(none, settings) is (not commit.endswith("-dirty"))  # a dirty tree keeps nothing
+    for other in ({"git_commit": "0" * 40}, {"git_commit": commit + "-dirty"}, {"gpu": "NVIDIA H200"},
+                  {"torch": "1.13.0"}):
+        table_with(**other)
+        assert not planning.done_before(none, settings), other
+    paragraph, _ = planning.describe([none], settings, "cpu", 1)
+    assert f"--rerun: 1 row in the tables did not come from commit {commit[:12]} on {machine[0]}" in paragraph
+    assert planning.done_before(none, planning.replace(settings, rerun=None))  # without --rerun: kept

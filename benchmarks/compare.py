@@ -6,7 +6,11 @@
 The first input is the reference: every other one gets its difference to it (seed means), and where the runs
 pair (the same seeds on the same test set, per-item statistics recorded) the 95% interval over seeds and the
 paired bootstrap's interval and p (benchmarks.significance). Runs of different test sets are never paired, and
-runs of different machines (GPU or CPU model, torch major.minor) only with --across-machines, which marks them.
+runs of different machines (GPU or CPU model, torch major.minor) or code (source hash, else clean commit) only
+with --across-machines, which marks them. With --run-dir, runs that wrote their test outputs (translations,
+captions) also get the share of test items whose outputs are identical.
+
+    python -m benchmarks.compare results/mt/cpu.json results/mt/cpu-bf16-cpu.json --run-dir runs
 """
 import argparse
 import json
@@ -20,6 +24,7 @@ from benchmarks.effects import LOWER_IS_BETTER, fmt, interval_text, p_text, p_va
 from benchmarks.merge import load_runs, variant_order
 from benchmarks.significance import compare
 from benchmarks.machines import seeds_by_machine
+from benchmarks.runconfig import run_name
 from core.provenance import machine_key, machine_name
 from core.utils import atomic_write, write_text
 from tasks.base import get_task
@@ -63,20 +68,65 @@ def metrics_of(task):
     return [m] + [k for k, _ in task.extra_test_metrics[:1]]
 
 
-def crossed_pairs(sources):
-    """[(label, variant, p, seed, reference's machine, other's machine)] for every pair of runs (the same variant,
-    p and seed in the reference and another input) whose machines differ (core.provenance.machine_key)."""
+def pairs(sources):
+    """[(label, (variant, p), seed, reference's run, other's run)]: runs of the same variant, p and seed in the
+    reference and another input."""
     groups, variants = _by_variant(sources)
-    crossed = []
+    found = []
     for (_, label, _), group in zip(sources[1:], groups[1:]):
         for variant in variants:
             ref = {r["seed"]: r for r in groups[0].get(variant, [])}
-            for run in group.get(variant, []):
-                if run["seed"] in ref:
-                    a, b = ref[run["seed"]].get("provenance", {}), run.get("provenance", {})
-                    if "torch" in a and "torch" in b and machine_key(a) != machine_key(b):  # both recorded
-                        crossed.append((label, *variant, run["seed"], machine_name(a), machine_name(b)))
+            found += [(label, variant, run["seed"], ref[run["seed"]], run)
+                      for run in group.get(variant, []) if run["seed"] in ref]
+    return found
+
+
+def code_of(prov):
+    """The code a run ran: its source hash, else its clean commit; None where nothing names it (uncommitted code
+    recorded without a source hash)."""
+    commit = prov.get("git_commit") or ""
+    return prov.get("source_hash") or (None if commit.endswith("-dirty") or not commit else commit)
+
+
+def code_name(prov):
+    commit = prov.get("git_commit") or "?"
+    return f"commit {commit[:12]}" + ("-dirty" if commit.endswith("-dirty") else "")
+
+
+def crossed_pairs(sources):
+    """[(label, variant, p, seed, reference's setup, other's setup)] for every pair whose machines
+    (core.provenance.machine_key) or code (code_of) differ, each setup named by what differs."""
+    crossed = []
+    for label, variant, seed, ref, run in pairs(sources):
+        a, b = ref.get("provenance", {}), run.get("provenance", {})
+        named = []
+        if "torch" in a and "torch" in b and machine_key(a) != machine_key(b):  # both recorded
+            named.append((machine_name(a), machine_name(b)))
+        if "git_commit" in a and "git_commit" in b and (code_of(a) is None or code_of(a) != code_of(b)):
+            named.append((code_name(a), code_name(b)))
+        if named:
+            crossed.append((label, *variant, seed, *(", ".join(side) for side in zip(*named))))
     return crossed
+
+
+def output_agreement(task_name, sources, run_dir):
+    """{(label, variant, p): (identical, items, seeds)} over the paired runs of results tables whose run dirs
+    under `run_dir` both hold test outputs (<run-dir>/<task>/<label>/<run dir name>/test_outputs.txt)."""
+    ref_label = sources[0][1]
+    agreement = {}
+    for label, variant, seed, ref, run in pairs(sources):
+        texts = [_outputs(Path(run_dir) / task_name / side, entry) for side, entry in ((ref_label, ref), (label, run))]
+        if None in texts or len(texts[0]) != len(texts[1]):
+            continue
+        same, total, seeds = agreement.get((label, *variant), (0, 0, ()))
+        agreement[(label, *variant)] = (same + sum(a == b for a, b in zip(*texts)), total + len(texts[0]),
+                                        seeds + (seed,))
+    return agreement
+
+
+def _outputs(folder, run):
+    file = folder / run_name(run["variant"], run["dropout"], run["seed"]) / "test_outputs.txt"
+    return file.read_text().splitlines() if file.is_file() else None
 
 
 def check_machines(sources, across_machines):
@@ -87,13 +137,14 @@ def check_machines(sources, across_machines):
         ref = sources[0][1]
         pairs = "; ".join(f"{variant} p={p} seed {seed}: `{ref}` on {a}, `{label}` on {b}"
                           for label, variant, p, seed, a, b in crossed)
-        raise ValueError(f"these pairs differ in machine as well as in what is compared: {pairs}. Re-run one side "
-                         "on the other's machine (the same --seeds), or pass --across-machines to pair them anyway "
-                         "(they are then marked)")
+        raise ValueError(f"these pairs differ in machine or code as well as in what is compared: {pairs}. Re-run "
+                         "one side on the other's machine from the other's commit (the same --seeds), or pass "
+                         "--across-machines to pair them anyway (they are then marked)")
 
 
-def comparison(task, sources, across_machines=False):
-    """Markdown lines: one table per metric, a row per variant, a column per source and per difference."""
+def comparison(task, sources, across_machines=False, agreement=None):
+    """Markdown lines: one table per metric, a row per variant, a column per source and per difference, and the
+    test outputs' agreement (output_agreement) where given."""
     (_, ref_label, _), others = sources[0], sources[1:]
     groups, variants = _by_variant(sources)
     lines = [f"# {task.name}: " + " vs ".join(f"`{label}`" for _, label, _ in sources), "",
@@ -103,7 +154,8 @@ def comparison(task, sources, across_machines=False):
              "and p.", ""]
     crossed = crossed_pairs(sources)
     if crossed:
-        lines += ["**Pairs across machines** (`--across-machines`: each also changes device or torch version): "
+        lines += ["**Pairs across machines or code** (`--across-machines`: each also changes device, torch version "
+                  "or code): "
                   + "; ".join(f"{variant} p={p} seed {seed} (`{ref_label}` on {a}, `{label}` on {b})"
                               for label, variant, p, seed, a, b in crossed) + ".", ""]
     for metric in metrics_of(task):
@@ -125,7 +177,23 @@ def comparison(task, sources, across_machines=False):
                     cells.append(_difference(groups[0].get(variant, []), g.get(variant, []), key, split, metric))
                 lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells) + " |")
             lines.append("")
+    if agreement:
+        lines += [f"## identical test outputs (vs `{ref_label}`, paired seeds)", "",
+                  "| variant | p | " + " | ".join(f"`{label}`" for _, label, _ in others) + " |",
+                  "|" + "---|" * (2 + len(others))]
+        for variant in variants:
+            cells = [_agreement_text(agreement.get((label, *variant))) for _, label, _ in others]
+            if any(cell != "—" for cell in cells):
+                lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells) + " |")
+        lines.append("")
     return lines
+
+
+def _agreement_text(found):
+    if found is None:
+        return "—"
+    same, total, seeds = found
+    return f"{same:,} of {total:,} ({100 * same / total:.1f}%), seeds {','.join(map(str, seeds))}"
 
 
 def _machines(runs):
@@ -194,7 +262,9 @@ def main(argv=None):
     parser.add_argument("--out", help="also write the comparison as Markdown here")
     parser.add_argument("--plot", help="also draw the test main metric per variant and input (PNG)")
     parser.add_argument("--across-machines", action="store_true", help="pair runs of the same seed even where their "
-                        "machines differ (device, or torch's major.minor version); the pairs are marked")
+                        "machines or code differ (device, torch's major.minor version, source); the pairs are marked")
+    parser.add_argument("--run-dir", help="the runs' --run-dir: also count the test outputs (translations, "
+                                          "captions) that paired runs share, from their test_outputs.txt")
     add_user_dir_flag(parser)
     args = parser.parse_args(argv)
     if len(args.inputs) < 2:
@@ -209,7 +279,10 @@ def main(argv=None):
         check_machines(sources, args.across_machines)
     except ValueError as err:
         parser.error(str(err))
-    text = "\n".join(comparison(task, sources, args.across_machines)) + "\n"
+    agreement = output_agreement(task.name, sources, args.run_dir) if args.run_dir else None
+    if args.run_dir and not agreement:
+        print(f"note: no paired runs with test outputs under {args.run_dir}/{task.name}/", file=sys.stderr)
+    text = "\n".join(comparison(task, sources, args.across_machines, agreement)) + "\n"
     sys.stdout.write(text)
     if args.out:
         write_text(args.out, text)

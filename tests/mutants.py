@@ -88,6 +88,13 @@ MUTANTS = {
     "compare pairs runs across machines silently": ("benchmarks/compare.py", [
         ("    if crossed and not across_machines:", "    if False:"),
     ], ["tests/test_compare.py"]),
+    "compare pairs runs of other code silently": ("benchmarks/compare.py", [
+        ("        if \"git_commit\" in a and \"git_commit\" in b and (code_of(a) is None",
+         "        if False and (code_of(a) is None"),
+    ], ["tests/test_compare.py"]),
+    "grid --rerun keeps rows of other commits": ("benchmarks/plan.py", [
+        ("    return (prov.get(\"git_commit\") == commit and", "    return (True and"),
+    ], ["tests/test_grid.py"]),
     "edited --user-dir code goes unnoticed": ("benchmarks/plan.py", [
         ("    older = _user_defined(job) and recorded_user_code(", "    older = False and recorded_user_code("),
     ], ["tests/test_grid.py"]),

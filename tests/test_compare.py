@@ -76,5 +76,44 @@ def test_pairs_across_machines_are_refused_unless_asked_for_and_then_marked(tmp_
     assert "zaremba p=0.5 seed 2" in error and "seed 1" not in error and "--across-machines" in error
     compare.main([str(a), str(b), "--across-machines"])
     text = capsys.readouterr().out
-    assert "**Pairs across machines**" in text and "none p=0 seed 2 (`cpu` on NVIDIA H200, torch 2.11" in text
+    assert "**Pairs across machines or code**" in text and "none p=0 seed 2 (`cpu` on NVIDIA H200, torch 2.11" in text
     assert "seeds 2 on NVIDIA H200, torch 2.11" in text  # the reference's cell says its seeds' machines
+
+
+def test_pairs_from_other_code_are_refused_unless_asked_for_and_then_marked(tmp_path, capsys):
+    """Code counts as the machine does: another source hash, or uncommitted code that recorded none."""
+    a = table(tmp_path / "a" / "lm" / "cpu.json", 0.0)
+    b = table(tmp_path / "b" / "lm" / "cpu-bf16.json", 0.1)
+    compare.main([str(a), str(b)])  # the same commit on both sides
+    runs = json.loads(b.read_text())
+    runs[0]["provenance"] = {**runs[0]["provenance"], "git_commit": "abc-dirty"}  # none seed 1, no source hash
+    runs[4]["provenance"] = {**runs[4]["provenance"], "git_commit": "def", "source_hash": "f00"}  # zaremba seed 2
+    write_json(b, runs)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        compare.main([str(a), str(b)])
+    error = capsys.readouterr().err
+    assert "none p=0 seed 1: `cpu` on commit abc, `cpu-bf16` on commit abc-dirty" in error
+    assert "zaremba p=0.5 seed 2: `cpu` on commit abc, `cpu-bf16` on commit def" in error and "seed 3" not in error
+    compare.main([str(a), str(b), "--across-machines"])
+    assert "zaremba p=0.5 seed 2 (`cpu` on commit abc, `cpu-bf16` on commit def)" in capsys.readouterr().out
+    for run in runs:  # one source hash names the code whatever the commit (a docs-only commit changes nothing)
+        run["provenance"] = {**run["provenance"], "git_commit": "def", "source_hash": "f00"}
+    write_json(b, runs)
+    write_json(a, [{**run, "provenance": {**run["provenance"], "git_commit": "abc"}} for run in runs])
+    compare.main([str(a), str(b)])
+
+
+def test_run_dirs_give_the_share_of_identical_test_outputs_per_variant(tmp_path, capsys):
+    a = table(tmp_path / "results" / "mt" / "cpu.json", 0.0)
+    b = table(tmp_path / "results" / "mt" / "cpu-bf16.json", 0.1)
+    runs = tmp_path / "runs" / "mt"
+    for label, lines in (("cpu", ["a", "b", "c", "d"]), ("cpu-bf16", ["a", "b", "x", "d"])):
+        for seed in (1, 2):  # seed 3 left no outputs: not counted
+            folder = runs / label / f"none-p0-seed{seed}"
+            folder.mkdir(parents=True)
+            (folder / "test_outputs.txt").write_text("\n".join(lines if seed == 1 else ["a", "b", "c", "d"]) + "\n")
+    compare.main([str(a), str(b), "--run-dir", str(tmp_path / "runs")])
+    text = capsys.readouterr().out
+    assert "## identical test outputs (vs `cpu`, paired seeds)" in text
+    assert "| none | 0 | 7 of 8 (87.5%), seeds 1,2 |" in text and "| zaremba |" not in text.split("identical")[-1]

@@ -5,7 +5,7 @@
 
 The first input is the reference: every other one gets its difference to it (seed means), and where the runs
 pair (the same seeds on the same test set, per-item statistics recorded) the 95% interval over seeds and the
-paired bootstrap's interval and p (benchmarks.significance). Runs of different test sets are never paired, and
+paired bootstrap's interval and p (benchmarks.tables.significance). Runs of different test sets are never paired, and
 runs of different machines (GPU or CPU model, torch major.minor) or code (source hash, else clean commit) only
 with --across-machines, which marks them. With --run-dir, runs that wrote their test outputs (translations,
 captions) also get the share of test items whose outputs are identical.
@@ -19,12 +19,12 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks.cli import add_user_dir_flag, load_task_registry
-from benchmarks.effects import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
-from benchmarks.merge import load_runs, variant_order
-from benchmarks.significance import compare
-from benchmarks.machines import seeds_by_machine
-from benchmarks.runconfig import run_name
+from benchmarks.jobs.flags import add_user_dir_flag, load_task_registry
+from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
+from benchmarks.tables.merge import load_runs, variant_order
+from benchmarks.tables.significance import paired_comparison
+from benchmarks.tables.machines import seeds_by_machine
+from benchmarks.jobs.config import run_name
 from core.provenance import machine_key, machine_name
 from core.utils import atomic_write, write_text
 from tasks.base import get_task
@@ -212,7 +212,7 @@ def _difference(ref, other, key, split, metric):
     text = f"{statistics.mean(a) - statistics.mean(b):+.2f}"
     if split != "test":
         return text
-    result = compare(other, ref, metric, metric in LOWER_IS_BETTER)
+    result = paired_comparison(other, ref, metric, metric in LOWER_IS_BETTER)
     if result is None:
         return text + " (no common seeds)"
     if len(result["seeds"]) < max(len(a), len(b)):

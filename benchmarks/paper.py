@@ -18,11 +18,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from benchmarks import plan as planning
-from benchmarks.executors import LocalExecutor
-from benchmarks.grid import Grid
-from benchmarks.grid_report import Display, summary_lines
-from benchmarks.runconfig import check_distinct, table_label
+from benchmarks.jobs import plan as planning
+from benchmarks.jobs.runner import runner_text
+from benchmarks.jobs.executors import LocalExecutor
+from benchmarks.jobs.flags import (add_cuda_graphs_flag, add_data_flags, add_device_flag, add_precision_flag,
+                                   add_threads_flag, passed_on, resolve_jobs_device)
+from benchmarks.jobs.scheduler import Grid
+from benchmarks.jobs.display import Display, summary_lines
+from benchmarks.jobs.config import check_distinct
+from benchmarks.tables.labels import table_label
 from tasks.base import load_tasks
 
 TABLE1 = (("small", "none", 1), ("medium", "zaremba", 1), ("medium", "zaremba", 2), ("large", "zaremba", 1))
@@ -44,9 +48,7 @@ def table1_plan(jobs, args):
     """(jobs of the grid, settings): one benchmarks.run --resume job per (preset, variant, seed), each checkpointing
     every few minutes and merged into results/lm/<preset>[-<precision>].json the moment it ends."""
     lm = load_tasks()["lm"]
-    extra = ["--device", args.device, "--checkpoint-every", str(args.checkpoint_every)]
-    extra += ["--threads", str(args.threads)] * bool(args.threads) + ["--cuda-graphs"] * args.cuda_graphs
-    extra += ["--custom-data"] * args.custom_data
+    extra = passed_on(args) + ["--checkpoint-every", str(args.checkpoint_every)]
     settings = planning.Settings(out=args.out, run_dir=str(Path(args.work) / "runs"), extra=tuple(extra),
                                  precision=args.precision, device=args.device, logs=str(Path(args.work) / "logs"))
     planned = []
@@ -63,22 +65,23 @@ def table1_plan(jobs, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.paper", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "tf32", "bf16"),
-                        help="fp32 (default, the paper's), tf32 (TF32 matmuls, labelled), bf16 (autocast, labelled)")
+    add_device_flag(parser, default="cuda", jobs=True)
+    add_precision_flag(parser, default="fp32")  # the paper's
     parser.add_argument("--jobs", default=",".join(f"{p}:{v}:{s}" for p, v, s in TABLE1),
                         help="PRESET:VARIANT:SEED list (default: Table 1: small none, medium zaremba x2, large zaremba)")
     parser.add_argument("--parallel", type=int, help="jobs at once (default: all on a GPU, 1 on a CPU)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads per job")
-    parser.add_argument("--cuda-graphs", action="store_true", help="each job replays its steps from CUDA graphs "
-                        "(core.graphs; recorded in the tables' config)")
+    add_threads_flag(parser, per="job")
+    add_cuda_graphs_flag(parser)
     parser.add_argument("--checkpoint-every", type=float, default=3.0, metavar="MINUTES",
                         help="checkpoint within an epoch every MINUTES (default 3), so a cut run resumes")
-    parser.add_argument("--custom-data", action="store_true", help="as benchmarks.run: PTB files of your own")
+    add_data_flags(parser)
     parser.add_argument("--work", default="runs/paper", help="run dirs and logs (default runs/paper)")
     parser.add_argument("--out", default="results", help="where the tables go (default results/)")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs and exit")
     args = parser.parse_args(argv)
+    # a dry run names its jobs' device without needing it here (a laptop printing a GPU plan)
+    device, args.precision = resolve_jobs_device(args.device, args.precision, parser, local=not args.dry_run)
+    args.device = str(device)
     try:
         jobs, settings = table1_plan(parse_jobs(args.jobs), args)
     except ValueError as err:
@@ -89,7 +92,7 @@ def main(argv=None):
     device = args.device if args.device == "cpu" or args.dry_run else planning.device_name(args.device)
     planning.print_plan(jobs, settings, device, parallel, every_job=args.dry_run)
     if args.dry_run:
-        print("\n".join(planning.command_text(planning.job_argv(job, settings)) for job in jobs))
+        print("\n".join(runner_text(planning.job_argv(job, settings)) for job in jobs))
         return 0
     grid = Grid(jobs, settings, LocalExecutor(), parallel, Display())
     grid.run()  # each job's rows land in its table as it ends; SIGTERM stops the running ones at a checkpoint

@@ -40,14 +40,15 @@ from core.graphs import check_graphable
 from core.interrupt import stop_with_parent
 from core.precision import NATIVE_BF16_FLAGS, autocast, cpu_bf16_flags, native_bf16
 from core.utils import pick_device, provenance, write_json, write_text
-from benchmarks.merge import read_json
-from benchmarks.report import SPEED_KEYS
-from benchmarks.runconfig import check_preset
-from benchmarks.speed_bound import step_bound
-from benchmarks.uncommitted import load_reasons
-from benchmarks.speed_table import SPEED_PRECISIONS, machine_text, markdown, row_name
+from benchmarks.tables.merge import read_json
+from benchmarks.tables.task_table import SPEED_KEYS
+from benchmarks.jobs.config import check_preset
+from benchmarks.timing.bound import step_bound
+from benchmarks.tables.uncommitted import reasons_for
+from benchmarks.tables.speed_table import SPEED_PRECISIONS, machine_text, speed_markdown, row_name
 from core.provenance import code_version, cpu_model
-from benchmarks.cli import add_user_dir_flag, device_with_threads, load_task_registry, prepare_process
+from benchmarks.jobs.flags import (add_data_flags, add_device_flag, add_precision_flag, add_threads_flag,
+                                   add_user_dir_flag, device_with_threads, load_task_registry, prepare_process)
 from tasks.base import get_task, load_checkpoint, load_tasks
 
 
@@ -210,22 +211,19 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     parser.add_argument("--warmup", type=int, default=1, help="untimed passes of every job first")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int)
+    add_device_flag(parser)
+    add_threads_flag(parser)
     parser.add_argument("--out", default="results")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory column")
     parser.add_argument("--cuda-graphs", action="store_true", help="also time each scheme's steps replayed from "
                         "CUDA graphs (rows <scheme>+graphs; tasks with static shapes, on CUDA)")
-    parser.add_argument("--precision", default="fp32", help="comma list of fp32, bf16 (default: fp32): each scheme "
-                        "in each, bf16 as rows <scheme>-bf16 (autocast) where the device has native bf16; the peers "
-                        "stay fp32")
+    add_precision_flag(parser, default="fp32", several=True)
     parser.add_argument("--profile", action="store_true", help="instead of timing: torch.profiler's top ops by self "
                         "CPU time of one training pass of each implementation (nothing is written)")
     parser.add_argument("--checkpoint", help="instead: time the decoding of this trained best.pt on --split")
     parser.add_argument("--split", default="valid", choices=("valid", "test"),
                         help="the split --checkpoint decodes (default: valid; only the speed is recorded)")
-    parser.add_argument("--data-dir", help="dataset root for --checkpoint (default: $RNNREG_DATA_DIR)")
-    parser.add_argument("--custom-data", action="store_true", help="as for benchmarks.run (your own copy of the data)")
+    add_data_flags(parser, download=False)  # for --checkpoint
     add_user_dir_flag(parser)
     args = parser.parse_args(argv)
     load_task_registry(args, parser)
@@ -255,7 +253,7 @@ def main(argv=None):
     config = dict(task_cls.presets[preset])
     config["dropout"] = config["dropout"] or 0.5  # a p=0 preset would time no dropout at all
     if args.profile:
-        from benchmarks.speed_profile import print_profiles
+        from benchmarks.timing.profile import print_profiles
 
         return print_profiles(implementations(task_cls, config, variants, device, args.steps, args.cuda_graphs,
                                               precisions), device)
@@ -276,13 +274,8 @@ def main(argv=None):
     same = lambda e: e.get("kind") != "trained" and _entry_key(e) == _entry_key(entry)  # noqa: E731
     entries = [e for e in read_json(path) if not same(e)] + [entry]
     write_json(path, entries)
-    write_text(path.with_suffix(".md"), markdown(task_cls, entries, reasons_for(path)))
-    print(markdown(task_cls, [entry]))
-
-
-def reasons_for(path):
-    """{commit: why} of a speed table's sections from uncommitted code (<out>/uncommitted.json)."""
-    return load_reasons(path.parent.parent).get(f"{path.parent.name}/{path.name}", {})
+    write_text(path.with_suffix(".md"), speed_markdown(task_cls, entries, reasons_for(path)))
+    print(speed_markdown(task_cls, [entry]))
 
 
 def bound_task(task_cls, config):
@@ -338,7 +331,7 @@ def time_checkpoint(args, argv, parser):
     same = lambda e: key(e) == key(entry)  # noqa: E731
     entries = [e for e in read_json(path) if not same(e)] + [entry]
     write_json(path, entries)
-    write_text(path.with_suffix(".md"), markdown(type(task), entries, reasons_for(path)))
+    write_text(path.with_suffix(".md"), speed_markdown(type(task), entries, reasons_for(path)))
     print(f"{args.checkpoint} on {args.split}: " + ", ".join(f"{v:,.1f} {SPEED_KEYS[k]}" for k, v in results.items()))
 
 

@@ -3,7 +3,8 @@ from core.beam import beam_search, select_state
 from core.lstm import DropoutLSTM, init_uniform, lstm_cell
 from core.schemes import SCHEMES, Scheme, register_scheme
 from core.sequence import bucket_batches, pad_sequences, sequence_nll
-from core.trainer import StepOutput, Trainer, TrainConfig
+from core.step import StepOutput, TrainConfig
+from core.trainer import Trainer
 from core.vocab import Vocab
 
 __all__ = ["SCHEMES", "Scheme", "register_scheme", "DropoutLSTM", "init_uniform", "lstm_cell", "StepOutput",

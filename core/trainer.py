@@ -21,11 +21,10 @@ from tqdm.auto import tqdm
 
 from core import distributed
 from core.graphs import StepGraphs
-from core.interrupt import Interrupted, stop_on_signals  # noqa: F401 (Interrupted re-exported)
+from core.interrupt import Interrupted, stop_on_signals
 from core.monitor import Monitor, progress_bar, rounded
-from core.precision import PRECISIONS, autocast, resolve_precision  # noqa: F401 (re-exported)
-from core.step import (  # noqa: F401 (re-exported: the step's types live in core/step.py)
-    OPTIMIZERS, StepOutput, TrainConfig, Totals as _Totals, detach_state, make_optimizer)
+from core.precision import autocast
+from core.step import StepOutput, Totals, detach_state, make_optimizer
 from core.utils import rng_states_on_cpu, save_torch, seed_everything, write_json, write_text
 
 
@@ -102,7 +101,7 @@ class Trainer:
         self.model.train()
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr_at(epoch)
-        epoch_rng, totals, state, done = torch.get_rng_state(), _Totals(), None, 0
+        epoch_rng, totals, state, done = torch.get_rng_state(), Totals(), None, 0
         within, self._resume_within = self._resume_within, None
         if within is not None:
             epoch_rng, done, state = within["epoch_rng"], within["step"], within["state"]
@@ -148,7 +147,7 @@ class Trainer:
             self.rank_rng = torch.get_rng_state()
             torch.set_rng_state(shared_after)
         if parallel:
-            totals = _Totals.from_dict(distributed.all_reduce_totals(totals.as_dict(), self.device))
+            totals = Totals.from_dict(distributed.all_reduce_totals(totals.as_dict(), self.device))
         self._check_finite(totals, epoch, "end")
         return self.task.metrics(totals.as_dict())
 
@@ -157,7 +156,7 @@ class Trainer:
         """The split's metrics; under DDP (and `sharded`) each rank evaluates its rows and the sums are added."""
         self.model.eval()
         parallel = sharded and distributed.world_size() > 1
-        totals, state = _Totals(), None
+        totals, state = Totals(), None
         for batch in self.task.batches(split, self.device):
             if parallel:
                 batch = distributed.shard(batch)
@@ -225,6 +224,7 @@ class Trainer:
         never used to choose anything here), then touch the test split once: loss, per-item statistics for
         the paired tests, and the decoding metrics. Under DDP every rank evaluates and decodes its share, and
         rank 0 scores, writes and returns the result (the other ranks return None)."""
+        started = time.time()
         distributed.barrier()  # rank 0 has written best.pt
         best = torch.load(self.run_dir / "best.pt", map_location=self.device, weights_only=False)
         self.model.load_state_dict(best["model"])
@@ -254,7 +254,7 @@ class Trainer:
         metrics.update({f"test_{k}": v for k, v in test.items()})
         result = {"metrics": metrics, "best_epoch": best["epoch"], "epochs": len(self.history),
                   "wall_s": round(sum(r["wall_s"] for r in self.history), 1), "history": self.history,
-                  "details": details}
+                  "details": details, "final_s": round(time.time() - started, 1)}
         write_json(self.run_dir / "result.json", result)
         return result
 

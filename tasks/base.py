@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from core.cache import cache_root
 from core.scoring import IGNORE, UNSEEN, add_items, new_items, new_totals, pass_groups, tally  # noqa: F401
 from core.download import data_root
-from core.trainer import TrainConfig
+from core.step import TrainConfig
 from core.utils import did_you_mean, rng_states_on_cpu, save_torch
 from tasks.registry import (  # noqa: F401 (the registry's names, re-exported)
     ENV_USER_DIR, TASKS, UNAVAILABLE, get_task, import_user_dir, load_checkpoint, load_members, load_tasks, register,

@@ -20,17 +20,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # name -> (file, [(old, new), ...], test files that must fail)
 MUTANTS = {
-    "no run-dir lock (double launch)": ("benchmarks/cli.py", [
+    "no run-dir lock (double launch)": ("benchmarks/jobs/flags.py", [
         ("        return [lock_run_dir(d) for dirs in planned.values() for d in dirs]", "        return []"),
     ], ["tests/test_faults.py"]),
     "torch.save straight to the file (full disk: no cause named)": ("core/utils.py", [
         ("    buffer = io.BytesIO()\n    torch.save(obj, buffer)\n    atomic_write(path, lambda f: f.write(buffer.getbuffer()), mode=\"wb\")",
          "    atomic_write(path, lambda f: torch.save(obj, f), mode=\"wb\")"),
     ], ["tests/test_faults.py"]),
-    "damaged tables not checked": ("benchmarks/merge.py", [
+    "damaged tables not checked": ("benchmarks/tables/merge.py", [
         ("    for i, run in enumerate(runs):\n        missing", "    for i, run in enumerate(runs[:0]):\n        missing"),
     ], ["tests/test_faults.py"]),
-    "a folder where the table goes read as a table (IsADirectoryError)": ("benchmarks/merge.py", [
+    "a folder where the table goes read as a table (IsADirectoryError)": ("benchmarks/tables/merge.py", [
         ("    if folder_in_the_way(path):\n        raise ValueError(folder_in_the_way(path))\n", ""),
     ], ["tests/test_faults.py"]),
     "the runner trains with a folder where its table's .md goes": ("benchmarks/run.py", [
@@ -57,7 +57,7 @@ MUTANTS = {
     "table merge without its lock": ("core/locks.py", [
         ("        fcntl.flock(fd, fcntl.LOCK_EX)\n        _claim(fd)\n        yield", "        yield"),
     ], ["tests/test_grid.py"]),
-    "seed jobs start before their p is chosen": ("benchmarks/plan.py", [
+    "seed jobs start before their p is chosen": ("benchmarks/jobs/plan.py", [
         ("            after = [i for i, j in enumerate(jobs) if j.kind == \"select\" and j.choice == job.choice]",
          "            after = []"),
     ], ["tests/test_grid.py"]),
@@ -78,10 +78,10 @@ MUTANTS = {
         ("    return keep.to(like.dtype if like.is_floating_point() else torch.float32) * (1 / (1 - p))",
          "    return keep.to(like.dtype if like.is_floating_point() else torch.float32)"),
     ], ["tests/test_schemes.py"]),
-    "runs from uncommitted code pass without a reason": ("benchmarks/uncommitted.py", [
+    "runs from uncommitted code pass without a reason": ("benchmarks/tables/uncommitted.py", [
         ("            if is_dirty(record) and not reasons", "            if False and not reasons"),
     ], ["tests/test_results_provenance.py"]),
-    "selection picks between machines within a seed's spread": ("benchmarks/machines.py", [
+    "selection picks between machines within a seed's spread": ("benchmarks/tables/machines.py", [
         ("        close = [r for r in grid if machine_key(r.get(\"provenance\", {})) != mine",
          "        close = [r for r in grid if False"),
     ], ["tests/test_select.py"]),
@@ -92,13 +92,13 @@ MUTANTS = {
         ("        if \"git_commit\" in a and \"git_commit\" in b and (code_of(a) is None",
          "        if False and (code_of(a) is None"),
     ], ["tests/test_compare.py"]),
-    "grid --rerun keeps rows of other commits": ("benchmarks/plan.py", [
+    "grid --rerun keeps rows of other commits": ("benchmarks/jobs/plan.py", [
         ("    return (prov.get(\"git_commit\") == commit and", "    return (True and"),
     ], ["tests/test_grid.py"]),
-    "edited --user-dir code goes unnoticed": ("benchmarks/plan.py", [
+    "edited --user-dir code goes unnoticed": ("benchmarks/jobs/plan.py", [
         ("    older = _user_defined(job) and recorded_user_code(", "    older = False and recorded_user_code("),
     ], ["tests/test_grid.py"]),
-    "a damaged neighbour table fails the overview": ("benchmarks/overview.py", [
+    "a damaged neighbour table fails the overview": ("benchmarks/tables/overview.py", [
         ("            except ValueError as err:  # a damaged neighbour", "            except KeyError as err:  # a damaged neighbour"),
     ], ["tests/test_report.py"]),
     "no inter-layer dropout": ("core/lstm.py", [
@@ -172,14 +172,14 @@ MUTANTS = {
     "zoneout draws the cells at the hiddens' rate": ("core/schemes.py", [
         ("for rate in (self.p, self.cell_p))", "for rate in (self.p, self.p))"),
     ], ["tests/test_schemes.py"]),
-    "a scheme's p chosen from runs that read the test split": ("benchmarks/select.py", [
+    "a scheme's p chosen from runs that read the test split": ("benchmarks/jobs/selection.py", [
         ('if any(k.startswith("test_") for k in run["metrics"]):', "if False:"),
     ], ["tests/test_select.py"]),
-    "--final trains the chosen point again instead of reusing its grid run": ("benchmarks/select.py", [
+    "--final trains the chosen point again instead of reusing its grid run": ("benchmarks/jobs/selection.py", [
         ("        if not target.exists():\n            shutil.copytree(source, target)\n", ""),
     ], ["tests/test_select.py"]),
-    "a grid run in a later session wipes the earlier points of the selection table": ("benchmarks/select.py", [
-        ("for path in [earlier] * bool(earlier) + tables:", "for path in tables:"),
+    "a grid run in a later session wipes the earlier points of the selection table": ("benchmarks/jobs/selection.py", [
+        ("for path in ([earlier] if earlier else []) + tables:", "for path in tables:"),
     ], ["tests/test_select.py"]),
     "MC dropout batches weightdrop's passes, which then share one W_hh mask": ("core/schemes.py", [
         ('    name = "weightdrop"\n    row_masks = False\n', '    name = "weightdrop"\n'),

@@ -73,7 +73,7 @@ def train(name, data, config, run_dir, resume=False, stop_at=None):
 
 def _worker(rank, world, port, args, out):
     from core import distributed
-    from core.trainer import Interrupted
+    from core.interrupt import Interrupted
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))

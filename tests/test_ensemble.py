@@ -289,7 +289,7 @@ def test_runner_mc_samples_adds_mc_metrics_to_finished_runs_without_retraining(t
 
 
 def test_merging_a_re_reported_run_keeps_its_training_record_and_a_retrained_one_replaces_it():
-    from benchmarks.report import merge_runs
+    from benchmarks.tables.merge import merge_runs
 
     def entry(history, command, metrics):
         return {"variant": "zaremba", "dropout": 0.3, "seed": 1, "history": history, "metrics": metrics,
@@ -344,16 +344,16 @@ def test_mc_benchmark_curve_matches_the_runner_and_refuses_unsuitable_checkpoint
 
 
 def test_mc_over_seeds_row_uses_the_largest_common_pass_count_and_a_t_interval():
-    from benchmarks import mc
+    from benchmarks.tables import mc_table
 
     def entry(seed, standard, curve, variant="zaremba"):
         return {"label": "cpu", "variant": variant, "dropout": 0.2, "seed": seed, "passes": sorted(curve),
-                "standard": {s: {"ppl": standard} for s in mc.SPLITS},
-                "mc": {s: {str(k): {"ppl": v} for k, v in curve.items()} for s in mc.SPLITS}}
+                "standard": {s: {"ppl": standard} for s in mc_table.SPLITS},
+                "mc": {s: {str(k): {"ppl": v} for k, v in curve.items()} for s in mc_table.SPLITS}}
 
     entries = [entry(1, 100.0, {1: 110.0, 10: 99.0, 20: 98.0}), entry(2, 102.0, {1: 112.0, 10: 100.0}),
                entry(3, 90.0, {1: 95.0, 10: 89.0}, variant="naive")]  # one seed: no row
-    lines = mc.over_seeds(LanguageModelTask, entries)
+    lines = mc_table.over_seeds(LanguageModelTask, entries)
     rows = [line for line in lines if line.startswith("| cpu |")]
     assert len(rows) == 2 and all("naive" not in row for row in rows)
     # K = 10, the largest both seeds reached; differences -1 and -2: t(1) = 12.706 * 0.7071 / sqrt(2) = 6.35

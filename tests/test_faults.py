@@ -245,7 +245,8 @@ def test_a_log_line_the_kernel_cuts_short_is_taken_back_whole_and_resume_starts_
 
 
 def test_a_log_torn_before_is_cut_back_to_its_last_whole_line_and_the_grid_reads_past_the_torn_line(tmp_path):
-    from benchmarks import grid_report, plan as planning
+    from benchmarks.jobs import display as grid_report
+    from benchmarks.jobs import plan as planning
     from core.monitor import Monitor
 
     job = planning.Job("lm", "tiny", "tiny", "none", 1, (0.0, None))

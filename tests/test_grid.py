@@ -10,9 +10,10 @@ import textwrap
 import pytest
 
 import core
-from benchmarks import grid, plan as planning, select
-from benchmarks.merge import read_json
-from benchmarks.report import load_runs
+from benchmarks import grid
+from benchmarks.jobs import runner, selection
+from benchmarks.jobs import plan as planning
+from benchmarks.tables.merge import load_runs, read_json
 from tasks import registry
 from tasks.base import TASKS
 
@@ -89,7 +90,7 @@ def test_bad_grid_flags_fail_before_anything_runs(tmp_path, tiny_ptb, user_dir, 
     for argv, message in [(["--variants", "mien"], "unknown ['mien']"),
                           (["--set", "hiden=3"], "did you mean 'hidden'"),
                           (["--p", "naive=0.2"], "'naive' is not in --variants"),
-                          (["--grid", "0.1,x"], "bad grid point 'x'"),
+                          (["--grid", "0.1,x"], "--grid 0.1,x: bad rate 'x'"),
                           (["--seeds", "1,1"], "--seeds gives 1 twice: name each once"),
                           (["--seeds", "-1"], "--seeds -1: seeds are integers >= 0"),
                           (["--variants", "mine,mine"], "--variants gives mine twice: name each once"),
@@ -106,14 +107,17 @@ def test_dry_run_trains_nothing_and_estimates_from_the_recorded_wall_times(tmp_p
     table.parent.mkdir(parents=True)
     recorded = [{"variant": "none", "dropout": 0.0, "seed": s, "wall_s": w, "provenance": {"device": "cpu"},
                  "metrics": {}, "config": {}} for s, w in ((1, 60.0), (2, 120.0))]
+    recorded[1]["timings"] = {"startup_s": 4.0, "setup_s": 6.0, "train_s": 90.0, "final_s": 20.0}  # 120 s in all
     table.write_text(json.dumps(recorded))
     grid.main(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine", "--seeds", "1", "--grid", "0.1,0.3",
                         "--jobs", "2", "--dry-run"))
     out = capsys.readouterr().out
     assert out.startswith("Plan: 2 selection runs (--valid-only, one seed), then 3 runs into lm/tiny")
     assert "mine: chosen on validation" in out and "zaremba: 0.3 (preset)" in out
-    assert "#3 lm/tiny none p=0 seed 1: no wait; 1.5 min (2 recorded)" in out  # the mean of 60 s and 120 s
-    assert "#5 lm/tiny mine p=chosen on validation seed 1: after #1,2; 1.5 min (2 recorded of other schemes)" in out
+    # the mean of 60 s (training alone: recorded before the phases were) and 120 s (the whole job)
+    assert "#3 lm/tiny none p=0 seed 1: no wait; 1.5 min (2 recorded, training time only)" in out
+    assert ("#5 lm/tiny mine p=chosen on validation seed 1: after #1,2; 1.5 min (2 recorded of other schemes, "
+            "training time only)") in out
     assert "#1 lm/tiny mine select p=0.1 seed 1: no wait; 1.5 min" in out
     assert "Estimated 4.5 min with 2 jobs at a time" in out  # (select, select) -> (none, zaremba) -> mine
     assert not (tmp_path / "runs").exists() and json.loads(table.read_text()) == recorded
@@ -191,7 +195,7 @@ def test_the_submitit_executor_runs_a_grid_end_to_end(tmp_path, tiny_ptb, user_d
 
 MERGER = textwrap.dedent('''
     import sys, time
-    from benchmarks import merge, report
+    from benchmarks.tables import merge, task_table
     from tasks.base import load_tasks
     TASKS = load_tasks()
     slow = merge.merge_log
@@ -199,14 +203,14 @@ MERGER = textwrap.dedent('''
         out = slow(*args, **kw)
         time.sleep(0.4)
         return out
-    report.merge_log = merge_log
+    task_table.merge_log = merge_log  # the name write_results calls
     seed = int(sys.argv[2])
     run = {"variant": "none", "dropout": 0.0, "seed": seed, "preset": "tiny", "metrics": {"test_ppl": 100.0 + seed,
            "valid_ppl": 101.0, "train_ppl": 90.0}, "history": [{"train_ppl": 90.0, "valid_ppl": 101.0}],
            "best_epoch": 1, "epochs": 1, "wall_s": 1.0, "config": {"hidden": 16, "seed": seed, "scheme": "none",
            "dropout": 0.0}, "provenance": {"command": "x", "git_commit": "c", "torch": "t", "device": "cpu",
            "cpu_model": "m", "torch_threads": 1}, "finished": "now"}
-    report.write_results(sys.argv[1], TASKS["lm"], "tiny", "tiny", [run])
+    task_table.write_results(sys.argv[1], TASKS["lm"], "tiny", "tiny", [run])
 ''')
 
 
@@ -229,16 +233,16 @@ def grid_run(p, value, cell=None):
 
 def test_a_grid_whose_points_all_tie_is_no_choice_and_says_what_it_falls_back_to():
     task = TASKS["lm"]
-    tied = select.choose(task, [grid_run(0.1, 40.301), grid_run(0.3, 40.298)])
-    decision = select.decide(task, {"dropout": 0.3}, tied)["mine"]
+    tied = selection.choose(task, [grid_run(0.1, 40.301), grid_run(0.3, 40.298)])
+    decision = selection.decide(task, {"dropout": 0.3}, tied)["mine"]
     assert decision == {"dropout": 0.3, "zoneout_cell": None, "at_edge": False, "no_signal": True,
                         "fallback": "the preset's p"}
-    text = select.markdown(task, "tiny", tied, [], {"mine": decision})
+    text = selection.selection_markdown(task, "tiny", tied, [], {"mine": decision})
     assert "**no signal** (every point 40.30): no choice; falls back to 0.3 (the preset's p)" in text
     assert "scheme_dropout" not in text  # nothing chosen, nothing to copy into a preset
-    clear = select.choose(task, [grid_run(0.1, 40.3), grid_run(0.3, 38.0)])
-    assert select.decide(task, {"dropout": 0.3}, clear)["mine"]["dropout"] == 0.3
-    assert not select.decide(task, {"dropout": 0.3}, clear)["mine"]["no_signal"]
+    clear = selection.choose(task, [grid_run(0.1, 40.3), grid_run(0.3, 38.0)])
+    assert selection.decide(task, {"dropout": 0.3}, clear)["mine"]["dropout"] == 0.3
+    assert not selection.decide(task, {"dropout": 0.3}, clear)["mine"]["no_signal"]
 
 
 def test_selection_takes_only_the_selection_seed_and_names_the_others(tmp_path):
@@ -247,13 +251,13 @@ def test_selection_takes_only_the_selection_seed_and_names_the_others(tmp_path):
     runs = [{**grid_run(p, v), "seed": s, "config": {**TASKS["lm"].presets["tiny"], "zoneout_cell": None}}
             for p, v, s in ((0.1, 50.0, 1), (0.3, 10.0, 2))]
     (folder / "tiny-select.json").write_text(json.dumps(runs))
-    found, notes = select.collect(TASKS["lm"], "tiny", [tmp_path / "sel"])
+    found, notes = selection.collect(TASKS["lm"], "tiny", [tmp_path / "sel"])
     assert [r["dropout"] for r in found] == [0.1]
     assert "has seed 2, not the selection seed 1" in notes[0] and "tiny-select.json" in notes[0]
 
 
 def test_a_cluster_executor_without_submitit_names_the_extra(monkeypatch, tmp_path):
-    from benchmarks.executors import make_executor
+    from benchmarks.jobs.executors import make_executor
 
     monkeypatch.setitem(sys.modules, "submitit", None)  # what an environment without it gives: an ImportError
     with pytest.raises(ValueError, match=r'pip install -e "\.\[cluster\]"'):
@@ -263,18 +267,18 @@ def test_a_cluster_executor_without_submitit_names_the_extra(monkeypatch, tmp_pa
 def test_set_reaches_every_declared_config_key_and_names_the_flag_that_does_what_was_meant(capsys):
     from benchmarks import run
 
-    parser = run.build_parser()
+    parser = runner.build_parser()
     args = parser.parse_args(["--task", "mt", "--preset", "cpu", "--set", "train_limit=100", "--device", "cpu"])
-    run.validate(args, parser)  # a declared key the preset leaves out
+    runner.validate(args, parser)  # a declared key the preset leaves out
     assert args.overrides == {"train_limit": 100}
     for key, flag in (("scheme_dropout", "--p SCHEME=P"), ("epochs", "--epochs N"), ("seed", "--seeds")):
         with pytest.raises(SystemExit):
-            run.validate(parser.parse_args(["--task", "mt", "--set", f"{key}=1", "--device", "cpu"]), parser)
+            runner.validate(parser.parse_args(["--task", "mt", "--set", f"{key}=1", "--device", "cpu"]), parser)
         assert f"--set {key}: use {flag}" in capsys.readouterr().err
 
 
 def test_a_scheme_run_at_two_p_gets_a_row_per_p_in_the_cross_task_table_never_an_average():
-    from benchmarks.schemes import schemes_markdown
+    from benchmarks.tables.cross_task import schemes_markdown
 
     def r(variant, p, ppl):
         return {"variant": variant, "dropout": p, "seed": 1, "config": {}, "metrics": {"test_ppl": ppl,
@@ -288,7 +292,7 @@ def test_a_scheme_run_at_two_p_gets_a_row_per_p_in_the_cross_task_table_never_an
 def test_rows_of_ones_own_scheme_from_older_user_code_are_trained_again(tmp_path, tiny_ptb, user_dir):
     """Provenance hashes the --user-dir files; a row of the user's own scheme from other user code is not
     'finished before' (built-in schemes' rows are: the user's files do not change them), and the plan says so."""
-    from benchmarks import runconfig
+    from benchmarks.jobs import config as runconfig
     from core.provenance import provenance, user_code, user_code_hash
 
     jobs, settings, _ = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "none,mine", "--seeds", "1",
@@ -317,7 +321,7 @@ def test_rerun_trains_again_the_rows_this_commit_and_machine_did_not_make_and_ke
                                                                                              user_dir):
     """--rerun: a row from uncommitted code, another commit or another machine is trained again; a row of the
     checked-out commit on this machine is kept, so the same command again skips what it made."""
-    from benchmarks import runconfig
+    from benchmarks.jobs import config as runconfig
     from core.provenance import hardware
 
     jobs, settings, _ = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--seeds", "1", "--rerun"))
@@ -342,3 +346,20 @@ def test_rerun_trains_again_the_rows_this_commit_and_machine_did_not_make_and_ke
     paragraph, _ = planning.describe([none], settings, "cpu", 1)
     assert f"--rerun: 1 row in the tables did not come from commit {commit[:12]} on {machine[0]}" in paragraph
     assert planning.done_before(none, planning.replace(settings, rerun=None))  # without --rerun: kept
+
+
+def test_a_cluster_grid_names_its_jobs_device_without_needing_it_here(tmp_path, tiny_ptb, user_dir, monkeypatch):
+    """A login node without a GPU plans GPU jobs: --device cuda goes to the jobs as given and is resolved where they
+    run; auto precision is bf16 on cuda; the local executor still refuses a device this machine lacks."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    jobs, settings, device = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--seeds", "1", "--executor", "slurm",
+                                               "--device", "cuda"))  # the last --device counts
+    assert device == "cuda" and settings.precision == "bf16" and settings.device == "cuda"
+    argv = planning.job_argv(jobs[0], settings)
+    assert argv[argv.index("--device") + 1] == "cuda" and argv[argv.index("--precision") + 1] == "bf16"
+    assert planning.job_table(jobs[0], settings).name == "tiny-bf16.json"
+    for argv in (["--executor", "slurm", "--device", "auto"], ["--device", "cuda"]):
+        with pytest.raises(SystemExit):
+            plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--seeds", "1", *argv))

@@ -24,7 +24,7 @@ def test_every_run_records_the_precision_of_its_fp32_math(fp32_switches):
 
 
 def test_bf16_runs_on_a_cpu_get_a_table_of_their_own():
-    from benchmarks.runconfig import table_label
+    from benchmarks.tables.labels import table_label
     from tasks.base import get_task
 
     lm = get_task("lm")
@@ -38,13 +38,13 @@ def test_a_table_of_a_paper_preset_in_another_precision_keeps_the_papers_column(
     import json
     from pathlib import Path
 
-    from benchmarks import report
-    from benchmarks.runconfig import paper_label
+    from benchmarks.tables import task_table
+    from benchmarks.tables.labels import paper_label
     from tasks.base import get_task
 
     assert [paper_label(x) for x in ("medium-bf16-cpu", "large-bf16", "small-tf32", "cpu-e3", "medium")] == [
         "medium", "large", "small", "cpu-e3", "medium"]
     run = json.loads((Path(__file__).resolve().parent.parent / "results" / "lm" / "small.json").read_text())[0]
-    text = report.markdown(get_task("lm"), "small-bf16-cpu", "small", [run])
+    text = task_table.task_markdown(get_task("lm"), "small-bf16-cpu", "small", [run])
     row = next(line for line in text.splitlines() if line.startswith("| none | 0 |") and "/13" in line)
     assert row.endswith("| 120.7 | 114.5 |")

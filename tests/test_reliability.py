@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from benchmarks import report, run
-from benchmarks.cli import move_aside, run_dir_state, runs_in_the_way
+from benchmarks.tables import task_table
+from benchmarks.jobs.flags import move_aside, run_dir_state, runs_in_the_way
 from core.utils import write_json
 
 PROV = {"git_commit": "abc", "torch": "2", "device": "cpu", "cpu_model": "x", "torch_threads": 1, "command": "c"}
@@ -88,13 +89,13 @@ def test_report_into_refuses_a_clashing_run_and_says_what_it_merged(tmp_path, ca
 def test_a_runner_merge_never_drops_rows_it_does_not_replace(tmp_path, capsys):
     from tasks.lm.task import LanguageModelTask
 
-    report.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 1, 9.0), entry("none", 2, 9.1)])
-    report.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 2, 9.3, history=3.0)])
+    task_table.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 1, 9.0), entry("none", 2, 9.1)])
+    task_table.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 2, 9.3, history=3.0)])
     assert "replaced in" in capsys.readouterr().out
     kept = json.loads((tmp_path / "lm" / "tiny.json").read_text())
     assert [(r["seed"], r["metrics"]["test_ppl"]) for r in kept] == [(1, 9.0), (2, 9.3)]
     with pytest.raises(ValueError, match="refused"):
-        report.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 1, 9.0, hidden=99)])
+        task_table.write_results(tmp_path, LanguageModelTask, "tiny", "tiny", [entry("none", 1, 9.0, hidden=99)])
     assert len(json.loads((tmp_path / "lm" / "tiny.json").read_text())) == 2
 
 
@@ -131,7 +132,7 @@ def test_user_files_live_in_a_private_namespace_and_the_unknown_task_error_lists
 # ---- statistics: exact t quantiles, Holm, a bootstrap draw per test set ---------------------------------------
 
 def test_t_quantiles_are_exact_for_every_df():
-    from benchmarks.significance import t975
+    from benchmarks.tables.significance import t975
 
     published = {1: 12.706, 2: 4.303, 5: 2.571, 10: 2.228, 30: 2.042, 31: 2.040, 40: 2.021, 60: 2.000, 120: 1.980}
     for df, value in published.items():
@@ -140,7 +141,7 @@ def test_t_quantiles_are_exact_for_every_df():
 
 
 def test_holm_adjusts_a_family_of_p_values():
-    from benchmarks.significance import holm
+    from benchmarks.tables.significance import holm
 
     assert holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
     assert holm([0.2]) == [0.2] and holm([]) == []
@@ -149,7 +150,7 @@ def test_holm_adjusts_a_family_of_p_values():
 def test_the_bootstrap_shares_its_draw_by_test_set_not_by_item_count():
     import numpy as np
 
-    from benchmarks.significance import _bootstrap_pairs, test_set_key
+    from benchmarks.tables.significance import _bootstrap_pairs, test_set_key
 
     rng = np.random.default_rng(0)
     sizes = rng.integers(5, 50, 300).astype(float)
@@ -169,7 +170,7 @@ def test_the_bootstrap_shares_its_draw_by_test_set_not_by_item_count():
 
 
 def test_tables_state_the_holm_family_and_give_no_verdict_on_one_seed():
-    from benchmarks.report import markdown
+    from benchmarks.tables.task_table import task_markdown
     from tasks.lm.task import LanguageModelTask
     from tests.test_significance import items, run as sig_run
 
@@ -178,8 +179,8 @@ def test_tables_state_the_holm_family_and_give_no_verdict_on_one_seed():
     for r in runs:
         r.update(preset="tiny", best_epoch=1, epochs=1, wall_s=1.0, finished="now", provenance=PROV,
                  history=[{"train_ppl": 1.0, "valid_ppl": 1.0}])
-    text = markdown(LanguageModelTask, "tiny", "tiny", runs)
+    text = task_markdown(LanguageModelTask, "tiny", "tiny", runs)
     assert "over the family of the 3 comparisons of this table" in text and "| Holm p |" in text
-    one = markdown(LanguageModelTask, "tiny", "tiny", [r for r in runs if r["seed"] == 1])
+    one = task_markdown(LanguageModelTask, "tiny", "tiny", [r for r in runs if r["seed"] == 1])
     row = next(line for line in one.splitlines() if line.startswith("| zaremba p=0.5 − none p=0 | test ppl"))
     assert row.endswith("| — (one seed) |") and "not significant" not in row

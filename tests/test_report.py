@@ -1,5 +1,6 @@
-from benchmarks import machines, report
-from benchmarks.overview import overview
+from benchmarks.tables import task_table
+from benchmarks.tables import machines
+from benchmarks.tables.overview import overview
 
 
 def _run(variant, seed, device, speed, threads=1):
@@ -10,7 +11,7 @@ def _run(variant, seed, device, speed, threads=1):
 def test_decoding_speeds_of_different_machines_are_never_averaged():
     runs = [_run("none", 1, "cuda", 900.0), _run("none", 2, "cuda", 1000.0),
             _run("naive", 1, "cpu", 40.0, threads=2), _run("naive", 2, "cuda", 1000.0)]
-    line = report._decoding_speed(runs)[-1]
+    line = task_table.decoding_speed(runs)[-1]
     assert "none p=0.2 950.0 sentences/s" in line
     assert "naive p=0.2 40.0 sentences/s (beam 12, 2 threads on cpu)" in line
     assert "naive p=0.2 1000.0 sentences/s" in line and "520.0" not in line
@@ -49,7 +50,7 @@ def test_a_damaged_neighbour_table_is_left_out_of_the_overview_with_a_warning_na
 
     import pytest
 
-    from benchmarks.overview import write_overview
+    from benchmarks.tables.overview import write_overview
 
     runs = json.loads((Path(__file__).resolve().parent.parent / "results" / "lm" / "small.json").read_text())
     (tmp_path / "lm").mkdir()
@@ -61,3 +62,29 @@ def test_a_damaged_neighbour_table_is_left_out_of_the_overview_with_a_warning_na
     said = " ".join(str(w.message) for w in caught)
     assert "old-notes.json" in said and "cpu.json" in said and "left out of" in said
     assert "[small.md](lm/small.md)" in (tmp_path / "README.md").read_text()
+
+
+def test_a_smoke_preset_run_into_the_repositorys_results_leaves_its_tracked_overview_alone(tmp_path, monkeypatch):
+    """tiny's tables say "not a result": into the repository's results/ they get schemes-tiny.md of their own, and
+    README.md and schemes.md stay as they were (neither lists them); into any other folder they are listed."""
+    import json
+
+    from benchmarks.tables import overview as overview_module
+    from benchmarks.tables.task_table import write_results
+    from tasks.base import get_task
+    from tests.test_reliability import entry
+
+    results = tmp_path / "results"
+    write_results(results, get_task("lm"), "tiny", "tiny", [entry("none", 1, 9.0), entry("zaremba", 1, 8.0)])
+    overview_module.write_overview(results, "tiny")  # not the repository's: listed
+    assert "[tiny.md](lm/tiny.md)" in (results / "README.md").read_text()
+    monkeypatch.setattr(overview_module, "ROOT", tmp_path)  # now results/ is the repository's own
+    (results / "README.md").write_text("the tracked overview\n")
+    (results / "schemes.md").write_text("the tracked schemes table\n")
+    overview_module.write_overview(results, "tiny")
+    assert (results / "README.md").read_text() == "the tracked overview\n"
+    assert (results / "schemes.md").read_text() == "the tracked schemes table\n"
+    assert "Smoke-test preset: not a result." in (results / "schemes-tiny.md").read_text()
+    overview_module.write_overview(results)  # a real run later: its overview leaves tiny out
+    text = (results / "README.md").read_text()
+    assert "tiny" not in text and json.loads((results / "lm" / "tiny.json").read_text())

@@ -1,4 +1,4 @@
-"""Every run in results/ comes from a clean recorded commit, or its table says why not (benchmarks.uncommitted)."""
+"""Every run in results/ comes from a clean recorded commit, or its table says why not (benchmarks.tables.uncommitted)."""
 import json
 import warnings
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import report
-from benchmarks.uncommitted import warn_if_uncommitted
-from benchmarks.uncommitted import REGISTRY, undeclared
+from benchmarks.tables.uncommitted import warn_if_uncommitted
+from benchmarks.tables.uncommitted import REGISTRY, undeclared
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +55,8 @@ def test_the_runner_warns_before_training_from_a_dirty_tree_into_results(tmp_pat
 
 
 def test_selection_and_speed_tables_say_why_their_runs_from_uncommitted_code_stay(tmp_path):
-    from benchmarks import select
-    from benchmarks.speed_table import markdown as speed_markdown
+    from benchmarks.jobs import selection
+    from benchmarks.tables.speed_table import speed_markdown
     from tasks.lm.task import PRESETS, LanguageModelTask
 
     commit = "0123456789abcdef-dirty"
@@ -66,8 +66,8 @@ def test_selection_and_speed_tables_say_why_their_runs_from_uncommitted_code_sta
            "config": {**{k: v for k, v in PRESETS["tiny"].items()}, "scheme": "weightdrop", "dropout": 0.2, "seed": 1,
                       "precision": "fp32"},
            "metrics": {"valid_ppl": 100.0}, "provenance": {"git_commit": commit, "device": "cpu", "command": "x"}}
-    select.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny",
-                           select.choose(LanguageModelTask, [run]), [], PRESETS["tiny"])
+    selection.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny",
+                           selection.choose(LanguageModelTask, [run]), [], PRESETS["tiny"])
     text = (tmp_path / "lm" / "tiny-selection.md").read_text()
     assert "**From uncommitted code** (0123456789ab-dirty" in text and "weightdrop p=0.2 seed 1" in text
     assert "Why: a selection's reason" in text

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core import Trainer, TrainConfig
-from core.trainer import Interrupted
+from core.interrupt import Interrupted
 from core.utils import seed_everything
 from conftest import write_tiny_ptb
 from tasks.lm.task import LanguageModelTask

@@ -5,6 +5,8 @@ import sys
 import pytest
 
 from benchmarks import report, run
+from benchmarks.jobs import runner
+from tasks.base import TASKS
 from core.utils import git_commit
 from tasks.base import load_checkpoint
 from tasks.lm import sample as sample_cli
@@ -30,6 +32,10 @@ def test_runner_end_to_end_writes_table_plot_and_json_with_provenance(tiny_ptb, 
         assert set(e["metrics"]) >= {"train_ppl", "valid_ppl", "test_ppl"} and e["epochs"] == 2
         assert {"command", "git_commit", "torch", "device", "cpu_model"} <= set(e["provenance"])
         assert e["provenance"]["command"].startswith("python -m benchmarks.run --task lm --preset tiny")
+        timings = e["timings"]  # every phase of the job, for the plans' estimates
+        assert set(timings) == {"startup_s", "setup_s", "train_s", "final_s"} and timings["train_s"] == e["wall_s"]
+        assert min(timings.values()) >= 0 and timings["final_s"] > 0
+    assert [e["timings"]["startup_s"] for e in entries][::2] == [0.0, 0.0]  # naive, zaremba: trained after none
     table = (out / "lm" / "tiny.md").read_text()
     assert "| zaremba | 0.3 |" in table and "| none | 0 |" in table and "not a result" in table
     assert (out / "lm" / "tiny.png").read_bytes()[:4] == b"\x89PNG"
@@ -100,9 +106,9 @@ def test_bad_flags_fail_fast_with_a_clear_message(args, message, capsys):
 
 
 def test_seed_0_is_a_seed_like_any_other():  # speech's cpu preset trains its dev fold as seed 0
-    parser = run.build_parser()
+    parser = runner.build_parser()
     args = parser.parse_args(["--task", "lm", "--preset", "tiny", "--seeds", "0,2", "--device", "cpu"])
-    run.validate(args, parser)
+    runner.validate(args, parser)
     assert args.seeds == [0, 2]
 
 
@@ -116,8 +122,8 @@ def test_missing_data_dir_is_one_clear_error(tmp_path):
 
 
 def test_preset_is_optional_and_list_marks_each_tasks_default():
-    args = run.build_parser().parse_args(["--task", "mt"])
-    run.validate(args, run.build_parser())
+    args = runner.build_parser().parse_args(["--task", "mt"])
+    runner.validate(args, runner.build_parser())
     assert args.preset == "cpu" and args.variants == ["none", "zaremba"]
     listing = run_cli("--list").stdout
     assert "mt: " in listing and "  cpu (default): " in listing and "  paper: " in listing
@@ -132,20 +138,20 @@ def test_data_failing_its_checksum_stops_the_run_and_names_the_flag(tiny_ptb, tm
 
 
 def test_set_overrides_preset_keys_by_type_and_names_the_results(capsys):
-    parser = run.build_parser()
+    parser = runner.build_parser()
     args = parser.parse_args(["--task", "mt", "--set", "src=de", "--set", "beam=5", "--set", "max_vocab=8000"])
-    run.validate(args, parser)
+    runner.validate(args, parser)
     assert args.overrides == {"src": "de", "beam": 5, "max_vocab": 8000}
-    assert run.run_label(args) == "cpu-src=de-beam=5-max_vocab=8000"
-    assert run.run_config(run.TASKS["mt"], args, "zaremba", 1)["src"] == "de"
+    assert runner.run_label(args) == "cpu-src=de-beam=5-max_vocab=8000"
+    assert runner.run_config(TASKS["mt"], args, "zaremba", 1)["src"] == "de"
     args = parser.parse_args(["--task", "speech", "--set", "zoneout_cell=0.5"])  # a key no preset spells out
-    run.validate(args, parser)
-    assert run.run_config(run.TASKS["speech"], args, "zoneout", 1)["zoneout_cell"] == 0.5
-    assert "zoneout_cell" not in run.run_config(run.TASKS["speech"], args, "zaremba", 1)  # zoneout's alone
+    runner.validate(args, parser)
+    assert runner.run_config(TASKS["speech"], args, "zoneout", 1)["zoneout_cell"] == 0.5
+    assert "zoneout_cell" not in runner.run_config(TASKS["speech"], args, "zaremba", 1)  # zoneout's alone
     for bad, message in [("colour=red", "preset cpu has no key 'colour'"), ("beam=wide", "expected a int like 12"),
                          ("epochs=3", "use --epochs"), ("beam", "takes KEY=VALUE")]:
         with pytest.raises(SystemExit):
-            run.validate(parser.parse_args(["--task", "mt", "--set", bad]), parser)
+            runner.validate(parser.parse_args(["--task", "mt", "--set", bad]), parser)
         assert message in capsys.readouterr().err
 
 
@@ -166,10 +172,10 @@ def test_valid_only_selection_runs_never_read_the_test_split(tiny_ptb, tmp_path,
 
 
 def test_successor_schemes_train_with_their_own_p_and_fill_the_schemes_table(tiny_ptb, tmp_path, monkeypatch):
-    tiny = run.TASKS["lm"].presets["tiny"]
-    monkeypatch.setitem(run.TASKS["lm"].presets, "tiny", {**tiny, "scheme_dropout": {"zoneout": [0.1, 0.4]},
+    tiny = TASKS["lm"].presets["tiny"]
+    monkeypatch.setitem(TASKS["lm"].presets, "tiny", {**tiny, "scheme_dropout": {"zoneout": [0.1, 0.4]},
                                                           "embed_dropout": 0.1})
-    monkeypatch.setitem(run.TASKS["lm"].published_anchors, "tiny", ["variational 9.9 (an anchor for the test)"])
+    monkeypatch.setitem(TASKS["lm"].published_anchors, "tiny", ["variational 9.9 (an anchor for the test)"])
     out = tmp_path / "results"
     run.main(["--task", "lm", "--preset", "tiny", "--variants", "none,variational,weightdrop,zoneout", "--data-dir",
               str(tiny_ptb), "--custom-data", "--out", str(out), "--run-dir", str(tmp_path / "runs"), "--no-progress",
@@ -188,7 +194,7 @@ def test_successor_schemes_train_with_their_own_p_and_fill_the_schemes_table(tin
 
 
 def test_a_stopped_run_prints_the_command_that_resumes_it(tiny_ptb, tmp_path, monkeypatch, capsys):
-    from core.trainer import Interrupted
+    from core.interrupt import Interrupted
 
     def fit(self, resume=False, test=True):
         raise Interrupted(self.run_dir / "checkpoint.pt")

@@ -151,7 +151,7 @@ def test_zoneout_with_its_own_cell_rate_draws_and_evaluates_each_rate():
 
 
 def test_tables_refuse_zoneout_runs_of_one_p_with_different_cell_rates():
-    from benchmarks.report import check_consistent
+    from benchmarks.tables.merge import check_consistent
 
     runs = [{"variant": "zoneout", "dropout": 0.1, "seed": s, "config": {"zoneout_cell": c}}
             for s, c in ((1, 0.5), (2, 0.3))]
@@ -197,7 +197,7 @@ def _fake_runs(variants, base, spread, metric="test_acc", valid_spread=None):
 def test_cross_task_schemes_table_and_figure(tmp_path):
     import json
 
-    from benchmarks.schemes import write_schemes
+    from benchmarks.tables.cross_task import write_schemes
     from tasks.base import get_task, load_tasks
 
     tasks = load_tasks()
@@ -233,20 +233,20 @@ def test_the_schemes_table_marks_significance_after_holm_over_each_tasks_compari
     """The one rule of every table (docs/results.md): Holm-adjusted bootstrap p < 0.05 and the seed interval away
     from 0. The family is a task's comparisons against none: 0.03 with two others (Holm 0.06) gets no mark, 0.03
     alone in its column keeps it. Unadjusted, every 0.03 would be marked."""
-    import benchmarks.schemes as schemes
+    from benchmarks.tables import cross_task
     from tasks.base import get_task
 
     bootstrap_p = {"zaremba": 0.001, "naive": 0.03, "variational": 0.03}
 
-    def compare(a_runs, b_runs, metric, lower):
+    def paired_comparison(a_runs, b_runs, metric, lower):
         p = bootstrap_p[a_runs[0]["variant"]] if b_runs[0]["variant"] == "none" else 0.5
         return {"metric": metric, "diff": -1.0, "seed_ci": (-2.0, -0.5), "boot_ci": (-1.5, -0.5), "p": p,
                 "seeds_agree": True, "significant": p < 0.05, "seeds": [1, 2, 3], "a_better": 3, "b_better": 0}
 
-    monkeypatch.setattr(schemes, "compare", compare)
+    monkeypatch.setattr(cross_task, "paired_comparison", paired_comparison)
     three = _fake_runs(["none", "zaremba", "naive", "variational"], 20.0, -1.0, "test_ppl")
     one = _fake_runs(["none", "naive"], 100.0, -1.0, "test_ppl")
-    text = schemes.schemes_markdown([("caption", get_task("caption"), three), ("lm", get_task("lm"), one)])
+    text = cross_task.schemes_markdown([("caption", get_task("caption"), three), ("lm", get_task("lm"), one)])
     rows = {line.split(" | ")[0].strip("| "): line.split(" | ")[1:] for line in text.splitlines()
             if line.startswith("| ")}
     assert rows["zaremba"][0].endswith(" *")  # Holm 3 x 0.001
@@ -299,7 +299,7 @@ def test_the_cross_task_table_is_also_data_and_a_smoke_preset_says_it_is_no_resu
     import json
     from pathlib import Path
 
-    from benchmarks.schemes import write_schemes
+    from benchmarks.tables.cross_task import write_schemes
     from tasks.base import load_tasks
 
     tasks = load_tasks()
@@ -318,3 +318,27 @@ def test_the_cross_task_table_is_also_data_and_a_smoke_preset_says_it_is_no_resu
     (tmp_path / "lm" / "tiny.json").write_text(json.dumps(tiny))
     write_schemes({"lm": tasks["lm"]}, tmp_path, "tiny")
     assert "**Smoke-test preset: not a result.**" in (tmp_path / "schemes-tiny.md").read_text()
+
+
+def test_the_cross_task_table_says_how_each_p_was_set_and_which_choice_sits_at_the_edge_of_its_grid():
+    """A scheme tuned on validation beside one at the preset's p is 'not tuned alike'; a p from the preset's
+    scheme_dropout counts as tuned (it was chosen on validation); a choice at the low edge of its grid gets a grid
+    below it."""
+    from benchmarks.tables import cross_task
+    from tasks.base import get_task
+
+    task = get_task("lm")
+    runs = _fake_runs(["none", "zaremba", "variational", "mine"], 100.0, -1.0, "test_ppl")
+    for run in runs:
+        run["preset"] = "cpu"  # variational has a scheme_dropout entry there, zaremba takes the preset's dropout
+        run["p_from"] = {"none": "none", "mine": "chosen on validation (results/lm/cpu-selection.md)"}.get(
+            run["variant"])
+    selections = {"lm": {"mine": {"dropout": 0.3, "zoneout_cell": None, "at_edge": True, "points": [0.3, 0.5]}}}
+    text = cross_task.schemes_markdown([("lm", task, runs)], None, selections)
+    line = next(x for x in text.splitlines() if x.startswith("- lm: by"))
+    assert line.startswith("- lm: by the preset: zaremba p=0.3; on validation: variational p=0.3, mine p=0.3 "
+                           "(**not tuned alike**).")
+    assert "mine p=0.3 is at the low edge of its grid" in line and "--grid mine=0.15,0.075`" in line
+    tuned = [r for r in runs if r["variant"] != "zaremba"]
+    assert "(tuned alike)" in cross_task.schemes_markdown([("lm", task, tuned)], None, {})
+    assert "each scheme's p was chosen on validation only" not in text.lower()  # zaremba's was not

@@ -4,6 +4,8 @@ import json
 import pytest
 
 from benchmarks import select
+from benchmarks.jobs import selection
+from benchmarks.jobs.config import parse_point, run_name
 from conftest import write_tiny_ptb
 from core.utils import write_json
 from tasks.lm.task import PRESETS, LanguageModelTask
@@ -30,19 +32,19 @@ def test_the_best_validation_point_is_chosen_ties_to_the_lower_p(tmp_path):
                                 grid_run("weightdrop", 0.6, 99.0),
                                 grid_run("zoneout", 0.05, 97.0, cell=0.5), grid_run("zoneout", 0.1, 99.5),
                                 grid_run("none", 0.0, 90.0)])
-    runs, notes = select.collect(LanguageModelTask, "tiny", [tmp_path])
-    chosen = select.choose(LanguageModelTask, runs)
+    runs, notes = selection.collect(LanguageModelTask, "tiny", [tmp_path])
+    chosen = selection.choose(LanguageModelTask, runs)
     assert {v: (b["dropout"], b["config"].get("zoneout_cell")) for v, (b, _) in chosen.items()} == {
         "variational": (0.3, None), "weightdrop": (0.2, None), "zoneout": (0.05, 0.5)}  # none: nothing to choose
-    text = select.markdown(LanguageModelTask, "tiny", chosen, notes)
+    text = selection.selection_markdown(LanguageModelTask, "tiny", chosen, notes)
     assert "| zoneout | 0.05, cells 0.5: 97.00 (2), 0.1: 99.50 (2) | 0.05, cells 0.5 (edge) |" in text
     assert "scheme_dropout={'variational': 0.3, 'weightdrop': 0.2, 'zoneout': [0.05, 0.5]}" in text
 
 
 def test_only_a_choice_at_the_grids_lowest_or_highest_p_is_marked_at_the_edge():
     grid = [grid_run("zoneout", 0.05, 97.0, cell=0.5), grid_run("zoneout", 0.1, 96.0), grid_run("zoneout", 0.2, 98.0)]
-    assert [select.at_edge(r, grid) for r in grid] == [True, False, True]
-    assert not select.at_edge(grid[0], grid[:1])  # one point: no direction to extend in
+    assert [selection.at_edge(r, grid) for r in grid] == [True, False, True]
+    assert not selection.at_edge(grid[0], grid[:1])  # one point: no direction to extend in
 
 
 def test_higher_is_better_for_accuracy(tmp_path):
@@ -51,29 +53,29 @@ def test_higher_is_better_for_accuracy(tmp_path):
 
     runs = [grid_run("variational", p, 0) for p in (0.1, 0.2)]
     runs[0]["metrics"], runs[1]["metrics"] = {"valid_acc": 80.0}, {"valid_acc": 85.0}
-    assert select.choose(Accuracy, runs)["variational"][0]["dropout"] == 0.2
+    assert selection.choose(Accuracy, runs)["variational"][0]["dropout"] == 0.2
 
 
 def test_a_run_that_read_test_is_refused_and_another_config_left_out(tmp_path):
     write_grid(tmp_path, [grid_run("variational", 0.1, 101.0), grid_run("variational", 0.2, 100.0, hidden=99)])
-    runs, notes = select.collect(LanguageModelTask, "tiny", [tmp_path])
+    runs, notes = selection.collect(LanguageModelTask, "tiny", [tmp_path])
     assert [r["dropout"] for r in runs] == [0.1] and "differs from preset tiny in hidden" in notes[0]
     bad = grid_run("variational", 0.3, 98.0)
     bad["metrics"]["test_ppl"] = 97.0
     write_grid(tmp_path, [bad], label="tiny-p0.3-select")
     with pytest.raises(ValueError, match="read the test split"):
-        select.collect(LanguageModelTask, "tiny", [tmp_path])
+        selection.collect(LanguageModelTask, "tiny", [tmp_path])
 
 
 def test_grid_commands_train_valid_only_and_give_zoneout_its_cell_rate(tmp_path):
-    points = [select.parse_point("0.1"), select.parse_point("0.05/0.5")]
-    commands = select.grid_commands("lm", "tiny", ["zoneout"], points, 1, tmp_path / "o", tmp_path / "r")
+    points = [parse_point("0.1"), parse_point("0.05/0.5")]
+    commands = selection.grid_commands("lm", "tiny", ["zoneout"], points, 1, tmp_path / "o", tmp_path / "r")
     assert all("--valid-only" in c and "--seeds" in c for c in commands)
     assert commands[1][-2:] == ["--set", "zoneout_cell=0.5"] and "zoneout_cell=0.5" not in commands[0]
     with pytest.raises(ValueError, match="zoneout's alone"):
-        select.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path)
-    with pytest.raises(ValueError, match="bad grid point"):
-        select.parse_point("high")
+        selection.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path)
+    with pytest.raises(ValueError, match="bad rate"):
+        parse_point("high")
 
 
 def test_main_writes_the_selection_table(tmp_path):
@@ -86,14 +88,14 @@ def test_main_writes_the_selection_table(tmp_path):
 
 
 def test_runner_flags_after_the_double_dash_reach_every_grid_run_and_bad_ones_stop_before_any_run(tmp_path, monkeypatch):
-    points = [select.parse_point("0.1"), select.parse_point("0.2")]
-    commands = select.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path / "o", tmp_path / "r",
+    points = [parse_point("0.1"), parse_point("0.2")]
+    commands = selection.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path / "o", tmp_path / "r",
                                     ["--threads", "1", "--device", "cpu"])
     assert all(c[-4:] == ["--threads", "1", "--device", "cpu"] and "--resume" in c for c in commands)
     with pytest.raises(ValueError, match="--dropout after --"):
-        select.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path, ["--dropout=0.5"])
+        selection.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path, ["--dropout=0.5"])
     launched = []
-    monkeypatch.setattr(select.subprocess, "call", lambda c, **_: launched.append(c) or 0)
+    monkeypatch.setattr(selection.subprocess, "call", lambda c, **_: launched.append(c) or 0)
     with pytest.raises(SystemExit):  # the runner's parser refuses the flag: nothing is launched
         select.main(["--task", "lm", "--preset", "tiny", "--variants", "variational", "--grid", "0.1",
                      "--work", str(tmp_path), "--", "--threads", "many"])
@@ -119,11 +121,11 @@ def test_final_evaluates_test_once_from_the_chosen_grid_runs_own_training(tmp_pa
 def test_final_with_variants_tests_only_those_schemes_and_variants_alone_is_refused(tmp_path, monkeypatch):
     write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0), grid_run("weightdrop", 0.2, 99.0)])
     for variant, p in (("variational", 0.1), ("weightdrop", 0.2)):
-        checkpoint = tmp_path / "w" / "runs" / "lm" / "tiny-select" / select.run.run_name(variant, p, 1) / "best.pt"
+        checkpoint = tmp_path / "w" / "runs" / "lm" / "tiny-select" / run_name(variant, p, 1) / "best.pt"
         checkpoint.parent.mkdir(parents=True)
         checkpoint.write_bytes(b"")
     launched = []
-    monkeypatch.setattr(select.subprocess, "call", lambda command, **_: launched.append(command) or 0)
+    monkeypatch.setattr(selection.subprocess, "call", lambda command, **_: launched.append(command) or 0)
     common = ["--task", "lm", "--preset", "tiny", "--collect", str(tmp_path / "grid"), "--work", str(tmp_path / "w"),
               "--out", str(tmp_path / "res")]
     select.main([*common, "--variants", "weightdrop", "--final"])
@@ -138,9 +140,9 @@ def test_final_with_variants_tests_only_those_schemes_and_variants_alone_is_refu
 
 def test_final_refuses_a_collected_run_without_its_checkpoint(tmp_path):
     write_grid(tmp_path / "grid", [grid_run("variational", 0.1, 101.0)])
-    runs, _ = select.collect(LanguageModelTask, "tiny", [tmp_path / "grid"])
+    runs, _ = selection.collect(LanguageModelTask, "tiny", [tmp_path / "grid"])
     with pytest.raises(ValueError, match="has no checkpoint"):
-        select.final_commands(LanguageModelTask, select.choose(LanguageModelTask, runs), tmp_path / "work")
+        selection.final_commands(LanguageModelTask, selection.choose(LanguageModelTask, runs), tmp_path / "work")
 
 
 def test_a_grid_grows_on_the_existing_table_and_a_new_run_of_a_point_replaces_its_entry(tmp_path):
@@ -160,7 +162,7 @@ def test_a_grid_grows_on_the_existing_table_and_a_new_run_of_a_point_replaces_it
 def test_a_kept_point_from_a_table_with_another_config_is_left_out_with_a_note(tmp_path):
     table = tmp_path / "res" / "lm" / "tiny-selection.json"
     write_json(table, {"runs": [grid_run("variational", 0.1, 101.0, hidden=99), grid_run("variational", 0.2, 100.0)]})
-    runs, notes = select.collect(LanguageModelTask, "tiny", [], earlier=table)
+    runs, notes = selection.collect(LanguageModelTask, "tiny", [], earlier=table)
     assert [r["dropout"] for r in runs] == [0.2] and "differs from preset tiny in hidden" in notes[0]
 
 
@@ -168,15 +170,15 @@ def test_a_selection_takes_only_runs_of_its_own_precision(tmp_path):
     bf16 = grid_run("variational", 0.3, 90.0)
     bf16["config"]["precision"] = "bf16"
     write_grid(tmp_path, [grid_run("variational", 0.1, 101.0), bf16])
-    runs, notes = select.collect(LanguageModelTask, "tiny", [tmp_path])
+    runs, notes = selection.collect(LanguageModelTask, "tiny", [tmp_path])
     assert [r["dropout"] for r in runs] == [0.1]  # the better bf16 point does not choose the fp32 p
     assert any("ran in bf16, not fp32" in n for n in notes)
-    runs, _ = select.collect(LanguageModelTask, "tiny", [tmp_path], precision="bf16")
+    runs, _ = selection.collect(LanguageModelTask, "tiny", [tmp_path], precision="bf16")
     assert [r["dropout"] for r in runs] == [0.3]
 
 
 def test_a_bf16_selection_on_a_cpu_has_its_own_table():
-    label, precision = select.shortened(LanguageModelTask, "tiny", ["--precision", "bf16", "--device", "cpu"])[1:]
+    label, precision = selection.shortened(LanguageModelTask, "tiny", ["--precision", "bf16", "--device", "cpu"])[1:]
     from core.precision import native_bf16
 
     if native_bf16("cpu"):
@@ -194,23 +196,23 @@ def test_a_choice_between_machines_within_one_seeds_spread_is_refused_naming_the
     """weightdrop 0.2 on a GPU at 105.96 against 0.1 on the CPU at 106.13: 0.17 apart, less than one seed moves."""
     table = tmp_path / "lm" / "tiny.json"
     write_json(table, [dict(grid_run("zaremba", 0.2, v), seed=s) for s, v in ((1, 100.0), (2, 101.0), (3, 99.0))])
-    spread = select.seed_spread(LanguageModelTask, table)
+    spread = selection.seed_spread(LanguageModelTask, table)
     assert spread == pytest.approx(1.0)
     grid = [on(grid_run("weightdrop", 0.1, 106.13), None), on(grid_run("weightdrop", 0.2, 105.96), "NVIDIA H200"),
             on(grid_run("weightdrop", 0.3, 107.5), "NVIDIA H200")]
-    chosen = select.choose(LanguageModelTask, grid)
+    chosen = selection.choose(LanguageModelTask, grid)
     with pytest.raises(ValueError, match=r"weightdrop: p=0.2 105.96 on NVIDIA H200, torch 2.9 against p=0.1 106.13 "
                                          r"on x, torch 2.9, within one seed's spread \(1.00\); re-run 0.2, 0.1"):
-        select.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny", chosen, [],
+        selection.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny", chosen, [],
                                PRESETS["tiny"])
     assert not (tmp_path / "lm" / "tiny-selection.json").exists()  # nothing written
     grid[0]["metrics"]["valid_ppl"] = 109.0  # now 3.04 apart: the choice stands, and the table says where each ran
-    select.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny",
-                           select.choose(LanguageModelTask, grid), [], PRESETS["tiny"])
+    selection.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny",
+                           selection.choose(LanguageModelTask, grid), [], PRESETS["tiny"])
     text = (tmp_path / "lm" / "tiny-selection.md").read_text()
     assert "(seed 1)" in text and "ran on 2 machines" in text and "0.1: 109.00 (2) [x, torch 2.9]" in text
 
 
 def test_one_machine_needs_no_seed_spread():
     grid = [on(grid_run("weightdrop", 0.1, 106.13), None), on(grid_run("weightdrop", 0.2, 105.96), None)]
-    select.check_one_machine(LanguageModelTask, select.choose(LanguageModelTask, grid), None)
+    selection.check_one_machine(LanguageModelTask, selection.choose(LanguageModelTask, grid), None)

@@ -5,8 +5,9 @@ import statistics
 import numpy as np
 import pytest
 
-from benchmarks.report import check_consistent, markdown
-from benchmarks.significance import bleu_from_stats, compare
+from benchmarks.tables.merge import check_consistent
+from benchmarks.tables.task_table import task_markdown
+from benchmarks.tables.significance import bleu_from_stats, paired_comparison
 from tasks.lm.task import LanguageModelTask
 
 
@@ -43,11 +44,11 @@ def test_paired_bootstrap_finds_a_clear_difference_and_not_a_null_one():
     for r in a + b:  # the table's metric is the one the items give
         nll = np.array(r["details"]["items"]["nll"])
         r["metrics"]["test_ppl"] = float(np.exp(nll[:, 0].sum() / nll[:, 1].sum()))
-    clear = compare(a, b, "ppl", lower_is_better=True)
+    clear = paired_comparison(a, b, "ppl", lower_is_better=True)
     assert clear["a_better"] == 3 and clear["b_better"] == 0
     assert clear["boot_ci"][1] < 0 and clear["p"] < 0.01 and clear["seed_ci"][1] < 0
     assert clear["boot_diff"] == pytest.approx(clear["diff"], rel=1e-6)
-    same = compare(a, a, "ppl", lower_is_better=True)
+    same = paired_comparison(a, a, "ppl", lower_is_better=True)
     assert same["boot_ci"][0] <= 0 <= same["boot_ci"][1] and same["p"] == 1.0
 
 
@@ -71,7 +72,7 @@ def test_every_table_states_the_difference_with_its_interval():
                  history=[{"train_ppl": 1.0, "valid_ppl": 1.0}],
                  provenance={"git_commit": "abc", "torch": "2", "device": "cpu", "cpu_model": "x", "torch_threads": 1,
                              "command": "c"})
-    text = markdown(LanguageModelTask, "tiny", "tiny", runs)
+    text = task_markdown(LanguageModelTask, "tiny", "tiny", runs)
     row = next(line for line in text.splitlines() if line.startswith("| zaremba p=0.5 − none p=0 | test ppl"))
     assert "| 1,2,3 | -0.80 |" in row and "significant" in row
 
@@ -102,10 +103,10 @@ def test_paired_bootstrap_handles_a_test_set_per_seed():
     for r in a + b:
         nll = np.array(r["details"]["items"]["nll"])
         r["metrics"]["test_ppl"] = float(np.exp(nll[:, 0].sum() / nll[:, 1].sum()))
-    result = compare(a, b, "ppl", lower_is_better=True)
+    result = paired_comparison(a, b, "ppl", lower_is_better=True)
     assert result["items"] == 350 + 400 + 450 and result["boot_ci"][1] < 0 and result["p"] < 0.01
     b[0]["details"]["items"]["nll"] = b[0]["details"]["items"]["nll"][:-1]  # a pair with different items
-    assert compare(a, b, "ppl", lower_is_better=True).get("boot_ci") is None
+    assert paired_comparison(a, b, "ppl", lower_is_better=True).get("boot_ci") is None
 
 
 def test_the_bootstrap_pairs_only_the_seeds_with_per_item_statistics():
@@ -117,19 +118,19 @@ def test_the_bootstrap_pairs_only_the_seeds_with_per_item_statistics():
         if r["seed"] > 1:
             r["metrics"]["test_ppl"] = float(np.exp(sum(n for n, _ in r["details"]["items"]["nll"]) /
                                                     sum(t for _, t in r["details"]["items"]["nll"])))
-    result = compare(a, b, "ppl", lower_is_better=True)
+    result = paired_comparison(a, b, "ppl", lower_is_better=True)
     assert result["seeds"] == [1, 2, 3] and result["boot_seeds"] == [2, 3]
     assert result["boot_ci"][1] < 0 and result["p"] < 0.05
-    assert compare(a[1:], b[1:], "ppl", lower_is_better=True).get("boot_seeds") is None  # all seeds: not flagged
-    from benchmarks.effects import effects_section
+    assert paired_comparison(a[1:], b[1:], "ppl", lower_is_better=True).get("boot_seeds") is None  # all seeds: not flagged
+    from benchmarks.tables.effects import effects_section
 
     text = "\n".join(effects_section(LanguageModelTask, a + b, {("zaremba", 0.5): a, ("none", 0.0): b}))
     assert "paired bootstrap (seeds 2,3)" in text and "bootstrap over seeds 2,3: the others have no per-item statistics" in text
 
 
 def test_a_percentages_seed_interval_stops_at_100_and_the_summary_says_so():
-    from benchmarks.report import summary
-    from benchmarks.significance import seed_interval
+    from benchmarks.tables.task_table import summary
+    from benchmarks.tables.significance import seed_interval
     from tasks.speech.task import SpeechTask
 
     train = [99.81, 99.75, 92.10, 99.70, 99.80, 99.79, 90.00]  # the t interval of these runs past 100
@@ -149,16 +150,16 @@ def test_a_percentages_seed_interval_stops_at_100_and_the_summary_says_so():
 def test_without_per_item_statistics_there_is_no_verdict():
     """docs/results.md: significant needs the seed interval *and* the paired bootstrap; seeds alone never say it
     (the caption table once called BLEU-4 differences significant on seeds only)."""
-    from benchmarks.effects import effects_section
-    from benchmarks.significance import verdict
+    from benchmarks.tables.effects import effects_section
+    from benchmarks.tables.significance import verdict
 
     a = [run("zaremba", s, 7.0 + 0.1 * s) for s in (1, 2, 3)]
     b = [run("none", s, 8.0 + 0.05 * s) for s in (1, 2, 3)]
-    result = compare(a, b, "ppl", lower_is_better=True)
+    result = paired_comparison(a, b, "ppl", lower_is_better=True)
     assert result["seeds_agree"] and result.get("boot_ci") is None
     assert not result["significant"] and verdict(result) == "no per-item statistics"
     text = "\n".join(effects_section(LanguageModelTask, a + b, {("zaremba", 0.5): a, ("none", 0.0): b}))
     row = next(line for line in text.splitlines() if line.startswith("| zaremba p=0.5 − none p=0"))
     assert row.endswith("| 3 / 0 | — (no per-item statistics) |")
     assert "better on average; no verdict (no per-item statistics, so no paired bootstrap): 3 of 3 seeds" in text
-    assert verdict(compare(a[:1], b[:1], "ppl", lower_is_better=True)) == "one seed"
+    assert verdict(paired_comparison(a[:1], b[:1], "ppl", lower_is_better=True)) == "one seed"

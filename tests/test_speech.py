@@ -7,6 +7,7 @@ import soundfile
 import torch
 
 from benchmarks import run
+from benchmarks.jobs import runner
 from core.download import DataError
 from tasks.speech.task import PRESETS, SpeechTask, silence_confusion
 from tasks.speech.data import (FSDD_SPEAKERS, IGNORE, SILENCE, TIMIT_39, TIMIT_61, LogMel, active_span,
@@ -354,9 +355,9 @@ def test_held_out_phones_unseen_in_training_count_as_errors(tmp_path):
 
 
 def test_the_fsdd_preset_trains_all_six_folds_by_default():
-    args = run.build_parser().parse_args(["--task", "speech", "--preset", "fsdd"])
-    run.validate(args, run.build_parser())
+    args = runner.build_parser().parse_args(["--task", "speech", "--preset", "fsdd"])
+    runner.validate(args, runner.build_parser())
     assert args.seeds == [1, 2, 3, 4, 5, 6]
-    args = run.build_parser().parse_args(["--task", "speech", "--preset", "tiny"])
-    run.validate(args, run.build_parser())
+    args = runner.build_parser().parse_args(["--task", "speech", "--preset", "tiny"])
+    runner.validate(args, runner.build_parser())
     assert args.seeds == [1]

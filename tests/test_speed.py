@@ -142,20 +142,20 @@ def test_speed_sections_print_the_peers_p_as_recorded_with_its_note_and_never_gu
     """The peer's p is what the entry records (older entries: read from the code at their commit, with a note). The
     H200 sections of 70e05835 had `none` first and a reference at the preset's p: no rule from the order of the rows
     can tell them from the p=0 sections of 2026-11-30 to 12-06."""
-    from benchmarks.speed_table import markdown
+    from benchmarks.tables.speed_table import speed_markdown
     from tasks.lm.task import LanguageModelTask
 
-    off = markdown(LanguageModelTask, [_speed_entry(peer_dropout=0.0, peer_dropout_note="read from the code at X")])
+    off = speed_markdown(LanguageModelTask, [_speed_entry(peer_dropout=0.0, peer_dropout_note="read from the code at X")])
     assert "**`reference` ran at p=0, its dropout off** (read from the code at X)" in off
-    same = markdown(LanguageModelTask, [_speed_entry(peer_dropout=0.5, peer_dropout_note="read from the code at Y")])
+    same = speed_markdown(LanguageModelTask, [_speed_entry(peer_dropout=0.5, peer_dropout_note="read from the code at Y")])
     assert "its dropout off" not in same and "`reference` at the same p (read from the code at Y)" in same
-    assert "`reference` at the same p." in markdown(LanguageModelTask, [_speed_entry(peer_dropout=0.5)])
-    unrecorded = markdown(LanguageModelTask, [_speed_entry()])  # `none` first, as in the H200 sections
+    assert "`reference` at the same p." in speed_markdown(LanguageModelTask, [_speed_entry(peer_dropout=0.5)])
+    unrecorded = speed_markdown(LanguageModelTask, [_speed_entry()])  # `none` first, as in the H200 sections
     assert "its dropout off" not in unrecorded and "`reference`'s p not recorded" in unrecorded
 
 
 def test_every_lm_speed_section_records_its_peers_p_and_the_h200_ones_ran_like_for_like():
-    from benchmarks.speed_table import markdown
+    from benchmarks.tables.speed_table import speed_markdown
     from tasks.lm.task import LanguageModelTask
 
     entries = json.loads((ROOT / "results" / "lm" / "speed.json").read_text())
@@ -163,7 +163,7 @@ def test_every_lm_speed_section_records_its_peers_p_and_the_h200_ones_ran_like_f
     h200 = [e for e in entries if e["provenance"].get("gpu") == "NVIDIA H200"]
     assert {(e["preset"], e["peer_dropout"]) for e in h200} == {("medium", 0.5), ("large", 0.65)}
     for entry in h200:
-        text = markdown(LanguageModelTask, [entry])
+        text = speed_markdown(LanguageModelTask, [entry])
         assert "`reference` at the same p (read from the code at commit 70e05835" in text
         assert "its dropout off" not in text
 
@@ -171,17 +171,17 @@ def test_every_lm_speed_section_records_its_peers_p_and_the_h200_ones_ran_like_f
 def test_bf16_speed_rows_say_whether_their_quality_was_measured():
     """MT's bf16 rows time an untrained model on random data and no BLEU in bf16 exists: its sections say so. The LM's
     name where its bf16 quality is measured. fp32-only sections say neither."""
-    from benchmarks.speed_table import markdown
+    from benchmarks.tables.speed_table import speed_markdown
     from tasks.lm.task import LanguageModelTask
     from tasks.mt.task import TranslationTask
 
     bf16 = {"precisions": ["fp32", "bf16"], "peer_dropout": 0.5}
-    mt = markdown(TranslationTask, [_speed_entry(**bf16)])
+    mt = speed_markdown(TranslationTask, [_speed_entry(**bf16)])
     assert "**quality in bf16 not measured**" in mt and "ppl or BLEU" in mt
-    lm = markdown(LanguageModelTask, [_speed_entry(**bf16)])
+    lm = speed_markdown(LanguageModelTask, [_speed_entry(**bf16)])
     assert "not measured**" not in lm and f"quality in bf16: {LanguageModelTask.bf16_quality}" in lm
     assert (ROOT / "results" / "lm" / "cpu-bf16-cpu-vs-fp32.md").exists()
-    fp32 = markdown(TranslationTask, [_speed_entry(peer_dropout=0.5)])
+    fp32 = speed_markdown(TranslationTask, [_speed_entry(peer_dropout=0.5)])
     assert "quality in bf16" not in fp32
     assert "**quality in bf16 not measured**" in (ROOT / "results" / "mt" / "speed.md").read_text()
 
@@ -190,7 +190,7 @@ def test_the_lm_step_bound_counts_every_product_of_the_paper_medium_step():
     """The medium step's FLOPs by hand: softmax layer 3 x 2*700*650*10000; per layer the input product and its two
     gradients, W_hh's gradient (all 2*700*650*2600) and 35 recurrent steps forward and backward (2*20*650*2600
     each, the same total as one input product each way)."""
-    from benchmarks.speed_bound import fraction_of_bound
+    from benchmarks.tables.speed_table import fraction_of_bound
     from tasks.lm.task import PRESETS, LanguageModelTask
 
     task = LanguageModelTask({**PRESETS["medium"], "scheme": "zaremba", "seed": 1})

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import select as grid
+from benchmarks.jobs import selection
 from core.interrupt import ENV_STOP_WITH_PARENT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +42,6 @@ def test_a_worker_stops_when_its_launching_process_is_sigkilled():
 
 def test_select_tells_its_runs_to_stop_with_it(monkeypatch):
     seen = {}
-    monkeypatch.setattr(grid.subprocess, "call", lambda command, env: seen.update(env) or 0)
-    assert grid.call_run(["python", "-m", "benchmarks.run"]) == 0
+    monkeypatch.setattr(selection.subprocess, "call", lambda command, env: seen.update(env) or 0)
+    assert selection.call_run(["python", "-m", "benchmarks.run"]) == 0
     assert seen[ENV_STOP_WITH_PARENT] == str(os.getpid())

@@ -7,6 +7,7 @@ import soundfile
 import torch
 
 from benchmarks import run
+from benchmarks.jobs import runner
 from core.download import DataError
 from tasks.speech.data import IGNORE, TIMIT_39, TIMIT_61, TIMIT_FOLD, fold_timit
 from tasks.speech.presets import PRESETS
@@ -177,8 +178,8 @@ def test_the_dev_fold_is_for_selection_runs_only(tiny_sample, tmp_path, capsys):
 
 
 def test_the_default_speech_preset_is_the_timit_sample_on_seven_folds():
-    args = run.build_parser().parse_args(["--task", "speech"])
-    run.validate(args, run.build_parser())
+    args = runner.build_parser().parse_args(["--task", "speech"])
+    runner.validate(args, runner.build_parser())
     assert args.preset == "cpu" and args.seeds == [1, 2, 3, 4, 5, 6, 7]
     assert PRESETS["cpu"]["corpus"] == "timit_sample" and PRESETS["fsdd"]["corpus"] == "fsdd"
     from benchmarks.select import main as select_main  # noqa: F401  (its default seed: the dev fold)

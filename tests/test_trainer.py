@@ -104,7 +104,7 @@ def test_test_split_is_read_only_after_training_and_never_picks_the_epoch(tiny_p
 
 def test_bf16_autocast_keeps_the_loss_in_fp32_and_close_to_fp32(tiny_config, tiny_ptb):
     """The bf16 path (forward under autocast, loss and softmax in fp32) gives the fp32 loss within bf16's error."""
-    from core.trainer import autocast
+    from core.precision import autocast
 
     task = LanguageModelTask(tiny_config, tiny_ptb, download=False, custom_data=True).load_data()
     seed_everything(1)
@@ -124,7 +124,7 @@ def test_bf16_autocast_keeps_the_loss_in_fp32_and_close_to_fp32(tiny_config, tin
 
 def test_bf16_without_native_support_falls_back_to_fp32_with_one_warning(monkeypatch, tmp_path):
     import core.precision
-    from core.trainer import resolve_precision
+    from core.precision import resolve_precision
 
     cpuinfo = tmp_path / "cpuinfo"  # a CPU without avx512_bf16/amx_bf16, read by the real /proc/cpuinfo reader
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512bw\n")
@@ -137,7 +137,7 @@ def test_bf16_without_native_support_falls_back_to_fp32_with_one_warning(monkeyp
 
 
 def test_auto_precision_is_bf16_on_a_gpu_with_bf16_and_fp32_on_cpus(monkeypatch, recwarn):
-    from core.trainer import resolve_precision
+    from core.precision import resolve_precision
 
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert resolve_precision("auto", "cpu") == "fp32"  # no evidence on a native-bf16 CPU yet: fp32 there

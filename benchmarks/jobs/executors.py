@@ -9,17 +9,12 @@ else the exit status) and `handle.stop()`, in the manner of submitit.
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
+from benchmarks.jobs.runner import runner_command
 from core.interrupt import ENV_STOP_WITH_PARENT
 
 EXECUTORS = ("local", "slurm", "submitit-local")
-
-
-def runner_command(argv):
-    """`python -m benchmarks.run ARGV` with this process's python (on a cluster node: the node's)."""
-    return [sys.executable, "-m", "benchmarks.run", *argv]
 
 
 def run_job(argv, log, cwd):

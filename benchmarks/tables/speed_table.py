@@ -1,8 +1,7 @@
 """The table of benchmarks.speed (results/<task>/speed.md) and the names of its rows."""
 from core import SCHEMES
-from benchmarks.report import SPEED_KEYS, threads_text
-from benchmarks.speed_bound import bound_text, fraction_of_bound
-from benchmarks.uncommitted import uncommitted_lines
+from benchmarks.tables.task_table import SPEED_KEYS, threads_text
+from benchmarks.tables.uncommitted import uncommitted_lines
 from core.provenance import code_version, cpu_text, fp32_math_text, malloc_text
 
 COLUMNS = {"train_tok_s": "train tok/s", "eval_tok_s": "eval tok/s", "beam12_sent_s": "beam 12 sent/s",
@@ -79,8 +78,8 @@ INTRO = ("Items per second (tokens for training and evaluation, sentences for de
          "capability and whether it has native bf16): compare rows within a section.")
 
 
-def markdown(task_cls, entries, uncommitted=None):
-    """The speed table; `uncommitted`: {commit: why} of its sections from uncommitted code (benchmarks.uncommitted)."""
+def speed_markdown(task_cls, entries, uncommitted=None):
+    """The speed table; `uncommitted`: {commit: why} of its sections from uncommitted code (benchmarks.tables.uncommitted)."""
     lines = [f"# {task_cls.name} / speed", "", INTRO + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
     for entry in entries:
         if entry.get("kind") != "trained":
@@ -120,7 +119,7 @@ def _section(task_cls, entry, uncommitted):
         lines.append("| " + " | ".join(cells) + " |")
     if bound:
         lines += ["", "Of bound: the row's training speed over the step's matrix products alone, each timed at its "
-                  "shape in the row's precision (`benchmarks/speed_bound.py`):"] + bound_text(bound)
+                  "shape in the row's precision (`benchmarks/timing/bound.py`):"] + bound_text(bound)
     software = f"torch {prov['torch']}{fp32_math_text(prov)}{malloc_text(prov)}"
     note = f" ({prov['note']})" if prov.get("note") else ""
     lines += ["", f"`{prov['command']}` — {code_version(prov)}, {software}, {entry['finished']}{note}", ""]
@@ -142,3 +141,27 @@ def _trained_section(trained):
                      f"{speed} | {prov['device']} ({machine_text(prov)}) | {prov['torch_threads']} | "
                      f"{code_version(prov)}{note} |")
     return lines + [""]
+
+
+def bound_text(bound):
+    """One line per precision: the step's FLOPs, its products' time at the measured rates, and the rate at each
+    shape."""
+    lines = []
+    for precision, b in bound.items():
+        shapes = "; ".join(f"{_product_shape(p)}: {p['gflop_s']:,.0f}" for p in b["products"])
+        lines.append(f"- bound in {precision}: {b['gflop']:.1f} GFLOP a step, {b['step_ms']:.1f} ms at the rates "
+                     f"measured (GFLOP/s, m x k x n: {shapes}) = **{b['tok_s']:,.0f} tok/s**")
+    return lines
+
+
+def _product_shape(product):
+    shape = "x".join(map(str, product["shape"]))
+    return shape if product["times"] == 1 else f"{shape} ({product['times']} times)"
+
+
+def fraction_of_bound(bound, impl, tok_s):
+    """A training row's tok/s as a fraction of the bound in its precision (peers run fp32), or None."""
+    precision = "bf16" if "-bf16" in impl else "fp32"
+    if not bound or precision not in bound or tok_s is None:
+        return None
+    return tok_s / bound[precision]["tok_s"]

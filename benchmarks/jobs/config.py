@@ -1,5 +1,6 @@
-"""What one table's runs share: a preset's config with the command's overrides (--set, --epochs, --p), and the
-label that names the table and the run dirs. Used by benchmarks.run, benchmarks.select and benchmarks.plan."""
+"""What one table's runs share: a preset's config with the command's overrides (--set, --epochs, --p), grid
+points and the name of a run's folder (the table's label: benchmarks.tables.labels)."""
+from benchmarks.tables.labels import P_BY_HAND
 from core.utils import did_you_mean
 
 
@@ -74,17 +75,27 @@ def parse_fixed_p(text, variants):
             raise ValueError(f"--p {item}: {scheme!r} is not in --variants ({', '.join(variants)})")
         if scheme == "none":
             raise ValueError("--p: 'none' has no dropout; give p for the other schemes")
-        p, _, cell = point.partition("/")
         try:
-            rates = (float(p), float(cell) if cell else None)
-        except ValueError:
-            raise ValueError(f"--p {item}: give a rate like 0.3 (zoneout: 0.05/0.5)") from None
-        if not all(0 < r < 1 for r in rates if r is not None):
-            raise ValueError(f"--p {item}: rates must be in (0, 1)")
+            rates = parse_point(point)
+        except ValueError as err:
+            raise ValueError(f"--p {item}: {err}") from None
         if rates[1] is not None and scheme != "zoneout":
             raise ValueError(f"--p {item}: a cell rate is zoneout's alone")
         fixed[scheme] = rates
     return fixed
+
+
+def parse_point(text):
+    """A scheme's rate as --p and --grid give it: "0.2" -> (0.2, None); "0.05/0.5" -> (0.05, 0.5) (zoneout's
+    hiddens / cells). A ValueError for anything else or a rate outside (0, 1): p=0 is the `none` run."""
+    p, _, cell = text.strip().partition("/")
+    try:
+        point = (float(p), float(cell) if cell else None)
+    except ValueError:
+        raise ValueError(f"bad rate {text!r}: give a p like 0.2, or P/PC like 0.05/0.5 for zoneout") from None
+    if not all(0 < v < 1 for v in point if v is not None):
+        raise ValueError(f"bad rate {text!r}: rates must be in (0, 1)")
+    return point
 
 
 def parse_seeds(text, flag="--seeds"):
@@ -117,27 +128,6 @@ def _number_or_text(text):
         return text
 
 
-def table_label(task_cls, preset, epochs=None, dropout=None, overrides=None, precision="fp32", valid_only=False,
-                device=None):
-    """The name of the results table of a preset's runs with these overrides: <preset>[-e<N>][-p<P>][-KEY=VALUE]
-    [-<precision>[-cpu]][-select]. bf16 runs on a CPU (`device`) get a table of their own: oneDNN's bf16 kernels
-    are not a GPU's, and the same seeds would otherwise replace each other."""
-    label = preset
-    if epochs is not None and epochs != task_cls.presets[preset]["epochs"]:
-        label += f"-e{epochs}"
-    if dropout is not None and dropout != task_cls.presets[preset]["dropout"]:
-        label += f"-p{dropout:g}"
-    for key, value in (overrides or {}).items():
-        label += f"-{key}={value}".replace("/", "_").replace(" ", "_")  # a path must not open folders
-    if precision != "fp32":
-        label += f"-{precision}"  # never merged with fp32 runs
-    if precision == "bf16" and str(device).split(":")[0] == "cpu":
-        label += "-cpu"
-    if valid_only:
-        label += "-select"  # selection runs never share a table with runs that report test numbers
-    return label
-
-
 def check_preset(task_cls, preset):
     """A ValueError naming the task's presets (and the nearest one) when `preset` is none of them."""
     if preset not in task_cls.presets:
@@ -145,18 +135,17 @@ def check_preset(task_cls, preset):
                          f"{did_you_mean([preset], task_cls.presets)}; choose one of: {', '.join(task_cls.presets)}")
 
 
-# what table_label appends for a precision, and how a table says it
-PRECISION_SUFFIXES = {"-tf32": "TF32 matmuls", "-bf16": "its forward passes under bf16 autocast",
-                      "-bf16-cpu": "its forward passes under bf16 autocast on a CPU"}
-
-
-def paper_label(label):
-    """The paper's name for a table: its label without a precision suffix ("medium-bf16-cpu" -> "medium"), since
-    precision is the one thing such a table changes of the preset; any other label as it is."""
-    for suffix in sorted(PRECISION_SUFFIXES, key=len, reverse=True):  # -bf16-cpu before -bf16
-        if label.endswith(suffix):
-            return label.removesuffix(suffix)
-    return label
+def preset_p(config, variant):
+    """The (p, zoneout cell) the preset fixes for `variant`, or None (the plan then chooses it on validation):
+    zaremba and naive (the paper's foil) take the preset's `dropout`, the others their `scheme_dropout` entry.
+    benchmarks.jobs.runner.run_config applies it to every run, the plan to its jobs."""
+    per_scheme = config.get("scheme_dropout") or {}
+    if variant in per_scheme:
+        chosen = per_scheme[variant]
+        return (chosen, None) if isinstance(chosen, (int, float)) else tuple(chosen)
+    if variant in ("zaremba", "naive") and config.get("dropout"):
+        return (config["dropout"], None)
+    return None
 
 
 def preset_config(task_cls, preset, epochs=None, overrides=None):
@@ -171,9 +160,9 @@ def run_name(variant, dropout, seed):
 
 
 def p_source(task_cls, args, variant):
-    """Where a run's p comes from, as its table says it: 'preset', 'set by hand (--p)' or '--dropout'."""
+    """Where a run's p comes from, as its table says it: 'preset', P_BY_HAND or '--dropout'."""
     if variant == "none":
         return "none"
     if variant in getattr(args, "fixed_p", {}):
-        return getattr(args, "p_from", {}).get(variant, "set by hand (--p)")
+        return getattr(args, "p_from", {}).get(variant, P_BY_HAND)
     return "--dropout" if args.dropout is not None else "preset"

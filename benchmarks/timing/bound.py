@@ -47,27 +47,3 @@ def step_bound(task, precisions, device):
         gflop = sum(2 * m * k * n * times for m, k, n, times in products) / 1e9
         bound[precision] = {"tok_s": items / seconds, "step_ms": seconds * 1e3, "gflop": gflop, "products": rows}
     return bound
-
-
-def bound_text(bound):
-    """One line per precision: the step's FLOPs, its products' time at the measured rates, and the rate at each
-    shape."""
-    lines = []
-    for precision, b in bound.items():
-        shapes = "; ".join(f"{_shape(p)}: {p['gflop_s']:,.0f}" for p in b["products"])
-        lines.append(f"- bound in {precision}: {b['gflop']:.1f} GFLOP a step, {b['step_ms']:.1f} ms at the rates "
-                     f"measured (GFLOP/s, m x k x n: {shapes}) = **{b['tok_s']:,.0f} tok/s**")
-    return lines
-
-
-def _shape(product):
-    shape = "x".join(map(str, product["shape"]))
-    return shape if product["times"] == 1 else f"{shape} ({product['times']} times)"
-
-
-def fraction_of_bound(bound, impl, tok_s):
-    """A training row's tok/s as a fraction of the bound in its precision (peers run fp32), or None."""
-    precision = "bf16" if "-bf16" in impl else "fp32"
-    if not bound or precision not in bound or tok_s is None:
-        return None
-    return tok_s / bound[precision]["tok_s"]

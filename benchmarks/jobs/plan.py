@@ -5,7 +5,6 @@ whose p the preset does not fix first gets one `--valid-only` selection job per 
 selection seed; its seed jobs wait for that choice (benchmarks.select's rule) and use it. benchmarks.grid runs a
 plan, benchmarks.paper is one, and benchmarks.run prints one before it trains more than one run.
 """
-import shlex
 import statistics
 import sys
 from dataclasses import dataclass, field, replace
@@ -13,9 +12,12 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import runconfig as run
-from benchmarks.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json, singles
-from core.provenance import git_commit, hardware, machine_key, recorded_user_code, user_code, user_code_hash
+from benchmarks.jobs.config import preset_config, preset_p, run_name
+from benchmarks.tables.format import counted
+from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION, SELECTION_SUFFIX, table_label
+from benchmarks.tables.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json, singles
+from benchmarks.tables.task_table import device_of
+from core.provenance import ROOT, git_commit, hardware, machine_key, recorded_user_code, user_code, user_code_hash
 from core.utils import pick_device
 from tasks.base import TASKS, user_registered
 
@@ -32,7 +34,7 @@ class Job:
     seed: int
     p: tuple = None  # (p, zoneout cell or None); None: waits for the choice on validation
     kind: str = "run"  # "run", "select" (a --valid-only grid point) or "ensemble"
-    p_from: str = "preset"  # "none", "preset", "set by hand (--p)" or "chosen on validation"
+    p_from: str = "preset"  # "none", "preset", P_BY_HAND or P_ON_VALIDATION
     ensemble: tuple = ()  # the seeds an ensemble job evaluates
     after: tuple = ()  # indices of the jobs this one waits for
     overrides: tuple = ()  # the --set items, parsed: ((key, value), ...)
@@ -44,7 +46,7 @@ class Job:
 
     def rate(self):
         if self.p is None:
-            return "chosen on validation"
+            return P_ON_VALIDATION
         p, cell = self.p
         return f"{p:g}" + (f"/{cell:g}" if cell is not None else "")
 
@@ -63,7 +65,7 @@ def runner_label(job, settings):
     """The label benchmarks.run gives this job's table and run dirs (a selection job's: <label>-p<P>-select)."""
     if job.kind != "select":
         return job.label
-    return run.table_label(TASKS[job.task], job.preset, settings.epochs, job.p[0],
+    return table_label(TASKS[job.task], job.preset, settings.epochs, job.p[0],
                            {**dict(job.overrides), **_cell_override(job)}, settings.precision, valid_only=True,
                            device=settings.device)
 
@@ -76,7 +78,7 @@ def job_table(job, settings):
 def job_run_dir(job, settings):
     """The run dir of a job whose p is known (an ensemble job: its first seed's)."""
     return (Path(settings.run_dir) / job.task / runner_label(job, settings)
-            / run.run_name(job.variant, job.p[0], job.seed))
+            / run_name(job.variant, job.p[0], job.seed))
 
 
 @dataclass
@@ -98,18 +100,6 @@ class Settings:
         return str(Path(self.run_dir) / "selection-tables")
 
 
-def fixed_by_preset(task_cls, config, variant):
-    """The p the preset fixes for `variant`, or None: zaremba and naive (the paper's foil) take the preset's
-    `dropout`, the others their `scheme_dropout` entry."""
-    per_scheme = config.get("scheme_dropout") or {}
-    if variant in per_scheme:
-        chosen = per_scheme[variant]
-        return (chosen, None) if isinstance(chosen, (int, float)) else tuple(chosen)
-    if variant in ("zaremba", "naive") and config.get("dropout"):
-        return (config["dropout"], None)
-    return None
-
-
 def grid_points(settings, variant):
     if variant in settings.grids:
         return settings.grids[variant]
@@ -121,8 +111,8 @@ def grid_points(settings, variant):
 def plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed_p, ensemble=None, reselect=()):
     """The jobs of one task: selection jobs first, then a seed job per (variant, seed), then ensemble jobs.
     `reselect`: schemes whose p is chosen on validation even where the preset fixes it."""
-    config = run.preset_config(task_cls, preset, settings.epochs, overrides)
-    label = run.table_label(task_cls, preset, settings.epochs, None, overrides, settings.precision,
+    config = preset_config(task_cls, preset, settings.epochs, overrides)
+    label = table_label(task_cls, preset, settings.epochs, None, overrides, settings.precision,
                             device=settings.device)
     job = lambda *a, **k: Job(task_cls.name, preset, label, *a, overrides=tuple(overrides.items()), **k)  # noqa: E731
     jobs = []
@@ -130,11 +120,11 @@ def plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed_p, e
         if variant == "none":
             p, source = (0.0, None), "none"
         elif variant in fixed_p:
-            p, source = fixed_p[variant], "set by hand (--p)"
+            p, source = fixed_p[variant], P_BY_HAND
         else:
-            p, source = fixed_by_preset(task_cls, config, variant) if variant not in reselect else None, "preset"
+            p, source = preset_p(config, variant) if variant not in reselect else None, "preset"
         if p is None:
-            source, seed = "chosen on validation", task_cls.selection_seed(config)
+            source, seed = P_ON_VALIDATION, task_cls.selection_seed(config)
             jobs += [job(variant, seed, point, "select") for point in grid_points(settings, variant)]
         jobs += [job(variant, s, p, p_from=source) for s in seeds]
         if ensemble:
@@ -164,7 +154,8 @@ def job_argv(job, settings, source_table=None):
     select = job.kind == "select"
     argv = ["--task", job.task, "--preset", job.preset, "--variants", job.variant, "--resume", "--no-progress",
             "--out", settings.selection_out if select else settings.out, "--run-dir", settings.run_dir]
-    argv += ["--epochs", str(settings.epochs)] * (settings.epochs is not None)
+    if settings.epochs is not None:
+        argv += ["--epochs", str(settings.epochs)]
     argv += [a for item in settings.sets for a in ("--set", item)] + ["--precision", settings.precision]
     argv += list(settings.extra)
     if select:
@@ -172,10 +163,10 @@ def job_argv(job, settings, source_table=None):
             ["--set", f"zoneout_cell={job.p[1]:g}"] if job.p[1] is not None else [])
     seeds = ",".join(map(str, job.ensemble or (job.seed,)))
     argv += ["--seeds", seeds] + (["--ensemble", str(len(job.ensemble))] if job.ensemble else [])
-    if job.p_from in ("set by hand (--p)", "chosen on validation"):
+    if job.p_from in (P_BY_HAND, P_ON_VALIDATION):
         argv += ["--p", f"{job.variant}={job.rate()}"]
-        if job.p_from == "chosen on validation":
-            argv += ["--p-source", f"chosen on validation ({source_table})"]
+        if job.p_from == P_ON_VALIDATION:
+            argv += ["--p-source", f"{P_ON_VALIDATION} ({source_table})"]
     return argv
 
 
@@ -183,10 +174,6 @@ def log_path(job, settings):
     """Where a job's output goes: <run-dir>/grid-logs/<task>_<label>_<variant>_..."""
     stem = job.name().replace("/", "_").replace(" ", "_").replace(",", "-").replace("=", "")
     return Path(settings.logs or Path(settings.run_dir) / "grid-logs") / f"{stem}.log"
-
-
-def command_text(argv):
-    return "python -m benchmarks.run " + shlex.join(argv)
 
 
 def done_before(job, settings):
@@ -234,7 +221,7 @@ def _loaded_user_code():
 
 def _entry_in_table(job, settings):
     """The job's run in its table with the config this grid would train, or None."""
-    planned = {**run.preset_config(TASKS[job.task], job.preset, settings.epochs, dict(job.overrides)),
+    planned = {**preset_config(TASKS[job.task], job.preset, settings.epochs, dict(job.overrides)),
                "precision": settings.precision}
     planned.pop("scheme_dropout", None)
     for entry in load_runs(job_table(job, settings)):
@@ -252,28 +239,37 @@ def _entry_in_table(job, settings):
 # ---- estimates from the wall times already recorded in results/ ------------------------------------------------
 
 def device_name(device):
-    """What a table's runs call this device: 'cpu', or the GPU's name (benchmarks.report.device_of)."""
+    """What a table's runs call this device: 'cpu', or the GPU's name (benchmarks.tables.task_table.device_of)."""
     import torch
 
     device = pick_device(device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
-def recorded_walls(out, job, device):
-    """{variant: [wall seconds]} of the runs recorded for this job's table (selection jobs: its selection table,
-    else the table itself) on `device`."""
-    from benchmarks.report import device_of
+def whole_job_s(run):
+    """A recorded run's whole time (start-up, setup, training, final evaluation: its `timings`), or for a run from
+    before they were recorded its training time alone; (seconds, whether whole)."""
+    timings = run.get("timings")
+    if isinstance(timings, dict) and timings:
+        return sum(timings.values()), True
+    return run.get("wall_s"), False
 
-    names = [f"{job.label}-selection.json", f"{job.label}.json"] if job.kind == "select" else [f"{job.label}.json"]
-    for name in names:
-        found = read_json(Path(out) / job.task / name)
-        runs = found.get("runs", []) if isinstance(found, dict) else found
-        walls = {}
-        for r in singles(runs) if isinstance(runs, list) else []:
-            if isinstance(r, dict) and r.get("wall_s") and device_of(r) == device:
-                walls.setdefault(r["variant"], []).append(r["wall_s"])
-        if walls:
-            return walls
+
+def recorded_walls(out, job, device):
+    """{variant: [(seconds, whole)]} of the runs recorded for this job's table (selection jobs: its selection
+    table, else the table itself) on `device`, read from `out` and, where that has none, from the repository's
+    results/."""
+    names = [f"{job.label}{SELECTION_SUFFIX}.json", f"{job.label}.json"] if job.kind == "select" else [f"{job.label}.json"]
+    for folder in dict.fromkeys([Path(out), ROOT / "results"]):
+        for name in names:
+            found = read_json(folder / job.task / name)
+            runs = found.get("runs", []) if isinstance(found, dict) else found
+            walls = {}
+            for r in singles(runs) if isinstance(runs, list) else []:
+                if isinstance(r, dict) and r.get("wall_s") and device_of(r) == device:
+                    walls.setdefault(r["variant"], []).append(whole_job_s(r))
+            if walls:
+                return walls
     return {}
 
 
@@ -282,11 +278,12 @@ def estimate(out, job, device):
     if job.kind == "ensemble":
         return 0.0, "evaluation only"
     walls = recorded_walls(out, job, device)
-    if job.variant in walls:
-        return statistics.mean(walls[job.variant]), f"{len(walls[job.variant])} recorded"
-    every = [w for ws in walls.values() for w in ws]
-    return (statistics.mean(every), f"{len(every)} recorded of other schemes") if every else (
-        None, "no recorded run on this device")
+    found = walls.get(job.variant) or [w for ws in walls.values() for w in ws]
+    if not found:
+        return None, "no recorded run on this device"
+    others = "" if job.variant in walls else " of other schemes"
+    whole = "" if all(w for _, w in found) else ", training time only"
+    return statistics.mean(s for s, _ in found), f"{len(found)} recorded{others}{whole}"
 
 
 def makespan(jobs, seconds, slots):
@@ -317,15 +314,15 @@ def describe(jobs, settings, device, slots, executor="local"):
     kinds = {k: sum(j.kind == k for j in jobs) for k in ("select", "run", "ensemble")}
     tables = sorted({f"{j.task}/{j.label}" for j in jobs})
     sources = sorted({f"{j.task} {j.variant}: {j.rate() if j.p_from != 'chosen on validation' else 'chosen on validation'}"
-                      + (f" ({j.p_from})" if j.p_from in ("preset", "set by hand (--p)") else "")
+                      + (f" ({j.p_from})" if j.p_from in ("preset", P_BY_HAND) else "")
                       for j in jobs if j.kind == "run"})
     total = makespan(jobs, seconds, slots)
-    what = f"{kinds['run']} run{'s' * (kinds['run'] != 1)}"
+    what = counted(kinds["run"], "run")
     if kinds["select"]:
         what = f"{kinds['select']} selection runs (--valid-only, one seed), then " + what
     if kinds["ensemble"]:
         what += f" and {kinds['ensemble']} ensemble evaluations"
-    at_once = f"{slots} job{'s' * (slots != 1)} at a time ({executor})"
+    at_once = f"{counted(slots, 'job')} at a time ({executor})"
     if unknown and all(s is None or s == 0.0 for s in seconds):  # nothing to run has a recorded time
         when = f"No time estimate: {out}/ records no run of these tables on {device}; {at_once}."
     else:
@@ -339,14 +336,14 @@ def describe(jobs, settings, device, slots, executor="local"):
         when = f"{done} of the {len(jobs)} jobs are in their tables already (skipped). " + when
     older = [job for job, state in zip(jobs, in_table) if state == "older"]
     if older:
-        when += (f" {len(older)} row{'s' * (len(older) != 1)} of your own code "
+        when += (f" {counted(len(older), 'row')} of your own code "
                  f"({', '.join(sorted({j.variant for j in older}))}) came from older --user-dir code: trained again, "
                  "replacing them.")
     again = [job for job, state in zip(jobs, in_table) if state == "rerun"]
     if again:
         commit, machine = settings.rerun
         made = f"commit {commit[:12]}" + (f" on {machine[0]}, torch {machine[1]}" if machine else "")
-        when += (f" --rerun: {len(again)} row{'s' * (len(again) != 1)} in the tables did not come from {made}: "
+        when += (f" --rerun: {counted(len(again), 'row')} in the tables did not come from {made}: "
                  "trained again, each replacing its row as it lands (the old row stays in the table's git history).")
     paragraph = f"Plan: {what} into {', '.join(tables)}; p: {'; '.join(sources)}. {when}"
     lines = []

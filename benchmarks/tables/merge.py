@@ -7,7 +7,7 @@ variant, p and seed) is refused with both configs named, so two different experi
 import json
 from pathlib import Path
 
-from benchmarks.effects import p_text
+from benchmarks.tables.format import p_text
 
 SEED_KEYS = ("scheme", "dropout", "seed", "zoneout_cell")  # what may differ between the runs of one table
 CONFIG_DEFAULTS = {"precision": "fp32", "embed_dropout": 0.0}  # settings added later: runs recorded before them had these values

@@ -1,12 +1,13 @@
 """results/README.md: one row per task and preset, the main held-out metric of each variant side by side; and the
-cross-task schemes table (benchmarks/schemes.py). Rewritten by every benchmarks.run and benchmarks.report."""
+cross-task schemes table (benchmarks/tables/cross_task.py). Rewritten by every benchmarks.run and benchmarks.report."""
 import warnings
 from pathlib import Path
 
-from benchmarks.effects import fmt as _fmt
-from benchmarks.merge import load_runs, neighbour_text, read_json, singles
-from benchmarks.runconfig import paper_label
+from benchmarks.tables.format import fmt as _fmt
+from benchmarks.tables.merge import load_runs, neighbour_text, read_json, singles
+from benchmarks.tables.labels import paper_label, preset_of
 from core.locks import table_lock
+from core.provenance import ROOT
 from core.utils import write_text
 from tasks.base import load_tasks
 
@@ -32,8 +33,11 @@ def overview(out_dir):
              "their numbers are not comparable with the paper's.",
              "", "| task | preset | metric | " + " | ".join(SCHEMES) + " | paper | table | plot |",
              "|" + "---|" * (len(SCHEMES) + 6)]
+    tracked = tracked_results(out_dir)  # the repository's overview lists results, never a smoke run's tables
     for name, task in sorted(tasks.items()):
         for path in sorted((out_dir / name).glob("*.json")):
+            if tracked and smoke_label(path.stem):
+                continue
             try:
                 data = read_json(path)
                 if not data or not isinstance(data, list) or "metrics" not in data[0] or "config" not in data[0]:
@@ -51,7 +55,7 @@ def overview(out_dir):
                 metric = f"valid {task.main_metric} / {metric}"
             paper_cell = "; ".join(f"{v}: " + " / ".join(f"{ref[k]:g}" for k in keys if k in ref)
                                    for v, ref in paper.items() if any(k in ref for k in keys)) or "—"
-            note = " (not a paper config)" if path.stem.split("-")[0] in task.preset_notes else ""
+            note = " (not a paper config)" if preset_of(path.stem) in task.preset_notes else ""
             if any(r.get("stale") for r in runs):
                 note += " **(stale: see the table)**"
             lines.append(f"| {name} | {path.stem}{note} | {metric} | "
@@ -60,21 +64,35 @@ def overview(out_dir):
                            f"[{path.stem}.png]({name}/{path.stem}.png) |")
     lines += ["", "Every scheme on every task, side by side: [schemes.md](schemes.md) ([schemes.png](schemes.png), data: [schemes.json](schemes.json))"
               + "".join(f"; for `{p.stem.removeprefix('schemes-')}`: [{p.name}]({p.name})"
-                        for p in sorted(out_dir.glob("schemes-*.md"))) + "."]
+                        for p in sorted(out_dir.glob("schemes-*.md"))
+                        if not (tracked and smoke_label(p.stem.removeprefix("schemes-")))) + "."]
     speed = sorted(out_dir.glob("*/speed.md"))
     if speed:
         lines += ["", "Speed: " + ", ".join(f"[{p.parent.name}]({p.parent.name}/speed.md)" for p in speed)]
     return "\n".join(lines) + "\n"
 
 
+def smoke_label(label):
+    """Whether a table label names a smoke-test preset (tiny) of some task: its tables say "not a result"."""
+    return label is not None and any(task.preset_notes.get(preset_of(label), "").startswith("Smoke")
+                                     for task in load_tasks().values())
+
+
+def tracked_results(out_dir):
+    """Whether `out_dir` is the repository's own results/, whose files are tracked."""
+    return Path(out_dir).resolve() == (ROOT / "results").resolve()
+
+
 def write_overview(out_dir, label=None):
     """results/README.md and the cross-task schemes table results/schemes.{md,png} (and schemes-<label>.{md,png}
     for a `label` other than the default presets, e.g. a grid on `tiny`), under one lock: a writer that read the
-    tables before another run landed never overwrites a newer overview."""
-    from benchmarks.schemes import write_schemes
+    tables before another run landed never overwrites a newer overview. A smoke preset's runs into the
+    repository's results/ leave its tracked overview alone: they get their schemes-<label> table only."""
+    from benchmarks.tables.cross_task import write_schemes
 
     with table_lock(Path(out_dir) / "README.md"):
-        write_text(Path(out_dir) / "README.md", overview(out_dir))
-        write_schemes(load_tasks(), out_dir)
+        if not (smoke_label(label) and tracked_results(out_dir)):
+            write_text(Path(out_dir) / "README.md", overview(out_dir))
+            write_schemes(load_tasks(), out_dir)
         if label is not None:
             write_schemes(load_tasks(), out_dir, label)

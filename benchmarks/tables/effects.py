@@ -1,12 +1,12 @@
 """The "Is the difference real?" section of a results table: every variant against the baselines (none and
 zaremba), the difference of the seed means with its 95% interval over seeds and the paired bootstrap over test
-items (benchmarks.significance), and a line in plain words per comparison."""
+items (benchmarks.tables.significance), and a line in plain words per comparison."""
 import statistics
 
-from benchmarks.significance import METRICS, compare, holm, seed_interval, verdict
+from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
+from benchmarks.tables.significance import METRICS, paired_comparison, holm, seed_interval, verdict
 
 BASELINES = ("none", "zaremba")  # every other variant is compared with these
-LOWER_IS_BETTER = ("ppl", "loss", "ce")  # the other metrics (accuracy, BLEU, CIDEr, ...) are better higher
 
 
 def effect_metrics(task, runs):
@@ -21,17 +21,8 @@ def _seeds(seeds):
     return ("seeds " if len(seeds) > 1 else "seed ") + ",".join(map(str, seeds))
 
 
-def interval_text(pair):
-    return f"[{pair[0]:+.2f}, {pair[1]:+.2f}]"
-
-
-def p_value_text(p):
-    """A bootstrap p-value as the tables print it (the smallest p of 2,000 resamples reads "< 0.001")."""
-    return "< 0.001" if p <= 0.001 else f"{p:.3f}"
-
-
 def effects(task, runs, groups):
-    """[(a, b, comparison dict)] for each variant against each baseline present (see benchmarks.significance);
+    """[(a, b, comparison dict)] for each variant against each baseline present (see benchmarks.tables.significance);
     `groups`: {(variant, p): single-model runs}."""
     out = []
     for base_variant in BASELINES:
@@ -41,7 +32,7 @@ def effects(task, runs, groups):
                 if variant == base_variant or (base_variant == "zaremba" and variant == "none"):
                     continue
                 for metric in effect_metrics(task, runs):
-                    result = compare(group, base_group, metric, metric in LOWER_IS_BETTER)
+                    result = paired_comparison(group, base_group, metric, metric in LOWER_IS_BETTER)
                     if result:
                         out.append(((variant, p), base_key, result))
     return out
@@ -117,13 +108,6 @@ def mc_dropout_line(task, groups):
                 f"against the standard evaluation of the same checkpoints: " + "; ".join(said) + "."]
 
 
-def fmt(values):
-    """Mean ± std of a list of numbers as the tables print it ("—" for none, the value alone for one)."""
-    if len(values) < 2:
-        return f"{values[0]:.2f}" if values else "—"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def _in_words(a, b, metric, r):
     lower = r["metric"] in LOWER_IS_BETTER
     better = (r["diff"] < 0) == lower
@@ -143,10 +127,3 @@ def _in_words(a, b, metric, r):
             "not significant": "**not a significant difference** (it could be noise)"}[verdict(r)]
     how = "equal on average" if r["diff"] == 0 else f"{abs(r['diff']):.2f} {direction} on average"
     return f"- {a} vs {b}, test {metric}: {a} is {how}; {said}: {'; '.join(why)}."
-
-
-def p_text(run):
-    """The run's rate as tables print it: p, and zoneout's cell rate when it differs ("0.05, cells 0.5")."""
-    config = run.get("config", {})
-    p, cell = run.get("dropout", config.get("dropout")), config.get("zoneout_cell")
-    return f"{p:g}" + (f", cells {cell:g}" if cell is not None and cell != p else "")

@@ -2,7 +2,7 @@
 
 Schemes down, tasks across; a cell is the held-out main metric of the best-on-valid epoch (mean ± std over
 seeds) and its difference to `none` with the 95% interval over seeds (paired by seed), marked * when significant by
-the rule of every table (benchmarks.significance.verdict: the seed interval excludes 0 and the paired bootstrap's p,
+the rule of every table (benchmarks.tables.significance.verdict: the seed interval excludes 0 and the paired bootstrap's p,
 Holm-adjusted over the family of that task's comparisons against `none` in this table, is below 0.05). Under the
 table, a line per task names the best scheme and says whether its lead over the runner-up is significant (one
 comparison: a family of one). Regenerated with results/README.md.
@@ -16,9 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from benchmarks.effects import LOWER_IS_BETTER, adjust_for_family, fmt, p_text  # noqa: E402
-from benchmarks.significance import compare, verdict  # noqa: E402
-from benchmarks.merge import load_runs, neighbour_text  # noqa: E402
+from benchmarks.tables.effects import adjust_for_family  # noqa: E402
+from benchmarks.tables.format import LOWER_IS_BETTER, fmt, p_text
+from benchmarks.tables.significance import paired_comparison, verdict  # noqa: E402
+from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION  # noqa: E402
+from benchmarks.tables.merge import load_runs, neighbour_text, read_json  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 
 
@@ -60,7 +62,7 @@ def _against_none(groups, metric, lower):
     none = groups.get("none")
     if not none:
         return {}
-    results = {name: compare(group, none, metric, lower) for name, group in groups.items() if group is not none}
+    results = {name: paired_comparison(group, none, metric, lower) for name, group in groups.items() if group is not none}
     results = {name: result for name, result in results.items() if result}
     adjust_for_family([(name, "none", result) for name, result in results.items()])
     return results
@@ -93,7 +95,7 @@ def _verdict(task_name, groups, metric, lower, shown):
         return (f"- {task_name}: no scheme ranks first on validation {metric}: {best} and {second} tie at "
                 f"{valid[best]:.2f}.")
     test = {v: statistics.mean(r["metrics"][both[1]] for r in groups[v]) for v in (best, second)}
-    result = compare(groups[best], groups[second], metric, lower)
+    result = paired_comparison(groups[best], groups[second], metric, lower)
     seeds = len(result["seeds"]) if result else 0
     ahead = (test[best] < test[second]) == lower
     said = verdict(result) if result else "no paired seeds"
@@ -114,7 +116,59 @@ def _columns(tasks, out_dir, label=None):
     return [(name, task, runs) for name, task, runs in columns if runs]
 
 
-def schemes_markdown(columns, label=None):
+def how_tuned(task, run):
+    """How a run's p was set: "on validation", "by the preset", "by hand" or "by --dropout" (None for `none`). A p
+    from the preset's `scheme_dropout` entry was chosen on validation (docs/schemes.md); runs from before the
+    runner recorded `p_from` are read from their preset the same way."""
+    recorded = run.get("p_from")
+    if run["variant"] == "none" or recorded == "none":
+        return None
+    if recorded and recorded != "preset":
+        return ("on validation" if recorded.startswith(P_ON_VALIDATION) else "by hand" if recorded == P_BY_HAND
+                else "by --dropout")
+    preset = task.presets.get(run.get("preset"), {})
+    return "on validation" if run["variant"] in (preset.get("scheme_dropout") or {}) else "by the preset"
+
+
+def tuning_lines(columns, selections=None, label=None):
+    """Per task: how each scheme's p was set and, where the schemes were not tuned alike, that a tuned scheme's lead
+    over an untuned one may be its tuning; a p chosen at the edge of its grid, with the command that extends it.
+    `selections`: {task name: {scheme: the decision of its selection table}}."""
+    lines = ["How each p was set (a scheme whose p was chosen on validation had a grid of tries the others did not: "
+             "its lead over a scheme at a fixed p may be that tuning):", ""]
+    for name, task, runs in columns:
+        ways = {}
+        for run in runs:
+            way = how_tuned(task, run)
+            if way:
+                ways.setdefault(way, {}).setdefault(run["variant"], p_text(run))
+        if not ways:
+            continue
+        said = "; ".join(f"{way}: " + ", ".join(f"{v} p={p}" for v, p in schemes.items())
+                         for way, schemes in sorted(ways.items()))
+        alike = " (tuned alike)" if len(ways) == 1 else " (**not tuned alike**)"
+        edges = [(v, d) for v, d in (selections or {}).get(name, {}).items()
+                 if d.get("at_edge") and any(r["variant"] == v for r in runs)]
+        preset = label or task.default_preset
+        edge = "".join(f" {v} p={d['dropout']:g} is at the {_side(d)} edge of its grid (a p beyond may do better: "
+                       f"`python -m benchmarks.grid --tasks {name} --preset {preset} --variants {v} --select {v} "
+                       f"--grid {v}={_beyond(d)}`)." for v, d in edges)
+        lines.append(f"- {name}: {said}{alike}.{edge}")
+    return lines + [""] if len(lines) > 2 else []
+
+
+def _side(decision):
+    return "low" if decision["dropout"] <= min(decision.get("points") or [decision["dropout"]]) else "high"
+
+
+def _beyond(decision):
+    """Grid points past a choice at the edge: halving below the lowest point, steps of 0.15 above the highest."""
+    p, cell = decision["dropout"], decision.get("zoneout_cell")
+    points = [p / 2, p / 4] if _side(decision) == "low" else [q for q in (p + 0.15, p + 0.3) if q < 0.95]
+    return ",".join(f"{q:g}" + (f"/{cell:g}" if cell is not None else "") for q in points)
+
+
+def schemes_markdown(columns, label=None, selections=None):
     which = (f"Each task's `{label}` table (results/<task>/{label}.json; where each p comes from: that table)"
              if label else
              "Each task's default preset, named in its column (`cpu`: scaled down for a 2-core CPU, not the paper's "
@@ -127,7 +181,7 @@ def schemes_markdown(columns, label=None):
              "bootstrap over test items has p < 0.05 after Holm's adjustment over the family of that task's "
              "comparisons against `none` here (its column; a task's own table adjusts over its larger family: "
              "against none and zaremba, every metric). "
-             + ("" if label else "Each scheme's p was chosen on validation only (see docs/schemes.md). ") +
+             + "" +
              "A scheme run at several p has a row per p. Regenerated by "
              f"`python -m benchmarks.run` / `benchmarks.report` / `benchmarks.grid` from results/<task>/"
              f"{label or '<default preset>'}.json.", ""]
@@ -149,7 +203,8 @@ def schemes_markdown(columns, label=None):
             cells.append(_cell(groups[scheme], results.get(scheme), task.main_metric)
                          if scheme in groups else "not run yet")
         lines.append(f"| {scheme} | " + " | ".join(cells) + " |")
-    lines += ["", "Which scheme wins (ranked on validation, the lead then tested on test: test data never ranks):", ""]
+    lines += ["", *tuning_lines(columns, selections, label)]
+    lines += ["Which scheme wins (ranked on validation, the lead then tested on test: test data never ranks):", ""]
     lines += [_verdict(name, groups, task.main_metric, task.main_metric in LOWER_IS_BETTER, shown)
               for name, task, groups in grouped]
     return "\n".join(lines) + "\n"
@@ -220,11 +275,24 @@ def schemes_name(label=None):
     return "schemes" if label is None else f"schemes-{label}"
 
 
+def selection_decisions(path):
+    """{scheme: decision} of a selection table ({} where there is none or it cannot be read)."""
+    try:
+        table = read_json(path) if path.exists() else {}
+        chosen, runs = table.get("chosen", {}), table.get("runs", [])
+        return {v: {**d, "points": sorted({r["dropout"] for r in runs if r.get("variant") == v})}
+                for v, d in chosen.items()}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return {}
+
+
 def write_schemes(tasks, out_dir, label=None):
     """results/schemes.{md,png} from every task's default table, or schemes-<label>.{md,png} from its `label` table."""
     out_dir = Path(out_dir)
     columns = _columns(tasks, out_dir, label)  # each table read once, for both the table and the figure
-    write_text(out_dir / f"{schemes_name(label)}.md", schemes_markdown(columns, label))
+    selections = {name: selection_decisions(out_dir / name / f"{label or task.default_preset}-selection.json")
+                  for name, task, _ in columns}
+    write_text(out_dir / f"{schemes_name(label)}.md", schemes_markdown(columns, label, selections))
     write_json(out_dir / f"{schemes_name(label)}.json", schemes_data(columns))
     schemes_plot(columns, out_dir / f"{schemes_name(label)}.png")
     return columns

@@ -7,7 +7,7 @@ Every single-model run records per-item test statistics (`details["items"]`, wri
   cider [score, ...]                per image -> CIDEr (the corpus score is their mean)
 Item i is the same data in every run of one config, so two variants can be compared item by item.
 
-`compare(a_runs, b_runs, metric)` gives, for the seed-mean metric of a minus that of b:
+`paired_comparison(a_runs, b_runs, metric)` gives, for the seed-mean metric of a minus that of b:
   - the mean of the per-seed differences (seeds paired by number) with a 95% t interval over seeds;
   - a paired bootstrap over test items (the same resampled items for every run of both variants and for every
     run on the same test set, as in Koehn 2004 and sacreBLEU's paired bootstrap), its 95% percentile interval
@@ -125,7 +125,7 @@ def _item_matrix(run, metric):
     return matrix
 
 
-def compare(a_runs, b_runs, metric, lower_is_better, seed=0):
+def paired_comparison(a_runs, b_runs, metric, lower_is_better, seed=0):
     """The difference a - b of the seed-mean test `metric` (see the module doc); None when nothing to compare."""
     key = f"test_{metric}"
     a_by_seed = {r["seed"]: r for r in a_runs if key in r["metrics"]}

@@ -6,7 +6,7 @@ import json
 import warnings
 from pathlib import Path
 
-from benchmarks.effects import p_text
+from benchmarks.tables.format import p_text
 from core.provenance import ROOT
 
 REGISTRY = "uncommitted.json"
@@ -15,6 +15,16 @@ REGISTRY = "uncommitted.json"
 def is_dirty(record):
     """Whether a run (or a speed entry) was made from uncommitted code."""
     return str(record.get("provenance", {}).get("git_commit", "")).endswith("-dirty")
+
+
+def reasons_for(table):
+    """{commit: why} of one table (<results>/<task>/[<folder>/]<name>.json) from the uncommitted.json of its
+    results folder: the nearest folder above it that holds one ({} where none does)."""
+    table = Path(table).resolve()
+    for folder in table.parents:
+        if (folder / REGISTRY).is_file():
+            return load_reasons(folder).get(table.relative_to(folder).as_posix(), {})
+    return {}
 
 
 def load_reasons(out_dir):

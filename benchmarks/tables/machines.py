@@ -5,8 +5,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from benchmarks.effects import p_text
-from benchmarks.merge import load_runs
+from benchmarks.tables.format import p_text
+from benchmarks.tables.merge import load_runs
 from core.provenance import machine_key, machine_name
 
 

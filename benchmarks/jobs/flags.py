@@ -1,4 +1,5 @@
-"""Command-line pieces shared by the benchmark commands (run, speed, mc), and the run-dir guard of run."""
+"""The flags the commands share, each declared by one add_* function and resolved by one resolve_* function,
+and the run-dir guard of the runner."""
 import os
 import sys
 import tempfile
@@ -9,7 +10,8 @@ import torch
 
 from core.allocator import keep_freed_memory
 from core.locks import Locked, lock_run_dir
-from core.precision import PRECISIONS
+from core.download import ENV_DATA_DIR
+from core.precision import PRECISIONS, resolve_precision
 from core.utils import defined_in, pick_device
 from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, load_tasks
 
@@ -20,25 +22,113 @@ def add_user_dir_flag(parser):
                              f"built-in tasks (repeatable; default: ${ENV_USER_DIR}, os.pathsep-separated)")
 
 
-def add_device_flags(parser):
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+def add_device_flag(parser, default="auto", jobs=False):
+    where = "the jobs' device: " if jobs else ""
+    parser.add_argument("--device", default=default, help=f"{where}auto (cuda if available), cpu, cuda, cuda:N "
+                                                          f"(default: {default})")
+
+
+def add_threads_flag(parser, default=None, per="process"):
+    parser.add_argument("--threads", type=int, default=default,
+                        help=f"torch CPU threads per {per} (default: {default or 'torch' + chr(39) + 's choice'})")
+
+
+def add_precision_flag(parser, default="auto", several=False):
+    if several:  # benchmarks.speed times each scheme in each precision given
+        parser.add_argument("--precision", default=default, help="comma list of fp32, bf16 (default: fp32): each "
+                            "scheme in each, bf16 as rows <scheme>-bf16 (autocast) where the device has native bf16; "
+                            "the peers stay fp32")
+        return
+    parser.add_argument("--precision", default=default, choices=PRECISIONS,
                         help="bf16: forward passes under bf16 autocast (loss, softmax and metrics stay fp32); needs "
                              "native bf16 (GPU, or a CPU with avx512_bf16/AMX), else fp32 with a warning. Results go "
-                             "to <preset>-bf16. tf32: TF32 matmuls on CUDA. auto (default): bf16 on a GPU with bf16, "
-                             "fp32 on CPUs")
+                             "to <preset>-bf16 (-bf16-cpu on a CPU). tf32: TF32 matmuls on CUDA, results in "
+                             f"<preset>-tf32. auto: bf16 on a GPU with bf16, fp32 on CPUs (default: {default})")
+
+
+def add_data_flags(parser, download=True):
+    parser.add_argument("--data-dir", help=f"dataset root (default: ${ENV_DATA_DIR}, else ~/.cache/rnnreg)")
+    parser.add_argument("--custom-data", action="store_true",
+                        help="data files that fail the canonical checksums (your own copy); the results say so")
+    if download:
+        parser.add_argument("--no-download", action="store_true", help="fail instead of downloading missing data")
+
+
+def add_config_flags(parser, scope="the preset"):
+    """--epochs, --set and --p: what a table's runs change of `scope` (each gives the table a label of its own,
+    except --p, which its rows name)."""
+    parser.add_argument("--epochs", type=int, help=f"override the epoch count of {scope} (results go to <preset>-e<N>)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override any key of {scope}, e.g. --set src=de (repeatable; results go to "
+                             "<preset>-KEY=VALUE)")
+    parser.add_argument("--p", metavar="SCHEME=P,...",
+                        help="fix each scheme's p by hand, e.g. zaremba=0.3,mine=0.1 (zoneout: P/PC for "
+                             "hiddens/cells) instead of the preset's or one chosen on validation; the tables say so")
+
+
+def add_cuda_graphs_flag(parser):
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay each training and evaluation step from a CUDA graph (core.graphs): no launch "
                              "overhead; for tasks with static shapes (lm), one process on CUDA")
 
 
-def device_with_threads(args, parser):
-    """The torch device of --device (a parser error if there is none such), after setting --threads."""
+def resolve_device(name, parser):
+    """The torch device --device names, a parser error if there is none such here."""
     try:
-        device = pick_device(args.device)
+        return pick_device(name)
     except ValueError as err:
         parser.error(str(err))
+
+
+def resolve_precision_flag(precision, device, parser):
+    """The precision a run on `device` really uses (core.precision.resolve_precision), a parser error for a bad
+    name: the one place --precision is resolved, so a table's label and its runs agree."""
+    try:
+        return resolve_precision(precision, device)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def resolve_jobs_device(name, precision, parser, local=True):
+    """(device, precision) of jobs: here for jobs that run on this machine; for a cluster's jobs, from the names
+    alone (a login node has no GPU): --device must name cpu or cuda, and auto precision is bf16 on cuda (every GPU
+    since Ampere has it; the runner on the node falls back to fp32 with a warning where it does not) and fp32 on
+    a CPU."""
+    if local:
+        device = resolve_device(name, parser)
+        return device, resolve_precision_flag(precision, device, parser)
+    if name == "auto" or name.split(":")[0] not in ("cpu", "cuda"):
+        parser.error(f"--device {name}: a cluster's jobs need their device named (cpu or cuda), as this machine "
+                     "may have none of theirs")
+    device = torch.device(name)
+    if precision not in PRECISIONS:
+        parser.error(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "tf32" and device.type != "cuda":
+        precision = "fp32"
+    return device, precision
+
+
+def passed_on(args):
+    """The shared flags a command gives each of its jobs' runner, as the user gave them (the device by its name:
+    each job resolves it where it runs)."""
+    argv = []
+    for folder in getattr(args, "user_dir", None) or []:
+        argv += ["--user-dir", folder]
+    for name in ("device", "threads", "data_dir"):
+        value = getattr(args, name, None)
+        if value is not None:
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    for name in ("custom_data", "no_download", "cuda_graphs"):
+        if getattr(args, name, False):
+            argv.append("--" + name.replace("_", "-"))
+    return argv
+
+
+def device_with_threads(args, parser):
+    """The torch device of --device (a parser error if there is none such), after setting --threads."""
+    device = resolve_device(args.device, parser)
     prepare_process(args.threads)
     return device
 

@@ -3,12 +3,18 @@ the summary of failed jobs with the command that reruns each, and where each sch
 import json
 import re
 import sys
+from pathlib import Path
 
-from benchmarks import plan as planning
-from benchmarks.effects import LOWER_IS_BETTER, adjust_for_family, effects, interval_text
-from benchmarks.merge import load_runs, singles
-from benchmarks.significance import verdict as significance_verdict
-from benchmarks.overview import write_overview
+from benchmarks.jobs import plan as planning
+from benchmarks.jobs.runner import runner_text
+from benchmarks.tables.cross_task import selection_decisions, tuning_lines
+from benchmarks.tables.effects import adjust_for_family, effects
+from benchmarks.tables.labels import SELECTION_SUFFIX
+from benchmarks.tables.format import LOWER_IS_BETTER, counted, interval_text
+from benchmarks.tables.merge import load_runs, singles
+from benchmarks.tables.task_table import group_runs
+from benchmarks.tables.significance import verdict as significance_verdict
+from benchmarks.tables.overview import write_overview
 from core.monitor import read_log
 from tasks.base import TASKS
 
@@ -110,7 +116,7 @@ def summary_lines(grid, settings):
             log = planning.log_path(job, settings)
             cause = last_error(log)
             lines += ([f"  cause: {cause}"] if cause else []) + [f"  log: {log}",
-                                                                f"  rerun: {planning.command_text(argv)}"]
+                                                                f"  rerun: {runner_text(argv)}"]
     if counts["failed"] or counts["queued"]:
         lines.append("Run the same grid command again to run what is missing (finished jobs are skipped).")
     return lines
@@ -119,14 +125,15 @@ def summary_lines(grid, settings):
 def verdicts(jobs, out):
     """A short paragraph: each scheme against none and zaremba on each task, with the verdicts of its table (the
     difference of seed means, its 95% interval over seeds, significant only by the tables' rule)."""
-    from benchmarks.report import _group
 
-    lines = ["", "Where each scheme stands (test main metric, the tables' verdicts):"]
+    lines, tuning = ["", "Where each scheme stands (test main metric, the tables' verdicts):"], []
     for task_name, label in _labels(jobs):
         task = TASKS[task_name]
         runs = singles(load_runs(f"{out}/{task_name}/{label}.json"))
+        selection = selection_decisions(Path(out) / task_name / f"{label}{SELECTION_SUFFIX}.json")
+        tuning += tuning_lines([(f"{task_name}/{label}", task, runs)], {f"{task_name}/{label}": selection}, label)[2:-1]
         wanted = {(j.variant, j.p[0]) for j in jobs if (j.task, j.label) == (task_name, label) and j.p}
-        rows = [r for r in effects(task, runs, _group(runs)) if r[2]["metric"] == task.main_metric]
+        rows = [r for r in effects(task, runs, group_runs(runs)) if r[2]["metric"] == task.main_metric]
         adjust_for_family(rows)  # the family of the table's main-metric comparisons, Holm-adjusted
         for (variant, p), (base, base_p), r in rows:
             if (variant, p) not in wanted or variant == "none":
@@ -139,5 +146,10 @@ def verdicts(jobs, out):
             elif said != "not significant":
                 said = f"no verdict ({said})"
             lines.append(f"- {task_name}/{label} {variant} p={p:g} vs {base} p={base_p:g}: {r['diff']:+.2f} "
-                         f"{task.main_metric}{ci}: {said} ({len(r['seeds'])} paired seed{'s' * (len(r['seeds']) != 1)})")
-    return lines if len(lines) > 2 else lines + ["- no comparisons yet (the tables need none or zaremba runs)"]
+                         f"{task.main_metric}{ci}: {said} ({counted(len(r['seeds']), 'paired seed')})")
+    if len(lines) == 2:
+        lines.append("- no comparisons yet (the tables need none or zaremba runs)")
+    if tuning:
+        lines += ["How each p was set (a scheme tuned on validation against one at a fixed p: its lead may be the "
+                  "tuning):", *tuning]
+    return lines

@@ -1,0 +1,1 @@
+"""Timing: the speed command's measurements (the step's bound, profiles)."""

@@ -169,7 +169,7 @@ def main(argv=None):
         executor = make_executor(args.executor, Path(args.run_dir) / "grid-submitit", executor_parameters(args))
     except ValueError as err:
         parser.error(str(err))
-    grid = Grid(jobs, settings, executor, slots, Display())
+    grid = Grid(jobs, settings, executor, slots, Display(), device)
     try:
         grid.run()
     except ValueError as err:  # a table damaged while the grid ran

@@ -94,7 +94,7 @@ def main(argv=None):
     if args.dry_run:
         print("\n".join(runner_text(planning.job_argv(job, settings)) for job in jobs))
         return 0
-    grid = Grid(jobs, settings, LocalExecutor(), parallel, Display())
+    grid = Grid(jobs, settings, LocalExecutor(), parallel, Display(), device)
     grid.run()  # each job's rows land in its table as it ends; SIGTERM stops the running ones at a checkpoint
     print("\n".join(summary_lines(grid, settings)), flush=True)
     return 130 if grid.stopping else 1 if "failed" in grid.status else 0

@@ -124,7 +124,7 @@ def write_table(args, task_cls, label, entries, kept_in, resume):
     result.json) and the message gives the command that writes the table later."""
     try:
         write_results(args.out, task_cls, label, args.preset, entries)
-        write_overview(args.out, label if smoke_label(label) else None)
+        write_overview(args.out, label if smoke_label(label) and not args.valid_only else None)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}\nThe run is kept in {kept_in} (result.json); once that is fixed, this writes its "
                  f"table without training again:\n  {resume}")

@@ -2,6 +2,7 @@
 job, a cluster executor) and table merges that never lose a run."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,12 +154,17 @@ def test_a_killed_grid_rerun_skips_finished_jobs_resumes_the_rest_and_equals_an_
             break
     cut.send_signal(signal.SIGKILL)
     cut.wait()
+    dry = run_grid(grid_args(tmp_path / "cut", tiny_ptb, user_dir, *common, "--dry-run")).communicate(timeout=600)[0]
     again = run_grid(grid_args(tmp_path / "cut", tiny_ptb, user_dir, *common))
     output = again.communicate(timeout=600)[0]
     assert again.returncode == 0, output
     assert "finished before" in output and "0 failed" in output
     finished_before = output.count(": skipped, finished before")
     assert finished_before >= 1
+    said = r"(\d+) of the \d+ jobs (?:is|are) in (?:its|their) tables? already"
+    footer = int(re.search(r"Grid: \d+ jobs finished, (\d+) finished before", output)[1])
+    assert int(re.search(said, dry)[1]) == int(re.search(said, output)[1]) == footer == finished_before  # one count
+    assert re.search(r"\[\d+ of \d+ jobs done, about [\d.]+ min left", output) and "Took " in output
     assert table_metrics(tmp_path / "cut" / "results") == table_metrics(tmp_path / "whole" / "results")
     chosen = json.loads((tmp_path / "cut" / "results" / "lm" / "tiny-e1-selection.json").read_text())["chosen"]
     mine = [r for r in load_runs(tmp_path / "cut" / "results" / "lm" / "tiny-e1.json") if r["variant"] == "mine"]
@@ -265,8 +271,6 @@ def test_a_cluster_executor_without_submitit_names_the_extra(monkeypatch, tmp_pa
 
 
 def test_set_reaches_every_declared_config_key_and_names_the_flag_that_does_what_was_meant(capsys):
-    from benchmarks import run
-
     parser = runner.build_parser()
     args = parser.parse_args(["--task", "mt", "--preset", "cpu", "--set", "train_limit=100", "--device", "cpu"])
     runner.validate(args, parser)  # a declared key the preset leaves out

@@ -3,6 +3,7 @@ the summary of failed jobs with the command that reruns each, and where each sch
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from benchmarks.jobs import plan as planning
@@ -62,15 +63,14 @@ class Display:
 
     def update(self, i, grid):
         if not self.tty:
-            print(self._line(grid, i), file=self.stream, flush=True)
+            ended = grid.status[i] in ("finished", "failed")
+            print(self._line(grid, i) + (f" [{grid.progress()}]" if ended else ""), file=self.stream, flush=True)
 
     def refresh(self, grid, final=False):
-        import time
-
         if not self.tty or (not final and time.time() - self.last < 3):
             return
         self.last = time.time()
-        lines = [self._line(grid, i) for i in range(len(grid.jobs))]
+        lines = [self._line(grid, i) for i in range(len(grid.jobs))] + [grid.progress()]
         up = f"\x1b[{self.drawn}F" if self.drawn else ""
         self.stream.write(up + "".join(f"\x1b[2K{line}\n" for line in lines))
         self.stream.flush()
@@ -103,10 +103,28 @@ def last_error(log):
     return next((line.strip() for line in reversed(tail) if ERROR_LINE.match(line.strip())), "")
 
 
+def time_lines(grid):
+    """The grid's wall time, and where the job time went: per task and per phase (jobs overlap, so the job
+    times add up to more than the wall time when several ran at once)."""
+    ran = [i for i in grid.ended if i in grid.started]
+    if not ran:
+        return []
+    took = {i: grid.ended[i] - grid.started[i] for i in ran}
+    phases = {"select": "selection runs", "run": "seed runs", "ensemble": "ensembles"}
+    per_task, per_phase = {}, {}
+    for i, seconds in took.items():
+        job = grid.jobs[i]
+        per_task[job.task] = per_task.get(job.task, 0.0) + seconds
+        per_phase[phases[job.kind]] = per_phase.get(phases[job.kind], 0.0) + seconds
+    split = lambda part: ", ".join(f"{k} {planning.minutes(v)}" for k, v in sorted(part.items()))  # noqa: E731
+    return [f"Took {planning.minutes(time.time() - grid.began)} of wall time, {grid.slots} jobs at a time; job time "
+            f"per task: {split(per_task)}; per phase: {split(per_phase)}."]
+
+
 def summary_lines(grid, settings):
     counts = {s: grid.status.count(s) for s in ("finished", "skipped", "failed", "queued")}
     lines = ["", f"Grid: {counts['finished']} jobs finished, {counts['skipped']} finished before, "
-                 f"{counts['failed']} failed, {counts['queued']} not run."]
+                 f"{counts['failed']} failed, {counts['queued']} not run."] + time_lines(grid)
     for i, job in enumerate(grid.jobs):
         if grid.status[i] != "failed":
             continue

@@ -302,11 +302,23 @@ def minutes(seconds):
     return "unknown" if seconds is None else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
+def recorded_choice(job, settings):
+    """(p, cell) that the selection table in --out chose for the job's scheme, or None."""
+    table = read_json(Path(settings.out) / job.task / f"{job.label}{SELECTION_SUFFIX}.json")
+    decision = table.get("chosen", {}).get(job.variant) if isinstance(table, dict) else None
+    return (decision["dropout"], decision.get("zoneout_cell")) if isinstance(decision, dict) else None
+
+
 def describe(jobs, settings, device, slots, executor="local"):
     """(one paragraph: what will run and for how long, [one line per job with its estimate and dependencies]);
     jobs already in their tables count as 0."""
     out, loaded_user_code = settings.out, _loaded_user_code()
     in_table = [None if job.p is None else _in_table(job, settings, loaded_user_code) for job in jobs]
+    for i, job in enumerate(jobs):  # a choice already made from a finished grid: its seed jobs count as the grid will
+        grid = [k for k, other in enumerate(jobs) if other.kind == "select" and other.choice == job.choice]
+        choice = recorded_choice(job, settings) if job.p is None else None
+        if choice and grid and all(in_table[k] == "done" for k in grid):
+            in_table[i] = _in_table(replace(job, p=choice), settings, loaded_user_code)
     estimates = [(0.0, "finished before: in its table") if state == "done" else estimate(out, job, device)
                  for job, state in zip(jobs, in_table)]
     seconds = [s for s, _ in estimates]

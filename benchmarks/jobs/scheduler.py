@@ -37,12 +37,32 @@ class Grid:
     """Runs a linked plan: a job starts when a slot is free and what it waits for has ended; selection jobs'
     choices are made as soon as their grid is complete."""
 
-    def __init__(self, jobs, settings, executor, slots, display):
+    def __init__(self, jobs, settings, executor, slots, display, device_name=None):
         self.jobs, self.settings, self.executor, self.slots, self.display = jobs, settings, executor, slots, display
         self.status = ["queued"] * len(jobs)  # queued, running, finished, failed, skipped
-        self.handles, self.started, self.notes = {}, {}, {}
+        self.handles, self.started, self.ended, self.notes = {}, {}, {}, {}
         self.tables = {}  # choice -> the selection table its p came from
         self.stopping = False
+        self.began = time.time()
+        device = device_name or settings.device
+        self.estimates = [planning.estimate(settings.out, job, device)[0] for job in jobs]  # None: unknown
+
+    def progress(self):
+        """'3 of 12 jobs done, about 84 min left' (the recorded wall times of what is queued or running, spread
+        over the slots; unknown estimates left out, and said)."""
+        done = sum(s in ("finished", "failed", "skipped") for s in self.status)
+        left, unknown = 0.0, 0
+        for i, status in enumerate(self.status):
+            if status in ("queued", "running"):
+                if self.estimates[i] is None:
+                    unknown += 1
+                else:
+                    left += max(self.estimates[i] - (time.time() - self.started[i] if status == "running" else 0), 0)
+        text = f"{done} of {len(self.jobs)} jobs done"
+        if done < len(self.jobs):
+            text += f", about {planning.minutes(left / self.slots)} left"
+            text += f" (and {unknown} jobs with no recorded time)" if unknown else ""
+        return text
 
     def run(self):
         self._handle_signals()
@@ -83,7 +103,8 @@ class Grid:
 
     def _make_choices(self):
         for key in {j.choice for j in self.jobs if j.kind == "run" and j.p is None}:
-            waiting = [i for i, j in enumerate(self.jobs) if j.choice == key and j.kind != "select" and j.p is None]
+            waiting = [i for i, j in enumerate(self.jobs) if j.choice == key and j.kind != "select" and j.p is None
+                       and self.status[i] == "queued"]
             grid = [i for i, j in enumerate(self.jobs) if j.choice == key and j.kind == "select"]
             if not waiting or any(self.status[i] in ("queued", "running") for i in grid):
                 continue
@@ -136,7 +157,8 @@ class Grid:
             if code is None:
                 continue
             del self.handles[i]
-            took = f"{(time.time() - self.started[i]) / 60:.1f} min"
+            self.ended[i] = time.time()
+            took = f"{(self.ended[i] - self.started[i]) / 60:.1f} min"
             if code == 0:
                 self._set(i, "finished", f"{final_metric(self.jobs[i], self.settings)} ({took})")
                 schemes_tables(self.jobs, self.settings.out)

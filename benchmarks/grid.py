@@ -31,6 +31,7 @@ from benchmarks.jobs.flags import (add_config_flags, add_data_flags, add_device_
                                    resolve_jobs_device)
 from benchmarks.jobs.scheduler import Grid, check_jobs
 from core import SCHEMES
+from core.interrupt import Stopped, command_signals, deferred_signals
 from core.utils import did_you_mean
 from tasks.base import TASKS, get_task
 
@@ -153,6 +154,17 @@ def executor_parameters(args):
 
 
 def main(argv=None):
+    """Plan, run and report the grid; a signal while it plans or writes its closing tables stops it there (exit
+    130/143); while jobs run, the scheduler stops them at a checkpoint."""
+    try:
+        with command_signals():
+            return run_grid(argv)
+    except Stopped as stop:
+        print(f"{stop}: finished jobs are in their tables; run the same command again to continue", file=sys.stderr)
+        return stop.exit_code
+
+
+def run_grid(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
@@ -174,11 +186,12 @@ def main(argv=None):
         grid.run()
     except ValueError as err:  # a table damaged while the grid ran
         sys.exit(f"error: {err}")
-    schemes_tables(jobs, args.out)
+    with deferred_signals():
+        schemes_tables(jobs, args.out)
     print("\n".join(summary_lines(grid, settings)), flush=True)
     print("\n".join(verdicts(grid.jobs, args.out)), flush=True)
     if grid.stopping:
-        return 130
+        return 128 + grid.stop_signal
     return 1 if "failed" in grid.status else 0
 
 

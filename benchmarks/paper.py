@@ -97,7 +97,7 @@ def main(argv=None):
     grid = Grid(jobs, settings, LocalExecutor(), parallel, Display(), device)
     grid.run()  # each job's rows land in its table as it ends; SIGTERM stops the running ones at a checkpoint
     print("\n".join(summary_lines(grid, settings)), flush=True)
-    return 130 if grid.stopping else 1 if "failed" in grid.status else 0
+    return 128 + grid.stop_signal if grid.stopping else 1 if "failed" in grid.status else 0
 
 
 if __name__ == "__main__":

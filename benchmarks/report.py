@@ -16,6 +16,7 @@ from benchmarks.tables.speed_table import speed_markdown
 from benchmarks.tables.overview import write_overview
 from benchmarks.tables.task_table import task_markdown, plot, write_results
 from benchmarks.tables.uncommitted import reasons_for
+from core.interrupt import Stopped, command_signals, deferred_signals, pause_point
 from core.utils import write_text
 from tasks.base import TASKS, get_task
 
@@ -43,6 +44,17 @@ def render_other(path, parser):
 
 
 def main(argv=None):
+    """Render (or merge) every table given; SIGINT/SIGTERM stop between tables, never inside one (exit 130/143)."""
+    try:
+        with command_signals():
+            return render(argv)
+    except Stopped as stop:
+        print(f"{stop}: the tables rendered before it are whole, the others untouched; run the command again",
+              file=sys.stderr)
+        sys.exit(stop.exit_code)
+
+
+def render(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("json", nargs="+", help="results/<task>/<label>.json files written by benchmarks.run")
@@ -65,11 +77,12 @@ def main(argv=None):
             parser.error(f"no runs in {', '.join(args.json)}")
         runs, sources = [r for r, _ in pairs], [s for _, s in pairs]
         try:
-            log = write_results(into.parent.parent, get_task(into.parent.name), into.stem,
-                                runs[0].get("preset", preset_of(into.stem)), runs, sources, refuse=False)
+            with deferred_signals():
+                log = write_results(into.parent.parent, get_task(into.parent.name), into.stem,
+                                    runs[0].get("preset", preset_of(into.stem)), runs, sources, refuse=False)
+                write_overview(into.parent.parent)
         except ValueError as err:
             parser.error(str(err))
-        write_overview(into.parent.parent)
         for line in log["added"]:
             print(f"added to {into}: {line}")
         for line in log["refused"]:
@@ -81,7 +94,8 @@ def main(argv=None):
         return
     for path in map(Path, args.json):
         if path.stem in OTHER_TABLES:
-            render_other(path, parser)
+            with deferred_signals():
+                render_other(path, parser)
             continue
         runs = load_runs(path)
         if not runs:
@@ -94,11 +108,13 @@ def main(argv=None):
             parser.error(str(err))
         preset = runs[0].get("preset", preset_of(label))
         reasons = reasons_for(path)
-        write_text(path.with_suffix(".md"), task_markdown(task, label, preset, runs, reasons))
-        plot(task, label, runs, path.with_suffix(".png"))
-        task.figures(runs, path.parent, label)
-        print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")
-        write_overview(folder.parent)
+        with deferred_signals():  # the md, the png, the figures and the overview: all of them, then a signal acts
+            pause_point("report_write")
+            write_text(path.with_suffix(".md"), task_markdown(task, label, preset, runs, reasons))
+            plot(task, label, runs, path.with_suffix(".png"))
+            task.figures(runs, path.parent, label)
+            print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")
+            write_overview(folder.parent)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,8 @@ from benchmarks.tables.task_table import write_results
 from benchmarks.tables.uncommitted import warn_if_uncommitted
 from core import Trainer, TrainConfig, distributed
 from core.download import DataError, data_root
-from core.interrupt import ENV_STOP_WITH_PARENT, Interrupted, stop_with_parent
+from core.interrupt import (ENV_STOP_WITH_PARENT, Interrupted, Stopped, command_signals, deferred_signals,
+                            pause_point, stop_with_parent)
 from core.locks import release
 from core.monitor import rounded
 from core.precision import autocast
@@ -37,6 +38,7 @@ from core.utils import WriteError, provenance, seed_everything, write_text
 def make_task(task_cls, args, config):
     task = task_cls(config, data_root(args.data_dir), download=not args.no_download, custom_data=args.custom_data,
                     cache_dir=args.cache_dir)
+    pause_point("data_load")
     task.load_data()
     return task
 
@@ -123,8 +125,10 @@ def write_table(args, task_cls, label, entries, kept_in, resume):
     """Merge the entries into their table and redraw the overview; if that fails, the runs are kept (their
     result.json) and the message gives the command that writes the table later."""
     try:
-        write_results(args.out, task_cls, label, args.preset, entries)
-        write_overview(args.out, label if smoke_label(label) and not args.valid_only else None)
+        with deferred_signals():  # the table's json, md and png, and the overview: all written, then a signal acts
+            pause_point("table_write")
+            write_results(args.out, task_cls, label, args.preset, entries)
+            write_overview(args.out, label if smoke_label(label) and not args.valid_only else None)
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}\nThe run is kept in {kept_in} (result.json); once that is fixed, this writes its "
                  f"table without training again:\n  {resume}")
@@ -172,10 +176,22 @@ def main(argv=None):
     check_folders(args, planned)
     held = lock_runs(planned) if main_rank else []
     try:
-        train_all(task_cls, args, argv, label, planned, origin, main_rank)
+        with command_signals():
+            train_all(task_cls, args, argv, label, planned, origin, main_rank)
+    except Stopped as stop:  # a signal outside training: what was written is whole
+        if main_rank:
+            print(f"{stop}: the runs finished so far are in {Path(args.out) / args.task / label}.json; an unfinished "
+                  f"one keeps its last checkpoint. Continue with:\n  {resume_command(argv)}", file=sys.stderr)
+        sys.exit(stop.exit_code)
     finally:
         for fd in held:
             release(fd)
+
+
+def resume_command(argv):
+    """This command again, continuing what it started (`--resume`)."""
+    launcher = "torchrun ... -m" if distributed.world_size() > 1 else "python -m"
+    return runner_text([a for a in argv if a not in ("--resume", "--overwrite")] + ["--resume"], launcher)
 
 
 def train_all(task_cls, args, argv, label, planned, origin, main_rank):
@@ -190,8 +206,7 @@ def train_all(task_cls, args, argv, label, planned, origin, main_rank):
         for run_dir in in_the_way:
             print(f"--overwrite: moved {run_dir} aside to {move_aside(run_dir)}", flush=True)
     distributed.barrier()
-    launcher = "torchrun ... -m" if distributed.world_size() > 1 else "python -m"
-    resume = runner_text([a for a in argv if a not in ("--resume", "--overwrite")] + ["--resume"], launcher)
+    resume = resume_command(argv)
     for variant in args.variants:
         run_dirs = planned[variant]
         for seed, run_dir in zip(args.seeds, run_dirs):
@@ -205,7 +220,7 @@ def train_all(task_cls, args, argv, label, planned, origin, main_rank):
             except Interrupted as stop:
                 if main_rank:
                     print(f"{stop}. Continue with:\n  {resume}", file=sys.stderr)
-                sys.exit(130)
+                sys.exit(stop.exit_code)
             if not main_rank:  # rank 0 evaluates, decodes and writes; the other ranks are done
                 continue
             write_table(args, task_cls, label, [entry], run_dir, resume)

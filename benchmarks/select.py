@@ -25,10 +25,22 @@ from benchmarks.jobs.config import parse_point
 from benchmarks.tables.labels import SELECTION_SUFFIX
 from benchmarks.jobs.selection import (call_run, choose, collect, decided_run, final_commands, grid_commands,
                                        shortened, write_selection)
+from core.interrupt import Stopped, command_signals, deferred_signals
 from tasks.base import get_task
 
 
 def main(argv=None):
+    """Run the grid, choose, write the selection table; a signal stops it between writes (exit 130/143)."""
+    try:
+        with command_signals():
+            return run_selection(argv)
+    except Stopped as stop:
+        print(f"{stop}: the selection table is whole (as before, or with this choice); the grid runs resume "
+              "when the command is run again", file=sys.stderr)
+        sys.exit(stop.exit_code)
+
+
+def run_selection(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.select", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", required=True)
@@ -92,7 +104,8 @@ def main(argv=None):
         sys.exit(f"error: no --valid-only runs of {task.name}/{preset} found; run a grid (--variants, --grid)")
     chosen = choose(task, runs)
     try:
-        decisions = write_selection(target, task, preset, chosen, notes, reference)
+        with deferred_signals():  # its json and md together
+            decisions = write_selection(target, task, preset, chosen, notes, reference)
     except ValueError as err:
         sys.exit(f"error: {err}")
     print(f"wrote {target}.{{json,md}}")

@@ -12,9 +12,13 @@ from tqdm.auto import tqdm
 class Interrupted(Exception):
     """A run stopped by SIGTERM/SIGINT after saving its checkpoint; `--resume` continues it."""
 
-    def __init__(self, checkpoint):
+    def __init__(self, checkpoint, signum=signal.SIGINT):
         super().__init__(f"stopped by a signal; the checkpoint {checkpoint} holds the run so far")
-        self.checkpoint = checkpoint
+        self.checkpoint, self.signum = checkpoint, signum
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
 
 
 @contextlib.contextmanager
@@ -24,7 +28,7 @@ def stop_on_signals(trainer):
     def handler(signum, frame):
         if trainer.stop_requested:
             raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
-        trainer.stop_requested = True
+        trainer.stop_requested, trainer.stop_signal = True, signum
         what = ("finishing the final test pass first (the run is then complete), then stopping"
                 if getattr(trainer, "phase", None) == "test" else "saving a checkpoint after this step, then stopping")
         tqdm.write(f"{signal.Signals(signum).name}: {what} (send it again to stop at once)")
@@ -56,3 +60,73 @@ def stop_with_parent(parent=None, poll=1.0):
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="stop-with-parent", daemon=True).start()
+
+
+class Stopped(Exception):
+    """SIGINT/SIGTERM reached a command outside training (loading data, writing a table, planning): the command
+    stops at the next safe point and exits 130 (SIGINT) or 143 (SIGTERM)."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+    @property
+    def exit_code(self):
+        return 128 + self.signum
+
+
+_SIGNALS = {"pending": None, "deferring": 0}
+
+
+def _command_handler(signum, frame):
+    if _SIGNALS["pending"] is not None:  # the second signal: at once (every write is atomic: no half file)
+        os._exit(128 + signum)
+    _SIGNALS["pending"] = signum
+    if not _SIGNALS["deferring"]:
+        raise Stopped(signum)
+    tqdm.write(f"{signal.Signals(signum).name}: finishing the write under way, then stopping (send it again to "
+               "stop at once)")
+
+
+@contextlib.contextmanager
+def command_signals():
+    """SIGINT/SIGTERM anywhere in a command raise Stopped (inside deferred_signals: once its writes are done);
+    a second signal exits at once. The trainer's own handling (stop_on_signals) takes over during training."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _SIGNALS["pending"] = None
+    previous = {sig: signal.signal(sig, _command_handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """Writes that belong together (a table's json, md and png; the overview): a signal arriving inside waits
+    until they are all written, then stops the command."""
+    _SIGNALS["deferring"] += 1
+    try:
+        yield
+    finally:
+        _SIGNALS["deferring"] -= 1
+    if not _SIGNALS["deferring"] and _SIGNALS["pending"] is not None:
+        raise Stopped(_SIGNALS["pending"])
+
+
+ENV_PAUSE_AT = "RNNREG_PAUSE_AT"  # tests: a named point where the command waits for a signal
+
+
+def pause_point(name):
+    """Where a test sends its signal: with $RNNREG_PAUSE_AT naming this point, say so and wait for one (real
+    signals at the named points, not mocks)."""
+    if os.environ.get(ENV_PAUSE_AT) == name:
+        wanted = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)  # held until we wait for it: none slips past
+        print(f"paused at {name}", flush=True)
+        received = signal.sigwait(wanted)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
+        signal.raise_signal(received)  # now to its handler, as if it had come at this very point

@@ -12,6 +12,7 @@ A task supplies (see tasks/base.py): `batches(split, device)`, `num_batches(spli
 """
 import json
 import math
+import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -47,6 +48,7 @@ class Trainer:
         self.best = None  # (metric, epoch)
         self.checkpoint_every = checkpoint_every  # seconds between checkpoints within an epoch (None: epoch ends)
         self.stop_requested = False  # set by SIGTERM/SIGINT: save and stop after the current step
+        self.stop_signal = signal.SIGINT  # which one (the exit status says it)
         self._resume_within = None  # a checkpoint taken within an epoch, to continue from
 
     # ---- one step and one pass -------------------------------------------------------------------
@@ -141,7 +143,7 @@ class Trainer:
                 last_save = time.time()
                 if self.stop_requested:
                     bar.close()
-                    raise Interrupted(self.run_dir / "checkpoint.pt")
+                    raise Interrupted(self.run_dir / "checkpoint.pt", self.stop_signal)
         bar.close()
         if parallel and shared_after is not None:
             self.rank_rng = torch.get_rng_state()
@@ -217,7 +219,7 @@ class Trainer:
         if distributed.world_size() > 1:
             self.stop_requested = distributed.all_reduce_sum(self.stop_requested, self.device) > 0
         if self.stop_requested:
-            raise Interrupted(self.run_dir / "checkpoint.pt")
+            raise Interrupted(self.run_dir / "checkpoint.pt", self.stop_signal)
 
     def _finish(self, test=True):
         """Load the best-on-valid model; decode validation (its decoding metrics are reported beside the loss,
@@ -232,7 +234,7 @@ class Trainer:
         if distributed.world_size() > 1:
             self.stop_requested = distributed.all_reduce_sum(self.stop_requested, self.device) > 0
         if self.stop_requested:  # the last checkpoint holds every epoch: --resume redoes only this evaluation
-            raise Interrupted(self.run_dir / "checkpoint.pt")
+            raise Interrupted(self.run_dir / "checkpoint.pt", self.stop_signal)
         if test:
             self.phase = "test"  # a signal now lets the test pass finish (stop_on_signals says so)
             test = self.evaluate("test")

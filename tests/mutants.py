@@ -95,6 +95,9 @@ MUTANTS = {
     "grid --rerun keeps rows of other commits": ("benchmarks/jobs/plan.py", [
         ("    return (prov.get(\"git_commit\") == commit and", "    return (True and"),
     ], ["tests/test_grid.py"]),
+    "a signal cuts a table write in half": ("core/interrupt.py", [
+        ('    if not _SIGNALS["deferring"]:\n        raise Stopped(signum)', '    raise Stopped(signum)'),
+    ], ["tests/test_signals.py"]),
     "edited --user-dir code goes unnoticed": ("benchmarks/jobs/plan.py", [
         ("    older = _user_defined(job) and recorded_user_code(", "    older = False and recorded_user_code("),
     ], ["tests/test_grid.py"]),

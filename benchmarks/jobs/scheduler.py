@@ -42,7 +42,7 @@ class Grid:
         self.status = ["queued"] * len(jobs)  # queued, running, finished, failed, skipped
         self.handles, self.started, self.ended, self.notes = {}, {}, {}, {}
         self.tables = {}  # choice -> the selection table its p came from
-        self.stopping = False
+        self.stopping, self.stop_signal = False, signal.SIGINT
         self.began = time.time()
         device = device_name or settings.device
         self.estimates = [planning.estimate(settings.out, job, device)[0] for job in jobs]  # None: unknown
@@ -83,7 +83,7 @@ class Grid:
         def handler(signum, _):
             print(f"\n{signal.Signals(signum).name}: stopping the running jobs (each saves a checkpoint); run the "
                   "same command again to continue", file=sys.stderr, flush=True)
-            self.stopping = True
+            self.stopping, self.stop_signal = True, signum
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, handler)

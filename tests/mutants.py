@@ -95,6 +95,9 @@ MUTANTS = {
     "grid --rerun keeps rows of other commits": ("benchmarks/jobs/plan.py", [
         ("    return (prov.get(\"git_commit\") == commit and", "    return (True and"),
     ], ["tests/test_grid.py"]),
+    "a row without history passes the check and breaks the render after training": ("benchmarks/tables/merge.py", [
+        ('"history": list, "provenance": dict,', '"provenance": dict,'),
+    ], ["tests/test_faults.py"]),
     "a signal cuts a table write in half": ("core/interrupt.py", [
         ('    if not _SIGNALS["deferring"]:\n        raise Stopped(signum)', '    raise Stopped(signum)'),
     ], ["tests/test_signals.py"]),

@@ -128,6 +128,9 @@ def test_a_table_the_kernel_refuses_after_training_keeps_the_run_and_gives_the_c
     (b"null", "this holds NoneType"),
     (b'[{"variant": "none", "dropout": 0, "seed": 1, "metrics": {}}]', "run 1 of 1 lacks config"),
     (b'[{"variant": "none", "dropout": 0, "seed": 1, "config": {}}]', "run 1 of 1 lacks metrics"),
+    # the fields the renderers read after training: refused before it, never a KeyError with the json half-done
+    (b'[{"variant": "none", "dropout": 0, "seed": 1, "config": {}, "metrics": {}}]',
+     "run 1 of 1 lacks history, provenance, wall_s"),
 ])
 def test_a_damaged_table_is_one_error_naming_it_before_training_and_nothing_is_written(tiny_ptb, tmp_path, content,
                                                                                          message):

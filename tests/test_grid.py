@@ -107,7 +107,7 @@ def test_dry_run_trains_nothing_and_estimates_from_the_recorded_wall_times(tmp_p
     table = tmp_path / "results" / "lm" / "tiny.json"
     table.parent.mkdir(parents=True)
     recorded = [{"variant": "none", "dropout": 0.0, "seed": s, "wall_s": w, "provenance": {"device": "cpu"},
-                 "metrics": {}, "config": {}} for s, w in ((1, 60.0), (2, 120.0))]
+                 "metrics": {}, "config": {}, "history": []} for s, w in ((1, 60.0), (2, 120.0))]
     recorded[1]["timings"] = {"startup_s": 4.0, "setup_s": 6.0, "train_s": 90.0, "final_s": 20.0}  # 120 s in all
     table.write_text(json.dumps(recorded))
     grid.main(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine", "--seeds", "1", "--grid", "0.1,0.3",
@@ -234,7 +234,8 @@ def test_runs_merged_into_one_table_at_the_same_moment_all_land(tmp_path):
 
 def grid_run(p, value, cell=None):
     return {"variant": "mine", "dropout": p, "seed": 1, "preset": "tiny", "metrics": {"valid_ppl": value},
-            "best_epoch": 1, "config": {"zoneout_cell": cell}, "provenance": {"git_commit": "c", "device": "cpu", "command": "x"}}
+            "best_epoch": 1, "config": {"zoneout_cell": cell}, "history": [], "wall_s": 1.0,
+            "provenance": {"git_commit": "c", "device": "cpu", "command": "x"}}
 
 
 def test_a_grid_whose_points_all_tie_is_no_choice_and_says_what_it_falls_back_to():
@@ -308,7 +309,8 @@ def test_rows_of_ones_own_scheme_from_older_user_code_are_trained_again(tmp_path
 
     def table_with(code_hash):
         entries = [{"variant": j.variant, "dropout": j.p[0], "seed": 1, "config": {**planned, "dropout": j.p[0]},
-                    "metrics": {}, "provenance": {"user_code": {"hash": code_hash}}} for j in (none, mine)]
+                    "metrics": {}, "provenance": {"user_code": {"hash": code_hash}}, "history": [], "wall_s": 1.0}
+                   for j in (none, mine)]
         path = planning.job_table(none, settings)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(entries))
@@ -338,8 +340,8 @@ def test_rerun_trains_again_the_rows_this_commit_and_machine_did_not_make_and_ke
     def table_with(**prov):
         path = planning.job_table(none, settings)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps([{"variant": "none", "dropout": 0.0, "seed": 1, "config": planned,
-                                     "metrics": {}, "provenance": {**here, **prov}}]))
+        path.write_text(json.dumps([{"variant": "none", "dropout": 0.0, "seed": 1, "config": planned, "metrics": {},
+                                     "provenance": {**here, **prov}, "history": [], "wall_s": 1.0}]))
 
     table_with()
     assert planning.done_before(none, settings) is (not commit.endswith("-dirty"))  # a dirty tree keeps nothing

@@ -184,7 +184,8 @@ def _fake_runs(variants, base, spread, metric="test_acc", valid_spread=None):
     """Runs whose test accuracy also has per-utterance statistics (100 utterances of 100 frames that add up to
     it), so the paired bootstrap can back a verdict (docs/results.md: seeds alone never do)."""
     valid = metric.replace("test_", "valid_")
-    runs = [{"variant": v, "dropout": 0.0 if v == "none" else 0.3, "seed": s, "config": {},
+    runs = [{"variant": v, "dropout": 0.0 if v == "none" else 0.3, "seed": s, "config": {}, "history": [],
+             "provenance": {"git_commit": "c", "device": "cpu"}, "wall_s": 1.0,
              "metrics": {metric: base + i * spread + 0.1 * s,
                          valid: base + i * (spread if valid_spread is None else valid_spread) + 0.1 * s}}
             for i, v in enumerate(variants) for s in (1, 2, 3)]

@@ -19,7 +19,8 @@ def grid_run(variant, p, valid_ppl, cell=None, preset="tiny", **overrides):
     if cell is not None:
         config["zoneout_cell"] = cell
     return {"variant": variant, "dropout": p, "seed": 1, "preset": preset, "config": config, "best_epoch": 2,
-            "metrics": {"valid_ppl": valid_ppl}, "provenance": PROV, "finished": "today"}
+            "metrics": {"valid_ppl": valid_ppl}, "provenance": PROV, "finished": "today", "history": [],
+            "wall_s": 1.0}
 
 
 def write_grid(folder, runs, label="tiny-select"):

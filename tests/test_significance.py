@@ -14,7 +14,8 @@ from tasks.lm.task import LanguageModelTask
 def run(variant, seed, ppl, items=None, **config):
     return {"variant": variant, "dropout": 0.0 if variant == "none" else 0.5, "seed": seed,
             "config": {"hidden": 8, "scheme": variant, "dropout": 0.5, "seed": seed, **config},
-            "metrics": {"test_ppl": ppl}, "details": {"items": {"nll": items}} if items else {}}
+            "metrics": {"test_ppl": ppl}, "details": {"items": {"nll": items}} if items else {},
+            "history": [], "provenance": {"git_commit": "c", "device": "cpu"}, "wall_s": 1.0}
 
 
 def test_runs_with_different_configs_are_refused_naming_the_key():

@@ -1,12 +1,5 @@
-"""Train a task's variants (with versus without dropout) and write results/<task>/<preset>.{json,md,png}
-and the overview results/README.md.
-
-    python -m benchmarks.run --task mt                               # the task's default preset (cpu)
-    python -m benchmarks.run --task lm --preset cpu                  # none vs zaremba
-    python -m benchmarks.run --task lm --preset small --variants none
-    python -m benchmarks.run --list
-    python -m benchmarks.run --user-dir my_tasks --task charlm     # a task of your own (see docs/extending.md)
-"""
+"""The runner: train a task's variants (with versus without dropout) into their results table. Its command line
+(flags, checks, each run's config) is benchmarks.jobs.runner; `python -m benchmarks.run --help` shows it."""
 import os
 import shlex
 import sys

@@ -26,13 +26,23 @@ def stop_on_signals(trainer):
     """SIGTERM/SIGINT ask the trainer to save a checkpoint and stop after the current step; a second signal stops
     at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
     def handler(signum, frame):
-        if trainer.stop_requested:
-            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
+        if trainer.stop_requested:  # at once: the last checkpoint stands (every write is atomic), no traceback
+            tqdm.write(f"second {signal.Signals(signum).name}: stopping at once; --resume continues from the last "
+                       "checkpoint")
+            os._exit(128 + signum)
         trainer.stop_requested, trainer.stop_signal = True, signum
         what = ("finishing the final test pass first (the run is then complete), then stopping"
                 if getattr(trainer, "phase", None) == "test" else "saving a checkpoint after this step, then stopping")
         tqdm.write(f"{signal.Signals(signum).name}: {what} (send it again to stop at once)")
 
+    with _signals_to(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _signals_to(handler):
+    """SIGTERM and SIGINT go to `handler` inside the block, then to whatever took them before. Only in the main
+    thread (signal handlers cannot be set elsewhere)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -92,16 +102,9 @@ def _command_handler(signum, frame):
 def command_signals():
     """SIGINT/SIGTERM anywhere in a command raise Stopped (inside deferred_signals: once its writes are done);
     a second signal exits at once. The trainer's own handling (stop_on_signals) takes over during training."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     _SIGNALS["pending"] = None
-    previous = {sig: signal.signal(sig, _command_handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with _signals_to(_command_handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @contextlib.contextmanager

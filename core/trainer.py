@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from core import distributed
 from core.graphs import StepGraphs
-from core.interrupt import Interrupted, stop_on_signals
+from core.interrupt import Interrupted, pause_point, stop_on_signals
 from core.monitor import Monitor, progress_bar, rounded
 from core.precision import autocast
 from core.step import StepOutput, Totals, detach_state, make_optimizer
@@ -115,6 +115,7 @@ class Trainer:
         batches = self.task.batches("train", self.device)
         per_epoch = self.task.num_batches("train")
         for step, batch in enumerate(batches, 1):
+            pause_point("training")  # tests send their signals here
             if parallel and step == 1:  # the batch order is drawn (shared): dropout uses this rank's own stream
                 shared_after = torch.get_rng_state()
                 torch.set_rng_state(self.rank_rng)

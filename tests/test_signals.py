@@ -93,3 +93,12 @@ def test_sigint_while_report_renders_leaves_each_table_whole(tiny_ptb, tmp_path)
     assert report.returncode == 130, output
     assert "Traceback" not in output and "stopped by SIGINT" in output
     table_is_whole(tmp_path / "results")
+
+
+def test_a_second_signal_in_training_exits_at_once_with_one_line(tiny_ptb, tmp_path):
+    """The first SIGTERM asks for a checkpoint after the step; a second before it stops at once: 143 and one line,
+    never a traceback; the last checkpoint (none yet: the first epoch) stays as it was."""
+    proc = runner(tiny_ptb, tmp_path, "training")
+    output = signal_at(proc, "training", signal.SIGTERM, again_when="saving a checkpoint after this step")
+    assert proc.returncode == 143, output
+    assert "second SIGTERM: stopping at once" in output and "Traceback" not in output

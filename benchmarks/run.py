@@ -13,8 +13,8 @@ import torch
 from benchmarks.jobs.config import p_source, run_name
 from benchmarks.jobs.flags import (check_folders, list_tasks, load_task_registry, lock_runs, move_aside, prepare_process,
                                    runs_in_the_way)
-from benchmarks.jobs.runner import build_parser, print_plan, run_config, run_label, runner_text, validate
-from benchmarks.tables.merge import check_consistent, folder_in_the_way, load_runs
+from benchmarks.jobs.runner import (build_parser, check_mergeable, print_plan, run_config, run_label, runner_text,
+                                    validate)
 from benchmarks.tables.overview import smoke_label, write_overview
 from benchmarks.tables.task_table import write_results
 from benchmarks.tables.uncommitted import warn_if_uncommitted
@@ -125,21 +125,6 @@ def write_table(args, task_cls, label, entries, kept_in, resume):
     except (OSError, ValueError) as err:
         sys.exit(f"error: {err}\nThe run is kept in {kept_in} (result.json); once that is fixed, this writes its "
                  f"table without training again:\n  {resume}")
-
-
-def check_mergeable(task_cls, args, label):
-    """Fail before training, not after it, when the runs asked for cannot join the table already there, or a folder
-    stands where one of the table's files goes."""
-    table = Path(args.out) / args.task / f"{label}.json"
-    for path in (table, table.with_suffix(".md"), table.with_suffix(".png")):
-        if folder_in_the_way(path):
-            sys.exit(f"error: {folder_in_the_way(path)}")
-    planned = [{"variant": v, "seed": s, "config": run_config(task_cls, args, v, s)}
-               for v in args.variants for s in args.seeds]
-    try:
-        check_consistent(load_runs(table) + planned, table)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
 
 
 def main(argv=None):

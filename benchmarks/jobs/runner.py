@@ -4,6 +4,7 @@ flags with this same parser before anything starts."""
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from benchmarks.jobs import plan as planning
 from benchmarks.jobs.config import (check_distinct, check_preset, declared_keys, p_source, parse_fixed_p,
@@ -12,6 +13,7 @@ from benchmarks.jobs.flags import (add_config_flags, add_cuda_graphs_flag, add_d
                                    add_precision_flag, add_threads_flag, add_user_dir_flag, load_task_registry,
                                    resolve_device, resolve_precision_flag, unwritable_folder)
 from benchmarks.tables.labels import table_label
+from benchmarks.tables.merge import check_consistent, folder_in_the_way, load_runs
 from core import SCHEMES
 from core.cache import ENV_CACHE_DIR
 from core.download import DataError
@@ -209,3 +211,18 @@ def runner_command(argv):
 def runner_text(argv, launcher="python -m"):
     """The same command as a person types it (`launcher`: "torchrun ... -m" for a distributed run)."""
     return f"{launcher} benchmarks.run {shlex.join(argv)}"
+
+
+def check_mergeable(task_cls, args, label):
+    """Fail before training, not after it, when the runs asked for cannot join the table already there, or a folder
+    stands where one of the table's files goes."""
+    table = Path(args.out) / args.task / f"{label}.json"
+    for path in (table, table.with_suffix(".md"), table.with_suffix(".png")):
+        if folder_in_the_way(path):
+            sys.exit(f"error: {folder_in_the_way(path)}")
+    planned = [{"variant": v, "seed": s, "config": run_config(task_cls, args, v, s)}
+               for v in args.variants for s in args.seeds]
+    try:
+        check_consistent(load_runs(table) + planned, table)
+    except ValueError as err:
+        sys.exit(f"error: {err}")

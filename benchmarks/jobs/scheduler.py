@@ -9,7 +9,7 @@ from pathlib import Path
 from benchmarks.jobs import plan as planning
 from benchmarks.jobs.config import preset_config
 from benchmarks.jobs.display import final_metric, schemes_tables
-from benchmarks.jobs.runner import build_parser, validate
+from benchmarks.jobs.runner import build_parser, check_mergeable, run_label, validate
 from benchmarks.jobs.selection import choose, collect, write_selection
 from benchmarks.tables.labels import P_BY_HAND, SELECTION_SUFFIX
 from tasks.base import TASKS
@@ -17,8 +17,8 @@ from tasks.base import TASKS
 
 def check_jobs(jobs, settings, local=True):
     """Every distinct job's command through the runner's own checks, before anything runs (a bad --set key, a
-    preset without dropout, a missing package). A cluster's jobs are checked on the CPU here: their device is
-    resolved where they run."""
+    preset without dropout, a missing package, a table of another config where its rows would land). A cluster's
+    jobs are checked on the CPU here: their device is resolved where they run."""
     seen = set()
     for job in jobs:
         key = (job.task, job.variant, job.kind)
@@ -30,7 +30,10 @@ def check_jobs(jobs, settings, local=True):
         if not local:
             argv += ["--device", "cpu", "--precision", "fp32"]
         parser = build_parser()
-        validate(parser.parse_args(argv), parser)
+        args = parser.parse_args(argv)
+        task_cls = validate(args, parser)
+        if local:  # a table of another config where the rows would land stops the grid here
+            check_mergeable(task_cls, args, run_label(args))
 
 
 class Grid:

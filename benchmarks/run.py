@@ -39,14 +39,14 @@ def make_task(task_cls, args, config):
 PROCESS = {"started": time.time(), "first_run": True}  # the imports and the checks before the first run
 
 
-def job_timings(started, setup_s, result):
+def job_timings(started, setup_s, result, final_s):
     """Where a run's time went, each phase recorded so that a plan can estimate whole jobs: the process start-up
     before it (the process's first run only), data and model setup, training (all epochs, resumed ones too) and
     the final evaluation. The table write after it is the grid's to time."""
     startup_s = max(started - PROCESS["started"], 0.0) if PROCESS["first_run"] else 0.0
     PROCESS["first_run"] = False
     return {"startup_s": round(startup_s, 1), "setup_s": round(setup_s, 1), "train_s": result["wall_s"],
-            "final_s": result.pop("final_s", 0.0)}
+            "final_s": final_s}
 
 
 def train_one(task_cls, args, config, run_dir, origin):
@@ -64,7 +64,7 @@ def train_one(task_cls, args, config, run_dir, origin):
     result = trainer.fit(resume=args.resume, test=not args.valid_only)
     if result is None:  # a DDP rank other than 0
         return None, trainer.stop_requested
-    result["timings"] = job_timings(started, setup_s, result)
+    result["timings"] = job_timings(started, setup_s, result, trainer.final_s)
     if args.mc_samples:
         seed_everything(config["seed"])  # the MC masks are reproducible
         with autocast(config["precision"], args.device):

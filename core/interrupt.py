@@ -21,11 +21,15 @@ class Interrupted(Exception):
         return 128 + self.signum  # 130 for SIGINT, 143 for SIGTERM, as a shell reports them
 
 
+_SIGNALS = {"pending": None, "deferring": 0, "seen": 0}  # seen: signals handled so far (pause_point waits on it)
+
+
 @contextlib.contextmanager
 def stop_on_signals(trainer):
     """SIGTERM/SIGINT ask the trainer to save a checkpoint and stop after the current step; a second signal stops
     at once. Only in the main thread (signal handlers cannot be set elsewhere)."""
     def handler(signum, frame):
+        _SIGNALS["seen"] += 1
         if trainer.stop_requested:  # at once: the last checkpoint stands (every write is atomic), no traceback
             tqdm.write(f"second {signal.Signals(signum).name}: stopping at once; --resume continues from the last "
                        "checkpoint")
@@ -85,10 +89,8 @@ class Stopped(Exception):
         return 128 + self.signum
 
 
-_SIGNALS = {"pending": None, "deferring": 0}
-
-
 def _command_handler(signum, frame):
+    _SIGNALS["seen"] += 1
     if _SIGNALS["pending"] is not None:  # the second signal: at once (every write is atomic: no half file)
         os._exit(128 + signum)
     _SIGNALS["pending"] = signum
@@ -127,9 +129,7 @@ def pause_point(name):
     """Where a test sends its signal: with $RNNREG_PAUSE_AT naming this point, say so and wait for one (real
     signals at the named points, not mocks)."""
     if os.environ.get(ENV_PAUSE_AT) == name:
-        wanted = {signal.SIGINT, signal.SIGTERM}
-        signal.pthread_sigmask(signal.SIG_BLOCK, wanted)  # held until we wait for it: none slips past
+        seen = _SIGNALS["seen"]
         print(f"paused at {name}", flush=True)
-        received = signal.sigwait(wanted)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, wanted)
-        signal.raise_signal(received)  # now to its handler, as if it had come at this very point
+        while _SIGNALS["seen"] == seen:  # until a handler has run (a short sleep: no race with its arrival)
+            time.sleep(0.05)

@@ -154,6 +154,12 @@ class Task:
         return {}
 
     @classmethod
+    def train_items(cls, config):
+        """The items (tokens) of one training epoch, where known without loading the data (None elsewhere): with
+        the speed table's rate, a plan's estimate for a table no run of which is recorded yet."""
+        return None
+
+    @classmethod
     def default_seeds(cls, config):
         """The seeds a run of `config` trains when --seeds is not given (None: seed 1, or 1..N with an ensemble)."""
         return None

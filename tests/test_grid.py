@@ -106,8 +106,11 @@ def test_bad_grid_flags_fail_before_anything_runs(tmp_path, tiny_ptb, user_dir, 
 def test_dry_run_trains_nothing_and_estimates_from_the_recorded_wall_times(tmp_path, tiny_ptb, user_dir, capsys):
     table = tmp_path / "results" / "lm" / "tiny.json"
     table.parent.mkdir(parents=True)
+    preset = {k: v for k, v in TASKS["lm"].presets["tiny"].items() if k != "scheme_dropout"}
     recorded = [{"variant": "none", "dropout": 0.0, "seed": s, "wall_s": w, "provenance": {"device": "cpu"},
-                 "metrics": {}, "config": {}, "history": []} for s, w in ((1, 60.0), (2, 120.0))]
+                 "metrics": {}, "history": [], "config": {**preset, "scheme": "none", "seed": s, "dropout": 0.0,
+                                                          "precision": "fp32"}}
+                for s, w in ((5, 60.0), (6, 120.0))]  # seeds the plan does not train
     recorded[1]["timings"] = {"startup_s": 4.0, "setup_s": 6.0, "train_s": 90.0, "final_s": 20.0}  # 120 s in all
     table.write_text(json.dumps(recorded))
     grid.main(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine", "--seeds", "1", "--grid", "0.1,0.3",
@@ -383,3 +386,21 @@ def test_a_table_of_another_config_stops_the_grid_before_any_job(tmp_path, tiny_
         plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--seeds", "1", "--epochs", "1"))
     assert "cannot merge runs with different configs" in str(stop.value) and "hidden" in str(stop.value)
     assert str(table) in str(stop.value) and not (tmp_path / "runs").exists()
+
+
+def test_a_table_with_no_recorded_run_is_estimated_from_the_speed_table_of_this_kind_of_machine(tmp_path):
+    """No run of lm/medium in bf16 recorded: its rate in the task's speed table (this CPU's model and vector
+    capability) x PTB's training tokens x the preset's epochs, said as such; another machine's rate is not used."""
+    from core.provenance import hardware
+
+    here = {**hardware("cpu"), "torch": __import__("torch").__version__}
+    speed = [{"preset": "medium", "results": {"zaremba-bf16": {"train_tok_s": 2000.0}}, "provenance": here}]
+    (tmp_path / "lm").mkdir()
+    (tmp_path / "lm" / "speed.json").write_text(json.dumps(speed))
+    job = planning.Job("lm", "medium", "medium-bf16-cpu", "zaremba", 1, (0.5, None))
+    seconds, how = planning.estimate(tmp_path, job, "cpu", "bf16")
+    assert seconds == 39 * 929_589 / 2000.0 and "from the speed table's zaremba-bf16 rate (2,000 items/s" in how
+    speed[0]["provenance"] = {**here, "cpu_model": "another CPU"}
+    (tmp_path / "lm" / "speed.json").write_text(json.dumps(speed))
+    assert planning.speed_estimate(tmp_path, job, "cpu", "bf16") in (None, planning.speed_estimate(
+        planning.ROOT / "results", job, "cpu", "bf16"))  # only the repository's own table may answer

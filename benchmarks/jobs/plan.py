@@ -273,14 +273,35 @@ def recorded_walls(out, job, device):
     return {}
 
 
-def estimate(out, job, device):
+def speed_estimate(out, job, device, precision):
+    """(seconds, how) of a job's training from the task's speed table on this kind of machine (its rate for the
+    job's scheme and precision x the items of an epoch x the epochs), or None."""
+    task_cls = TASKS[job.task]
+    config = preset_config(task_cls, job.preset, None, dict(job.overrides))
+    items = task_cls.train_items(config)
+    here = machine_key({**hardware(device if device == "cpu" else "cuda"), "torch": torch.__version__})
+    row = job.variant + ("-bf16" if precision == "bf16" else "")
+    for folder in dict.fromkeys([Path(out), ROOT / "results"]):
+        for entry in reversed(read_json(folder / job.task / "speed.json")):  # the newest section first
+            prov = entry.get("provenance", {}) if isinstance(entry, dict) else {}
+            rate = entry.get("results", {}).get(row, {}).get("train_tok_s") if prov else None
+            same_kind = machine_key(prov) == here and prov.get("cpu_capability") == hardware("cpu")["cpu_capability"]
+            if items and rate and entry.get("preset") == job.preset and same_kind:
+                seconds = config["epochs"] * items / rate
+                return seconds, (f"training only, from the speed table's {row} rate ({rate:,.0f} items/s at "
+                                 f"{prov.get('torch_threads', '?')} threads) x {items:,} items x {config['epochs']} "
+                                 "epochs")
+    return None
+
+
+def estimate(out, job, device, precision="fp32"):
     """(seconds, how) for one job, or (None, 'unknown'); ensembles evaluate and are counted as 0."""
     if job.kind == "ensemble":
         return 0.0, "evaluation only"
     walls = recorded_walls(out, job, device)
     found = walls.get(job.variant) or [w for ws in walls.values() for w in ws]
     if not found:
-        return None, "no recorded run on this device"
+        return speed_estimate(out, job, device, precision) or (None, "no recorded run on this device")
     others = "" if job.variant in walls else " of other schemes"
     whole = "" if all(w for _, w in found) else ", training time only"
     return statistics.mean(s for s, _ in found), f"{len(found)} recorded{others}{whole}"
@@ -319,7 +340,8 @@ def describe(jobs, settings, device, slots, executor="local"):
         choice = recorded_choice(job, settings) if job.p is None else None
         if choice and grid and all(in_table[k] == "done" for k in grid):
             in_table[i] = _in_table(replace(job, p=choice), settings, loaded_user_code)
-    estimates = [(0.0, "finished before: in its table") if state == "done" else estimate(out, job, device)
+    estimates = [(0.0, "finished before: in its table") if state == "done"
+                 else estimate(out, job, device, settings.precision)
                  for job, state in zip(jobs, in_table)]
     seconds = [s for s, _ in estimates]
     unknown = sum(s is None for s in seconds)
@@ -338,8 +360,9 @@ def describe(jobs, settings, device, slots, executor="local"):
     if unknown and all(s is None or s == 0.0 for s in seconds):  # nothing to run has a recorded time
         when = f"No time estimate: {out}/ records no run of these tables on {device}; {at_once}."
     else:
-        when = (f"Estimated {minutes(total)} with {at_once}, from the training wall times recorded in {out}/ on "
-                f"{device} (start-up and the final test pass come on top)"
+        when = (f"Estimated {minutes(total)} with {at_once}, from the wall times recorded in {out}/ on {device} "
+                "(else in the repository's results/, else the task's speed table on this kind of machine; each "
+                "job's source with --dry-run)"
                 + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
     done = sum(how.startswith("finished before") for _, how in estimates)
     if done == 1:

@@ -48,7 +48,8 @@ class Grid:
         self.stopping, self.stop_signal = False, signal.SIGINT
         self.began = time.time()
         device = device_name or settings.device
-        self.estimates = [planning.estimate(settings.out, job, device)[0] for job in jobs]  # None: unknown
+        self.estimates = [planning.estimate(settings.out, job, device, settings.precision)[0]
+                          for job in jobs]  # None: unknown
 
     def progress(self):
         """'3 of 12 jobs done, about 84 min left' (the recorded wall times of what is queued or running, spread

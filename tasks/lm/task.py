@@ -15,6 +15,8 @@ from tasks.base import Task, register
 from tasks.lm.data import Corpus, batchify, bptt_chunks, ensure_ptb, num_chunks
 
 _PAPER = dict(lr=1.0, batch_size=20, eval_batch_size=1, layers=2, embed_dropout=0.0)
+PTB_TRAIN_TOKENS = 929_589  # ptb.train.txt: 887,521 words and 42,068 <eos>
+
 PRESETS = {
     # Section 4.1 of the paper, exactly. "decay_start": lr stays at 1 for that many epochs.
     "small": dict(_PAPER, hidden=200, init=0.1, dropout=0.0, epochs=13, decay_start=4, lr_decay=2.0, bptt=20, clip=5.0),
@@ -100,6 +102,10 @@ class LanguageModelTask(Task):
                    "slower.")
     bf16_quality = ("measured on the `cpu` preset against fp32 (cpu-bf16-cpu-vs-fp32.md) and on the paper's `small` "
                     "(small-bf16-cpu.md against small.md)")
+
+    @classmethod
+    def train_items(cls, config):
+        return min(config.get("max_tokens") or PTB_TRAIN_TOKENS, PTB_TRAIN_TOKENS)
 
     def load_data(self):
         folder, self.noncanonical = ensure_ptb(self.data_dir, self.download, custom_data=self.custom_data)

@@ -343,3 +343,14 @@ def test_the_cross_task_table_says_how_each_p_was_set_and_which_choice_sits_at_t
     tuned = [r for r in runs if r["variant"] != "zaremba"]
     assert "(tuned alike)" in cross_task.schemes_markdown([("lm", task, tuned)], None, {})
     assert "each scheme's p was chosen on validation only" not in text.lower()  # zaremba's was not
+
+
+def test_a_tie_on_validation_names_every_scheme_that_ties():
+    """A smoke preset where three schemes score alike: all three are named, none ranks first."""
+    from benchmarks.tables import cross_task
+    from tasks.base import get_task
+
+    runs = _fake_runs(["none", "zaremba", "mine"], 40.3, 0.0, "test_acc", valid_spread=0.0)
+    text = cross_task.schemes_markdown([("speech", get_task("speech"), runs)])
+    assert "- speech: no scheme ranks first on validation acc: none, zaremba and mine tie at" in text
+    assert "ranks first on" not in text.replace("no scheme ranks first on", "")

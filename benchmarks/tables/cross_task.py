@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.tables.effects import adjust_for_family  # noqa: E402
-from benchmarks.tables.format import LOWER_IS_BETTER, fmt, p_text
+from benchmarks.tables.format import LOWER_IS_BETTER, counted, fmt, p_text
 from benchmarks.tables.significance import paired_comparison, verdict  # noqa: E402
 from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION  # noqa: E402
 from benchmarks.tables.merge import load_runs, neighbour_text, read_json  # noqa: E402
@@ -91,9 +91,10 @@ def _verdict(task_name, groups, metric, lower, shown):
         return f"- {task_name}: fewer than two schemes have runs yet."
     ranked = sorted(valid, key=valid.get, reverse=not lower)
     best, second = ranked[:2]
-    if round(valid[best], 2) == round(valid[second], 2):
-        return (f"- {task_name}: no scheme ranks first on validation {metric}: {best} and {second} tie at "
-                f"{valid[best]:.2f}.")
+    tied = [v for v in ranked if round(valid[v], 2) == round(valid[best], 2)]
+    if len(tied) > 1:
+        names = ", ".join(tied[:-1]) + f" and {tied[-1]}"
+        return f"- {task_name}: no scheme ranks first on validation {metric}: {names} tie at {valid[best]:.2f}."
     test = {v: statistics.mean(r["metrics"][both[1]] for r in groups[v]) for v in (best, second)}
     result = paired_comparison(groups[best], groups[second], metric, lower)
     seeds = len(result["seeds"]) if result else 0
@@ -105,8 +106,8 @@ def _verdict(task_name, groups, metric, lower, shown):
             "but on test it is **behind** it")
     missing = [s for s in shown if s not in valid]
     return (f"- {task_name}: **{best}** ranks first on validation {metric} ({valid[best]:.2f}, runner-up {second} "
-            f"{valid[second]:.2f}), {sure}: test {test[best]:.2f} vs {test[second]:.2f}, over {seeds} paired "
-            f"seed{'s' if seeds != 1 else ''}."
+            f"{valid[second]:.2f}), {sure}: test {test[best]:.2f} vs {test[second]:.2f}, over "
+            f"{counted(seeds, 'paired seed')}."
             + (f" Not run yet on {task_name}, so not in the ranking: {', '.join(missing)}." if missing else ""))
 
 

@@ -144,7 +144,10 @@ def make_plan(args, parser):
         jobs += planning.plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed, ensemble, reselect)
     jobs = planning.link(jobs)
     local = args.executor == "local"
-    check_jobs(jobs, settings, local)
+    try:
+        check_jobs(jobs, settings, local)
+    except ValueError as err:  # a table where the rows would land: damaged, of another config, a folder
+        parser.error(str(err))
     return jobs, settings, planning.device_name(args.device) if local else str(device)
 
 

@@ -146,7 +146,10 @@ def main(argv=None):
     origin = {**provenance(args.device, "python -m benchmarks.run " + shlex.join(argv)),
               "world_size": distributed.world_size()}
     label = run_label(args)
-    check_mergeable(task_cls, args, label)
+    try:
+        check_mergeable(task_cls, args, label)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     if main_rank:
         warn_if_uncommitted(origin, args.out)
     planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)

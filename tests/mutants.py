@@ -33,8 +33,8 @@ MUTANTS = {
     "a folder where the table goes read as a table (IsADirectoryError)": ("benchmarks/tables/merge.py", [
         ("    if folder_in_the_way(path):\n        raise ValueError(folder_in_the_way(path))\n", ""),
     ], ["tests/test_faults.py"]),
-    "the runner trains with a folder where its table's .md goes": ("benchmarks/run.py", [
-        ("        if folder_in_the_way(path):\n            sys.exit", "        if False:\n            sys.exit"),
+    "the runner trains with a folder where its table's .md goes": ("benchmarks/jobs/runner.py", [
+        ("        if folder_in_the_way(path):\n            raise ValueError", "        if False:\n            raise ValueError"),
     ], ["tests/test_faults.py"]),
     "a log append the kernel cuts short leaves its torn line": ("core/monitor.py", [
         ("            f.truncate(start)\n", ""),

@@ -214,15 +214,12 @@ def runner_text(argv, launcher="python -m"):
 
 
 def check_mergeable(task_cls, args, label):
-    """Fail before training, not after it, when the runs asked for cannot join the table already there, or a folder
-    stands where one of the table's files goes."""
+    """A ValueError before training, not after it, when the runs asked for cannot join the table already there
+    (damaged, or of another config), or a folder stands where one of the table's files goes."""
     table = Path(args.out) / args.task / f"{label}.json"
     for path in (table, table.with_suffix(".md"), table.with_suffix(".png")):
         if folder_in_the_way(path):
-            sys.exit(f"error: {folder_in_the_way(path)}")
+            raise ValueError(folder_in_the_way(path))
     planned = [{"variant": v, "seed": s, "config": run_config(task_cls, args, v, s)}
                for v in args.variants for s in args.seeds]
-    try:
-        check_consistent(load_runs(table) + planned, table)
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    check_consistent(load_runs(table) + planned, table)

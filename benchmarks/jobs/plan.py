@@ -279,7 +279,10 @@ def speed_estimate(out, job, device, precision):
     task_cls = TASKS[job.task]
     config = preset_config(task_cls, job.preset, None, dict(job.overrides))
     items = task_cls.train_items(config)
-    here = machine_key({**hardware(device if device == "cpu" else "cuda"), "torch": torch.__version__})
+    try:
+        here = machine_key({**hardware(device if device == "cpu" else "cuda"), "torch": torch.__version__})
+    except (RuntimeError, AssertionError):  # a cluster's GPU jobs planned where there is no GPU: nothing to match
+        return None
     row = job.variant + ("-bf16" if precision == "bf16" else "")
     for folder in dict.fromkeys([Path(out), ROOT / "results"]):
         for entry in reversed(read_json(folder / job.task / "speed.json")):  # the newest section first

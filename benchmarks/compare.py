@@ -21,7 +21,7 @@ from pathlib import Path
 
 from benchmarks.jobs.flags import add_user_dir_flag, load_task_registry
 from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
-from benchmarks.tables.merge import load_runs, variant_order
+from benchmarks.tables.merge import config_gap, load_runs, variant_order
 from benchmarks.tables.significance import paired_comparison
 from benchmarks.tables.machines import seeds_by_machine
 from benchmarks.jobs.config import run_name
@@ -29,6 +29,7 @@ from core.provenance import machine_key, machine_name
 from core.utils import atomic_write, write_text
 from tasks.base import get_task
 
+COMPARED = ("precision", "cuda_graphs")  # what two tables may differ in and still pair seed by seed
 RUN_DIR = re.compile(r"^(?P<variant>[\w-]+?)-p(?P<p>[0-9.e-]+)-seed(?P<seed>-?\d+)$")
 
 
@@ -104,8 +105,12 @@ def crossed_pairs(sources):
             named.append((machine_name(a), machine_name(b)))
         if "git_commit" in a and "git_commit" in b and (code_of(a) is None or code_of(a) != code_of(b)):
             named.append((code_name(a), code_name(b)))
+        gap = _gap(ref, run)
+        if gap:
+            named.append(tuple(", ".join(f"{k} {r.get('config', {}).get(k, '<unset>')}" for k in gap)
+                               for r in (ref, run)))
         if named:
-            crossed.append((label, *variant, seed, *(", ".join(side) for side in zip(*named))))
+            crossed.append((label, *variant, seed, *("; ".join(side) for side in zip(*named))))
     return crossed
 
 
@@ -137,7 +142,8 @@ def check_machines(sources, across_machines):
         ref = sources[0][1]
         pairs = "; ".join(f"{variant} p={p} seed {seed}: `{ref}` on {a}, `{label}` on {b}"
                           for label, variant, p, seed, a, b in crossed)
-        raise ValueError(f"these pairs differ in machine or code as well as in what is compared: {pairs}. Re-run "
+        raise ValueError(f"these pairs differ in machine, code or config as well as in what is compared: {pairs}. "
+                         "A config that differs (another model or test set) is never paired; otherwise re-run "
                          "one side on the other's machine from the other's commit (the same --seeds), or pass "
                          "--across-machines to pair them anyway (they are then marked)")
 
@@ -204,12 +210,22 @@ def _machines(runs):
     return "; " + ", ".join(f"seeds {','.join(seeds)} on {machine}" for machine, seeds in by_machine.items())
 
 
+def _gap(a, b):
+    """The config keys two runs differ in besides what is compared ([] where one side records no config: a run
+    dir's result.json)."""
+    recorded = lambda run: set(run.get("config", {})) - {"dropout", "scheme", "seed", "zoneout_cell"}  # noqa: E731
+    return config_gap(a, b, COMPARED) if recorded(a) and recorded(b) else []
+
+
 def _difference(ref, other, key, split, metric):
     a = [r["metrics"][key] for r in other if key in r["metrics"]]
     b = [r["metrics"][key] for r in ref if key in r["metrics"]]
     if not a or not b:
         return "—"
     text = f"{statistics.mean(a) - statistics.mean(b):+.2f}"
+    gap = sorted({k for x in other for y in ref for k in _gap(y, x)})
+    if gap:  # another model or another test set: never paired, whatever the flags
+        return text + f" (not paired: the configs differ in {', '.join(gap)})"
     if split != "test":
         return text
     result = paired_comparison(other, ref, metric, metric in LOWER_IS_BETTER)

@@ -117,3 +117,18 @@ def test_run_dirs_give_the_share_of_identical_test_outputs_per_variant(tmp_path,
     text = capsys.readouterr().out
     assert "## identical test outputs (vs `cpu`, paired seeds)" in text
     assert "| none | 0 | 7 of 8 (87.5%), seeds 1,2 |" in text and "| zaremba |" not in text.split("identical")[-1]
+
+
+def test_tables_of_other_configs_are_refused_and_never_paired_even_when_asked(tmp_path, capsys):
+    """Another model or test set (tiny against cpu): refused with the config named; with --across-machines the
+    difference of means is shown, never a pairing by seed."""
+    a = table(tmp_path / "a" / "lm" / "cpu.json", 0.0)
+    b = table(tmp_path / "b" / "lm" / "tiny.json", 0.1)
+    runs = json.loads(b.read_text())
+    write_json(b, [{**r, "config": {**r["config"], "hidden": 16}} for r in runs])
+    with pytest.raises(SystemExit):
+        compare.main([str(a), str(b)])
+    assert "none p=0 seed 1: `cpu` on hidden 8, `tiny` on hidden 16" in capsys.readouterr().err
+    compare.main([str(a), str(b), "--across-machines"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| none |"))
+    assert "(not paired: the configs differ in hidden)" in row and "paired over" not in row and "bootstrap" not in row

@@ -117,8 +117,8 @@ def time_lines(grid):
         per_task[job.task] = per_task.get(job.task, 0.0) + seconds
         per_phase[phases[job.kind]] = per_phase.get(phases[job.kind], 0.0) + seconds
     split = lambda part: ", ".join(f"{k} {planning.minutes(v)}" for k, v in sorted(part.items()))  # noqa: E731
-    return [f"Took {planning.minutes(time.time() - grid.began)} of wall time, {grid.slots} jobs at a time; job time "
-            f"per task: {split(per_task)}; per phase: {split(per_phase)}."]
+    return [f"Took {planning.minutes(time.time() - grid.began)} of wall time, {counted(grid.slots, 'job')} at a time; "
+            f"job time per task: {split(per_task)}; per kind of job: {split(per_phase)}."]
 
 
 def summary_lines(grid, settings):

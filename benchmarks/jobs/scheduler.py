@@ -11,6 +11,7 @@ from benchmarks.jobs.config import preset_config
 from benchmarks.jobs.display import final_metric, schemes_tables
 from benchmarks.jobs.runner import build_parser, check_mergeable, run_label, validate
 from benchmarks.jobs.selection import choose, collect, write_selection
+from benchmarks.tables.format import counted
 from benchmarks.tables.labels import P_BY_HAND, SELECTION_SUFFIX
 from tasks.base import TASKS
 
@@ -63,9 +64,13 @@ class Grid:
                 else:
                     left += max(self.estimates[i] - (time.time() - self.started[i] if status == "running" else 0), 0)
         text = f"{done} of {len(self.jobs)} jobs done"
-        if done < len(self.jobs):
-            text += f", about {planning.minutes(left / self.slots)} left"
-            text += f" (and {unknown} jobs with no recorded time)" if unknown else ""
+        if done == len(self.jobs):
+            return text
+        if unknown == len(self.jobs) - done:
+            return text + ", the time left unknown (no recorded run of these jobs)"
+        text += f", about {planning.minutes(left / self.slots)} left"
+        if unknown:
+            text += f" and {counted(unknown, 'job')} with no recorded time"
         return text
 
     def run(self):

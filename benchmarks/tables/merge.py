@@ -97,6 +97,11 @@ def _differing(a, b):
     return sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
 
 
+def config_gap(a, b, allowed=()):
+    """The config keys two runs disagree on besides variant, p, seed and the keys `allowed` (what is compared)."""
+    return _differing(_config(a, SEED_KEYS + tuple(allowed)), _config(b, SEED_KEYS + tuple(allowed)))
+
+
 def config_difference(a, b):
     """'key: A vs B; ...' for the config keys two runs disagree on (seed aside), or ''."""
     ca, cb = _config(a), _config(b)

@@ -147,7 +147,8 @@ def tuning_lines(columns, selections=None, label=None):
             continue
         said = "; ".join(f"{way}: " + ", ".join(f"{v} p={p}" for v, p in schemes.items())
                          for way, schemes in sorted(ways.items()))
-        alike = " (tuned alike)" if len(ways) == 1 else " (**not tuned alike**)"
+        alike = (" (**not tuned alike**)" if len(ways) > 1 else " (tuned alike)" if "on validation" in ways
+                 else " (set alike)")
         edges = [(v, d) for v, d in (selections or {}).get(name, {}).items()
                  if d.get("at_edge") and any(r["variant"] == v for r in runs)]
         preset = label or task.default_preset

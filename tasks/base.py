@@ -155,8 +155,7 @@ class Task:
 
     @classmethod
     def train_items(cls, config):
-        """The items (tokens) of one training epoch, where known without loading the data (None elsewhere): with
-        the speed table's rate, a plan's estimate for a table no run of which is recorded yet."""
+        """An epoch's training items (tokens) where known without the data, else None: for plans' estimates."""
         return None
 
     @classmethod

@@ -379,8 +379,7 @@ def describe(jobs, settings, device, slots, executor="local"):
                  "replacing them.")
     again = [job for job, state in zip(jobs, in_table) if state == "rerun"]
     if settings.rerun and not again and done:
-        commit, machine = settings.rerun
-        when += f" --rerun: the rows in the tables already came from commit {commit[:12]} here: none to train again."
+        when += f" --rerun: the rows in the tables came from commit {settings.rerun[0][:12]} here: none to train again."
     if again:
         commit, machine = settings.rerun
         made = f"commit {commit[:12]}" + (f" on {machine[0]}, torch {machine[1]}" if machine else "")

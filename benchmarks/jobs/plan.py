@@ -274,21 +274,21 @@ def recorded_walls(out, job, device):
 
 
 def speed_estimate(out, job, device, precision):
-    """(seconds, how) of a job's training from the task's speed table on this kind of machine (its rate for the
-    job's scheme and precision x the items of an epoch x the epochs), or None."""
+    """(seconds, how) of a job's training: this machine kind's speed-table rate x an epoch's items x epochs, or None."""
     task_cls = TASKS[job.task]
     config = preset_config(task_cls, job.preset, None, dict(job.overrides))
     items = task_cls.train_items(config)
     try:
-        here = machine_key({**hardware(device if device == "cpu" else "cuda"), "torch": torch.__version__})
+        machine = hardware(device if device == "cpu" else "cuda")
     except (RuntimeError, AssertionError):  # a cluster's GPU jobs planned where there is no GPU: nothing to match
         return None
+    here = machine_key({**machine, "torch": torch.__version__}), machine["cpu_capability"]
     row = job.variant + ("-bf16" if precision == "bf16" else "")
     for folder in dict.fromkeys([Path(out), ROOT / "results"]):
         for entry in reversed(read_json(folder / job.task / "speed.json")):  # the newest section first
             prov = entry.get("provenance", {}) if isinstance(entry, dict) else {}
             rate = entry.get("results", {}).get(row, {}).get("train_tok_s") if prov else None
-            same_kind = machine_key(prov) == here and prov.get("cpu_capability") == hardware("cpu")["cpu_capability"]
+            same_kind = (machine_key(prov), prov.get("cpu_capability")) == here
             if items and rate and entry.get("preset") == job.preset and same_kind:
                 seconds = config["epochs"] * items / rate
                 return seconds, (f"training only, from the speed table's {row} rate ({rate:,.0f} items/s at "

@@ -45,7 +45,7 @@ def job_timings(started, setup_s, result, final_s):
     the final evaluation. The table write after it is the grid's to time."""
     startup_s = max(started - PROCESS["started"], 0.0) if PROCESS["first_run"] else 0.0
     PROCESS["first_run"] = False
-    return {"startup_s": round(startup_s, 1), "setup_s": round(setup_s, 1), "train_s": result["wall_s"],
+    return {"startup_s": round(startup_s, 3), "setup_s": round(setup_s, 3), "train_s": result["wall_s"],
             "final_s": final_s}
 
 

@@ -27,10 +27,14 @@ CAUSES = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk q
           errno.EPERM: "no permission to write there", errno.ENOTDIR: "a part of the path is a file, not a folder"}
 
 
+def cause_in_words(err):
+    """The cause of the OSError `err` in words, then its errno's name: 'no space left on the device (ENOSPC)'."""
+    return f"{CAUSES.get(err.errno, err.strerror or str(err))} ({errno.errorcode.get(err.errno, err.errno)})"
+
+
 def write_error(path, err):
     """A WriteError naming `path` and the cause of the OSError `err` in words."""
-    cause = CAUSES.get(err.errno, err.strerror or str(err))
-    return WriteError(err.errno, f"could not write {path}: {cause} ({errno.errorcode.get(err.errno, err.errno)}); "
+    return WriteError(err.errno, f"could not write {path}: {cause_in_words(err)}; "
                                  f"the previous {Path(path).name}, if any, is intact")
 
 

@@ -27,6 +27,9 @@ MUTANTS = {
         ("    buffer = io.BytesIO()\n    torch.save(obj, buffer)\n    atomic_write(path, lambda f: f.write(buffer.getbuffer()), mode=\"wb\")",
          "    atomic_write(path, lambda f: torch.save(obj, f), mode=\"wb\")"),
     ], ["tests/test_faults.py"]),
+    "torch's compiler imported at the first optimizer (its refused temporary file names nothing)": (
+        "benchmarks/jobs/flags.py", [("    keep_freed_memory()\n    import_torch_compiler()\n", "    keep_freed_memory()\n")],
+        ["tests/test_faults.py"]),
     "damaged tables not checked": ("benchmarks/tables/merge.py", [
         ("    for i, run in enumerate(runs):\n        missing", "    for i, run in enumerate(runs[:0]):\n        missing"),
     ], ["tests/test_faults.py"]),

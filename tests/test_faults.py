@@ -94,6 +94,28 @@ def test_a_checkpoint_the_kernel_refuses_is_one_error_naming_it_the_previous_one
     assert json.loads((tmp_path / "results" / "lm" / "tiny.json").read_text())[0]["epochs"] == 2
 
 
+def test_a_write_refused_in_torchs_own_temporary_folder_is_one_error_naming_the_folder_before_any_run(
+        tiny_ptb, tmp_path):
+    import resource
+
+    def limit_files_to_one_kb():  # from the start: torch's first own write, its compiler's modules, is refused
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+
+    (tmp_path / "tmp").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", *lm_tiny(tiny_ptb, tmp_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, preexec_fn=limit_files_to_one_kb,
+                          env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == (
+        f"error: torch could not write its own temporary files in {tmp_path / 'tmp'} (the modules torch._dynamo "
+        "generates when it is imported): the file is larger than this process may write (a file-size limit) (EFBIG). "
+        "Point TMPDIR at a folder with room (TMPDIR=<folder> python -m ...), or lift the limit, then run the command "
+        "again")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+    assert not (tmp_path / "results" / "lm").exists()
+
+
 TABLE_LIMITED = textwrap.dedent('''
     import resource, signal, sys
     from benchmarks import run

@@ -98,6 +98,7 @@ def test_list_shows_tasks_and_presets():
     (["--task", "lm", "--preset", "cpu", "--device", "tpu9"], "bad --device 'tpu9'"),
     (["--task", "lm", "--preset", "cpu", "--checkpoint-every", "0"], "--checkpoint-every must be > 0 minutes"),
     (["--task", "lm", "--preset", "tiny", "--set", "embed_dropout=1.0"], "embed_dropout must be in [0, 1)"),
+    (["--task", "lm", "--preset", "tiny", "--set", "max_tokens=0"], "--set max_tokens must be >= 1, got 0"),
 ])
 def test_bad_flags_fail_fast_with_a_clear_message(args, message, capsys):
     with pytest.raises(SystemExit) as exit_:

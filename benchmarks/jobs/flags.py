@@ -12,7 +12,7 @@ from core.allocator import keep_freed_memory
 from core.locks import Locked, lock_run_dir
 from core.download import ENV_DATA_DIR
 from core.precision import PRECISIONS, resolve_precision
-from core.utils import defined_in, pick_device
+from core.utils import cause_in_words, defined_in, pick_device
 from tasks.base import ENV_USER_DIR, TASKS, UNAVAILABLE, load_tasks
 
 
@@ -139,6 +139,19 @@ def prepare_process(threads=None):
     if threads:
         torch.set_num_threads(threads)
     keep_freed_memory()
+    import_torch_compiler()
+
+
+def import_torch_compiler():
+    """torch imports its compiler (torch._dynamo) at a process's first optimizer, and that import writes generated
+    modules into a temporary folder of its own: imported here, a write refused there (a full /tmp, a file-size
+    limit) is one error naming the folder and the fix, before any run, instead of an OSError naming no file."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except OSError as err:
+        sys.exit(f"error: torch could not write its own temporary files in {tempfile.gettempdir()} (the modules "
+                 f"torch._dynamo generates when it is imported): {cause_in_words(err)}. Point TMPDIR at a folder "
+                 f"with room (TMPDIR=<folder> python -m ...), or lift the limit, then run the command again")
 
 
 def load_task_registry(args, parser):

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks.tables.task_table import task_markdown
 from core.interrupt import ENV_PAUSE_AT
 from tasks.base import get_task
@@ -102,3 +104,13 @@ def test_a_second_signal_in_training_exits_at_once_with_one_line(tiny_ptb, tmp_p
     output = signal_at(proc, "training", signal.SIGTERM, again_when="saving a checkpoint after this step")
     assert proc.returncode == 143, output
     assert "second SIGTERM: stopping at once" in output and "Traceback" not in output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_command_imports_torch_is_one_line_and_130_or_143(tiny_ptb, tmp_path, signum):
+    proc = runner(tiny_ptb, tmp_path, "startup")  # paused in benchmarks/__init__.py, before torch is imported
+    output = signal_at(proc, "startup", signum)
+    assert proc.returncode == 128 + signum, output
+    assert output.splitlines()[-1] == (f"stopped by {signal.Signals(signum).name} while starting (importing torch "
+                                       "and the tasks): nothing was written")
+    assert "Traceback" not in output and not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()

@@ -6,6 +6,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import textwrap
 
 import pytest
@@ -406,3 +407,20 @@ def test_a_table_with_no_recorded_run_is_estimated_from_the_speed_table_of_this_
     (tmp_path / "lm" / "speed.json").write_text(json.dumps(speed))
     assert planning.speed_estimate(tmp_path, job, "cpu", "bf16") in (None, planning.speed_estimate(
         planning.ROOT / "results", job, "cpu", "bf16"))  # only the repository's own table may answer
+
+
+def test_sigint_to_a_grid_stops_its_running_jobs_at_a_checkpoint_and_says_that_each_resumes(
+        tmp_path, tiny_ptb, user_dir):
+    proc = run_grid(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "none", "--seeds", "1,2", "--epochs", "500",
+                              "--jobs", "2", "--threads", "1"))
+    runs = tmp_path / "runs" / "lm" / "tiny-e500"
+    deadline = time.time() + 300
+    while not all((runs / f"none-p0-seed{s}" / "checkpoint.pt").exists() for s in (1, 2)):  # both are training
+        assert time.time() < deadline and proc.poll() is None, "the jobs never saved a checkpoint"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output
+    assert output.count(": stopped, resumes from its checkpoint when the command is run again") == 2, output
+    assert "Grid: 0 jobs finished, 0 finished before, 0 failed, 2 stopped, 2 not run." in output  # zaremba waits
+    assert "queued, stopped" not in output and "Run the same grid command again" in output

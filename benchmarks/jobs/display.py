@@ -122,9 +122,10 @@ def time_lines(grid):
 
 
 def summary_lines(grid, settings):
-    counts = {s: grid.status.count(s) for s in ("finished", "skipped", "failed", "queued")}
+    counts = {s: grid.status.count(s) for s in ("finished", "skipped", "failed", "stopped", "queued")}
+    stopped = f"{counts['stopped']} stopped, " if counts["stopped"] else ""
     lines = ["", f"Grid: {counts['finished']} jobs finished, {counts['skipped']} finished before, "
-                 f"{counts['failed']} failed, {counts['queued']} not run."] + time_lines(grid)
+                 f"{counts['failed']} failed, {stopped}{counts['queued']} not run."] + time_lines(grid)
     for i, job in enumerate(grid.jobs):
         if grid.status[i] != "failed":
             continue
@@ -135,7 +136,7 @@ def summary_lines(grid, settings):
             cause = last_error(log)
             lines += ([f"  cause: {cause}"] if cause else []) + [f"  log: {log}",
                                                                 f"  rerun: {runner_text(argv)}"]
-    if counts["failed"] or counts["queued"]:
+    if counts["failed"] or counts["stopped"] or counts["queued"]:
         lines.append("Run the same grid command again to run what is missing (finished jobs are skipped).")
     return lines
 

@@ -43,7 +43,7 @@ class Grid:
 
     def __init__(self, jobs, settings, executor, slots, display, device_name=None):
         self.jobs, self.settings, self.executor, self.slots, self.display = jobs, settings, executor, slots, display
-        self.status = ["queued"] * len(jobs)  # queued, running, finished, failed, skipped
+        self.status = ["queued"] * len(jobs)  # queued, running, finished, failed, skipped, stopped
         self.handles, self.started, self.ended, self.notes = {}, {}, {}, {}
         self.tables = {}  # choice -> the selection table its p came from
         self.stopping, self.stop_signal = False, signal.SIGINT
@@ -179,5 +179,7 @@ class Grid:
             handle.stop()
         for i, handle in list(self.handles.items()):
             handle.wait()
-            self._set(i, "queued", "stopped (checkpoint saved): resumes when the command is run again")
+            kept = (planning.job_run_dir(self.jobs[i], self.settings) / "checkpoint.pt").exists()
+            self._set(i, "stopped", "resumes from its checkpoint when the command is run again" if kept else
+                      "before its first checkpoint: starts again when the command is run again")
         self.handles.clear()

@@ -87,6 +87,22 @@ def parse_grids(items):
     return grids
 
 
+def unused_grids(grids, jobs):
+    """Why a --grid would be ignored (no scheme of the plan is chosen on validation, or not the one it names), or
+    None: a flag that changes nothing is an error, not a silence."""
+    chosen = sorted({j.variant for j in jobs if j.kind == "select"})
+    named = sorted(s for s in grids if s is not None)
+    if grids and not chosen:
+        return ("--grid: no scheme of this plan is chosen on validation (none has p 0, and the others take their "
+                "preset's p or --p): add a scheme without a preset p with --variants, or choose a preset scheme's "
+                "p on validation with --select SCHEME")
+    missing = [s for s in named if s not in chosen]
+    if missing:
+        return (f"--grid {', '.join(missing)}=...: not chosen on validation in this plan (chosen: "
+                f"{', '.join(chosen)}); add it with --variants, or --select it")
+    return None
+
+
 def variants_of(text):
     named = [v.strip() for v in text.split(",") if v.strip()]
     named = list(SCHEMES) if named == ["all"] else named
@@ -143,6 +159,9 @@ def make_plan(args, parser):
         seeds = given_seeds or task_cls.default_seeds(config) or list(range(1, (ensemble or 1) + 1))
         jobs += planning.plan_task(task_cls, preset, variants, seeds, overrides, settings, fixed, ensemble, reselect)
     jobs = planning.link(jobs)
+    unused = unused_grids(grids, jobs)
+    if unused:
+        parser.error(unused)
     local = args.executor == "local"
     try:
         check_jobs(jobs, settings, local)

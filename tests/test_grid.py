@@ -97,7 +97,11 @@ def test_bad_grid_flags_fail_before_anything_runs(tmp_path, tiny_ptb, user_dir, 
                           (["--seeds", "-1"], "--seeds -1: seeds are integers >= 0"),
                           (["--variants", "mine,mine"], "--variants gives mine twice: name each once"),
                           (["--grid", "0.1,0.10"], "--grid 0.1,0.10 gives 0.1 twice"),
-                          (["--set", "max_tokens=0"], "--set max_tokens must be >= 1, got 0")]:
+                          (["--set", "max_tokens=0"], "--set max_tokens must be >= 1, got 0"),
+                          (["--variants", "none,zaremba", "--grid", "0.1"],  # it would change nothing
+                           "--grid: no scheme of this plan is chosen on validation"),
+                          (["--variants", "mine", "--grid", "zoneout=0.05/0.5"],
+                           "--grid zoneout=...: not chosen on validation in this plan (chosen: mine)")]:
         with pytest.raises(SystemExit):
             plan_of(grid_args(tmp_path, tiny_ptb, user_dir, *argv))
         assert message in capsys.readouterr().err

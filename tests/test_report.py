@@ -30,6 +30,9 @@ def test_overview_lists_results_tables_only(tmp_path):
     (tmp_path / "lm" / "cpu-selection.json").write_text(json.dumps({"rule": "best validation", "runs": []}))
     text = overview(tmp_path)
     assert "mc.md" not in text and "selection" not in text and "| lm |" not in text
+    assert "schemes.png" not in text  # an empty cross-task table draws no figure: none is linked
+    (tmp_path / "schemes.png").write_bytes(b"\x89PNG")
+    assert "([schemes.png](schemes.png), data: [schemes.json](schemes.json))" in overview(tmp_path)
 
 
 def test_a_row_whose_seeds_ran_on_different_machines_says_so():

@@ -62,7 +62,8 @@ def overview(out_dir):
                          + " | ".join(_cell(runs, v, keys) for v in SCHEMES)
                          + f" | {paper_cell} | [{path.stem}.md]({name}/{path.stem}.md) | "
                            f"[{path.stem}.png]({name}/{path.stem}.png) |")
-    lines += ["", "Every scheme on every task, side by side: [schemes.md](schemes.md) ([schemes.png](schemes.png), data: [schemes.json](schemes.json))"
+    figure = "[schemes.png](schemes.png), " if (out_dir / "schemes.png").exists() else ""  # none for an empty table
+    lines += ["", f"Every scheme on every task, side by side: [schemes.md](schemes.md) ({figure}data: [schemes.json](schemes.json))"
               + "".join(f"; for `{p.stem.removeprefix('schemes-')}`: [{p.name}]({p.name})"
                         for p in sorted(out_dir.glob("schemes-*.md"))
                         if not (tracked and smoke_label(p.stem.removeprefix("schemes-")))) + "."]

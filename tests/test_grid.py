@@ -14,6 +14,7 @@ import pytest
 import core
 from benchmarks import grid
 from benchmarks.jobs import runner, selection
+from benchmarks.jobs import estimates
 from benchmarks.jobs import plan as planning
 from benchmarks.tables.merge import load_runs, read_json
 from tasks import registry
@@ -405,12 +406,19 @@ def test_a_table_with_no_recorded_run_is_estimated_from_the_speed_table_of_this_
     (tmp_path / "lm").mkdir()
     (tmp_path / "lm" / "speed.json").write_text(json.dumps(speed))
     job = planning.Job("lm", "medium", "medium-bf16-cpu", "zaremba", 1, (0.5, None))
-    seconds, how = planning.estimate(tmp_path, job, "cpu", "bf16")
+    seconds, how = estimates.estimate(tmp_path, job, "cpu", "bf16")
     assert seconds == 39 * 929_589 / 2000.0 and "from the speed table's zaremba-bf16 rate (2,000 items/s" in how
+    sources = estimates.estimate_sources  # the plan's header names what its estimates came from, once each
+    assert sources([(seconds, how), (None, "no recorded run on this device")], tmp_path, "cpu") == \
+        "the task's speed table on this kind of machine"
+    assert sources([(60.0, "2 recorded"), (seconds, how)], estimates.ROOT / "results", "cpu") == \
+        f"the wall times recorded on cpu in {estimates.ROOT / 'results'}/ and the task's speed table on this kind of machine"
+    assert sources([(60.0, "1 recorded")], tmp_path, "cpu") == \
+        f"the wall times recorded on cpu in {tmp_path}/ (else the repository's results/)"
     speed[0]["provenance"] = {**here, "cpu_model": "another CPU"}
     (tmp_path / "lm" / "speed.json").write_text(json.dumps(speed))
-    assert planning.speed_estimate(tmp_path, job, "cpu", "bf16") in (None, planning.speed_estimate(
-        planning.ROOT / "results", job, "cpu", "bf16"))  # only the repository's own table may answer
+    assert estimates.speed_estimate(tmp_path, job, "cpu", "bf16") in (None, estimates.speed_estimate(
+        estimates.ROOT / "results", job, "cpu", "bf16"))  # only the repository's own table may answer
 
 
 def test_sigint_to_a_grid_stops_its_running_jobs_at_a_checkpoint_and_says_that_each_resumes(

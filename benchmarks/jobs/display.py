@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from benchmarks.jobs import plan as planning
+from benchmarks.jobs.estimates import minutes
 from benchmarks.jobs.runner import runner_text
 from benchmarks.tables.cross_task import selection_decisions, tuning_lines
 from benchmarks.tables.effects import adjust_for_family, effects
@@ -116,8 +117,8 @@ def time_lines(grid):
         job = grid.jobs[i]
         per_task[job.task] = per_task.get(job.task, 0.0) + seconds
         per_phase[phases[job.kind]] = per_phase.get(phases[job.kind], 0.0) + seconds
-    split = lambda part: ", ".join(f"{k} {planning.minutes(v)}" for k, v in sorted(part.items()))  # noqa: E731
-    return [f"Took {planning.minutes(time.time() - grid.began)} of wall time, {counted(grid.slots, 'job')} at a time; "
+    split = lambda part: ", ".join(f"{k} {minutes(v)}" for k, v in sorted(part.items()))  # noqa: E731
+    return [f"Took {minutes(time.time() - grid.began)} of wall time, {counted(grid.slots, 'job')} at a time; "
             f"job time per task: {split(per_task)}; per kind of job: {split(per_phase)}."]
 
 

@@ -1,5 +1,6 @@
 """The flags the commands share, each declared by one add_* function and resolved by one resolve_* function,
 and the run-dir guard of the runner."""
+import importlib
 import os
 import sys
 import tempfile
@@ -147,7 +148,7 @@ def import_torch_compiler():
     modules into a temporary folder of its own: imported here, a write refused there (a full /tmp, a file-size
     limit) is one error naming the folder and the fix, before any run, instead of an OSError naming no file."""
     try:
-        import torch._dynamo  # noqa: F401
+        importlib.import_module("torch._dynamo")
     except OSError as err:
         sys.exit(f"error: torch could not write its own temporary files in {tempfile.gettempdir()} (the modules "
                  f"torch._dynamo generates when it is imported): {cause_in_words(err)}. Point TMPDIR at a folder "

@@ -1,11 +1,11 @@
-"""The one place that plans benchmark jobs: which runs a comparison needs, in which order, and how long they take.
+"""The one place that plans benchmark jobs: which runs a comparison needs, in which order, and how long they take
+(the estimates: benchmarks/jobs/estimates.py).
 
 A job is one ordinary `benchmarks.run` process (one task, preset, variant, seed) in its own run dir. A scheme
 whose p the preset does not fix first gets one `--valid-only` selection job per grid point on the task's
 selection seed; its seed jobs wait for that choice (benchmarks.select's rule) and use it. benchmarks.grid runs a
 plan, benchmarks.paper is one, and benchmarks.run prints one before it trains more than one run.
 """
-import statistics
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -13,11 +13,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.jobs.config import preset_config, preset_p, run_name
+from benchmarks.jobs.estimates import estimate, estimate_sources, makespan, minutes
 from benchmarks.tables.format import counted
 from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION, SELECTION_SUFFIX, table_label
-from benchmarks.tables.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json, singles
-from benchmarks.tables.task_table import device_of
-from core.provenance import ROOT, git_commit, hardware, machine_key, recorded_user_code, user_code, user_code_hash
+from benchmarks.tables.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json
+from core.provenance import git_commit, hardware, machine_key, recorded_user_code, user_code, user_code_hash
 from core.utils import pick_device
 from tasks.base import TASKS, user_registered
 
@@ -236,7 +236,7 @@ def _entry_in_table(job, settings):
     return None
 
 
-# ---- estimates from the wall times already recorded in results/ ------------------------------------------------
+
 
 def device_name(device):
     """What a table's runs call this device: 'cpu', or the GPU's name (benchmarks.tables.task_table.device_of)."""
@@ -244,86 +244,6 @@ def device_name(device):
 
     device = pick_device(device)
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-
-
-def whole_job_s(run):
-    """A recorded run's whole time (start-up, setup, training, final evaluation: its `timings`), or for a run from
-    before they were recorded its training time alone; (seconds, whether whole)."""
-    timings = run.get("timings")
-    if isinstance(timings, dict) and timings:
-        return sum(timings.values()), True
-    return run.get("wall_s"), False
-
-
-def recorded_walls(out, job, device):
-    """{variant: [(seconds, whole)]} of the runs recorded for this job's table (selection jobs: its selection
-    table, else the table itself) on `device`, read from `out` and, where that has none, from the repository's
-    results/."""
-    names = [f"{job.label}{SELECTION_SUFFIX}.json", f"{job.label}.json"] if job.kind == "select" else [f"{job.label}.json"]
-    for folder in dict.fromkeys([Path(out), ROOT / "results"]):
-        for name in names:
-            found = read_json(folder / job.task / name)
-            runs = found.get("runs", []) if isinstance(found, dict) else found
-            walls = {}
-            for r in singles(runs) if isinstance(runs, list) else []:
-                if isinstance(r, dict) and r.get("wall_s") and device_of(r) == device:
-                    walls.setdefault(r["variant"], []).append(whole_job_s(r))
-            if walls:
-                return walls
-    return {}
-
-
-def speed_estimate(out, job, device, precision):
-    """(seconds, how) of a job's training: this machine kind's speed-table rate x an epoch's items x epochs, or None."""
-    task_cls = TASKS[job.task]
-    config = preset_config(task_cls, job.preset, None, dict(job.overrides))
-    items = task_cls.train_items(config)
-    try:
-        machine = hardware(device if device == "cpu" else "cuda")
-    except (RuntimeError, AssertionError):  # a cluster's GPU jobs planned where there is no GPU: nothing to match
-        return None
-    here = machine_key({**machine, "torch": torch.__version__}), machine["cpu_capability"]
-    row = job.variant + ("-bf16" if precision == "bf16" else "")
-    for folder in dict.fromkeys([Path(out), ROOT / "results"]):
-        for entry in reversed(read_json(folder / job.task / "speed.json")):  # the newest section first
-            prov = entry.get("provenance", {}) if isinstance(entry, dict) else {}
-            rate = entry.get("results", {}).get(row, {}).get("train_tok_s") if prov else None
-            same_kind = (machine_key(prov), prov.get("cpu_capability")) == here
-            if items and rate and entry.get("preset") == job.preset and same_kind:
-                seconds = config["epochs"] * items / rate
-                return seconds, (f"training only, from the speed table's {row} rate ({rate:,.0f} items/s at "
-                                 f"{prov.get('torch_threads', '?')} threads) x {items:,} items x {config['epochs']} "
-                                 "epochs")
-    return None
-
-
-def estimate(out, job, device, precision="fp32"):
-    """(seconds, how) for one job, or (None, 'unknown'); ensembles evaluate and are counted as 0."""
-    if job.kind == "ensemble":
-        return 0.0, "evaluation only"
-    walls = recorded_walls(out, job, device)
-    found = walls.get(job.variant) or [w for ws in walls.values() for w in ws]
-    if not found:
-        return speed_estimate(out, job, device, precision) or (None, "no recorded run on this device")
-    others = "" if job.variant in walls else " of other schemes"
-    whole = "" if all(w for _, w in found) else ", training time only"
-    return statistics.mean(s for s, _ in found), f"{len(found)} recorded{others}{whole}"
-
-
-def makespan(jobs, seconds, slots):
-    """The wall time of the plan with `slots` jobs at a time, each job as soon as a slot is free and its
-    dependencies have ended (unknown estimates count as 0)."""
-    end, free = {}, [0.0] * slots
-    for i, job in enumerate(jobs):  # plan order is a topological order
-        ready = max([end[j] for j in job.after], default=0.0)
-        k = min(range(slots), key=lambda s: max(free[s], ready))
-        start = max(free[k], ready)
-        end[i] = free[k] = start + (seconds[i] or 0.0)
-    return max(end.values(), default=0.0)
-
-
-def minutes(seconds):
-    return "unknown" if seconds is None else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
 def recorded_choice(job, settings):
@@ -363,8 +283,7 @@ def describe(jobs, settings, device, slots, executor="local"):
     if unknown and all(s is None or s == 0.0 for s in seconds):  # nothing to run has a recorded time
         when = f"No time estimate: {out}/ records no run of these tables on {device}; {at_once}."
     else:
-        when = (f"Estimated {minutes(total)} with {at_once}, from the wall times recorded in {out}/ on {device} "
-                "(else in the repository's results/, else the task's speed table on this kind of machine; each "
+        when = (f"Estimated {minutes(total)} with {at_once}, from {estimate_sources(estimates, out, device)} (each "
                 "job's source with --dry-run)"
                 + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
     done = sum(how.startswith("finished before") for _, how in estimates)

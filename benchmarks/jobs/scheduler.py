@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from benchmarks.jobs import plan as planning
+from benchmarks.jobs.estimates import estimate, minutes
 from benchmarks.jobs.config import preset_config
 from benchmarks.jobs.display import final_metric, schemes_tables
 from benchmarks.jobs.runner import build_parser, check_mergeable, run_label, validate
@@ -49,7 +50,7 @@ class Grid:
         self.stopping, self.stop_signal = False, signal.SIGINT
         self.began = time.time()
         device = device_name or settings.device
-        self.estimates = [planning.estimate(settings.out, job, device, settings.precision)[0]
+        self.estimates = [estimate(settings.out, job, device, settings.precision)[0]
                           for job in jobs]  # None: unknown
 
     def progress(self):
@@ -68,7 +69,7 @@ class Grid:
             return text
         if unknown == len(self.jobs) - done:
             return text + ", the time left unknown (no recorded run of these jobs)"
-        text += f", about {planning.minutes(left / self.slots)} left"
+        text += f", about {minutes(left / self.slots)} left"
         if unknown:
             text += f" and {counted(unknown, 'job')} with no recorded time"
         return text

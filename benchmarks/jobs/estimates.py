@@ -1,0 +1,103 @@
+"""How long planned jobs take: the whole-job wall times recorded in the tables (in --out, else in the repository's
+results/), else a training time from the task's speed table on this kind of machine; and the plan's wall time with
+N jobs at a time. benchmarks.jobs.plan prints them; the scheduler counts down with them."""
+import statistics
+from pathlib import Path
+
+import torch
+
+from benchmarks.jobs.config import preset_config
+from benchmarks.tables.labels import SELECTION_SUFFIX
+from benchmarks.tables.merge import read_json, singles
+from benchmarks.tables.task_table import device_of
+from core.provenance import ROOT, hardware, machine_key
+from tasks.base import TASKS
+
+
+def whole_job_s(run):
+    """A recorded run's whole time (start-up, setup, training, final evaluation: its `timings`), or for a run from
+    before they were recorded its training time alone; (seconds, whether whole)."""
+    timings = run.get("timings")
+    if isinstance(timings, dict) and timings:
+        return sum(timings.values()), True
+    return run.get("wall_s"), False
+
+
+def recorded_walls(out, job, device):
+    """{variant: [(seconds, whole)]} of the runs recorded for this job's table (selection jobs: its selection
+    table, else the table itself) on `device`, read from `out` and, where that has none, from the repository's
+    results/."""
+    names = [f"{job.label}{SELECTION_SUFFIX}.json", f"{job.label}.json"] if job.kind == "select" else [f"{job.label}.json"]
+    for folder in dict.fromkeys([Path(out), ROOT / "results"]):
+        for name in names:
+            found = read_json(folder / job.task / name)
+            runs = found.get("runs", []) if isinstance(found, dict) else found
+            walls = {}
+            for r in singles(runs) if isinstance(runs, list) else []:
+                if isinstance(r, dict) and r.get("wall_s") and device_of(r) == device:
+                    walls.setdefault(r["variant"], []).append(whole_job_s(r))
+            if walls:
+                return walls
+    return {}
+
+
+def speed_estimate(out, job, device, precision):
+    """(seconds, how) of a job's training: this machine kind's speed-table rate x an epoch's items x epochs, or None."""
+    task_cls = TASKS[job.task]
+    config = preset_config(task_cls, job.preset, None, dict(job.overrides))
+    items = task_cls.train_items(config)
+    try:
+        machine = hardware(device if device == "cpu" else "cuda")
+    except (RuntimeError, AssertionError):  # a cluster's GPU jobs planned where there is no GPU: nothing to match
+        return None
+    here = machine_key({**machine, "torch": torch.__version__}), machine["cpu_capability"]
+    row = job.variant + ("-bf16" if precision == "bf16" else "")
+    for folder in dict.fromkeys([Path(out), ROOT / "results"]):
+        for entry in reversed(read_json(folder / job.task / "speed.json")):  # the newest section first
+            prov = entry.get("provenance", {}) if isinstance(entry, dict) else {}
+            rate = entry.get("results", {}).get(row, {}).get("train_tok_s") if prov else None
+            same_kind = (machine_key(prov), prov.get("cpu_capability")) == here
+            if items and rate and entry.get("preset") == job.preset and same_kind:
+                seconds = config["epochs"] * items / rate
+                return seconds, (f"training only, from the speed table's {row} rate ({rate:,.0f} items/s at "
+                                 f"{prov.get('torch_threads', '?')} threads) x {items:,} items x {config['epochs']} "
+                                 "epochs")
+    return None
+
+
+def estimate(out, job, device, precision="fp32"):
+    """(seconds, how) for one job, or (None, 'unknown'); ensembles evaluate and are counted as 0."""
+    if job.kind == "ensemble":
+        return 0.0, "evaluation only"
+    walls = recorded_walls(out, job, device)
+    found = walls.get(job.variant) or [w for ws in walls.values() for w in ws]
+    if not found:
+        return speed_estimate(out, job, device, precision) or (None, "no recorded run on this device")
+    others = "" if job.variant in walls else " of other schemes"
+    whole = "" if all(w for _, w in found) else ", training time only"
+    return statistics.mean(s for s, _ in found), f"{len(found)} recorded{others}{whole}"
+
+
+def makespan(jobs, seconds, slots):
+    """The wall time of the plan with `slots` jobs at a time, each job as soon as a slot is free and its
+    dependencies have ended (unknown estimates count as 0)."""
+    end, free = {}, [0.0] * slots
+    for i, job in enumerate(jobs):  # plan order is a topological order
+        ready = max([end[j] for j in job.after], default=0.0)
+        k = min(range(slots), key=lambda s: max(free[s], ready))
+        start = max(free[k], ready)
+        end[i] = free[k] = start + (seconds[i] or 0.0)
+    return max(end.values(), default=0.0)
+
+
+def minutes(seconds):
+    return "unknown" if seconds is None else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def estimate_sources(estimates, out, device):
+    """What the estimates came from: 'the wall times recorded on cpu in results/ and the task's speed table'."""
+    hows = [how for _, how in estimates]
+    where = f"{out}/" + ("" if Path(out).resolve() == ROOT / "results" else " (else the repository's results/)")
+    sources = ([f"the wall times recorded on {device} in {where}"] if any(h[:1].isdigit() and " recorded" in h for h in hows) else []) \
+        + (["the task's speed table on this kind of machine"] if any("speed table" in h for h in hows) else [])
+    return " and ".join(sources) or "the tables' records"

@@ -421,6 +421,32 @@ def test_a_table_with_no_recorded_run_is_estimated_from_the_speed_table_of_this_
         estimates.ROOT / "results", job, "cpu", "bf16"))  # only the repository's own table may answer
 
 
+def test_a_bf16_table_with_no_run_is_estimated_from_the_fp32_table_scaled_by_the_speed_tables_rates(tmp_path):
+    """MT knows no epoch size without its data: a bf16 job's time is the fp32 table's recorded runs on this device x
+    the fp32 / bf16 rates of the speed table of this kind of machine; without an fp32 row there is no estimate."""
+    from core.provenance import hardware
+    from tasks.base import get_task
+
+    get_task("mt")  # registered, as a command's plan has it
+    here = {**hardware("cpu"), "torch": __import__("torch").__version__}
+    rates = {"none": {"train_tok_s": 4000.0}, "none-bf16": {"train_tok_s": 6000.0}}
+    (tmp_path / "mt").mkdir()
+    (tmp_path / "mt" / "speed.json").write_text(json.dumps([{"preset": "cpu", "results": rates, "provenance": here}]))
+    fp32 = [{"variant": "none", "dropout": 0.0, "seed": s, "wall_s": wall, "provenance": {"device": device}}
+            for s, wall, device in ((1, 3000.0, "cpu"), (2, 3600.0, "cpu"), (3, 60.0, "cuda:0"))]  # the GPU's: not used
+    (tmp_path / "mt" / "cpu.json").write_text(json.dumps(fp32))
+    job = planning.Job("mt", "cpu", "cpu-bf16-cpu", "none", 1, (0.0, None))
+    seconds, how = estimates.estimate(tmp_path, job, "cpu", "bf16")
+    assert seconds == 3300.0 * 4000.0 / 6000.0
+    threads = here["torch_threads"]
+    assert how == (f"2 recorded runs of mt/cpu x 4,000 / 6,000, the speed table's none / none-bf16 rates at {threads} "
+                   f"thread{'s' * (threads != 1)}; training time only")
+    del rates["none"]
+    (tmp_path / "mt" / "speed.json").write_text(json.dumps([{"preset": "cpu", "results": rates, "provenance": here}]))
+    assert estimates.speed_estimate(tmp_path, job, "cpu", "bf16") in (None, estimates.speed_estimate(
+        estimates.ROOT / "results", job, "cpu", "bf16"))  # only the repository's own table may answer
+
+
 def test_sigint_to_a_grid_stops_its_running_jobs_at_a_checkpoint_and_says_that_each_resumes(
         tmp_path, tiny_ptb, user_dir):
     proc = run_grid(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "none", "--seeds", "1,2", "--epochs", "500",

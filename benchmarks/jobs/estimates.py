@@ -2,12 +2,13 @@
 results/), else a training time from the task's speed table on this kind of machine; and the plan's wall time with
 N jobs at a time. benchmarks.jobs.plan prints them; the scheduler counts down with them."""
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from benchmarks.jobs.config import preset_config
-from benchmarks.tables.labels import SELECTION_SUFFIX
+from benchmarks.tables.labels import SELECTION_SUFFIX, fp32_label
 from benchmarks.tables.merge import read_json, singles
 from benchmarks.tables.task_table import device_of
 from core.provenance import ROOT, hardware, machine_key
@@ -42,26 +43,48 @@ def recorded_walls(out, job, device):
 
 
 def speed_estimate(out, job, device, precision):
-    """(seconds, how) of a job's training: this machine kind's speed-table rate x an epoch's items x epochs, or None."""
-    task_cls = TASKS[job.task]
-    config = preset_config(task_cls, job.preset, None, dict(job.overrides))
-    items = task_cls.train_items(config)
+    """(seconds, how) of a job with no recorded run of its own table, from this machine kind's speed table: the
+    rate x an epoch's items x epochs where the task knows its items without the data, else (bf16, tf32) the fp32
+    table's recorded runs scaled by the fp32/precision rate ratio; or None."""
+    row = job.variant + ("-bf16" if precision == "bf16" else "")
+    section = speed_section(out, job, device, row)
+    if section is None:
+        return None
+    rate, threads = section["results"][row]["train_tok_s"], section["provenance"].get("torch_threads", "?")
+    threads = f"{threads} thread" + ("" if threads == 1 else "s")
+    config = preset_config(TASKS[job.task], job.preset, None, dict(job.overrides))
+    items = TASKS[job.task].train_items(config)
+    if items:
+        return config["epochs"] * items / rate, (f"training only, from the speed table's {row} rate ({rate:,.0f} "
+                                                 f"items/s at {threads}) x {items:,} items x "
+                                                 f"{config['epochs']} epochs")
+    base_label, base_rate = fp32_label(job.label), section["results"].get(job.variant, {}).get("train_tok_s")
+    if base_label is None or not base_rate:
+        return None
+    walls = recorded_walls(out, replace(job, label=base_label), device)
+    found = walls.get(job.variant) or [w for ws in walls.values() for w in ws]
+    if not found:
+        return None
+    others = "" if job.variant in walls else " of other schemes"
+    whole = "" if all(w for _, w in found) else "; training time only"
+    return statistics.mean(s for s, _ in found) * base_rate / rate, (
+        f"{len(found)} recorded runs{others} of {job.task}/{base_label} x {base_rate:,.0f} / {rate:,.0f}, the speed "
+        f"table's {job.variant} / {row} rates at {threads}{whole}")
+
+
+def speed_section(out, job, device, row):
+    """The newest speed-table section of this job's preset on this kind of machine that times `row`, or None."""
     try:
         machine = hardware(device if device == "cpu" else "cuda")
     except (RuntimeError, AssertionError):  # a cluster's GPU jobs planned where there is no GPU: nothing to match
         return None
     here = machine_key({**machine, "torch": torch.__version__}), machine["cpu_capability"]
-    row = job.variant + ("-bf16" if precision == "bf16" else "")
     for folder in dict.fromkeys([Path(out), ROOT / "results"]):
         for entry in reversed(read_json(folder / job.task / "speed.json")):  # the newest section first
             prov = entry.get("provenance", {}) if isinstance(entry, dict) else {}
             rate = entry.get("results", {}).get(row, {}).get("train_tok_s") if prov else None
-            same_kind = (machine_key(prov), prov.get("cpu_capability")) == here
-            if items and rate and entry.get("preset") == job.preset and same_kind:
-                seconds = config["epochs"] * items / rate
-                return seconds, (f"training only, from the speed table's {row} rate ({rate:,.0f} items/s at "
-                                 f"{prov.get('torch_threads', '?')} threads) x {items:,} items x {config['epochs']} "
-                                 "epochs")
+            if rate and entry.get("preset") == job.preset and (machine_key(prov), prov.get("cpu_capability")) == here:
+                return entry
     return None
 
 

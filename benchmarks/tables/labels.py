@@ -64,6 +64,14 @@ def parse_label(label):
             "valid_only": bool(match["select"])}
 
 
+def fp32_label(label):
+    """The label of the same table in fp32 ("cpu-bf16-cpu" -> "cpu"), or None for an fp32 table or another name."""
+    match = LABEL.match(label)
+    if not match or not match["precision"]:
+        return None
+    return label[:match.start("precision")] + label[match.end("precision"):]
+
+
 def preset_of(label):
     """The preset a table's label starts with (the whole name for a table named otherwise)."""
     try:

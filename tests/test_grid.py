@@ -462,3 +462,21 @@ def test_sigint_to_a_grid_stops_its_running_jobs_at_a_checkpoint_and_says_that_e
     assert output.count(": stopped, resumes from its checkpoint when the command is run again") == 2, output
     assert "Grid: 0 jobs finished, 0 finished before, 0 failed, 2 stopped, 2 not run." in output  # zaremba waits
     assert "queued, stopped" not in output and "Run the same grid command again" in output
+
+
+def test_a_job_that_lands_its_row_while_the_grid_stops_it_is_counted_finished_not_stopped(
+        tmp_path, tiny_ptb, user_dir):
+    env = {**os.environ, "RNNREG_PAUSE_AT": "table_write"}  # the job waits, trained, before writing its table
+    proc = run_grid(grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "none", "--epochs", "1", "--jobs", "1",
+                              "--threads", "1"), env=env)
+    log = tmp_path / "runs" / "grid-logs" / "lm_tiny-e1_none_p0_seed_1.log"
+    deadline = time.time() + 300
+    while not (log.exists() and "paused at table_write" in log.read_text()):
+        assert time.time() < deadline and proc.poll() is None, "the job never reached its table write"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)  # the grid stops its job: the job finishes the write under way, exits 143
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output
+    assert re.search(r"#1 lm/tiny-e1 none p=0 seed 1: finished, test ppl [\d.]+ \(", output), output
+    assert "Grid: 1 jobs finished, 0 finished before, 0 failed, 1 not run." in output and ": stopped" not in output
+    assert [r["variant"] for r in load_runs(tmp_path / "results" / "lm" / "tiny-e1.json")] == ["none"]

@@ -168,7 +168,7 @@ def verdicts(jobs, out):
             lines.append(f"- {task_name}/{label} {variant} p={p:g} vs {base} p={base_p:g}: {r['diff']:+.2f} "
                          f"{task.main_metric}{ci}: {said} ({counted(len(r['seeds']), 'paired seed')})")
     if len(lines) == 2:
-        lines.append("- no comparisons yet (the tables need none or zaremba runs)")
+        lines.append("- no comparisons yet (one needs none, or zaremba, and another scheme on the same seeds)")
     if tuning:
         lines += ["How each p was set (a scheme tuned on validation against one at a fixed p: its lead may be the "
                   "tuning):", *tuning]

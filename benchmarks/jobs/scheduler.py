@@ -179,8 +179,14 @@ class Grid:
         for handle in self.handles.values():
             handle.stop()
         for i, handle in list(self.handles.items()):
-            handle.wait()
+            code = handle.wait()
+            self.ended[i] = time.time()
+            if code == 0 or planning.done_before(self.jobs[i], self.settings):  # it ended (a final test pass finishes)
+                took = f"{(self.ended[i] - self.started[i]) / 60:.1f} min"
+                self._set(i, "finished", f"{final_metric(self.jobs[i], self.settings)} ({took})")
+                continue
             kept = (planning.job_run_dir(self.jobs[i], self.settings) / "checkpoint.pt").exists()
             self._set(i, "stopped", "resumes from its checkpoint when the command is run again" if kept else
                       "before its first checkpoint: starts again when the command is run again")
         self.handles.clear()
+        schemes_tables(self.jobs, self.settings.out)

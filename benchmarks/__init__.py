@@ -1,7 +1,9 @@
 """The commands (`python -m benchmarks.<command>`) and their library: jobs/, tables/, timing/ (docs/architecture.md).
 
-Run as a command, this package takes SIGINT and SIGTERM for the seconds its imports last (torch, the tasks):
-a Ctrl-C there is one line and exit 130 (143 for SIGTERM), not a KeyboardInterrupt traceback."""
+Run as a command, this package takes SIGINT and SIGTERM until the command takes them over: a Ctrl-C while torch
+and the tasks are imported, while the command checks its flags and folders, or anywhere in a command that has no
+handling of its own (speed, compare, mc), is one line and exit 130 (143 for SIGTERM), not a KeyboardInterrupt
+traceback."""
 import os
 import signal
 import sys
@@ -11,16 +13,15 @@ ENV_PAUSE_AT = "RNNREG_PAUSE_AT"  # core.interrupt.ENV_PAUSE_AT (not imported: c
 
 
 def _stop_while_starting(signum, frame):
-    """Until the command's module has run its imports (its main() is defined), nothing was written: say so and
-    stop; after that, Python's own handling, which the commands replace with core.interrupt's where they write."""
-    if not hasattr(sys.modules.get("__main__"), "main"):
-        sys.stderr.write(f"stopped by {signal.Signals(signum).name} while starting (importing torch and the "
-                         "tasks): nothing was written\n")
-        os._exit(128 + signum)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    """Until the command takes signals over (core.interrupt, where it trains or writes tables), a signal stops the
+    process at once with one line: nothing is half-written (every write lands whole or not at all)."""
+    name = signal.Signals(signum).name
+    if hasattr(sys.modules.get("__main__"), "main"):  # the command's module has run its imports
+        sys.stderr.write(f"stopped by {name}: no file is half-written (each write lands whole or not at all); run "
+                         "the command again to continue\n")
+    else:
+        sys.stderr.write(f"stopped by {name} while starting (importing torch and the tasks): nothing was written\n")
+    os._exit(128 + signum)
 
 
 if sys.argv[:1] == ["-m"]:  # `python -m benchmarks.<command>` while Python imports this package (not pytest's)

@@ -154,6 +154,7 @@ def main(argv=None):
         warn_if_uncommitted(origin, args.out)
     planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)
                    for s in args.seeds] for v in args.variants}
+    pause_point("checks")  # tests: a signal before the command takes signals over
     check_folders(args, planned)
     held = lock_runs(planned) if main_rank else []
     try:

@@ -8,6 +8,8 @@ import time
 
 from tqdm.auto import tqdm
 
+from core.utils import remove_unfinished_writes
+
 
 class Interrupted(Exception):
     """A run stopped by SIGTERM/SIGINT after saving its checkpoint; `--resume` continues it."""
@@ -31,6 +33,7 @@ def stop_on_signals(trainer):
     def handler(signum, frame):
         _SIGNALS["seen"] += 1
         if trainer.stop_requested:  # at once: the last checkpoint stands (every write is atomic), no traceback
+            remove_unfinished_writes()
             tqdm.write(f"second {signal.Signals(signum).name}: stopping at once; --resume continues from the last "
                        "checkpoint")
             os._exit(128 + signum)
@@ -92,6 +95,9 @@ class Stopped(Exception):
 def _command_handler(signum, frame):
     _SIGNALS["seen"] += 1
     if _SIGNALS["pending"] is not None:  # the second signal: at once (every write is atomic: no half file)
+        remove_unfinished_writes()
+        tqdm.write(f"second {signal.Signals(signum).name}: stopping at once; no file is half-written, and the same "
+                   "command again writes what is missing (benchmarks.run: with --resume)")
         os._exit(128 + signum)
     _SIGNALS["pending"] = signum
     if not _SIGNALS["deferring"]:

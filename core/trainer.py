@@ -188,6 +188,9 @@ class Trainer:
         if resume and (start > 1 or self._resume_within):
             self.monitor.note({"kind": "resumed", "epoch": start,
                                "step": (self._resume_within or {}).get("step", 0)})
+        # an attempt that saved no checkpoint left its log: its lines stay, and the new attempt's start is marked
+        elif resume and self.run_dir is not None and (self.run_dir / "log.jsonl").exists() and self.monitor.enabled:
+            self.monitor.note({"kind": "restarted", "why": "no checkpoint to resume from: training from the start"})
         try:
             with stop_on_signals(self):
                 for epoch in range(start, self.config.epochs + 1):

@@ -73,6 +73,7 @@ def atomic_write(path, write_fn, mode="w"):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as err:
         raise write_error(path, err) from err
+    WRITING.add(tmp)
     try:
         with os.fdopen(fd, mode) as f:
             write_fn(f)
@@ -87,6 +88,17 @@ def atomic_write(path, write_fn, mode="w"):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        WRITING.discard(tmp)
+
+
+WRITING = set()  # the temporaries of writes under way: a process that must exit at once removes them first
+
+
+def remove_unfinished_writes():
+    """Remove the temporaries of the writes under way (before an exit that skips their own cleanup)."""
+    for tmp in list(WRITING):
+        Path(tmp).unlink(missing_ok=True)
 
 
 def _sync_folder(folder):

@@ -285,3 +285,26 @@ def test_a_log_torn_before_is_cut_back_to_its_last_whole_line_and_the_grid_reads
         Monitor(log.parent, tensorboard=False).note({"kind": "resumed", "epoch": 2, "step": 0})
     assert log.read_bytes() == whole + b'{"kind": "resumed", "epoch": 2, "step": 0}\n'
     assert grid_report._epoch_progress(job, settings) == "epoch 1/2"
+
+
+def test_a_resume_that_finds_a_log_but_no_checkpoint_marks_its_restart_instead_of_doubling_the_log(tiny_ptb, tmp_path):
+    import resource
+
+    def limit_files_to_4_kb():  # the first best.pt is refused: epoch 1 logged its steps, no checkpoint exists
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))
+
+    argv = [sys.executable, "-m", "benchmarks.run", *lm_tiny(tiny_ptb, tmp_path, "--no-tensorboard")]
+    first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300, preexec_fn=limit_files_to_4_kb)
+    run_dir = tmp_path / "runs" / "lm" / "tiny" / "none-p0-seed1"
+    assert first.returncode == 1 and f"could not write {run_dir}/best.pt" in first.stderr, first.stderr
+    assert not (run_dir / "checkpoint.pt").exists()
+    before = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert any(r["kind"] == "step" for r in before)
+    again = subprocess.run(argv + ["--resume"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    lines = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    marker = {"kind": "restarted", "why": "no checkpoint to resume from: training from the start"}
+    assert lines[:len(before)] == before and lines[len(before)] == marker  # the old attempt, then the marker
+    steps = [(r["epoch"], r["step"]) for r in lines[len(before) + 1:] if r["kind"] == "step"]
+    assert steps and len(steps) == len(set(steps))  # after the marker, each step once

@@ -77,7 +77,9 @@ def test_a_second_signal_exits_at_once_without_a_half_written_file(tiny_ptb, tmp
     proc = runner(tiny_ptb, tmp_path, "table_write")
     output = signal_at(proc, "table_write", signal.SIGINT, again_when="finishing the write under way")
     assert proc.returncode == 130, output
-    assert "Traceback" not in output
+    assert "Traceback" not in output and output.splitlines()[-1] == (
+        "second SIGINT: stopping at once; no file is half-written, and the same command again writes what is missing "
+        "(benchmarks.run: with --resume)")
     table = tmp_path / "results" / "lm" / "tiny-e1.json"
     assert not table.exists() or json.loads(table.read_text())  # the old file or the new one, never half
     assert not [p for p in (tmp_path / "results").rglob("*.tmp")]
@@ -114,3 +116,11 @@ def test_a_signal_while_the_command_imports_torch_is_one_line_and_130_or_143(tin
     assert output.splitlines()[-1] == (f"stopped by {signal.Signals(signum).name} while starting (importing torch "
                                        "and the tasks): nothing was written")
     assert "Traceback" not in output and not (tmp_path / "runs").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_signal_after_the_imports_but_before_the_command_takes_signals_over_is_one_line_too(tiny_ptb, tmp_path):
+    proc = runner(tiny_ptb, tmp_path, "checks")  # flags parsed, torch imported; no run dir locked yet
+    output = signal_at(proc, "checks", signal.SIGINT)
+    assert proc.returncode == 130 and "Traceback" not in output, output
+    assert output.splitlines()[-1] == ("stopped by SIGINT: no file is half-written (each write lands whole or not at "
+                                       "all); run the command again to continue")

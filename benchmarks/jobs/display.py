@@ -42,7 +42,8 @@ def _epoch_progress(job, settings):
         records, torn = read_log(path)
     except (OSError, ValueError):  # no log yet, or a line inside it damaged: the job's status says enough
         return ""
-    epochs = sum(r.get("kind") == "epoch" for r in records)
+    restarts = [i for i, r in enumerate(records) if r.get("kind") == "restarted"]  # an attempt without checkpoint
+    epochs = sum(r.get("kind") == "epoch" for r in records[(restarts or [-1])[-1] + 1:])
     total = settings.epochs or TASKS[job.task].presets[job.preset]["epochs"]
     return f"epoch {epochs}/{total}" + (f" ({path.name}: torn last line skipped)" if torn else "")
 

@@ -93,7 +93,8 @@ def unused_grids(grids, jobs):
     chosen = sorted({j.variant for j in jobs if j.kind == "select"})
     named = sorted(s for s in grids if s is not None)
     if grids and not chosen:
-        return ("--grid: no scheme of this plan is chosen on validation (none has p 0, and the others take their "
+        which = f"--grid {', '.join(named)}=..." if named else "--grid"
+        return (f"{which}: no scheme of this plan is chosen on validation (none has p 0, and the others take their "
                 "preset's p or --p): add a scheme without a preset p with --variants, or choose a preset scheme's "
                 "p on validation with --select SCHEME")
     missing = [s for s in named if s not in chosen]
@@ -165,8 +166,8 @@ def make_plan(args, parser):
     local = args.executor == "local"
     try:
         check_jobs(jobs, settings, local)
-    except ValueError as err:  # a table where the rows would land: damaged, of another config, a folder
-        parser.error(str(err))
+    except ValueError as err:  # a table where the rows would land (damaged, another config, a folder), a folder
+        parser.exit(2, f"{parser.prog}: error: {err}\n")  # about files, not flags: no usage block
     return jobs, settings, planning.device_name(args.device) if local else str(device)
 
 

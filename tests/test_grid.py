@@ -101,6 +101,8 @@ def test_bad_grid_flags_fail_before_anything_runs(tmp_path, tiny_ptb, user_dir, 
                           (["--set", "max_tokens=0"], "--set max_tokens must be >= 1, got 0"),
                           (["--variants", "none,zaremba", "--grid", "0.1"],  # it would change nothing
                            "--grid: no scheme of this plan is chosen on validation"),
+                          (["--variants", "none,zaremba", "--grid", "zoneout=0.05/0.5"],
+                           "--grid zoneout=...: no scheme of this plan is chosen on validation"),
                           (["--variants", "mine", "--grid", "zoneout=0.05/0.5"],
                            "--grid zoneout=...: not chosen on validation in this plan (chosen: mine)")]:
         with pytest.raises(SystemExit):

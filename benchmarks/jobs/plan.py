@@ -270,7 +270,9 @@ def describe(jobs, settings, device, slots, executor="local"):
     unknown = sum(s is None for s in seconds)
     kinds = {k: sum(j.kind == k for j in jobs) for k in ("select", "run", "ensemble")}
     tables = sorted({f"{j.task}/{j.label}" for j in jobs})
-    sources = sorted({f"{j.task} {j.variant}: {j.rate() if j.p_from != 'chosen on validation' else 'chosen on validation'}"
+    several = {t.split("/")[0] for t in tables if sum(u.startswith(t.split("/")[0] + "/") for u in tables) > 1}
+    named = lambda j: f"{j.task}/{j.label}" if j.task in several else j.task  # noqa: E731
+    sources = sorted({f"{named(j)} {j.variant}: {j.rate() if j.p_from != P_ON_VALIDATION else P_ON_VALIDATION}"
                       + (f" ({j.p_from})" if j.p_from in ("preset", P_BY_HAND) else "")
                       for j in jobs if j.kind == "run"})
     total = makespan(jobs, seconds, slots)
@@ -285,7 +287,8 @@ def describe(jobs, settings, device, slots, executor="local"):
     else:
         when = (f"Estimated {minutes(total)} with {at_once}, from {estimate_sources(estimates, out, device)} (each "
                 "job's source with --dry-run)"
-                + (f"; {unknown} of {len(jobs)} jobs have no recorded time (counted as 0)" if unknown else "") + ".")
+                + (f"; no recorded time for #{', #'.join(str(i + 1) for i, t in enumerate(seconds) if t is None)} "
+                   "(counted as 0: the estimate is a lower bound)" if unknown else "") + ".")
     done = sum(how.startswith("finished before") for _, how in estimates)
     if done == 1:
         when = f"1 of the {len(jobs)} jobs is in its table already (skipped). " + when

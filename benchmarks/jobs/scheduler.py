@@ -32,10 +32,15 @@ def check_jobs(jobs, settings, local=True):
         if not local:
             argv += ["--device", "cpu", "--precision", "fp32"]
         parser = build_parser()
+        parser.error = _raise  # the grid's own parser names the problem, not benchmarks.run's
         args = parser.parse_args(argv)
         task_cls = validate(args, parser)
         if local:  # a table of another config where the rows would land stops the grid here
             check_mergeable(task_cls, args, run_label(args))
+
+
+def _raise(message):
+    raise ValueError(message)
 
 
 class Grid:

@@ -35,8 +35,8 @@ def folder_in_the_way(path):
 
 
 _FIX = ("Restore it (from version control, e.g. git checkout -- {path}, or a backup) or move it away; nothing was "
-        "written. A run dir's result.json holds its run: running the same command with --resume writes it into a "
-        "new table without training again")
+        "written. A run dir's result.json holds its run: the benchmarks.run command that trained it, again with "
+        "--resume, writes it into a new table without training again")
 RUN_FIELDS = {"variant": str, "metrics": dict, "config": dict, "history": list, "provenance": dict,
               "wall_s": (int, float)}  # every field a renderer reads
 

@@ -60,10 +60,12 @@ def test_a_damaged_neighbour_table_is_left_out_of_the_overview_with_a_warning_na
     (tmp_path / "lm" / "small.json").write_text(json.dumps(runs))
     (tmp_path / "lm" / "old-notes.json").write_text("{ not json")  # a real damaged file beside it
     (tmp_path / "lm" / "cpu.json").write_text(json.dumps([{"variant": "none"}]))  # the default table, fields missing
+    (tmp_path / "lm" / "tiny.json").mkdir()  # a folder named like a table
     with pytest.warns(UserWarning) as caught:
         write_overview(tmp_path)
     said = " ".join(str(w.message) for w in caught)
     assert "old-notes.json" in said and "cpu.json" in said and "left out of" in said
+    assert said.count("move it away") == 3  # each fix said once (the folder's named its own already)
     assert "[small.md](lm/small.md)" in (tmp_path / "README.md").read_text()
 
 

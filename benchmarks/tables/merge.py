@@ -45,6 +45,8 @@ def neighbour_text(err):
     """A damaged table's error as a reader that leaves it out says it: what is wrong, and the fix, without the
     writer's 'nothing was written'."""
     what = str(err).split(". Restore it", 1)[0].removesuffix("; nothing was written")
+    if "move it away" in what:  # a folder in the way names its fix already
+        return what
     return f"{what}: restore it (e.g. from version control) or move it away"
 
 

@@ -99,7 +99,7 @@ def test_a_terminated_paper_command_keeps_every_finished_row_and_resumes_the_res
     proc.send_signal(signal.SIGTERM)  # what `timeout` sends
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode == 143, rest  # SIGTERM, as a shell reports it
-    assert "Grid: 1 jobs finished" in rest and "1 stopped, 0 not run" in rest  # zaremba resumes
+    assert "Grid: 1 job finished" in rest and "1 stopped, 0 not run" in rest  # zaremba resumes
     assert [r["variant"] for r in json.loads((out / "lm" / "tiny.json").read_text())] == ["none"]
     again = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "1 finished before" in again.stdout

@@ -126,7 +126,7 @@ def time_lines(grid):
 def summary_lines(grid, settings):
     counts = {s: grid.status.count(s) for s in ("finished", "skipped", "failed", "stopped", "queued")}
     stopped = f"{counts['stopped']} stopped, " if counts["stopped"] else ""
-    lines = ["", f"Grid: {counts['finished']} jobs finished, {counts['skipped']} finished before, "
+    lines = ["", f"Grid: {counted(counts['finished'], 'job')} finished, {counts['skipped']} finished before, "
                  f"{counts['failed']} failed, {stopped}{counts['queued']} not run."] + time_lines(grid)
     for i, job in enumerate(grid.jobs):
         if grid.status[i] != "failed":

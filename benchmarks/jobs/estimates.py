@@ -42,6 +42,16 @@ def recorded_walls(out, job, device):
     return {}
 
 
+def recorded_mean(walls, variant):
+    """(mean seconds, count, ' of other schemes' or '', whether every one is a whole job) of the recorded runs of
+    `variant`, else of every scheme in `walls`; or None."""
+    found = walls.get(variant) or [w for ws in walls.values() for w in ws]
+    if not found:
+        return None
+    others = "" if variant in walls else " of other schemes"
+    return statistics.mean(s for s, _ in found), len(found), others, all(w for _, w in found)
+
+
 def speed_estimate(out, job, device, precision):
     """(seconds, how) of a job with no recorded run of its own table, from this machine kind's speed table: the
     rate x an epoch's items x epochs where the task knows its items without the data, else (bf16, tf32) the fp32
@@ -61,15 +71,13 @@ def speed_estimate(out, job, device, precision):
     base_label, base_rate = fp32_label(job.label), section["results"].get(job.variant, {}).get("train_tok_s")
     if base_label is None or not base_rate:
         return None
-    walls = recorded_walls(out, replace(job, label=base_label), device)
-    found = walls.get(job.variant) or [w for ws in walls.values() for w in ws]
-    if not found:
+    recorded = recorded_mean(recorded_walls(out, replace(job, label=base_label), device), job.variant)
+    if recorded is None:
         return None
-    others = "" if job.variant in walls else " of other schemes"
-    whole = "" if all(w for _, w in found) else "; training time only"
-    return statistics.mean(s for s, _ in found) * base_rate / rate, (
-        f"{len(found)} recorded runs{others} of {job.task}/{base_label} x {base_rate:,.0f} / {rate:,.0f}, the speed "
-        f"table's {job.variant} / {row} rates at {threads}{whole}")
+    mean, count, others, whole = recorded
+    return mean * base_rate / rate, (
+        f"{count} recorded runs{others} of {job.task}/{base_label} x {base_rate:,.0f} / {rate:,.0f}, the speed "
+        f"table's {job.variant} / {row} rates at {threads}" + ("" if whole else "; training time only"))
 
 
 def speed_section(out, job, device, row):
@@ -92,13 +100,11 @@ def estimate(out, job, device, precision="fp32"):
     """(seconds, how) for one job, or (None, 'unknown'); ensembles evaluate and are counted as 0."""
     if job.kind == "ensemble":
         return 0.0, "evaluation only"
-    walls = recorded_walls(out, job, device)
-    found = walls.get(job.variant) or [w for ws in walls.values() for w in ws]
-    if not found:
+    recorded = recorded_mean(recorded_walls(out, job, device), job.variant)
+    if recorded is None:
         return speed_estimate(out, job, device, precision) or (None, "no recorded run on this device")
-    others = "" if job.variant in walls else " of other schemes"
-    whole = "" if all(w for _, w in found) else ", training time only"
-    return statistics.mean(s for s, _ in found), f"{len(found)} recorded{others}{whole}"
+    mean, count, others, whole = recorded
+    return mean, f"{count} recorded{others}" + ("" if whole else ", training time only")
 
 
 def makespan(jobs, seconds, slots):

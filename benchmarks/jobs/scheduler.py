@@ -173,12 +173,17 @@ class Grid:
                 continue
             del self.handles[i]
             self.ended[i] = time.time()
-            took = f"{(self.ended[i] - self.started[i]) / 60:.1f} min"
             if code == 0:
-                self._set(i, "finished", f"{final_metric(self.jobs[i], self.settings)} ({took})")
+                self._finished(i)
                 schemes_tables(self.jobs, self.settings.out)
             else:
-                self._set(i, "failed", f"exit {code} after {took}")
+                self._set(i, "failed", f"exit {code} after {self._took(i)}")
+
+    def _took(self, i):
+        return f"{(self.ended[i] - self.started[i]) / 60:.1f} min"
+
+    def _finished(self, i):
+        self._set(i, "finished", f"{final_metric(self.jobs[i], self.settings)} ({self._took(i)})")
 
     def _stop_running(self):
         for handle in self.handles.values():
@@ -187,8 +192,7 @@ class Grid:
             code = handle.wait()
             self.ended[i] = time.time()
             if code == 0 or planning.done_before(self.jobs[i], self.settings):  # it ended (a final test pass finishes)
-                took = f"{(self.ended[i] - self.started[i]) / 60:.1f} min"
-                self._set(i, "finished", f"{final_metric(self.jobs[i], self.settings)} ({took})")
+                self._finished(i)
                 continue
             kept = (planning.job_run_dir(self.jobs[i], self.settings) / "checkpoint.pt").exists()
             self._set(i, "stopped", "resumes from its checkpoint when the command is run again" if kept else

@@ -195,9 +195,16 @@ def _bootstrap_pairs(pairs, metric, seed=0, resamples=RESAMPLES):
         return draws[key]
 
     observed = np.mean([to_metric(a.sum(0)) - to_metric(b.sum(0)) for a, b in pairs])
-    samples = np.mean([to_metric(counts(a) @ a) - to_metric(counts(a) @ b) for a, b in pairs], axis=0)
+    samples = np.mean([to_metric(_weighted(counts(a), a)) - to_metric(_weighted(counts(a), b)) for a, b in pairs],
+                      axis=0)
     low, high = np.percentile(samples, [2.5, 97.5])
     # two-sided: how often the resampled difference falls on the other side of zero
     p = min(1.0, 2 * min(np.mean(samples <= 0), np.mean(samples >= 0)))
     return {"boot_diff": float(observed), "boot_ci": (float(low), float(high)), "p": max(float(p), 1.0 / resamples),
             "items": sum(len(a) for a, _ in pairs), "resamples": resamples}
+
+
+def _weighted(counts, matrix):
+    """counts @ matrix, summed in one fixed order: BLAS's order depends on its threads and CPU kernels, which moved
+    the intervals' last digits between re-renders of the same runs."""
+    return np.einsum("rn,nk->rk", counts, matrix, optimize=False)

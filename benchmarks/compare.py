@@ -15,8 +15,11 @@ captions) also get the share of test items whose outputs are identical.
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 from benchmarks.jobs.flags import add_user_dir_flag, load_task_registry
@@ -25,7 +28,7 @@ from benchmarks.tables.merge import config_gap, load_runs, variant_order
 from benchmarks.tables.significance import paired_comparison
 from benchmarks.tables.machines import seeds_by_machine
 from benchmarks.jobs.config import run_name
-from core.provenance import machine_key, machine_name
+from core.provenance import git_commit, machine_key, machine_name
 from core.utils import atomic_write, write_text
 from tasks.base import get_task
 
@@ -195,6 +198,24 @@ def comparison(task, sources, across_machines=False, agreement=None):
     return lines
 
 
+def provenance_lines(sources, argv):
+    """Where the compared runs ran and from what code, per input, and the command that made the comparison."""
+    lines = ["## Provenance", "",
+             f"Made by `python -m benchmarks.compare {shlex.join(argv)}` from {code_name({'git_commit': git_commit()})}, "
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. The runs of each input:", ""]
+    for _, label, runs in sources:
+        provs = [r.get("provenance", {}) for r in runs]
+        lines.append(f"- `{label}`: {len(runs)} runs on {_tally(machine_name(p) for p in provs)}; "
+                     f"{_tally(code_name(p) for p in provs)}")
+    return lines + [""]
+
+
+def _tally(names):
+    """'a (3), b (1)', or 'a' where all are one."""
+    counts = Counter(names)
+    return next(iter(counts)) if len(counts) == 1 else ", ".join(f"{n} ({c})" for n, c in counts.items())
+
+
 def _agreement_text(found):
     if found is None:
         return "—"
@@ -298,7 +319,9 @@ def main(argv=None):
     agreement = output_agreement(task.name, sources, args.run_dir) if args.run_dir else None
     if args.run_dir and not agreement:
         print(f"note: no paired runs with test outputs under {args.run_dir}/{task.name}/", file=sys.stderr)
-    text = "\n".join(comparison(task, sources, args.across_machines, agreement)) + "\n"
+    argv = sys.argv[1:] if argv is None else argv
+    text = "\n".join(comparison(task, sources, args.across_machines, agreement) + provenance_lines(sources, argv))
+    text += "\n"
     sys.stdout.write(text)
     if args.out:
         write_text(args.out, text)

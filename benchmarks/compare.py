@@ -8,7 +8,9 @@ pair (the same seeds on the same test set, per-item statistics recorded) the 95%
 paired bootstrap's interval and p (benchmarks.tables.significance). Runs of different test sets are never paired, and
 runs of different machines (GPU or CPU model, torch major.minor) or code (source hash, else clean commit) only
 with --across-machines, which marks them. With --run-dir, runs that wrote their test outputs (translations,
-captions) also get the share of test items whose outputs are identical.
+captions) also get the share of test items whose outputs are identical, beside the same share between the
+reference's own seeds (two trainings that differ only in their seed: the yardstick). The output ends with the
+command, its commit and each input's machines and commits.
 
     python -m benchmarks.compare results/mt/cpu.json results/mt/cpu-bf16-cpu.json --run-dir runs
 """
@@ -132,6 +134,26 @@ def output_agreement(task_name, sources, run_dir):
     return agreement
 
 
+def seed_agreement(task_name, source, run_dir):
+    """{(variant, p): (identical, items, seed pairs)} between the reference's own seeds: what two trainings that
+    differ only in their seed share, the yardstick for the agreement of the other inputs."""
+    _, label, runs = source
+    outputs = {}
+    for run in runs:
+        texts = _outputs(Path(run_dir) / task_name / label, run)
+        if texts is not None:
+            outputs.setdefault((run["variant"], p_text(run)), []).append((run["seed"], texts))
+    found = {}
+    for variant, seeds in outputs.items():
+        for i, (seed_a, a) in enumerate(seeds):
+            for seed_b, b in seeds[i + 1:]:
+                if len(a) == len(b):
+                    same, total, pairs_ = found.get(variant, (0, 0, ()))
+                    found[variant] = (same + sum(x == y for x, y in zip(a, b)), total + len(a),
+                                      pairs_ + (f"{seed_a}-{seed_b}",))
+    return found
+
+
 def _outputs(folder, run):
     file = folder / run_name(run["variant"], run["dropout"], run["seed"]) / "test_outputs.txt"
     return file.read_text().splitlines() if file.is_file() else None
@@ -151,7 +173,7 @@ def check_machines(sources, across_machines):
                          "--across-machines to pair them anyway (they are then marked)")
 
 
-def comparison(task, sources, across_machines=False, agreement=None):
+def comparison(task, sources, across_machines=False, agreement=None, yardstick=None):
     """Markdown lines: one table per metric, a row per variant, a column per source and per difference, and the
     test outputs' agreement (output_agreement) where given."""
     (_, ref_label, _), others = sources[0], sources[1:]
@@ -186,16 +208,21 @@ def comparison(task, sources, across_machines=False, agreement=None):
                     cells.append(_difference(groups[0].get(variant, []), g.get(variant, []), key, split, metric))
                 lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells) + " |")
             lines.append("")
-    if agreement:
-        lines += [f"## identical test outputs (vs `{ref_label}`, paired seeds)", "",
-                  "| variant | p | " + " | ".join(f"`{label}`" for _, label, _ in others) + " |",
-                  "|" + "---|" * (2 + len(others))]
-        for variant in variants:
-            cells = [_agreement_text(agreement.get((label, *variant))) for _, label, _ in others]
-            if any(cell != "—" for cell in cells):
-                lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return lines
+    return lines + (_agreement_lines(ref_label, others, variants, agreement, yardstick or {}) if agreement else [])
+
+
+def _agreement_lines(ref_label, others, variants, agreement, yardstick):
+    lines = [f"## identical test outputs (vs `{ref_label}`, paired seeds)", "",
+             f"The last column is the yardstick: `{ref_label}`'s own seeds against each other, two trainings that "
+             "differ only in their seed.", "",
+             "| variant | p | " + " | ".join(f"`{label}`" for _, label, _ in others) + f" | `{ref_label}` seed vs seed |",
+             "|" + "---|" * (3 + len(others))]
+    for variant in variants:
+        cells = [_agreement_text(agreement.get((label, *variant))) for _, label, _ in others]
+        if any(cell != "—" for cell in cells):
+            lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells)
+                         + f" | {_agreement_text(yardstick.get(variant))} |")
+    return lines + [""]
 
 
 def provenance_lines(sources, argv):
@@ -317,10 +344,11 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     agreement = output_agreement(task.name, sources, args.run_dir) if args.run_dir else None
+    yardstick = seed_agreement(task.name, sources[0], args.run_dir) if args.run_dir else None
     if args.run_dir and not agreement:
         print(f"note: no paired runs with test outputs under {args.run_dir}/{task.name}/", file=sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
-    text = "\n".join(comparison(task, sources, args.across_machines, agreement) + provenance_lines(sources, argv))
+    text = "\n".join(comparison(task, sources, args.across_machines, agreement, yardstick) + provenance_lines(sources, argv))
     text += "\n"
     sys.stdout.write(text)
     if args.out:

@@ -169,21 +169,26 @@ def test_every_lm_speed_section_records_its_peers_p_and_the_h200_ones_ran_like_f
 
 
 def test_bf16_speed_rows_say_whether_their_quality_was_measured():
-    """MT's bf16 rows time an untrained model on random data and no BLEU in bf16 exists: its sections say so. The LM's
-    name where its bf16 quality is measured. fp32-only sections say neither."""
+    """bf16 rows time an untrained model on random data: a task with no run scored in bf16 against fp32 says its
+    quality in bf16 is not measured; LM and MT name where it is, and the comparisons they name exist. fp32-only
+    sections say neither."""
+    import re
     from benchmarks.tables.speed_table import speed_markdown
     from tasks.lm.task import LanguageModelTask
     from tasks.mt.task import TranslationTask
 
     bf16 = {"precisions": ["fp32", "bf16"], "peer_dropout": 0.5}
-    mt = speed_markdown(TranslationTask, [_speed_entry(**bf16)])
-    assert "**quality in bf16 not measured**" in mt and "ppl or BLEU" in mt
-    lm = speed_markdown(LanguageModelTask, [_speed_entry(**bf16)])
-    assert "not measured**" not in lm and f"quality in bf16: {LanguageModelTask.bf16_quality}" in lm
-    assert (ROOT / "results" / "lm" / "cpu-bf16-cpu-vs-fp32.md").exists()
+    unmeasured = type("Unmeasured", (TranslationTask,), {"bf16_quality": None})
+    text = speed_markdown(unmeasured, [_speed_entry(**bf16)])
+    assert "**quality in bf16 not measured**" in text and "ppl or BLEU" in text
+    for task in (LanguageModelTask, TranslationTask):
+        text = speed_markdown(task, [_speed_entry(**bf16)])
+        assert "not measured**" not in text and f"quality in bf16: {task.bf16_quality}" in text
+        for name in re.findall(r"[\w-]+\.md", task.bf16_quality):
+            assert (ROOT / "results" / task.name / name).exists(), name
+        assert "quality in bf16: measured" in (ROOT / "results" / task.name / "speed.md").read_text()
     fp32 = speed_markdown(TranslationTask, [_speed_entry(peer_dropout=0.5)])
     assert "quality in bf16" not in fp32
-    assert "**quality in bf16 not measured**" in (ROOT / "results" / "mt" / "speed.md").read_text()
 
 
 def test_the_lm_step_bound_counts_every_product_of_the_paper_medium_step():

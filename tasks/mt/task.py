@@ -118,6 +118,8 @@ class TranslationTask(Task):
     main_metric = "ppl"
     lower_is_better = True
     extra_test_metrics = (("bleu", "BLEU"),)
+    bf16_quality = ("measured on the `cpu` preset, trained and decoded in bf16, against fp32: perplexity, BLEU and "
+                    "the share of identical translations (cpu-bf16-cpu-vs-fp32.md)")
     bounded_metrics = {"bleu": (0, 100)}
     results_notes = ("Perplexity is per target token (the words and <eos>, not padding). BLEU: beam search "
                      "(width and length settings in the config below) on the test set; the lowercased tokenized "

@@ -255,7 +255,8 @@ def _machines(runs):
     by_machine = seeds_by_machine(runs)
     if len(by_machine) < 2:
         return ""
-    return "; " + ", ".join(f"seeds {','.join(seeds)} on {machine}" for machine, seeds in by_machine.items())
+    return "; " + ", ".join(f"seed{'s' * (len(seeds) > 1)} {','.join(seeds)} on {machine}"
+                            for machine, seeds in by_machine.items())
 
 
 def _gap(a, b):

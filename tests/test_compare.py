@@ -77,7 +77,7 @@ def test_pairs_across_machines_are_refused_unless_asked_for_and_then_marked(tmp_
     compare.main([str(a), str(b), "--across-machines"])
     text = capsys.readouterr().out
     assert "**Pairs across machines or code**" in text and "none p=0 seed 2 (`cpu` on NVIDIA H200, torch 2.11" in text
-    assert "seeds 2 on NVIDIA H200, torch 2.11" in text  # the reference's cell says its seeds' machines
+    assert "seed 2 on NVIDIA H200, torch 2.11" in text  # the reference's cell says its seeds' machines
     provenance = text[text.index("## Provenance"):]  # each input's machines, counted, and the command
     assert "`python -m benchmarks.compare " in provenance and " --across-machines` from commit " in provenance
     assert "- `cpu`: 6 runs on " in provenance and "NVIDIA H200, torch 2.11 (2)" in provenance

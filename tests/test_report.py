@@ -93,3 +93,31 @@ def test_a_smoke_preset_run_into_the_repositorys_results_leaves_its_tracked_over
     overview_module.write_overview(results)  # a real run later: its overview leaves tiny out
     text = (results / "README.md").read_text()
     assert "tiny" not in text and json.loads((results / "lm" / "tiny.json").read_text())
+
+
+def test_a_task_table_names_machines_and_uncommitted_code_beside_its_numbers():
+    """The summary's machine column names the CPU or GPU; rows with runs from uncommitted code say so under it; a
+    paired seed whose two runs ran on different machines is marked in the tests of differences."""
+    import json
+    from pathlib import Path
+
+    from tasks.base import get_task
+
+    runs = json.loads((Path(__file__).resolve().parent.parent / "results" / "lm" / "cpu.json").read_text())
+    runs = [r for r in runs if r["variant"] in ("none", "zaremba", "naive")]
+    cpu = {"device": "cpu", "cpu_model": "AMD EPYC", "torch": "2.9.1+cu128", "git_commit": "a" * 40}
+    h200 = {"device": "cuda:0", "gpu": "NVIDIA H200", "torch": "2.11.0+cu130", "git_commit": "b" * 40 + "-dirty"}
+    for run in runs:
+        machine = h200 if run["variant"] == "naive" and run["seed"] in (1, 2) else cpu
+        run["provenance"] = {**{k: v for k, v in run["provenance"].items() if k != "gpu"}, **machine}
+    text = task_table.task_markdown(get_task("lm"), "cpu", "cpu", runs)
+    summary = text[text.index("## Summary"):text.index("## Details")]
+    assert "| 3 | AMD EPYC, NVIDIA H200 |" in summary and "| 3 | AMD EPYC |" in summary
+    assert "**Rows with runs from uncommitted code**" in summary and "naive p=0.2: seeds 1,2." in summary
+    tests = text[text.index("## Is the difference real?"):]
+    assert "| naive p=0.2 − none p=0 | test ppl | 1†,2†,3 |" in tests
+    assert "| zaremba p=0.2 − none p=0 | test ppl | 1,2,3 |" in tests and "† the seed's two runs ran on" in tests
+    for run in runs:
+        run["provenance"] = {**{k: v for k, v in run["provenance"].items() if k != "gpu"}, **cpu}
+    text = task_table.task_markdown(get_task("lm"), "cpu", "cpu", runs)
+    assert "†" not in text and "uncommitted code**" not in text

@@ -5,6 +5,7 @@ import statistics
 
 from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
 from benchmarks.tables.significance import METRICS, paired_comparison, holm, seed_interval, verdict
+from core.provenance import machine_key
 
 BASELINES = ("none", "zaremba")  # every other variant is compared with these
 
@@ -19,6 +20,12 @@ def effect_metrics(task, runs):
 
 def _seeds(seeds):
     return ("seeds " if len(seeds) > 1 else "seed ") + ",".join(map(str, seeds))
+
+
+def crossed_seeds(group, base_group):
+    """The seeds whose two runs (one per group) ran on different machines (device or torch major.minor)."""
+    base = {r["seed"]: machine_key(r.get("provenance", {})) for r in base_group}
+    return {r["seed"] for r in group if r["seed"] in base and machine_key(r.get("provenance", {})) != base[r["seed"]]}
 
 
 def effects(task, runs, groups):
@@ -67,8 +74,10 @@ def effects_section(task, runs, groups):
              "| comparison | metric | seeds | difference | 95% CI over seeds | paired bootstrap 95% CI | p | Holm p | "
              "seeds better / worse | verdict |",
              "|" + "---|" * 10]
-    said = []
+    said, crossing = [], False
     for (variant, p), (base, base_p), r in rows:
+        crossed = crossed_seeds(groups[(variant, p)], groups[(base, base_p)])
+        crossing |= bool(crossed)
         seed_ci = r.get("seed_ci")
         boot_ci = r.get("boot_ci")
         how = f" (bootstrap over {_seeds(r['boot_seeds'])}: the others have no per-item statistics)" \
@@ -79,11 +88,14 @@ def effects_section(task, runs, groups):
             verdict(r), verdict(r))
         rate, base_rate = p_text(groups[(variant, p)][0]), p_text(groups[(base, base_p)][0])
         lines.append(f"| {variant} p={rate} − {base} p={base_rate} | test {names.get(r['metric'], r['metric'])} | "
-                     f"{','.join(map(str, r['seeds']))} | {r['diff']:+.2f} | "
+                     f"{','.join(f'{s}†' if s in crossed else str(s) for s in r['seeds'])} | {r['diff']:+.2f} | "
                      f"{interval_text(seed_ci) if seed_ci else '— (one seed)'} | {interval_text(boot_ci) if boot_ci else '—'} | "
                      f"{p_value} | {p_holm} | {r['a_better']} / {r['b_better']} | {said_verdict}{how} |")
         said.append(_in_words(f"{variant} p={rate}", f"{base}", names.get(r["metric"], r["metric"]), r))
-    return lines + [""] + said
+    crossing_note = ["", "† the seed's two runs ran on different machines (device or torch version): its "
+                         "difference also holds the machines' difference, which moves a run by about one seed's "
+                         "spread."] if crossing else []
+    return lines + crossing_note + [""] + said
 
 
 def mc_dropout_line(task, groups):

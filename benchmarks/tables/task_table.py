@@ -11,14 +11,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from core.locks import table_lock  # noqa: E402
-from core.provenance import code_version, cpu_text, fp32_math_text  # noqa: E402
+from core.provenance import code_version, cpu_text, fp32_math_text, machine_key  # noqa: E402
 from benchmarks.tables.machines import mixed_machines_lines, seeds_text  # noqa: E402
 from benchmarks.tables.labels import PRECISION_SUFFIXES, paper_label  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 from benchmarks.tables.effects import effect_metrics, effects_section, mc_dropout_line  # noqa: E402
 from benchmarks.tables.format import counted, fmt as _fmt, p_text  # noqa: E402
 from benchmarks.tables.significance import seed_interval  # noqa: E402
-from benchmarks.tables.uncommitted import is_dirty, reasons_for, uncommitted_lines  # noqa: E402
+from benchmarks.tables.uncommitted import dirty_rows_lines, is_dirty, reasons_for, uncommitted_lines  # noqa: E402
 from benchmarks.tables.merge import check_consistent, load_runs, merge_log, singles, variant_order  # noqa: E402
 from tasks.base import first_seed_details  # noqa: E402
 
@@ -56,7 +56,7 @@ def summary(task, runs):
     keys += [(f"train_{m}", f"train {m} (eval mode)")] if task.eval_train else []  # the paper's Table 2 pair
     keys += [(f"test_{k}", f"test {name}") for k, name in task.extra_test_metrics[:1]]
     keys += [(f"test_{k}", f"test {k}") for k in task.split_metrics[:1]]
-    lines = ["## Summary", "", "| variant | p | " + " | ".join(name for _, name in keys) + " | seeds | device |",
+    lines = ["## Summary", "", "| variant | p | " + " | ".join(name for _, name in keys) + " | seeds | machine |",
              "|" + "---|" * (len(keys) + 4)]
     clipped = set()
     for (variant, _), group in group_runs(runs).items():
@@ -70,7 +70,7 @@ def summary(task, runs):
                 cells.append(f"{statistics.mean(values):.2f} [{low:.2f}, {high:.2f}]")
             else:
                 cells.append(_fmt(values))
-        devices = ", ".join(sorted({device_of(r) for r in group}))
+        devices = ", ".join(sorted({machine_key(r.get("provenance", {}))[0] for r in group}))
         lines.append(f"| {variant} | {p_text(group[0])} | " + " | ".join(cells) + f" | {len(group)} | {devices} |")
     cut = (", clipped to the metric's range where it ran past it: " + ", ".join(name for key, name in keys
                                                                              if key in clipped)) if clipped else ""
@@ -82,9 +82,9 @@ def _p_sources(runs):
     """One line saying where each variant's p came from (the preset, --p by hand, or validation)."""
     sources = {}
     for run in singles(runs):
-        if run.get("p_from") and run["p_from"] != "none":
-            sources.setdefault((run["variant"], p_text(run)), set()).add(run["p_from"])
-    if not sources:
+        if run["variant"] != "none" and run.get("p_from") != "none":
+            sources.setdefault((run["variant"], p_text(run)), set()).add(run.get("p_from") or "not recorded (older runs)")
+    if not any(s != {"not recorded (older runs)"} for s in sources.values()):
         return []
     return ["Where each p comes from: " + "; ".join(f"{v} p={p}: {', '.join(sorted(s))}"
                                                     for (v, p), s in sources.items()) + ".", ""]
@@ -136,7 +136,7 @@ def task_markdown(task, label, preset, runs, uncommitted=None):
                  if task.eval_train else
                  "the running average over that epoch's training pass (dropout on, as in the paper's code)")
     lines += summary(task, runs) if singles(runs) else []
-    lines += mixed_machines_lines(group_runs(runs))
+    lines += mixed_machines_lines(group_runs(runs)) + dirty_rows_lines(group_runs(runs))
     lines += _p_sources(runs)
     lines += ["## Details", "", f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid "
               f"epoch; train {m} is {train_how}. Wall time: training, per device. The plot and the JSON have every "

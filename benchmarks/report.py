@@ -80,7 +80,7 @@ def render(argv=None):
             with deferred_signals():
                 log = write_results(into.parent.parent, get_task(into.parent.name), into.stem,
                                     runs[0].get("preset", preset_of(into.stem)), runs, sources, refuse=False)
-                write_overview(into.parent.parent)
+                write_overview_for(into.parent.parent, into.stem)
         except ValueError as err:
             parser.error(str(err))
         for line in log["added"]:
@@ -114,7 +114,12 @@ def render(argv=None):
             plot(task, label, runs, path.with_suffix(".png"))
             task.figures(runs, path.parent, label)
             print(f"rendered {path.with_suffix('.md')} and {path.with_suffix('.png')}")
-            write_overview(folder.parent)
+            write_overview_for(folder.parent, label)
+
+
+def write_overview_for(out_dir, label):
+    """The overview and schemes table, and the label's own schemes-<label> table where one was made before."""
+    write_overview(out_dir, label if (Path(out_dir) / f"schemes-{label}.md").exists() else None)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import pytest
 
 from benchmarks.tables.format import fmt
 from benchmarks.tables.merge import load_runs, singles
+from benchmarks.tables.uncommitted import is_dirty
+from core.provenance import machine_key
 
 ROOT = Path(__file__).resolve().parent.parent
 METRICS = {"test ppl": "test_ppl", "BLEU-4": "test_bleu4", "BLEU": "test_bleu", "frame acc": "test_acc"}
@@ -38,5 +40,13 @@ def test_a_headline_row_equals_its_table(row):
     assert none == fmt(values(runs, "none", key)), f"{table}: none"
     assert cells[4].split("(")[0].strip() == fmt(values(runs, "zaremba", key)), f"{table}: zaremba"
     successors = [c.strip() for c in cells[5].split("/")]
-    expected = [f"{statistics.mean(values(runs, v, key)):.2f}" for v in COLUMNS[2]]
-    assert successors == expected, f"{table}: variational / weightdrop / zoneout"
+    expected = [f"{statistics.mean(values(runs, v, key)):.2f}" + "*" * not_clean(runs, v) for v in COLUMNS[2]]
+    assert successors == expected, f"{table}: variational / weightdrop / zoneout (* where seeds are not clean)"
+    for variant in ("none", "zaremba"):
+        assert not not_clean(runs, variant), f"{table}: the paper's comparison must come from clean runs of one machine"
+
+
+def not_clean(runs, variant):
+    """Whether a scheme's seeds include a run from uncommitted code or ran on more than one machine."""
+    group = [r for r in singles(runs) if r["variant"] == variant]
+    return any(is_dirty(r) for r in group) or len({machine_key(r.get("provenance", {})) for r in group}) > 1

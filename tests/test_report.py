@@ -121,3 +121,21 @@ def test_a_task_table_names_machines_and_uncommitted_code_beside_its_numbers():
         run["provenance"] = {**{k: v for k, v in run["provenance"].items() if k != "gpu"}, **cpu}
     text = task_table.task_markdown(get_task("lm"), "cpu", "cpu", runs)
     assert "†" not in text and "uncommitted code**" not in text
+
+
+def test_report_re_renders_a_labels_own_schemes_table_where_one_exists(tmp_path):
+    """`benchmarks.report results/<task>/<label>.json` rewrites schemes-<label>.md (made by a grid on that label)
+    with the other tables, and makes none where there was none."""
+    import shutil
+    from pathlib import Path
+
+    from benchmarks import report
+
+    (tmp_path / "lm").mkdir()
+    table = tmp_path / "lm" / "cpu-bf16-cpu.json"
+    shutil.copy(Path(__file__).resolve().parent.parent / "results" / "lm" / "cpu-bf16-cpu.json", table)
+    report.main([str(table)])
+    assert not (tmp_path / "schemes-cpu-bf16-cpu.md").exists() and (tmp_path / "schemes.md").exists()
+    (tmp_path / "schemes-cpu-bf16-cpu.md").write_text("stale\n")
+    report.main([str(table)])
+    assert "| lm (cpu-bf16-cpu): test ppl" in (tmp_path / "schemes-cpu-bf16-cpu.md").read_text()

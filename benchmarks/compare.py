@@ -52,10 +52,29 @@ def load_source(path):
         return path.parent.parent.name, f"{path.parent.name}/{path.name}", [run]
     if not path.exists():
         raise ValueError(f"{path} does not exist: give results/<task>/<label>.json files or run dirs")
+    other = _other_table(path)
+    if other:
+        raise ValueError(f"{path} is {other}, not a results table: compare results/<task>/<label>.json files (the "
+                         "tables of benchmarks.run and benchmarks.grid) or run dirs")
     runs = load_runs(path)
     if not isinstance(runs, list) or not runs or "metrics" not in runs[0]:
         raise ValueError(f"{path} is not a results table (a list of runs written by benchmarks.run)")
     return path.parent.name, path.stem, [r for r in runs if not r.get("ensemble")]
+
+
+OTHER_TABLES = {"speed": "a speed table (benchmarks.speed)", "mc": "an MC-dropout table (benchmarks.mc)",
+                "uncommitted": "the reasons kept for runs from uncommitted code"}
+
+
+def _other_table(path):
+    """What a JSON of results/ that is not a task table is ('a speed table (benchmarks.speed)'), or None."""
+    if path.stem in OTHER_TABLES:
+        return OTHER_TABLES[path.stem]
+    if path.stem.endswith("-selection"):
+        return "a selection table (benchmarks.select)"
+    if path.stem.startswith("schemes"):
+        return "the cross-task schemes table"
+    return None
 
 
 def _by_variant(sources):
@@ -109,7 +128,8 @@ def crossed_pairs(sources):
         if "torch" in a and "torch" in b and machine_key(a) != machine_key(b):  # both recorded
             named.append((machine_name(a), machine_name(b)))
         if "git_commit" in a and "git_commit" in b and (code_of(a) is None or code_of(a) != code_of(b)):
-            named.append((code_name(a), code_name(b)))
+            unmatched = " (uncommitted code without a source hash: never matched)" * (code_of(a) is None)
+            named.append((code_name(a) + unmatched, code_name(b)))
         gap = _gap(ref, run)
         if gap:
             named.append(tuple(", ".join(f"{k} {r.get('config', {}).get(k, '<unset>')}" for k in gap)
@@ -223,6 +243,19 @@ def _agreement_lines(ref_label, others, variants, agreement, yardstick):
             lines.append(f"| {variant[0]} | {variant[1]} | " + " | ".join(cells)
                          + f" | {_agreement_text(yardstick.get(variant))} |")
     return lines + [""]
+
+
+def _check_inputs(args, task):
+    """One input given twice, or a --run-dir that cannot add anything, is a flag error."""
+    seen = [Path(p).resolve() for p in args.inputs]
+    twice = sorted({str(p) for p in seen if seen.count(p) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(twice)} is given twice: compare a table with another one")
+    if args.run_dir and not Path(args.run_dir).is_dir():
+        raise ValueError(f"--run-dir {args.run_dir} is not a folder: give the --run-dir the runs were trained with")
+    if args.run_dir and not task.decodes:
+        raise ValueError(f"--run-dir: {task.name} writes no test outputs (only tasks that decode do: translations, "
+                         "captions), so there is nothing to count; leave it out")
 
 
 def provenance_lines(sources, argv):
@@ -341,6 +374,7 @@ def main(argv=None):
         if len(names) > 1:
             raise ValueError(f"the inputs belong to different tasks ({', '.join(names)}): compare one task at a time")
         task = get_task(names[0])
+        _check_inputs(args, task)
         check_machines(sources, args.across_machines)
     except ValueError as err:
         parser.error(str(err))

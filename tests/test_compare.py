@@ -45,8 +45,14 @@ def test_a_run_dir_compares_too_and_bad_inputs_are_one_error(tmp_path, capsys):
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| zaremba | 0.5 |"))
     assert "paired over seeds 1: +0.00" in row
     other = table(tmp_path / "c" / "mt" / "cpu.json", 0.0)
+    speed = tmp_path / "a" / "lm" / "speed.json"
+    speed.write_text("[]")
     for args, message in (([str(a)], "at least two inputs"), ([str(a), str(other)], "different tasks"),
-                          ([str(a), str(tmp_path / "nope.json")], "does not exist")):
+                          ([str(a), str(tmp_path / "nope.json")], "does not exist"),
+                          ([str(a), str(speed)], "speed.json is a speed table (benchmarks.speed), not a results table"),
+                          ([str(a), str(a)], "cpu.json is given twice"),
+                          ([str(a), str(run_dir), "--run-dir", str(tmp_path / "nope")], "is not a folder"),
+                          ([str(a), str(run_dir), "--run-dir", str(tmp_path)], "lm writes no test outputs")):
         with pytest.raises(SystemExit):
             compare.main(args)
         assert message in capsys.readouterr().err

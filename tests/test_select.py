@@ -203,7 +203,9 @@ def test_a_choice_between_machines_within_one_seeds_spread_is_refused_naming_the
             on(grid_run("weightdrop", 0.3, 107.5), "NVIDIA H200")]
     chosen = selection.choose(LanguageModelTask, grid)
     with pytest.raises(ValueError, match=r"weightdrop: p=0.2 105.96 on NVIDIA H200, torch 2.9 against p=0.1 106.13 "
-                                         r"on x, torch 2.9, within one seed's spread \(1.00\); re-run 0.2, 0.1"):
+                                         r"on x, torch 2.9, within one seed's spread \(1.00: .*\); re-run them on one "
+                                         r"machine: python -m benchmarks.select --task lm --preset tiny --variants "
+                                         r"weightdrop --grid 0.2,0.1$"):
         selection.write_selection(tmp_path / "lm" / "tiny-selection", LanguageModelTask, "tiny", chosen, [],
                                PRESETS["tiny"])
     assert not (tmp_path / "lm" / "tiny-selection.json").exists()  # nothing written
@@ -216,4 +218,4 @@ def test_a_choice_between_machines_within_one_seeds_spread_is_refused_naming_the
 
 def test_one_machine_needs_no_seed_spread():
     grid = [on(grid_run("weightdrop", 0.1, 106.13), None), on(grid_run("weightdrop", 0.2, 105.96), None)]
-    selection.check_one_machine(LanguageModelTask, selection.choose(LanguageModelTask, grid), None)
+    selection.check_one_machine(LanguageModelTask, selection.choose(LanguageModelTask, grid), None, "tiny")

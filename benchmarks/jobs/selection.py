@@ -200,7 +200,7 @@ def write_selection(target, task, preset, chosen, notes, preset_config):
     """Write <target>.{json,md} (under the table lock: several schemes' choices may land at once); returns the
     decisions (see `decide`). Refuses (ValueError) a choice check_one_machine refuses."""
     check_one_machine(task, chosen, seed_spread(task, target.with_name(
-        target.name.removesuffix(SELECTION_SUFFIX) + ".json")))
+        target.name.removesuffix(SELECTION_SUFFIX) + ".json")), preset)
     reasons = reasons_for(target.with_suffix(".json"))
     notes = notes + uncommitted_lines([r for _, grid in chosen.values() for r in grid], reasons)
     decisions = decide(task, preset_config, chosen)

@@ -48,7 +48,13 @@ def seed_spread(task, table):
     return statistics.mean(spreads) if spreads else None
 
 
-def check_one_machine(task, chosen, spread):
+def _grid_point(run):
+    """A run's point as benchmarks.select --grid takes it: '0.2', or '0.05/0.5' for zoneout's cells."""
+    cell = run.get("config", {}).get("zoneout_cell") if run["variant"] == "zoneout" else None
+    return f"{run['dropout']:g}" + (f"/{cell:g}" if cell is not None else "")
+
+
+def check_one_machine(task, chosen, spread, preset):
     """A ValueError when a scheme's choice beats a point of another machine (GPU or CPU model, torch major.minor)
     by no more than one seed's spread: a seed moves that much between machines, so the points must be re-run on
     one machine. Names the points."""
@@ -60,11 +66,13 @@ def check_one_machine(task, chosen, spread):
         if close:
             others = ", ".join(f"p={p_text(r)} {r['metrics'][key]:.2f} on {machine_name(r['provenance'])}"
                                for r in close)
-            limit = f"one seed's spread ({spread:.2f})" if spread is not None else "an unknown seed spread"
+            limit = (f"one seed's spread ({spread:.2f}: the mean standard deviation over seeds of the task's "
+                     "validation metric in its results table)" if spread is not None else "an unknown seed spread")
+            points = ",".join(_grid_point(r) for r in [best, *close])
             problems.append(f"{variant}: p={p_text(best)} {best['metrics'][key]:.2f} on "
                             f"{machine_name(best['provenance'])} against {others}, within {limit}; re-run "
-                            f"{', '.join(p_text(r) for r in [best, *close])} on one machine (benchmarks.select "
-                            f"--task {task.name} --variants {variant} --grid ...)")
+                            f"them on one machine: python -m benchmarks.select --task {task.name} --preset "
+                            f"{preset} --variants {variant} --grid {points}")
     if problems:
         raise ValueError("a choice between grid points of different machines that one seed cannot tell apart: "
                          + "; ".join(problems))

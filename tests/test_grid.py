@@ -329,6 +329,11 @@ def test_rows_of_ones_own_scheme_from_older_user_code_are_trained_again(tmp_path
 
     table_with(loaded)
     assert planning.done_before(none, settings) and planning.done_before(mine, settings)
+    from benchmarks.jobs.display import final_metric
+    rows = json.loads(planning.job_table(none, settings).read_text())
+    rows[0]["metrics"] = {"test_ppl": 123.456, "valid_ppl": 130.0}
+    planning.job_table(none, settings).write_text(json.dumps(rows))
+    assert final_metric(none, settings) == "test ppl 123.46"  # from its table row: no run dir of its own here
     table_with("0" * 64)  # the scheme's file was edited since
     assert planning.done_before(none, settings) and not planning.done_before(mine, settings)
     paragraph, _ = planning.describe(jobs, settings, "cpu", 1)

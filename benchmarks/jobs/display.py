@@ -22,14 +22,16 @@ from tasks.base import TASKS
 
 
 def final_metric(job, settings):
-    """'test ppl 112.34' (a selection run: 'valid ppl ...') from the job's result.json, or ''."""
+    """'test ppl 112.34' (a selection run: 'valid ppl ...') from the job's result.json, else from its row in its
+    table (a run trained into the table from another run dir), or ''."""
     if job.kind == "ensemble" or job.p is None:
         return ""
     path = planning.job_run_dir(job, settings) / "result.json"
     try:
         metrics = json.loads(path.read_text())["metrics"]
     except (OSError, ValueError, KeyError):
-        return ""
+        entry = planning.table_entry(job, settings) if job.kind == "run" else None
+        metrics = entry.get("metrics", {}) if entry else {}
     m = TASKS[job.task].main_metric
     key = f"test_{m}" if f"test_{m}" in metrics else f"valid_{m}"
     return f"{key.replace('_', ' ')} {metrics[key]:.2f}" if key in metrics else ""

@@ -200,7 +200,7 @@ def _in_table(job, settings, loaded_user_code):
     """"done" when the job's run is in its table as done_before says, "older" when its row is there but from other
     --user-dir code than is loaded now (the user's own scheme or task: trained again, replacing it), "rerun" when
     --rerun asks for rows of this commit and machine and the row is not one, else None."""
-    entry = _entry_in_table(job, settings)
+    entry = table_entry(job, settings)
     if entry is None:
         return None
     if settings.rerun and not made_by(entry.get("provenance", {}), settings.rerun):
@@ -219,7 +219,7 @@ def _loaded_user_code():
     return user_code_hash(files) if files else None
 
 
-def _entry_in_table(job, settings):
+def table_entry(job, settings):
     """The job's run in its table with the config this grid would train, or None."""
     planned = {**preset_config(TASKS[job.task], job.preset, settings.epochs, dict(job.overrides)),
                "precision": settings.precision}

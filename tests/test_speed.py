@@ -222,3 +222,21 @@ def test_the_speed_table_shows_each_training_row_against_the_bound(tmp_path, cap
     row = next(line for line in table.splitlines() if line.startswith("| zaremba |"))
     fraction = entry["results"]["zaremba"]["train_tok_s"] / bound["tok_s"]
     assert f"| {fraction:.0%} |" in row
+
+
+def test_an_older_speed_section_of_the_same_setup_is_marked_superseded_by_the_newest():
+    """Sections are kept as history; one timed again later (same preset, machine, threads, precisions, and every
+    row of it) says so and names the newer one; a section of other threads, or one whose rows the newer one lacks,
+    stands."""
+    from benchmarks.tables.speed_table import speed_markdown
+    from tasks.lm.task import LanguageModelTask
+
+    old, new = _speed_entry(peer_dropout=0.5), _speed_entry(peer_dropout=0.5, finished="later")
+    new["provenance"] = {**new["provenance"], "git_commit": "b" * 40}
+    text = speed_markdown(LanguageModelTask, [old, new])
+    assert text.count("**Superseded**") == 1 and "**Superseded** by the section of commit bbbbbbbbbbbb (later)" in text
+    assert text.index("**Superseded**") < text.rindex("## preset")  # in the older (first) section
+    other_threads = {**new, "provenance": {**new["provenance"], "torch_threads": 2}}
+    fewer_rows = {**new, "results": {k: v for k, v in new["results"].items() if k != "zaremba"}}
+    for newer in (other_threads, fewer_rows):
+        assert "Superseded" not in speed_markdown(LanguageModelTask, [old, newer])

@@ -81,16 +81,29 @@ INTRO = ("Items per second (tokens for training and evaluation, sentences for de
 def speed_markdown(task_cls, entries, uncommitted=None):
     """The speed table; `uncommitted`: {commit: why} of its sections from uncommitted code (benchmarks.tables.uncommitted)."""
     lines = [f"# {task_cls.name} / speed", "", INTRO + (" " + task_cls.speed_notes if task_cls.speed_notes else ""), ""]
-    for entry in entries:
-        if entry.get("kind") != "trained":
-            lines += _section(task_cls, entry, uncommitted or {})
+    timed = [e for e in entries if e.get("kind") != "trained"]
+    for i, entry in enumerate(timed):
+        lines += _section(task_cls, entry, uncommitted or {}, _newer_alike(entry, timed[i + 1:]))
     trained = [e for e in entries if e.get("kind") == "trained"]
     if trained:
         lines += _trained_section(trained)
     return "\n".join(lines)
 
 
-def _section(task_cls, entry, uncommitted):
+def _setup(entry):
+    prov = entry["provenance"]
+    return (entry["preset"], prov.get("gpu") or cpu_text(prov), prov.get("torch_threads"),
+            tuple(entry.get("precisions", ["fp32"])))
+
+
+def _newer_alike(entry, later):
+    """The newest later section of the same preset, machine, threads and precisions that times every row this one
+    does (so this one is history), or None."""
+    alike = [e for e in later if _setup(e) == _setup(entry) and set(entry["results"]) <= set(e["results"])]
+    return alike[-1] if alike else None
+
+
+def _section(task_cls, entry, uncommitted, newer=None):
     """One run's rows against its peer (the first implementation that is no scheme: the published reference)."""
     prov, results = entry["provenance"], entry["results"]
     hw = prov.get("gpu") or f"{cpu_text(prov)}, {threads_text(prov['torch_threads'])}"
@@ -102,8 +115,12 @@ def _section(task_cls, entry, uncommitted):
     for job in jobs:
         header += [COLUMNS.get(job, job)] + ([f"vs {peer}"] if job in compared else [])
         header += ["of bound"] if bound and job == "train_tok_s" else []
-    lines = [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", "",
-             f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats"
+    lines = [f"## preset `{entry['preset']}` on {prov['device']} ({hw})", ""]
+    if newer is not None:
+        lines += [f"**Superseded** by the section of {code_version(newer['provenance'])} ({newer['finished']}) "
+                  "below: the same preset, machine, threads and precisions, timed again; kept as history, quote "
+                  "the newest.", ""]
+    lines += [f"{_shape(entry['config'])}; {entry['steps']} steps x {entry['repeats']} repeats"
              f"{_precision_text(task_cls, entry)}"
              f"{_peer_text(entry, peer)}.", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for impl, row in results.items():

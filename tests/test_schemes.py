@@ -340,6 +340,11 @@ def test_the_cross_task_table_says_how_each_p_was_set_and_which_choice_sits_at_t
     assert line.startswith("- lm: by the preset: zaremba p=0.3; on validation: variational p=0.3, mine p=0.3 "
                            "(**not tuned alike**).")
     assert "mine p=0.3 is at the low edge of its grid" in line and "--grid mine=0.15,0.075`" in line
+    assert "to be trained again" not in line
+    selections["lm"]["mine"]["dropout"] = 0.15  # a re-run grid point changed the choice after the rows ran
+    line = next(x for x in cross_task.schemes_markdown([("lm", task, runs)], None, selections).splitlines()
+                if x.startswith("- lm: by"))
+    assert "**mine's runs are at p=0.3, but its selection table now chooses 0.15**: they are to be trained again" in line
     tuned = [r for r in runs if r["variant"] != "zaremba"]
     assert "(tuned alike)" in cross_task.schemes_markdown([("lm", task, tuned)], None, {})
     assert "each scheme's p was chosen on validation only" not in text.lower()  # zaremba's was not

@@ -1,5 +1,6 @@
 """benchmarks.select: each scheme's p from --valid-only runs, never from a run that read the test split."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from conftest import write_tiny_ptb
 from core.utils import write_json
 from tasks.lm.task import PRESETS, LanguageModelTask
 
+ROOT = Path(__file__).resolve().parent.parent
 PROV = {"git_commit": "abc", "device": "cpu", "cpu_model": "x", "command": "python -m benchmarks.run ..."}
 
 
@@ -219,3 +221,23 @@ def test_a_choice_between_machines_within_one_seeds_spread_is_refused_naming_the
 def test_one_machine_needs_no_seed_spread():
     grid = [on(grid_run("weightdrop", 0.1, 106.13), None), on(grid_run("weightdrop", 0.2, 105.96), None)]
     selection.check_one_machine(LanguageModelTask, selection.choose(LanguageModelTask, grid), None, "tiny")
+
+
+@pytest.mark.parametrize("table", sorted((ROOT / "results").glob("*/*-selection.json")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_preset_holds_the_p_its_committed_selection_table_chose(table):
+    """A preset's p for a scheme is the one chosen on validation: a re-run grid point that changes a choice fails
+    here until the preset takes it (and its seeds are trained again at the new p)."""
+    import json
+
+    from tasks.base import get_task
+
+    task = get_task(table.parent.name)
+    preset = task.presets[table.stem.removesuffix("-selection")]
+    for variant, decision in json.loads(table.read_text())["chosen"].items():
+        if decision["no_signal"]:
+            continue
+        chosen = decision["dropout"] if decision["zoneout_cell"] is None else [decision["dropout"],
+                                                                                decision["zoneout_cell"]]
+        held = preset["dropout"] if variant == "zaremba" else preset.get("scheme_dropout", {}).get(variant)
+        assert held == chosen, f"{table.name}: {variant} chose {chosen}, the preset holds {held}"

@@ -164,6 +164,11 @@ def tuning_lines(columns, selections=None, label=None):
         edge = "".join(f" {v} p={d['dropout']:g} is at the {_side(d)} edge of its grid (a p beyond may do better: "
                        f"`python -m benchmarks.grid --tasks {name} --preset {preset} --variants {v} --select {v} "
                        f"--grid {v}={_beyond(d)}`)." for v, d in edges)
+        moved = [(v, d) for v, d in (selections or {}).get(name, {}).items()
+                 if any(r["variant"] == v and r["dropout"] != d["dropout"] for r in runs)]
+        edge += "".join(f" **{v}'s runs are at p={', '.join(sorted({p_text(r) for r in runs if r['variant'] == v}))}"
+                        f", but its selection table now chooses {d['dropout']:g}**: they are to be trained again at "
+                        f"{d['dropout']:g}." for v, d in moved)
         lines.append(f"- {name}: {said}{alike}.{edge}")
     return lines + [""] if len(lines) > 2 else []
 

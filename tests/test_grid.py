@@ -441,12 +441,13 @@ def test_a_bf16_table_with_no_run_is_estimated_from_the_fp32_table_scaled_by_the
     (tmp_path / "mt" / "speed.json").write_text(json.dumps([{"preset": "cpu", "results": rates, "provenance": here}]))
     fp32 = [{"variant": "none", "dropout": 0.0, "seed": s, "wall_s": wall, "provenance": {"device": device}}
             for s, wall, device in ((1, 3000.0, "cpu"), (2, 3600.0, "cpu"), (3, 60.0, "cuda:0"))]  # the GPU's: not used
-    (tmp_path / "mt" / "cpu.json").write_text(json.dumps(fp32))
-    job = planning.Job("mt", "cpu", "cpu-bf16-cpu", "none", 1, (0.0, None))
+    # a label the repository's results/ has no table of (its own mt/cpu-bf16-cpu would answer first)
+    (tmp_path / "mt" / "cpu-e3.json").write_text(json.dumps(fp32))
+    job = planning.Job("mt", "cpu", "cpu-e3-bf16-cpu", "none", 1, (0.0, None))
     seconds, how = estimates.estimate(tmp_path, job, "cpu", "bf16")
     assert seconds == 3300.0 * 4000.0 / 6000.0
     threads = here["torch_threads"]
-    assert how == (f"2 recorded runs of mt/cpu x 4,000 / 6,000, the speed table's none / none-bf16 rates at {threads} "
+    assert how == (f"2 recorded runs of mt/cpu-e3 x 4,000 / 6,000, the speed table's none / none-bf16 rates at {threads} "
                    f"thread{'s' * (threads != 1)}; training time only")
     del rates["none"]
     (tmp_path / "mt" / "speed.json").write_text(json.dumps([{"preset": "cpu", "results": rates, "provenance": here}]))

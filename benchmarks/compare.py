@@ -25,7 +25,8 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.jobs.flags import add_user_dir_flag, load_task_registry
-from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
+from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text, seeds_phrase
+from benchmarks.tables.labels import OTHER_TABLES, SELECTION_SUFFIX
 from benchmarks.tables.merge import config_gap, load_runs, variant_order
 from benchmarks.tables.significance import paired_comparison
 from benchmarks.tables.machines import seeds_by_machine
@@ -62,15 +63,14 @@ def load_source(path):
     return path.parent.name, path.stem, [r for r in runs if not r.get("ensemble")]
 
 
-OTHER_TABLES = {"speed": "a speed table (benchmarks.speed)", "mc": "an MC-dropout table (benchmarks.mc)",
-                "uncommitted": "the reasons kept for runs from uncommitted code"}
+NOT_TABLES = {**OTHER_TABLES, "uncommitted": "the reasons kept for runs from uncommitted code"}
 
 
 def _other_table(path):
     """What a JSON of results/ that is not a task table is ('a speed table (benchmarks.speed)'), or None."""
-    if path.stem in OTHER_TABLES:
-        return OTHER_TABLES[path.stem]
-    if path.stem.endswith("-selection"):
+    if path.stem in NOT_TABLES:
+        return NOT_TABLES[path.stem]
+    if path.stem.endswith(SELECTION_SUFFIX):
         return "a selection table (benchmarks.select)"
     if path.stem.startswith("schemes"):
         return "the cross-task schemes table"
@@ -288,8 +288,7 @@ def _machines(runs):
     by_machine = seeds_by_machine(runs)
     if len(by_machine) < 2:
         return ""
-    return "; " + ", ".join(f"seed{'s' * (len(seeds) > 1)} {','.join(seeds)} on {machine}"
-                            for machine, seeds in by_machine.items())
+    return "; " + ", ".join(f"{seeds_phrase(seeds)} on {machine}" for machine, seeds in by_machine.items())
 
 
 def _gap(a, b):

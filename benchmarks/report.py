@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.jobs.flags import add_user_dir_flag, load_task_registry
-from benchmarks.tables.labels import preset_of
+from benchmarks.tables.labels import OTHER_TABLES, preset_of
 from benchmarks.tables.mc_table import mc_markdown, plot as mc_plot
 from benchmarks.tables.merge import check_consistent, load_runs, read_json
 from benchmarks.tables.speed_table import speed_markdown
@@ -21,7 +21,6 @@ from core.utils import write_text
 from tasks.base import TASKS, get_task
 
 
-OTHER_TABLES = ("speed", "mc")  # results/<task>/speed.json, mc.json: not lists of runs
 
 
 def task_folder(path):

@@ -20,9 +20,9 @@ from benchmarks.tables.effects import adjust_for_family  # noqa: E402
 from benchmarks.tables.format import LOWER_IS_BETTER, counted, fmt, p_text
 from benchmarks.tables.significance import paired_comparison, verdict  # noqa: E402
 from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION  # noqa: E402
+from benchmarks.tables.machines import machine_count  # noqa: E402
 from benchmarks.tables.merge import load_runs, neighbour_text, read_json  # noqa: E402
 from benchmarks.tables.uncommitted import is_dirty  # noqa: E402
-from core.provenance import machine_key  # noqa: E402
 from core.utils import atomic_write, write_json, write_text  # noqa: E402
 
 
@@ -86,7 +86,7 @@ def _cell(group, result, metric):
 def _unclean(group):
     """', 2 from uncommitted code, on 2 machines' where a scheme's seeds are not all clean runs of one machine."""
     dirty = sum(is_dirty(r) for r in group)
-    machines = len({machine_key(r.get("provenance", {})) for r in group})
+    machines = machine_count(group)
     return (f", {dirty} from uncommitted code" if dirty else "") + (f", on {machines} machines" if machines > 1 else "")
 
 

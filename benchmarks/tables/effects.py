@@ -3,7 +3,7 @@ zaremba), the difference of the seed means with its 95% interval over seeds and 
 items (benchmarks.tables.significance), and a line in plain words per comparison."""
 import statistics
 
-from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text
+from benchmarks.tables.format import LOWER_IS_BETTER, fmt, interval_text, p_text, p_value_text, seeds_phrase
 from benchmarks.tables.significance import METRICS, paired_comparison, holm, seed_interval, verdict
 from core.provenance import machine_key
 
@@ -16,10 +16,6 @@ def effect_metrics(task, runs):
     keys = [task.main_metric] + [k for k, _ in task.extra_test_metrics[:1]]
     keys += [k for k, _ in task.extra_test_metrics if k in METRICS and METRICS[k][0] in with_items and k not in keys]
     return keys
-
-
-def _seeds(seeds):
-    return ("seeds " if len(seeds) > 1 else "seed ") + ",".join(map(str, seeds))
 
 
 def crossed_seeds(group, base_group):
@@ -80,7 +76,7 @@ def effects_section(task, runs, groups):
         crossing |= bool(crossed)
         seed_ci = r.get("seed_ci")
         boot_ci = r.get("boot_ci")
-        how = f" (bootstrap over {_seeds(r['boot_seeds'])}: the others have no per-item statistics)" \
+        how = f" (bootstrap over {seeds_phrase(r['boot_seeds'])}: the others have no per-item statistics)" \
             if r.get("boot_seeds") else ""
         p_value = "—" if boot_ci is None else p_value_text(r["p"])
         p_holm = "—" if boot_ci is None else p_value_text(r["p_holm"])
@@ -112,7 +108,7 @@ def mc_dropout_line(task, groups):
         spread = f", 95% CI {interval_text(seed_interval(diffs))}" if len(diffs) > 1 else "; one seed: no interval"
         values = lambda key: fmt([r["metrics"][key] for r in runs])  # noqa: E731
         said.append(f"{variant} p={p_text(runs[0])} {values(f'test_mc_{m}')} vs {values(f'test_{m}')} "
-                    f"({_seeds([r['seed'] for r in runs])}; difference {mean:+.2f}{spread})")
+                    f"({seeds_phrase([r['seed'] for r in runs])}; difference {mean:+.2f}{spread})")
     if not said:
         return []
     return ["", f"MC-dropout evaluation (Gal & Ghahramani 2016: the best-on-valid checkpoint with its dropout on, the "
@@ -126,7 +122,7 @@ def _in_words(a, b, metric, r):
     direction = "better" if better else "worse"
     why = []
     if r.get("boot_ci") is not None:
-        over = f" ({_seeds(r['boot_seeds'])})" if r.get("boot_seeds") else ""
+        over = f" ({seeds_phrase(r['boot_seeds'])})" if r.get("boot_seeds") else ""
         holm_text = f", Holm-adjusted {p_value_text(r['p_holm'])}" if "p_holm" in r else ""
         why.append(f"paired bootstrap{over} p {'= ' if r['p'] > 0.001 else ''}{p_value_text(r['p'])}{holm_text}")
     if r.get("seed_ci") is None:

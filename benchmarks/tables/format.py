@@ -27,6 +27,11 @@ def p_text(run):
     return f"{p:g}" + (f", cells {cell:g}" if cell is not None and cell != p else "")
 
 
+def seeds_phrase(seeds):
+    """"seed 3", "seeds 1,2": the seeds with their noun."""
+    return ("seed " if len(seeds) == 1 else "seeds ") + ",".join(map(str, seeds))
+
+
 def counted(n, noun):
     """"1 run", "3 runs": a count and its noun."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -5,6 +5,9 @@ import re
 SELECT_SUFFIX = "-select"  # the table of a grid's --valid-only runs: <label>-select.json
 SELECTION_SUFFIX = "-selection"  # the choice made from them: results/<task>/<label>-selection.{json,md}
 
+# the JSONs beside the task tables in results/<task>/ that hold no runs: what each is
+OTHER_TABLES = {"speed": "a speed table (benchmarks.speed)", "mc": "an MC-dropout table (benchmarks.mc)"}
+
 # where a run's p came from, as the runs record it and the tables print it (besides "none" and "preset")
 P_BY_HAND = "set by hand (--p)"
 P_ON_VALIDATION = "chosen on validation"

@@ -27,10 +27,15 @@ def seeds_text(group):
     return "; ".join(f"{','.join(seeds)} ({machine})" for machine, seeds in by_machine.items())
 
 
+def machine_count(runs):
+    """How many machines (core.provenance.machine_key) the runs ran on."""
+    return len({machine_key(r.get("provenance", {})) for r in runs})
+
+
 def mixed_machines_lines(groups):
     """A warning under the summary for rows whose mean averages runs of different machines."""
     mixed = [f"{variant} p={p:g}: seeds {seeds_text(group)}" for (variant, p), group in groups.items()
-             if len({machine_key(r.get("provenance", {})) for r in group}) > 1]
+             if machine_count(group) > 1]
     if not mixed:
         return []
     return ["**Rows that average runs of more than one machine** (device or torch version; a seed moves between "

@@ -78,13 +78,16 @@ def summary(task, runs):
                         "provenance follow.", ""]
 
 
+P_NOT_RECORDED = "not recorded (older runs)"
+
+
 def _p_sources(runs):
     """One line saying where each variant's p came from (the preset, --p by hand, or validation)."""
     sources = {}
     for run in singles(runs):
         if run["variant"] != "none" and run.get("p_from") != "none":
-            sources.setdefault((run["variant"], p_text(run)), set()).add(run.get("p_from") or "not recorded (older runs)")
-    if not any(s != {"not recorded (older runs)"} for s in sources.values()):
+            sources.setdefault((run["variant"], p_text(run)), set()).add(run.get("p_from") or P_NOT_RECORDED)
+    if not any(s != {P_NOT_RECORDED} for s in sources.values()):
         return []
     return ["Where each p comes from: " + "; ".join(f"{v} p={p}: {', '.join(sorted(s))}"
                                                     for (v, p), s in sources.items()) + ".", ""]
@@ -136,7 +139,8 @@ def task_markdown(task, label, preset, runs, uncommitted=None):
                  if task.eval_train else
                  "the running average over that epoch's training pass (dropout on, as in the paper's code)")
     lines += summary(task, runs) if singles(runs) else []
-    lines += mixed_machines_lines(group_runs(runs)) + dirty_rows_lines(group_runs(runs))
+    groups = group_runs(runs)
+    lines += mixed_machines_lines(groups) + dirty_rows_lines(groups)
     lines += _p_sources(runs)
     lines += ["## Details", "", f"`{m}` is the metric ({direction} is better). All columns come from the best-on-valid "
               f"epoch; train {m} is {train_how}. Wall time: training, per device. The plot and the JSON have every "
@@ -152,7 +156,7 @@ def task_markdown(task, label, preset, runs, uncommitted=None):
               + ["best epoch / epochs", "wall time", "seeds"]
               + [f"paper {_label(k, task)}" for k in paper_keys])
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (variant, p), group in group_runs(runs).items():
+    for (variant, p), group in groups.items():
         col = lambda name: [r["metrics"][name] for r in group if name in r["metrics"]]  # noqa: E731
         ref = paper.get(variant, {})
         lines.append("| " + " | ".join(
@@ -175,9 +179,9 @@ def task_markdown(task, label, preset, runs, uncommitted=None):
         lines += ["", "Ensemble rows average their members' next-token (frame) probabilities at every position "
                       "(and, where the task decodes, at every beam-search step); they have no training metrics."]
     last = [f"{variant} (p={p:g}) train {m} {_fmt([r['history'][-1][f'train_{m}'] for r in group])}, valid {m} "
-            f"{_fmt([r['history'][-1][f'valid_{m}'] for r in group])}" for (variant, p), group in group_runs(runs).items()]
+            f"{_fmt([r['history'][-1][f'valid_{m}'] for r in group])}" for (variant, p), group in groups.items()]
     lines += ["", "At the last epoch, for comparison with the best-on-valid columns: " + "; ".join(last) + "."]
-    lines += mc_dropout_line(task, group_runs(runs))
+    lines += mc_dropout_line(task, groups)
     if paper:
         caveat = (" They come from the paper's own configuration, not this one: compare the direction and size "
                   "of the dropout effect, not the values." if preset in task.preset_notes else "")
@@ -193,7 +197,7 @@ def task_markdown(task, label, preset, runs, uncommitted=None):
         lines += ["", "sacreBLEU signature: " + "; ".join(f"`{s}`" for s in signatures)]
     config = runs[0]["config"]
     lines += ["", "Config: " + ", ".join(f"{k}={v}" for k, v in config.items() if k not in ("scheme", "dropout", "seed"))]
-    lines += effects_section(task, runs, group_runs(runs))
+    lines += effects_section(task, runs, groups)
     lines += _examples(runs)
     lines += ["", "## Provenance", ""]
     commits = sorted({code_version(r["provenance"]) for r in runs})

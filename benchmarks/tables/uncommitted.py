@@ -6,7 +6,7 @@ import json
 import warnings
 from pathlib import Path
 
-from benchmarks.tables.format import p_text
+from benchmarks.tables.format import p_text, seeds_phrase
 from core.provenance import ROOT
 
 REGISTRY = "uncommitted.json"
@@ -66,16 +66,12 @@ def undeclared(out_dir):
 
 def dirty_rows_lines(groups):
     """A warning under the summary for rows with runs from uncommitted code (the why is under Provenance)."""
-    dirty = [f"{variant} p={p_text(group[0])}: " + _seeds_word([r["seed"] for r in group if is_dirty(r)])
+    dirty = [f"{variant} p={p_text(group[0])}: " + seeds_phrase([r["seed"] for r in group if is_dirty(r)])
              for (variant, _), group in groups.items() if any(is_dirty(r) for r in group)]
     if not dirty:
         return []
     return ["**Rows with runs from uncommitted code** (they cannot be checked out again; why each was kept is under "
             "Provenance): " + "; ".join(dirty) + ".", ""]
-
-
-def _seeds_word(seeds):
-    return ("seed " if len(seeds) == 1 else "seeds ") + ",".join(map(str, seeds))
 
 
 def uncommitted_lines(runs, reasons):

@@ -215,7 +215,7 @@ def run_grid(argv=None):
     print("\n".join(verdicts(grid.jobs, args.out)), flush=True)
     if grid.stopping:
         return 128 + grid.stop_signal
-    return 1 if "failed" in grid.status else 0
+    return 1 if "failed" in grid.status or "stopped" in grid.status else 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -488,3 +489,31 @@ def test_a_job_that_lands_its_row_while_the_grid_stops_it_is_counted_finished_no
     assert re.search(r"#1 lm/tiny-e1 none p=0 seed 1: finished, test ppl [\d.]+ \(", output), output
     assert "Grid: 1 job finished, 0 finished before, 0 failed, 1 not run." in output and ": stopped" not in output
     assert [r["variant"] for r in load_runs(tmp_path / "results" / "lm" / "tiny-e1.json")] == ["none"]
+
+
+def test_a_job_signalled_alone_is_stopped_not_failed_and_what_waits_for_it_waits_for_the_next_run(
+        tmp_path, tiny_ptb, user_dir):
+    common = grid_args(tmp_path, tiny_ptb, user_dir, "--variants", "mine", "--grid", "0.1", "--epochs", "1",
+                       "--jobs", "1", "--threads", "1")
+    proc = run_grid(common, env={**os.environ, "RNNREG_PAUSE_AT": "training"})  # every job waits at its first step
+    logs, signalled = tmp_path / "runs" / "grid-logs", 0
+    deadline = time.time() + 300
+    while proc.poll() is None:  # a SIGINT to each job itself (as `kill -INT <its pid>` does), never to the grid
+        assert time.time() < deadline, "the grid did not end once its jobs were stopped"
+        paused = sum(log.read_text().count("paused at training") for log in logs.glob("*.log"))
+        if paused > signalled:
+            child, = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+            os.kill(int(child), signal.SIGINT)
+            signalled += 1
+        time.sleep(0.1)
+    output = proc.stdout.read()
+    assert proc.returncode == 1 and signalled == 3, output  # none, zaremba and mine's selection point; mine waits
+    assert output.count(": stopped, stopped by SIGINT to the job alone, resumes from its checkpoint") == 3, output
+    assert "Grid: 0 jobs finished, 0 finished before, 0 failed, 3 stopped, 1 not run." in output
+    assert not (tmp_path / "results" / "lm" / "tiny-e1-selection.json").exists()  # no choice from a stopped point
+    again = run_grid(common)
+    output = again.communicate(timeout=600)[0]
+    assert again.returncode == 0 and "Grid: 4 jobs finished, 0 finished before, 0 failed, 0 not run." in output, output
+    assert len(load_runs(tmp_path / "results" / "lm" / "tiny-e1.json")) == 3
+    logs = [log.read_text() for log in (tmp_path / "runs").rglob("log.jsonl")]
+    assert len(logs) == 4 and sum('"kind": "resumed"' in log for log in logs) == 3  # mine's seed ran once, whole

@@ -39,6 +39,10 @@ def check_jobs(jobs, settings, local=True):
             check_mergeable(task_cls, args, run_label(args))
 
 
+ENDED = ("finished", "failed", "skipped", "stopped")
+STOPPED_BY_A_SIGNAL = {130: "SIGINT", 143: "SIGTERM"}  # benchmarks.run's exit after saving its checkpoint
+
+
 def _raise(message):
     raise ValueError(message)
 
@@ -104,7 +108,13 @@ class Grid:
             signal.signal(sig, handler)
 
     def _all_ended(self):
-        return all(s in ("finished", "failed", "skipped") for s in self.status)
+        return all(s in ENDED or self._blocked(i) for i, s in enumerate(self.status))
+
+    def _blocked(self, i):
+        """Queued behind a job that was stopped (a signal to that job alone): it waits for the next run of the
+        command."""
+        return self.status[i] == "queued" and any(self.status[a] == "stopped" or self._blocked(a)
+                                                  for a in self.jobs[i].after)
 
     def _set(self, i, status, note=""):
         self.status[i] = status
@@ -121,7 +131,7 @@ class Grid:
             waiting = [i for i, j in enumerate(self.jobs) if j.choice == key and j.kind != "select" and j.p is None
                        and self.status[i] == "queued"]
             grid = [i for i, j in enumerate(self.jobs) if j.choice == key and j.kind == "select"]
-            if not waiting or any(self.status[i] in ("queued", "running") for i in grid):
+            if not waiting or any(self.status[i] in ("queued", "running", "stopped") for i in grid):
                 continue
             failed = [i for i in grid if self.status[i] == "failed"]
             if failed:
@@ -176,6 +186,8 @@ class Grid:
             if code == 0:
                 self._finished(i)
                 schemes_tables(self.jobs, self.settings.out)
+            elif code in STOPPED_BY_A_SIGNAL:  # someone signalled the job alone: it saved its checkpoint
+                self._ended_by_signal(i, code, f"stopped by {STOPPED_BY_A_SIGNAL[code]} to the job alone, ")
             else:
                 self._set(i, "failed", f"exit {code} after {self._took(i)}")
 
@@ -185,17 +197,21 @@ class Grid:
     def _finished(self, i):
         self._set(i, "finished", f"{final_metric(self.jobs[i], self.settings)} ({self._took(i)})")
 
+    def _ended_by_signal(self, i, code, how=""):
+        """A job a signal ended: finished if its row landed first (a final test pass finishes), else stopped."""
+        if code == 0 or planning.done_before(self.jobs[i], self.settings):
+            self._finished(i)
+            return
+        kept = (planning.job_run_dir(self.jobs[i], self.settings) / "checkpoint.pt").exists()
+        self._set(i, "stopped", how + ("resumes from its checkpoint when the command is run again" if kept else
+                                       "before its first checkpoint: starts again when the command is run again"))
+
     def _stop_running(self):
         for handle in self.handles.values():
             handle.stop()
         for i, handle in list(self.handles.items()):
             code = handle.wait()
             self.ended[i] = time.time()
-            if code == 0 or planning.done_before(self.jobs[i], self.settings):  # it ended (a final test pass finishes)
-                self._finished(i)
-                continue
-            kept = (planning.job_run_dir(self.jobs[i], self.settings) / "checkpoint.pt").exists()
-            self._set(i, "stopped", "resumes from its checkpoint when the command is run again" if kept else
-                      "before its first checkpoint: starts again when the command is run again")
+            self._ended_by_signal(i, code)
         self.handles.clear()
         schemes_tables(self.jobs, self.settings.out)

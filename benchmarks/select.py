@@ -17,13 +17,12 @@ so a grid can grow over several sessions or machines; `--fresh` starts the table
 """
 import argparse
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.jobs.flags import add_user_dir_flag, load_task_registry
 from benchmarks.jobs.config import parse_point
 from benchmarks.tables.labels import SELECTION_SUFFIX
-from benchmarks.jobs.selection import (call_run, choose, collect, decided_run, final_commands, grid_commands,
+from benchmarks.jobs.selection import (Runs, choose, collect, decided_run, final_commands, grid_commands,
                                        shortened, write_selection)
 from core.interrupt import Stopped, command_signals, deferred_signals
 from tasks.base import get_task
@@ -87,8 +86,7 @@ def run_selection(argv=None):
                                      work / "out", work / "runs", run_args)
     except ValueError as err:
         parser.error(str(err))
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        failed = [c for c, rc in zip(commands, pool.map(call_run, commands)) if rc]
+    failed = [c for c, rc in zip(commands, Runs().map(commands, args.jobs)) if rc]
     if failed:
         sys.exit("error: grid runs failed (their output is above): " + "; ".join(" ".join(c[2:]) for c in failed))
     reference, label, precision = shortened(task, preset, run_args)
@@ -120,7 +118,7 @@ def run_selection(argv=None):
                                            for v, (_, grid) in chosen.items() if v in wanted}, args.work, run_args)
         except ValueError as err:
             sys.exit(f"error: {err}")
-        if any(call_run(c) for c in finals):
+        if any(Runs().map(finals)):
             sys.exit("error: evaluating a chosen point failed (its output is above)")
         print(f"test results of the chosen points: {Path(args.work) / 'final' / task.name}/ (merge: python -m "
               f"benchmarks.report --into results/{task.name}/{preset}.json <that json>)")

@@ -1,5 +1,9 @@
 """benchmarks.select: each scheme's p from --valid-only runs, never from a run that read the test split."""
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,7 +102,8 @@ def test_runner_flags_after_the_double_dash_reach_every_grid_run_and_bad_ones_st
     with pytest.raises(ValueError, match="--dropout after --"):
         selection.grid_commands("lm", "tiny", ["variational"], points, 1, tmp_path, tmp_path, ["--dropout=0.5"])
     launched = []
-    monkeypatch.setattr(selection.subprocess, "call", lambda c, **_: launched.append(c) or 0)
+    start = selection.start_run
+    monkeypatch.setattr(selection, "start_run", lambda c: launched.append(c) or start(["true"]))
     with pytest.raises(SystemExit):  # the runner's parser refuses the flag: nothing is launched
         select.main(["--task", "lm", "--preset", "tiny", "--variants", "variational", "--grid", "0.1",
                      "--work", str(tmp_path), "--", "--threads", "many"])
@@ -128,7 +133,8 @@ def test_final_with_variants_tests_only_those_schemes_and_variants_alone_is_refu
         checkpoint.parent.mkdir(parents=True)
         checkpoint.write_bytes(b"")
     launched = []
-    monkeypatch.setattr(selection.subprocess, "call", lambda command, **_: launched.append(command) or 0)
+    start = selection.start_run
+    monkeypatch.setattr(selection, "start_run", lambda command: launched.append(command) or start(["true"]))
     common = ["--task", "lm", "--preset", "tiny", "--collect", str(tmp_path / "grid"), "--work", str(tmp_path / "w"),
               "--out", str(tmp_path / "res")]
     select.main([*common, "--variants", "weightdrop", "--final"])
@@ -241,3 +247,28 @@ def test_every_preset_holds_the_p_its_committed_selection_table_chose(table):
                                                                                 decision["zoneout_cell"]]
         held = preset["dropout"] if variant == "zaremba" else preset.get("scheme_dropout", {}).get(variant)
         assert held == chosen, f"{table.name}: {variant} chose {chosen}, the preset holds {held}"
+
+
+def test_sigint_to_select_alone_stops_its_running_grid_runs_at_a_checkpoint_and_the_rerun_resumes_them(tmp_path):
+    data = write_tiny_ptb(tmp_path / "data")
+    argv = [sys.executable, "-m", "benchmarks.select", "--task", "lm", "--preset", "tiny", "--variants",
+            "variational", "--grid", "0.1,0.3", "--jobs", "2", "--work", str(tmp_path / "w"), "--out",
+            str(tmp_path / "res"), "--", "--data-dir", str(data), "--custom-data", "--threads", "1", "--device", "cpu"]
+    proc = subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "RNNREG_PAUSE_AT": "training"}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    paused = 0
+    for line in proc.stdout:  # both grid runs wait at their first step; then a signal to select's pid alone
+        paused += line.strip() == "paused at training"
+        if paused == 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, output
+    assert "stopping 2 running grid run(s): each saves its checkpoint" in output and "stopped by SIGINT" in output
+    runs = sorted((tmp_path / "w" / "runs").rglob("checkpoint.pt"))
+    assert len(runs) == 2 and not (tmp_path / "res" / "lm" / "tiny-selection.json").exists()
+    again = subprocess.run(argv, cwd=ROOT, text=True, capture_output=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    logs = [(run.parent / "log.jsonl").read_text() for run in runs]
+    assert all('"kind": "resumed"' in log for log in logs)
+    assert json.loads((tmp_path / "res" / "lm" / "tiny-selection.json").read_text())["chosen"]["variational"]

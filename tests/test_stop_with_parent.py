@@ -40,8 +40,7 @@ def test_a_worker_stops_when_its_launching_process_is_sigkilled():
             pass
 
 
-def test_select_tells_its_runs_to_stop_with_it(monkeypatch):
-    seen = {}
-    monkeypatch.setattr(selection.subprocess, "call", lambda command, env: seen.update(env) or 0)
-    assert selection.call_run(["python", "-m", "benchmarks.run"]) == 0
-    assert seen[ENV_STOP_WITH_PARENT] == str(os.getpid())
+def test_select_tells_its_runs_to_stop_with_it_and_starts_each_in_its_own_session():
+    check = (f"import os, sys\nsys.exit(os.environ['{ENV_STOP_WITH_PARENT}'] != '{os.getpid()}' or "
+             f"os.getsid(0) == {os.getsid(0)})")
+    assert selection.Runs().map([[sys.executable, "-c", check]]) == [0]

@@ -3,8 +3,11 @@ point (the commands that train them, collecting them, the choice, and the select
 results/<task>/<label>-selection.{json,md}). benchmarks.select and benchmarks.grid apply it."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.jobs.config import declared_keys, parse_overrides, preset_config, run_name
@@ -25,10 +28,53 @@ OWN_FLAGS = {"--task", "--preset", "--variants", "--dropout", "--seeds", "--ense
              "--run-dir", "--list"}  # set by the grid itself: not to be passed after --
 
 
-def call_run(command):
-    """Run one benchmarks.run command and return its exit status; it stops (saving its checkpoint) if this
-    command is killed, instead of training on as an orphan."""
-    return subprocess.call(command, env={**os.environ, ENV_STOP_WITH_PARENT: str(os.getpid())})
+def start_run(command):
+    """Start one benchmarks.run command in its own session, so a Ctrl-C at the terminal reaches this command
+    alone, which passes one SIGTERM on (`Runs.stop`; a second signal would stop the run without its checkpoint);
+    it also stops, saving its checkpoint, if this command is killed."""
+    return subprocess.Popen(command, start_new_session=True, env={**os.environ, ENV_STOP_WITH_PARENT: str(os.getpid())})
+
+
+class Runs:
+    """benchmarks.run commands, `jobs` at a time. A signal to this command (Stopped, raised while it waits)
+    stops the running ones at their checkpoints before it goes on, instead of waiting for them to finish."""
+
+    def __init__(self):
+        self.running, self.lock, self.stopping = set(), threading.Lock(), False
+
+    def call(self, command):
+        with self.lock:
+            if self.stopping:
+                return 128 + signal.SIGTERM
+            process = start_run(command)
+            self.running.add(process)
+        try:
+            return process.wait()
+        finally:
+            with self.lock:
+                self.running.discard(process)
+
+    def map(self, commands, jobs=1):
+        """Their exit statuses, in order."""
+        pool = ThreadPoolExecutor(max(1, jobs))
+        try:
+            return list(pool.map(self.call, commands))
+        except BaseException:
+            self.stop()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def stop(self):
+        with self.lock:
+            self.stopping, running = True, list(self.running)
+        if running:
+            print(f"stopping {len(running)} running grid run(s): each saves its checkpoint", file=sys.stderr,
+                  flush=True)
+        for process in running:
+            process.terminate()
+        for process in running:
+            process.wait()
 
 
 def run_command(task, preset, variant, p, cell, seed, out, run_dir, run_args=(), valid_only=True):

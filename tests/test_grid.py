@@ -508,8 +508,9 @@ def test_a_job_signalled_alone_is_stopped_not_failed_and_what_waits_for_it_waits
         time.sleep(0.1)
     output = proc.stdout.read()
     assert proc.returncode == 1 and signalled == 3, output  # none, zaremba and mine's selection point; mine waits
-    assert output.count(": stopped, stopped by SIGINT to the job alone, resumes from its checkpoint") == 3, output
+    assert output.count(": stopped, a SIGINT to the job alone: resumes from its checkpoint") == 3, output
     assert "Grid: 0 jobs finished, 0 finished before, 0 failed, 3 stopped, 1 not run." in output
+    assert re.search(r"- not run: #\d, waiting for the stopped #\d\n", output), output
     assert not (tmp_path / "results" / "lm" / "tiny-e1-selection.json").exists()  # no choice from a stopped point
     again = run_grid(common)
     output = again.communicate(timeout=600)[0]

@@ -359,3 +359,27 @@ def test_a_tie_on_validation_names_every_scheme_that_ties():
     text = cross_task.schemes_markdown([("speech", get_task("speech"), runs)])
     assert "- speech: no scheme ranks first on validation acc: none, zaremba and mine tie at" in text
     assert "ranks first on" not in text.replace("no scheme ranks first on", "")
+
+
+def test_the_grid_command_that_extends_an_edge_names_the_task_and_the_flags_of_the_tables_label():
+    """The grid's closing lines name a table 'lm/tiny-e1-bf16-cpu': the command must say --tasks lm and give back
+    the flags that label stands for, so that it runs as printed."""
+    import shlex
+
+    from benchmarks import grid
+    from benchmarks.tables import cross_task
+    from benchmarks.tables.labels import table_label
+    from tasks.base import get_task
+
+    task = get_task("lm")
+    runs = _fake_runs(["none", "mine"], 100.0, -1.0, "test_ppl")
+    for run in runs:
+        run["p_from"] = {"none": "none", "mine": "chosen on validation"}[run["variant"]]
+    label = "tiny-e1-bf16-cpu"
+    decision = {"mine": {"dropout": 0.3, "zoneout_cell": None, "at_edge": True, "points": [0.3, 0.5]}}
+    [line] = cross_task.tuning_lines([(f"lm/{label}", task, runs)], {f"lm/{label}": decision}, label)[2:-1]
+    command = shlex.split(line.split("`")[1])
+    assert command[:3] == ["python", "-m", "benchmarks.grid"]
+    args = grid.build_parser().parse_args(command[3:])
+    assert args.tasks == "lm" and table_label(task, args.preset, args.epochs, precision=args.precision,
+                                              device=args.device) == label

@@ -140,6 +140,11 @@ def summary_lines(grid, settings):
             cause = last_error(log)
             lines += ([f"  cause: {cause}"] if cause else []) + [f"  log: {log}",
                                                                 f"  rerun: {runner_text(argv)}"]
+    waiting = [i for i in range(len(grid.jobs)) if grid.waits_for_a_stopped_job(i)]
+    if waiting:
+        stopped = sorted({a for i in waiting for a in grid.jobs[i].after if grid.status[a] == "stopped"})
+        lines.append(f"- not run: #{', #'.join(str(i + 1) for i in waiting)}, waiting for the stopped "
+                     f"#{', #'.join(str(a + 1) for a in stopped)}")
     if counts["failed"] or counts["stopped"] or counts["queued"]:
         lines.append("Run the same grid command again to run what is missing (finished jobs are skipped).")
     return lines

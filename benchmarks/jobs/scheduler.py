@@ -108,12 +108,12 @@ class Grid:
             signal.signal(sig, handler)
 
     def _all_ended(self):
-        return all(s in ENDED or self._blocked(i) for i, s in enumerate(self.status))
+        return all(s in ENDED or self.waits_for_a_stopped_job(i) for i, s in enumerate(self.status))
 
-    def _blocked(self, i):
+    def waits_for_a_stopped_job(self, i):
         """Queued behind a job that was stopped (a signal to that job alone): it waits for the next run of the
         command."""
-        return self.status[i] == "queued" and any(self.status[a] == "stopped" or self._blocked(a)
+        return self.status[i] == "queued" and any(self.status[a] == "stopped" or self.waits_for_a_stopped_job(a)
                                                   for a in self.jobs[i].after)
 
     def _set(self, i, status, note=""):
@@ -187,7 +187,7 @@ class Grid:
                 self._finished(i)
                 schemes_tables(self.jobs, self.settings.out)
             elif code in STOPPED_BY_A_SIGNAL:  # someone signalled the job alone: it saved its checkpoint
-                self._ended_by_signal(i, code, f"stopped by {STOPPED_BY_A_SIGNAL[code]} to the job alone, ")
+                self._ended_by_signal(i, code, f"a {STOPPED_BY_A_SIGNAL[code]} to the job alone: ")
             else:
                 self._set(i, "failed", f"exit {code} after {self._took(i)}")
 

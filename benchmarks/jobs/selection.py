@@ -19,7 +19,7 @@ from benchmarks.tables.merge import SEED_KEYS, load_runs, read_json
 from benchmarks.tables.machines import check_one_machine, seed_spread
 from benchmarks.tables.uncommitted import reasons_for, uncommitted_lines
 from core.provenance import code_version, machine_key, machine_name
-from core.interrupt import ENV_STOP_WITH_PARENT
+from core.interrupt import ENV_STOP_WITH_PARENT, Stopped
 from core.locks import table_lock
 from core.utils import write_json, write_text
 
@@ -30,7 +30,7 @@ OWN_FLAGS = {"--task", "--preset", "--variants", "--dropout", "--seeds", "--ense
 
 def start_run(command):
     """Start one benchmarks.run command in its own session, so a Ctrl-C at the terminal reaches this command
-    alone, which passes one SIGTERM on (`Runs.stop`; a second signal would stop the run without its checkpoint);
+    alone, which passes it on once (`Runs.stop`; a second signal would stop the run without its checkpoint);
     it also stops, saving its checkpoint, if this command is killed."""
     return subprocess.Popen(command, start_new_session=True, env={**os.environ, ENV_STOP_WITH_PARENT: str(os.getpid())})
 
@@ -59,20 +59,25 @@ class Runs:
         pool = ThreadPoolExecutor(max(1, jobs))
         try:
             return list(pool.map(self.call, commands))
+        except Stopped as stop:
+            self.stop(stop.signum)
+            raise
         except BaseException:
-            self.stop()
+            self.stop(signal.SIGTERM)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def stop(self):
+    def stop(self, signum):
+        """Pass the signal this command got to each running run (it saves a checkpoint at its next training step;
+        one still starting stops at once) and wait for them."""
         with self.lock:
             self.stopping, running = True, list(self.running)
         if running:
-            print(f"stopping {len(running)} running grid run(s): each saves its checkpoint", file=sys.stderr,
-                  flush=True)
+            print(f"passing {signal.Signals(signum).name} to the {len(running)} running grid run(s): each stops, "
+                  "saving a checkpoint if it has begun training", file=sys.stderr, flush=True)
         for process in running:
-            process.terminate()
+            process.send_signal(signum)
         for process in running:
             process.wait()
 

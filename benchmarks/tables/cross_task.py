@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from benchmarks.tables.effects import adjust_for_family  # noqa: E402
 from benchmarks.tables.format import LOWER_IS_BETTER, counted, fmt, p_text
 from benchmarks.tables.significance import paired_comparison, verdict  # noqa: E402
-from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION  # noqa: E402
+from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION, label_flags  # noqa: E402
 from benchmarks.tables.machines import machine_count  # noqa: E402
 from benchmarks.tables.merge import load_runs, neighbour_text, read_json  # noqa: E402
 from benchmarks.tables.uncommitted import is_dirty  # noqa: E402
@@ -160,9 +160,9 @@ def tuning_lines(columns, selections=None, label=None):
                  else " (set alike)")
         edges = [(v, d) for v, d in (selections or {}).get(name, {}).items()
                  if d.get("at_edge") and any(r["variant"] == v for r in runs)]
-        preset = label or task.default_preset
+        flags = label_flags(label or task.default_preset)
         edge = "".join(f" {v} p={d['dropout']:g} is at the {_side(d)} edge of its grid (a p beyond may do better: "
-                       f"`python -m benchmarks.grid --tasks {name} --preset {preset} --variants {v} --select {v} "
+                       f"`python -m benchmarks.grid --tasks {task.name} {flags} --variants {v} --select {v} "
                        f"--grid {v}={_beyond(d)}`)." for v, d in edges)
         moved = [(v, d) for v, d in (selections or {}).get(name, {}).items()
                  if any(r["variant"] == v and r["dropout"] != d["dropout"] for r in runs)]

@@ -75,6 +75,20 @@ def fp32_label(label):
     return label[:match.start("precision")] + label[match.end("precision"):]
 
 
+def label_flags(label):
+    """The grid flags that make a table of this label ("tiny-e1-bf16-cpu" -> "--preset tiny --epochs 1
+    --precision bf16 --device cpu")."""
+    try:
+        parts = parse_label(label)
+    except ValueError:
+        return f"--preset {label}"
+    flags = [f"--preset {parts['preset']}"] + ([f"--epochs {parts['epochs']}"] if parts["epochs"] else [])
+    flags += [f"--set {key}={value}" for key, value in parts["overrides"].items()]
+    if parts["precision"] != "fp32":
+        flags.append(f"--precision {parts['precision']}" + (" --device cpu" if parts["cpu"] else ""))
+    return " ".join(flags)
+
+
 def preset_of(label):
     """The preset a table's label starts with (the whole name for a table named otherwise)."""
     try:

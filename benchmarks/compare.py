@@ -382,7 +382,10 @@ def main(argv=None):
     if args.run_dir and not agreement:
         print(f"note: no paired runs with test outputs under {args.run_dir}/{task.name}/", file=sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
-    text = "\n".join(comparison(task, sources, args.across_machines, agreement, yardstick) + provenance_lines(sources, argv))
+    unread = [] if args.run_dir or not task.decodes else ["Identical test outputs not counted: add `--run-dir`, the "
+                                                          "folder the runs trained in (their test_outputs.txt).", ""]
+    text = "\n".join(comparison(task, sources, args.across_machines, agreement, yardstick) + unread
+                     + provenance_lines(sources, argv))
     text += "\n"
     sys.stdout.write(text)
     if args.out:

@@ -13,8 +13,10 @@ import torch
 from benchmarks.jobs.config import p_source, run_name
 from benchmarks.jobs.flags import (check_folders, list_tasks, load_task_registry, lock_runs, move_aside, prepare_process,
                                    runs_in_the_way)
+from benchmarks.jobs.plan import made_by
 from benchmarks.jobs.runner import (build_parser, check_mergeable, print_plan, run_config, run_label, runner_text,
                                     validate)
+from benchmarks.tables.merge import load_runs
 from benchmarks.tables.overview import smoke_label, write_overview
 from benchmarks.tables.task_table import write_results
 from benchmarks.tables.uncommitted import warn_if_uncommitted
@@ -24,6 +26,7 @@ from core.interrupt import (ENV_STOP_WITH_PARENT, Interrupted, Stopped, command_
                             pause_point, stop_with_parent)
 from core.locks import release
 from core.monitor import rounded
+from core.provenance import ROOT, code_version, machine_key, machine_name
 from core.precision import autocast
 from core.utils import WriteError, provenance, seed_everything, write_text
 
@@ -152,6 +155,7 @@ def main(argv=None):
         sys.exit(f"error: {err}")
     if main_rank:
         warn_if_uncommitted(origin, args.out)
+        warn_if_replacing(task_cls, args, label, origin)
     planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)
                    for s in args.seeds] for v in args.variants}
     pause_point("checks")  # tests: a signal before the command takes signals over
@@ -168,6 +172,23 @@ def main(argv=None):
     finally:
         for fd in held:
             release(fd)
+
+
+def warn_if_replacing(task_cls, args, label, origin):
+    """Before training into the repository's results/: the committed rows this command will replace that other
+    code or another machine made (a user's first run of the quick start, say)."""
+    table = Path(args.out) / args.task / f"{label}.json"
+    if Path(args.out).resolve() != ROOT / "results" or not table.is_file():
+        return
+    planned = {(v, run_config(task_cls, args, v, s)["dropout"], s) for v in args.variants for s in args.seeds}
+    here = (origin["git_commit"], origin.get("source_hash"), machine_key(origin))
+    replaced = [r for r in load_runs(table) if (r["variant"], r["dropout"], r["seed"]) in planned
+                and not made_by(r.get("provenance", {}), here)]
+    if replaced:
+        made = sorted({f"{machine_name(r['provenance'])}, {code_version(r['provenance'])}" for r in replaced})
+        rows = ", ".join(f"{r['variant']} seed {r['seed']}" for r in replaced)
+        warnings.warn(f"this command replaces {len(replaced)} row(s) of {table} ({rows}) made on {'; '.join(made)} "
+                      "with this machine's: git keeps the old ones; --out DIR leaves the committed table as it is")
 
 
 def resume_command(argv):

@@ -129,7 +129,9 @@ def test_run_dirs_give_the_share_of_identical_test_outputs_per_variant(tmp_path,
     text = capsys.readouterr().out
     assert "## identical test outputs (vs `cpu`, paired seeds)" in text
     assert "| none | 0 | 5 of 8 (62.5%), seeds 1,2 | 2 of 4 (50.0%), seeds 1-2 |" in text  # and cpu's seeds: 1 vs 2
-    assert "| zaremba |" not in text.split("identical")[-1]
+    assert "| zaremba |" not in text.split("identical")[-1] and "not counted" not in text
+    compare.main([str(a), str(b)])  # without the run dir: said, not silently left out
+    assert "Identical test outputs not counted: add `--run-dir`" in capsys.readouterr().out
 
 
 def test_tables_of_other_configs_are_refused_and_never_paired_even_when_asked(tmp_path, capsys):

@@ -349,7 +349,7 @@ def test_rerun_trains_again_the_rows_this_commit_and_machine_did_not_make_and_ke
     from core.provenance import hardware
 
     jobs, settings, _ = plan_of(grid_args(tmp_path, tiny_ptb, user_dir, "--seeds", "1", "--rerun"))
-    commit, machine = settings.rerun
+    commit, digest, machine = settings.rerun
     none = next(j for j in jobs if j.variant == "none" and j.kind == "run")
     planned = {**runconfig.preset_config(TASKS["lm"], "tiny", settings.epochs, {}), "precision": settings.precision,
                "dropout": 0.0}
@@ -363,12 +363,17 @@ def test_rerun_trains_again_the_rows_this_commit_and_machine_did_not_make_and_ke
 
     table_with()
     assert planning.done_before(none, settings) is (not commit.endswith("-dirty"))  # a dirty tree keeps nothing
-    for other in ({"git_commit": "0" * 40}, {"git_commit": commit + "-dirty"}, {"gpu": "NVIDIA H200"},
+    table_with(git_commit="1" * 40, source_hash=digest)  # another clean commit of the same code (a docs commit)
+    assert planning.done_before(none, settings) is (not commit.endswith("-dirty"))
+    for other in ({"git_commit": "0" * 40}, {"git_commit": "0" * 40, "source_hash": "f00"},
+                  {"git_commit": commit + "-dirty", "source_hash": digest}, {"gpu": "NVIDIA H200"},
                   {"torch": "1.13.0"}):
         table_with(**other)
         assert not planning.done_before(none, settings), other
-    paragraph, _ = planning.describe([none], settings, "cpu", 1)
-    assert f"--rerun: 1 row in the tables did not come from commit {commit[:12]} on {machine[0]}" in paragraph
+    paragraph, lines = planning.describe([none], settings, "cpu", 1)
+    assert f"--rerun: 1 row in the tables did not come from the code of commit {commit[:12]} on {machine[0]}" in paragraph
+    code = "other code" if commit.endswith("-dirty") else "this code"  # a dirty tree's code is no commit's
+    assert lines[0].endswith(f"; --rerun, its row: {code} (commit {commit[:12]}), {machine[0]}, torch 1.13"), lines
     assert planning.done_before(none, planning.replace(settings, rerun=None))  # without --rerun: kept
 
 

@@ -75,3 +75,25 @@ def test_selection_and_speed_tables_say_why_their_runs_from_uncommitted_code_sta
     entry["provenance"] = {**entry["provenance"], "git_commit": commit}
     table = speed_markdown(LanguageModelTask, [entry], {commit: "a speed section's reason"})
     assert "(0123456789ab-dirty: it cannot be checked out again): this section. Why: a speed section's reason" in table
+
+
+def test_the_runner_warns_before_replacing_committed_rows_another_machine_or_other_code_made(tmp_path):
+    """The quick start's own command lands in results/: the committed rows it would replace are named first."""
+    from benchmarks import run
+    from benchmarks.jobs.runner import build_parser, validate
+    from benchmarks.tables.merge import load_runs
+
+    parser = build_parser()
+    args = parser.parse_args(["--task", "lm", "--preset", "cpu", "--variants", "none,zaremba", "--seeds", "1"])
+    task_cls = validate(args, parser)
+    committed = next(r for r in load_runs(ROOT / "results" / "lm" / "cpu.json") if r["variant"] == "none"
+                     and r["seed"] == 1)["provenance"]
+    elsewhere = {**committed, "cpu_model": "Intel Xeon", "gpu": None}
+    with pytest.warns(UserWarning, match=r"replaces 2 row\(s\) of .*lm/cpu.json \(none seed 1, zaremba seed 1\) "
+                                         r"made on .+, torch .+, commit .*--out DIR"):
+        run.warn_if_replacing(task_cls, args, "cpu", elsewhere)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run.warn_if_replacing(task_cls, args, "cpu", committed)  # the machine and code that made them: nothing
+        args.out = str(tmp_path)
+        run.warn_if_replacing(task_cls, args, "cpu", elsewhere)  # a folder of one's own: nothing

@@ -17,7 +17,8 @@ from benchmarks.jobs.estimates import estimate, estimate_sources, makespan, minu
 from benchmarks.tables.format import counted
 from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION, SELECTION_SUFFIX, table_label
 from benchmarks.tables.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json
-from core.provenance import git_commit, hardware, machine_key, recorded_user_code, user_code, user_code_hash
+from core.provenance import (code_version, git_commit, hardware, machine_key, machine_name, recorded_user_code,
+                             source_hash, user_code, user_code_hash)
 from core.utils import pick_device
 from tasks.base import TASKS, user_registered
 
@@ -184,16 +185,27 @@ def done_before(job, settings):
 
 
 def rerun_key(device, local=True):
-    """What --rerun keeps: rows of the checked-out commit (uncommitted code never counts as made by it) and, when
-    the jobs run on this machine, of this machine (its CPU model or GPU, and torch major.minor)."""
+    """What --rerun keeps: rows of the code checked out (its commit, or the same source hash from another clean
+    commit: a docs-only commit changes no code; uncommitted code never counts) and, when the jobs run on this
+    machine, of this machine (its CPU model or GPU, and torch major.minor)."""
     here = machine_key({**hardware(device), "torch": torch.__version__}) if local else None
-    return git_commit(), here
+    return git_commit(), source_hash(), here
 
 
 def made_by(prov, key):
-    commit, machine = key
-    return (prov.get("git_commit") == commit and not commit.endswith("-dirty")
-            and (machine is None or machine_key(prov) == machine))
+    commit, digest, machine = key
+    recorded = prov.get("git_commit") or ""
+    same_code = recorded == commit or (prov.get("source_hash") == digest and not recorded.endswith("-dirty"))
+    return same_code and not commit.endswith("-dirty") and (machine is None or machine_key(prov) == machine)
+
+
+def rerun_reason(prov, key):
+    """Why --rerun trains a row again: 'its row: uncommitted code (commit 016ea42c2137-dirty), NVIDIA H200,
+    torch 2.11'."""
+    recorded = prov.get("git_commit") or ""
+    code = "uncommitted code" if recorded.endswith("-dirty") else "other code"
+    code = code if not made_by(prov, (key[0], key[1], None)) else "this code"
+    return f"its row: {code} ({code_version(prov)}), {machine_name(prov)}"
 
 
 def _in_table(job, settings, loaded_user_code):
@@ -258,11 +270,13 @@ def describe(jobs, settings, device, slots, executor="local"):
     jobs already in their tables count as 0."""
     out, loaded_user_code = settings.out, _loaded_user_code()
     in_table = [None if job.p is None else _in_table(job, settings, loaded_user_code) for job in jobs]
+    checked = list(jobs)  # with the p of a choice already made
     for i, job in enumerate(jobs):  # a choice already made from a finished grid: its seed jobs count as the grid will
         grid = [k for k, other in enumerate(jobs) if other.kind == "select" and other.choice == job.choice]
         choice = recorded_choice(job, settings) if job.p is None else None
         if choice and grid and all(in_table[k] == "done" for k in grid):
-            in_table[i] = _in_table(replace(job, p=choice), settings, loaded_user_code)
+            checked[i] = replace(job, p=choice)
+            in_table[i] = _in_table(checked[i], settings, loaded_user_code)
     estimates = [(0.0, "finished before: in its table") if state == "done"
                  else estimate(out, job, device, settings.precision)
                  for job, state in zip(jobs, in_table)]
@@ -303,15 +317,17 @@ def describe(jobs, settings, device, slots, executor="local"):
     if settings.rerun and not again and done:
         when += f" --rerun: the rows in the tables came from commit {settings.rerun[0][:12]} here: none to train again."
     if again:
-        commit, machine = settings.rerun
-        made = f"commit {commit[:12]}" + (f" on {machine[0]}, torch {machine[1]}" if machine else "")
+        commit, _, machine = settings.rerun
+        made = f"the code of commit {commit[:12]}" + (f" on {machine[0]}, torch {machine[1]}" if machine else "")
         when += (f" --rerun: {counted(len(again), 'row')} in the tables did not come from {made}: "
                  "trained again, each replacing its row as it lands (the old row stays in the table's git history).")
     paragraph = f"Plan: {what} into {', '.join(tables)}; p: {'; '.join(sources)}. {when}"
     lines = []
     for i, (job, (s, how)) in enumerate(zip(jobs, estimates)):
         after = f"after #{','.join(str(a + 1) for a in job.after)}" if job.after else "no wait"
-        lines.append(f"#{i + 1} {job.name()}: {after}; {minutes(s)} ({how})")
+        why = (f"; --rerun, {rerun_reason(table_entry(checked[i], settings)['provenance'], settings.rerun)}"
+               if in_table[i] == "rerun" else "")
+        lines.append(f"#{i + 1} {job.name()}: {after}; {minutes(s)} ({how}){why}")
     return paragraph, lines
 
 

@@ -89,8 +89,8 @@ def effects_section(task, runs, groups):
                      f"{p_value} | {p_holm} | {r['a_better']} / {r['b_better']} | {said_verdict}{how} |")
         said.append(_in_words(f"{variant} p={rate}", f"{base}", names.get(r["metric"], r["metric"]), r))
     crossing_note = ["", "† the seed's two runs ran on different machines (device or torch version): its "
-                         "difference also holds the machines' difference, which moves a run by about one seed's "
-                         "spread."] if crossing else []
+                         "difference also holds the machines' difference, which moves a run by as much as the "
+                         "spread over seeds, or more."] if crossing else []
     return lines + crossing_note + [""] + said
 
 

@@ -38,8 +38,8 @@ def mixed_machines_lines(groups):
              if machine_count(group) > 1]
     if not mixed:
         return []
-    return ["**Rows that average runs of more than one machine** (device or torch version; a seed moves between "
-            "machines by about the seed spread, so compare these means with care): " + "; ".join(mixed) + ".", ""]
+    return ["**Rows that average runs of more than one machine** (device or torch version; one seed moves between "
+            "machines by as much as the spread over seeds, or more, so compare these means with care): " + "; ".join(mixed) + ".", ""]
 
 
 def seed_spread(task, table):

@@ -70,7 +70,7 @@ def test_selection_and_speed_tables_say_why_their_runs_from_uncommitted_code_sta
                            selection.choose(LanguageModelTask, [run]), [], PRESETS["tiny"])
     text = (tmp_path / "lm" / "tiny-selection.md").read_text()
     assert "**From uncommitted code** (0123456789ab-dirty" in text and "weightdrop p=0.2 seed 1" in text
-    assert "Why: a selection's reason" in text
+    assert "Why: a selection's reason" in text and "| 0.2: 100.00 (2) [uncommitted code] |" in text  # in its cell
     entry = json.loads((ROOT / "results" / "lm" / "speed.json").read_text())[-1]
     entry["provenance"] = {**entry["provenance"], "git_commit": commit}
     table = speed_markdown(LanguageModelTask, [entry], {commit: "a speed section's reason"})

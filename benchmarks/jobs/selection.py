@@ -17,7 +17,7 @@ from benchmarks.tables.labels import SELECT_SUFFIX, SELECTION_SUFFIX, table_labe
 from benchmarks.tables.format import LOWER_IS_BETTER, p_text
 from benchmarks.tables.merge import SEED_KEYS, load_runs, read_json
 from benchmarks.tables.machines import check_one_machine, seed_spread
-from benchmarks.tables.uncommitted import reasons_for, uncommitted_lines
+from benchmarks.tables.uncommitted import is_dirty, reasons_for, uncommitted_lines
 from core.provenance import code_version, machine_key, machine_name
 from core.interrupt import ENV_STOP_WITH_PARENT, Stopped
 from core.locks import table_lock
@@ -292,6 +292,7 @@ def selection_markdown(task, preset, chosen, notes, decisions=None, label=None):
     for variant, (best, grid) in chosen.items():
         cells = ", ".join(f"{p_text(r)}: {r['metrics'][f'valid_{task.main_metric}']:.2f} ({r['best_epoch']})"
                           + (f" [{machine_name(r.get('provenance', {}))}]" if len(machines) > 1 else "")
+                          + (" [uncommitted code]" if is_dirty(r) else "")
                           for r in grid)
         decision = decisions[variant]
         lines.append(f"| {variant} | {cells} | {_decision_text(task, decision, grid)} |")

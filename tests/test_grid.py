@@ -523,3 +523,11 @@ def test_a_job_signalled_alone_is_stopped_not_failed_and_what_waits_for_it_waits
     assert len(load_runs(tmp_path / "results" / "lm" / "tiny-e1.json")) == 3
     logs = [log.read_text() for log in (tmp_path / "runs").rglob("log.jsonl")]
     assert len(logs) == 4 and sum('"kind": "resumed"' in log for log in logs) == 3  # mine's seed ran once, whole
+
+
+def test_the_plan_says_which_preset_p_was_chosen_on_validation(tmp_path):
+    jobs, settings, _ = plan_of(["--tasks", "lm", "--preset", "cpu", "--variants", "variational", "--seeds", "1",
+                                 "--device", "cpu", "--out", str(tmp_path / "results"), "--run-dir", str(tmp_path)])
+    paragraph, _ = planning.describe(jobs, settings, "cpu", 1)
+    chosen = TASKS["lm"].presets["cpu"]["scheme_dropout"]["variational"]
+    assert f"lm variational: {chosen:g} (preset: chosen on validation)" in paragraph and "zaremba: 0.2 (preset)" in paragraph

@@ -265,6 +265,12 @@ def recorded_choice(job, settings):
     return (decision["dropout"], decision.get("zoneout_cell")) if isinstance(decision, dict) else None
 
 
+def _p_origin(job):
+    """'preset', 'preset: chosen on validation' (its scheme_dropout entry) or P_BY_HAND."""
+    chosen = job.p_from == "preset" and job.variant in TASKS[job.task].presets[job.preset].get("scheme_dropout", {})
+    return "preset: chosen on validation" if chosen else job.p_from
+
+
 def describe(jobs, settings, device, slots, executor="local"):
     """(one paragraph: what will run and for how long, [one line per job with its estimate and dependencies]);
     jobs already in their tables count as 0."""
@@ -287,7 +293,7 @@ def describe(jobs, settings, device, slots, executor="local"):
     several = {t.split("/")[0] for t in tables if sum(u.startswith(t.split("/")[0] + "/") for u in tables) > 1}
     named = lambda j: f"{j.task}/{j.label}" if j.task in several else j.task  # noqa: E731
     sources = sorted({f"{named(j)} {j.variant}: {j.rate() if j.p_from != P_ON_VALIDATION else P_ON_VALIDATION}"
-                      + (f" ({j.p_from})" if j.p_from in ("preset", P_BY_HAND) else "")
+                      + (f" ({_p_origin(j)})" if j.p_from in ("preset", P_BY_HAND) else "")
                       for j in jobs if j.kind == "run"})
     total = makespan(jobs, seconds, slots)
     what = counted(kinds["run"], "run")

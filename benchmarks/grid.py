@@ -18,6 +18,7 @@ command again skips finished jobs and resumes the others.
 """
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -171,6 +172,24 @@ def make_plan(args, parser):
     return jobs, settings, planning.device_name(args.device) if local else str(device)
 
 
+CARRIED = ("seeds", "jobs", "threads", "device", "data_dir", "custom_data", "no_download", "out", "run_dir",
+           "executor", "partition", "time_min", "gpus_per_job", "user_dir")  # what a follow-up grid must repeat
+
+
+def carried_flags(parser, args):
+    """' --seeds 1,2 --out my-results ...': the flags of this grid a follow-up command repeats (those not at their
+    defaults)."""
+    text = ""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest not in CARRIED or value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1]
+        values = value if isinstance(value, list) else [value]
+        text += "".join(f" {flag}" if value is True else f" {flag} {shlex.quote(str(v))}" for v in values)
+    return text
+
+
 def executor_parameters(args):
     parameters = {"timeout_min": args.time_min, "cpus_per_task": args.threads, "gpus_per_node": args.gpus_per_job}
     return {**parameters, **({"slurm_partition": args.partition} if args.partition else {})}
@@ -212,7 +231,7 @@ def run_grid(argv=None):
     with deferred_signals():
         schemes_tables(jobs, args.out)
     print("\n".join(summary_lines(grid, settings)), flush=True)
-    print("\n".join(verdicts(grid.jobs, args.out)), flush=True)
+    print("\n".join(verdicts(grid.jobs, args.out, carried_flags(parser, args))), flush=True)
     if grid.stopping:
         return 128 + grid.stop_signal
     return 1 if "failed" in grid.status or "stopped" in grid.status else 0

@@ -2,6 +2,7 @@
 (flags, checks, each run's config) is benchmarks.jobs.runner; `python -m benchmarks.run --help` shows it."""
 import os
 import shlex
+import subprocess
 import sys
 import time
 import warnings
@@ -155,9 +156,10 @@ def main(argv=None):
         sys.exit(f"error: {err}")
     if main_rank:
         warn_if_uncommitted(origin, args.out)
-        warn_if_replacing(task_cls, args, label, origin)
     planned = {v: [Path(args.run_dir) / args.task / label / run_name(v, run_config(task_cls, args, v, s)["dropout"], s)
                    for s in args.seeds] for v in args.variants}
+    if main_rank:
+        warn_if_replacing(task_cls, args, label, origin, planned)
     pause_point("checks")  # tests: a signal before the command takes signals over
     check_folders(args, planned)
     held = lock_runs(planned) if main_rank else []
@@ -174,21 +176,33 @@ def main(argv=None):
             release(fd)
 
 
-def warn_if_replacing(task_cls, args, label, origin):
-    """Before training into the repository's results/: the committed rows this command will replace that other
-    code or another machine made (a user's first run of the quick start, say)."""
+def warn_if_replacing(task_cls, args, label, origin, planned):
+    """Before training into the repository's results/: the committed rows this command will train again and
+    replace that other code or another machine made (a user's first run of the quick start, say). A finished run
+    dir is reused, not trained (its row stays), so it is left out."""
     table = Path(args.out) / args.task / f"{label}.json"
-    if Path(args.out).resolve() != ROOT / "results" or not table.is_file():
+    if Path(args.out).resolve() != ROOT / "results" or not table.is_file() or not _committed(table):
         return
-    planned = {(v, run_config(task_cls, args, v, s)["dropout"], s) for v in args.variants for s in args.seeds}
+    trained = {(v, run_config(task_cls, args, v, s)["dropout"], s) for v in args.variants
+               for s, run_dir in zip(args.seeds, planned[v]) if args.overwrite or not (run_dir / "result.json").exists()}
     here = (origin["git_commit"], origin.get("source_hash"), machine_key(origin))
-    replaced = [r for r in load_runs(table) if (r["variant"], r["dropout"], r["seed"]) in planned
+    replaced = [r for r in load_runs(table) if (r["variant"], r["dropout"], r["seed"]) in trained
                 and not made_by(r.get("provenance", {}), here)]
     if replaced:
         made = sorted({f"{machine_name(r['provenance'])}, {code_version(r['provenance'])}" for r in replaced})
         rows = ", ".join(f"{r['variant']} seed {r['seed']}" for r in replaced)
-        warnings.warn(f"this command replaces {len(replaced)} row(s) of {table} ({rows}) made on {'; '.join(made)} "
-                      "with this machine's: git keeps the old ones; --out DIR leaves the committed table as it is")
+        warnings.warn(f"this command replaces {len(replaced)} committed row(s) of {table} ({rows}) made on "
+                      f"{'; '.join(made)} with this machine's (git keeps the old ones); --out DIR leaves the "
+                      "committed table as it is")
+
+
+def _committed(path):
+    """Whether git tracks `path` (False outside a checkout)."""
+    try:
+        return subprocess.run(["git", "ls-files", "--error-unmatch", str(path)], cwd=ROOT,
+                              capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 def resume_command(argv):

@@ -106,7 +106,9 @@ def run_selection(argv=None):
             decisions = write_selection(target, task, preset, chosen, notes, reference)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    print(f"wrote {target}.{{json,md}}")
+    print(f"wrote {target}.{{json,md}}: " + "; ".join(
+        f"{v} p={d['dropout']:g}" + (f" (cells {d['zoneout_cell']:g})" if d.get("zoneout_cell") is not None else "")
+        + (" (no signal: every point ties)" if d["no_signal"] else " chosen") for v, d in decisions.items()))
     if args.final:
         try:
             wanted = args.variants.split(",") if args.variants else chosen

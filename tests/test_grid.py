@@ -372,9 +372,13 @@ def test_rerun_trains_again_the_rows_this_commit_and_machine_did_not_make_and_ke
         assert not planning.done_before(none, settings), other
     paragraph, lines = planning.describe([none], settings, "cpu", 1)
     assert f"--rerun: 1 row in the tables did not come from the code of commit {commit[:12]} on {machine[0]}" in paragraph
-    code = "other code" if commit.endswith("-dirty") else "this code"  # a dirty tree's code is no commit's
-    assert lines[0].endswith(f"; --rerun, its row: {code} (commit {commit[:12]}), {machine[0]}, torch 1.13"), lines
+    code = f"other code (commit {commit[:12]}) " if commit.endswith("-dirty") else ""  # a dirty tree: no commit's code
+    assert lines[0].endswith(f"; --rerun, its row: {code}on {machine[0]}, torch 1.13"), lines  # only what differs
     assert planning.done_before(none, planning.replace(settings, rerun=None))  # without --rerun: kept
+    path = planning.job_table(none, settings)  # the scheme's row at another p: a new row beside it, said
+    path.write_text(path.read_text().replace('"dropout": 0.0, "seed"', '"dropout": 0.5, "seed"'))
+    _, lines = planning.describe([none], settings, "cpu", 1)
+    assert lines[0].endswith("; new row; the table also has none seed 1 at p=0.5"), lines
 
 
 def test_a_cluster_grid_names_its_jobs_device_without_needing_it_here(tmp_path, tiny_ptb, user_dir, monkeypatch):
@@ -531,3 +535,14 @@ def test_the_plan_says_which_preset_p_was_chosen_on_validation(tmp_path):
     paragraph, _ = planning.describe(jobs, settings, "cpu", 1)
     chosen = TASKS["lm"].presets["cpu"]["scheme_dropout"]["variational"]
     assert f"lm variational: {chosen:g} (preset: chosen on validation)" in paragraph and "zaremba: 0.2 (preset)" in paragraph
+
+
+def test_a_follow_up_command_repeats_the_grids_own_flags_and_parses_back(tmp_path):
+    parser = grid.build_parser()
+    args = parser.parse_args(["--tasks", "lm", "--preset", "tiny", "--seeds", "1,2", "--jobs", "1", "--threads", "1",
+                              "--data-dir", str(tmp_path / "my data"), "--custom-data", "--out", str(tmp_path / "o"),
+                              "--user-dir", "a", "--user-dir", "b"])
+    carried = grid.carried_flags(parser, args)
+    again = parser.parse_args(["--tasks", "lm", "--preset", "tiny", *__import__("shlex").split(carried)])
+    assert vars(again) == vars(args)  # every flag that matters comes back, quoted where it has a space
+    assert "--run-dir" not in carried and "--executor" not in carried  # defaults are not repeated

@@ -89,11 +89,16 @@ def test_the_runner_warns_before_replacing_committed_rows_another_machine_or_oth
     committed = next(r for r in load_runs(ROOT / "results" / "lm" / "cpu.json") if r["variant"] == "none"
                      and r["seed"] == 1)["provenance"]
     elsewhere = {**committed, "cpu_model": "Intel Xeon", "gpu": None}
-    with pytest.warns(UserWarning, match=r"replaces 2 row\(s\) of .*lm/cpu.json \(none seed 1, zaremba seed 1\) "
-                                         r"made on .+, torch .+, commit .*--out DIR"):
-        run.warn_if_replacing(task_cls, args, "cpu", elsewhere)
+    planned = {v: [tmp_path / "runs" / f"{v}-seed1"] for v in ("none", "zaremba")}
+    with pytest.warns(UserWarning, match=r"replaces 2 committed row\(s\) of .*lm/cpu.json \(none seed 1, zaremba "
+                                         r"seed 1\) made on .+, torch .+, commit .*--out DIR"):
+        run.warn_if_replacing(task_cls, args, "cpu", elsewhere, planned)
+    (planned["none"][0]).mkdir(parents=True)
+    (planned["none"][0] / "result.json").write_text("{}")  # finished: reused by --resume, its row stays
+    with pytest.warns(UserWarning, match=r"replaces 1 committed row\(s\) of .*\(zaremba seed 1\)"):
+        run.warn_if_replacing(task_cls, args, "cpu", elsewhere, planned)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        run.warn_if_replacing(task_cls, args, "cpu", committed)  # the machine and code that made them: nothing
+        run.warn_if_replacing(task_cls, args, "cpu", committed, planned)  # the machine and code that made them
         args.out = str(tmp_path)
-        run.warn_if_replacing(task_cls, args, "cpu", elsewhere)  # a folder of one's own: nothing
+        run.warn_if_replacing(task_cls, args, "cpu", elsewhere, planned)  # a folder of one's own: nothing

@@ -150,16 +150,18 @@ def summary_lines(grid, settings):
     return lines
 
 
-def verdicts(jobs, out):
+def verdicts(jobs, out, carried=""):
     """A short paragraph: each scheme against none and zaremba on each task, with the verdicts of its table (the
-    difference of seed means, its 95% interval over seeds, significant only by the tables' rule)."""
+    difference of seed means, its 95% interval over seeds, significant only by the tables' rule). `carried`: the
+    grid's own flags, repeated in the commands it prints."""
 
     lines, tuning = ["", "Where each scheme stands (test main metric, the tables' verdicts):"], []
     for task_name, label in _labels(jobs):
         task = TASKS[task_name]
         runs = singles(load_runs(f"{out}/{task_name}/{label}.json"))
         selection = selection_decisions(Path(out) / task_name / f"{label}{SELECTION_SUFFIX}.json")
-        tuning += tuning_lines([(f"{task_name}/{label}", task, runs)], {f"{task_name}/{label}": selection}, label)[2:-1]
+        tuning += tuning_lines([(f"{task_name}/{label}", task, runs)], {f"{task_name}/{label}": selection}, label,
+                               carried)[2:-1]
         wanted = {(j.variant, j.p[0]) for j in jobs if (j.task, j.label) == (task_name, label) and j.p}
         rows = [r for r in effects(task, runs, group_runs(runs)) if r[2]["metric"] == task.main_metric]
         adjust_for_family(rows)  # the family of the table's main-metric comparisons, Holm-adjusted

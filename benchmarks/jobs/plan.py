@@ -14,7 +14,7 @@ import torch
 
 from benchmarks.jobs.config import preset_config, preset_p, run_name
 from benchmarks.jobs.estimates import estimate, estimate_sources, makespan, minutes
-from benchmarks.tables.format import counted
+from benchmarks.tables.format import counted, p_text
 from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION, SELECTION_SUFFIX, table_label
 from benchmarks.tables.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json
 from core.provenance import (code_version, git_commit, hardware, machine_key, machine_name, recorded_user_code,
@@ -200,12 +200,25 @@ def made_by(prov, key):
 
 
 def rerun_reason(prov, key):
-    """Why --rerun trains a row again: 'its row: uncommitted code (commit 016ea42c2137-dirty), NVIDIA H200,
-    torch 2.11'."""
+    """Why --rerun trains a row again, naming only what differs: 'its row: uncommitted code (commit
+    016ea42c2137-dirty) on NVIDIA H200, torch 2.11'."""
     recorded = prov.get("git_commit") or ""
-    code = "uncommitted code" if recorded.endswith("-dirty") else "other code"
-    code = code if not made_by(prov, (key[0], key[1], None)) else "this code"
-    return f"its row: {code} ({code_version(prov)}), {machine_name(prov)}"
+    same_code = made_by(prov, (key[0], key[1], None))
+    code = "" if same_code else ("uncommitted code" if recorded.endswith("-dirty") else "other code")
+    code = f"{code} ({code_version(prov)})" if code else ""
+    machine = "" if key[2] is None or machine_key(prov) == key[2] else f"on {machine_name(prov)}"
+    return "its row: " + " ".join(part for part in (code, machine) if part)
+
+
+def other_p(job, settings):
+    """'the table has weightdrop at p=0.2 (seed 1)': rows of the job's scheme and seed at another p, which a
+    plan at this p neither trains nor removes; '' where there are none."""
+    if job.kind != "run" or job.p is None:
+        return ""
+    others = sorted({p_text(r) for r in load_runs(job_table(job, settings)) if isinstance(r, dict)
+                     and r.get("variant") == job.variant and r.get("seed") == job.seed and not r.get("ensemble")
+                     and r.get("dropout") != job.p[0]})
+    return f"new row; the table also has {job.variant} seed {job.seed} at p={', '.join(others)}" if others else ""
 
 
 def _in_table(job, settings, loaded_user_code):
@@ -321,7 +334,8 @@ def describe(jobs, settings, device, slots, executor="local"):
                  "replacing them.")
     again = [job for job, state in zip(jobs, in_table) if state == "rerun"]
     if settings.rerun and not again and done:
-        when += f" --rerun: the rows in the tables came from commit {settings.rerun[0][:12]} here: none to train again."
+        when += (f" --rerun: the rows in the tables came from this code (commit {settings.rerun[0][:12]}'s source) here: "
+                 "none to train again.")
     if again:
         commit, _, machine = settings.rerun
         made = f"the code of commit {commit[:12]}" + (f" on {machine[0]}, torch {machine[1]}" if machine else "")
@@ -333,6 +347,8 @@ def describe(jobs, settings, device, slots, executor="local"):
         after = f"after #{','.join(str(a + 1) for a in job.after)}" if job.after else "no wait"
         why = (f"; --rerun, {rerun_reason(table_entry(checked[i], settings)['provenance'], settings.rerun)}"
                if in_table[i] == "rerun" else "")
+        if in_table[i] is None and other_p(checked[i], settings):
+            why = f"; {other_p(checked[i], settings)}"
         lines.append(f"#{i + 1} {job.name()}: {after}; {minutes(s)} ({how}){why}")
     return paragraph, lines
 

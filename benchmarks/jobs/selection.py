@@ -287,6 +287,9 @@ def selection_markdown(task, preset, chosen, notes, decisions=None, label=None):
     if len(machines) > 1:
         lines += [f"**The grid points ran on {len(machines)} machines** (named per point): a choice between points "
                   "of two machines stands only where their gap exceeds one seed's spread.", ""]
+    commits = {r.get("provenance", {}).get("git_commit") for _, grid in chosen.values() for r in grid}
+    if len(commits) > 1:
+        lines += [f"The grid points ran from {len(commits)} commits (each named under Provenance).", ""]
     lines += [f"| scheme | grid point: {metric} (best epoch) | chosen |", "|---|---|---|"]
     entries = {}
     for variant, (best, grid) in chosen.items():
@@ -295,7 +298,8 @@ def selection_markdown(task, preset, chosen, notes, decisions=None, label=None):
                           + (" [uncommitted code]" if is_dirty(r) else "")
                           for r in grid)
         decision = decisions[variant]
-        lines.append(f"| {variant} | {cells} | {_decision_text(task, decision, grid)} |")
+        mark = " [uncommitted code]" if is_dirty(best) and not decision["no_signal"] else ""
+        lines.append(f"| {variant} | {cells} | {_decision_text(task, decision, grid)}{mark} |")
         cell = decision["zoneout_cell"]
         if not decision["no_signal"]:  # nothing was chosen: nothing to copy into a preset
             entries[variant] = decision["dropout"] if cell is None else [decision["dropout"], cell]

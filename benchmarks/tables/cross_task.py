@@ -140,9 +140,10 @@ def how_tuned(task, run):
     return "on validation" if run["variant"] in (preset.get("scheme_dropout") or {}) else "by the preset"
 
 
-def tuning_lines(columns, selections=None, label=None):
+def tuning_lines(columns, selections=None, label=None, carried=""):
     """Per task: how each scheme's p was set and, where the schemes were not tuned alike, that a tuned scheme's lead
-    over an untuned one may be its tuning; a p chosen at the edge of its grid, with the command that extends it.
+    over an untuned one may be its tuning; a p chosen at the edge of its grid, with the command that extends it
+    (`carried`: the grid's own flags it repeats, such as --seeds, --data-dir, --out).
     `selections`: {task name: {scheme: the decision of its selection table}}."""
     lines = ["How each p was set (a scheme whose p was chosen on validation had a grid of tries the others did not: "
              "its lead over a scheme at a fixed p may be that tuning):", ""]
@@ -163,7 +164,7 @@ def tuning_lines(columns, selections=None, label=None):
         flags = label_flags(label or task.default_preset)
         edge = "".join(f" {v} p={d['dropout']:g} is at the {_side(d)} edge of its grid (a p beyond may do better: "
                        f"`python -m benchmarks.grid --tasks {task.name} {flags} --variants {v} --select {v} "
-                       f"--grid {v}={_beyond(d)}`)." for v, d in edges)
+                       f"--grid {v}={_beyond(d)}{carried}`)." for v, d in edges)
         moved = [(v, d) for v, d in (selections or {}).get(name, {}).items()
                  if any(r["variant"] == v and r["dropout"] != d["dropout"] for r in runs)]
         edge += "".join(f" **{v}'s runs are at p={', '.join(sorted({p_text(r) for r in runs if r['variant'] == v}))}"

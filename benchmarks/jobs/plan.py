@@ -14,6 +14,7 @@ import torch
 
 from benchmarks.jobs.config import preset_config, preset_p, run_name
 from benchmarks.jobs.estimates import estimate, estimate_sources, makespan, minutes
+from benchmarks.tables.cross_task import how_tuned
 from benchmarks.tables.format import counted, p_text
 from benchmarks.tables.labels import P_BY_HAND, P_ON_VALIDATION, SELECTION_SUFFIX, table_label
 from benchmarks.tables.merge import CONFIG_DEFAULTS, SEED_KEYS, load_runs, read_json
@@ -280,7 +281,8 @@ def recorded_choice(job, settings):
 
 def _p_origin(job):
     """'preset', 'preset: chosen on validation' (its scheme_dropout entry) or P_BY_HAND."""
-    chosen = job.p_from == "preset" and job.variant in TASKS[job.task].presets[job.preset].get("scheme_dropout", {})
+    run = {"variant": job.variant, "p_from": job.p_from, "preset": job.preset}
+    chosen = job.p_from == "preset" and how_tuned(TASKS[job.task], run) == "on validation"
     return "preset: chosen on validation" if chosen else job.p_from
 
 
@@ -347,8 +349,8 @@ def describe(jobs, settings, device, slots, executor="local"):
         after = f"after #{','.join(str(a + 1) for a in job.after)}" if job.after else "no wait"
         why = (f"; --rerun, {rerun_reason(table_entry(checked[i], settings)['provenance'], settings.rerun)}"
                if in_table[i] == "rerun" else "")
-        if in_table[i] is None and other_p(checked[i], settings):
-            why = f"; {other_p(checked[i], settings)}"
+        beside = other_p(checked[i], settings) if in_table[i] is None else ""
+        why = f"; {beside}" if beside else why
         lines.append(f"#{i + 1} {job.name()}: {after}; {minutes(s)} ({how}){why}")
     return paragraph, lines
 
